@@ -1,0 +1,231 @@
+// Package config loads modelgate's configuration.
+//
+// A configuration is built in layers: the built-in defaults ([Default]), then
+// an optional YAML file, then environment variables named MODELGATE_ followed
+// by the upper-case key path joined with "_" (cache.max_size is
+// MODELGATE_CACHE_MAX_SIZE), then credential fallbacks from well-known
+// environment variables, and finally [Config.Validate]. See [Load].
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// Config is the complete modelgate configuration.
+type Config struct {
+	// Listen is the address the gateway listens on, as host:port. One port
+	// serves the mirror API, /metrics and /healthz. An empty host means all
+	// interfaces. Default ":8080".
+	Listen string `yaml:"listen"`
+	// DataDir is the directory holding cached blobs and the index. A
+	// relative path is relative to the working directory. Default "./data".
+	DataDir string `yaml:"data_dir"`
+	// Cache controls the local blob cache.
+	Cache CacheConfig `yaml:"cache"`
+	// HuggingFace configures the Hugging Face hub upstream.
+	HuggingFace HuggingFaceConfig `yaml:"huggingface"`
+	// CivitAI configures the CivitAI upstream.
+	CivitAI CivitAIConfig `yaml:"civitai"`
+	// Upstream configures outbound connections to all upstreams.
+	Upstream UpstreamConfig `yaml:"upstream"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// CacheConfig controls the local blob cache.
+type CacheConfig struct {
+	// MaxSize is the largest total size of cached blobs, in bytes or with a
+	// unit ("500GiB"). 0 means unbounded. Default 0.
+	MaxSize ByteSize `yaml:"max_size"`
+	// RevisionTTL is how long an answer mapping a branch or tag to a commit
+	// is trusted before the upstream is asked again. 0 means always ask.
+	// Default 60s.
+	RevisionTTL Duration `yaml:"revision_ttl"`
+}
+
+// HuggingFaceConfig configures the Hugging Face hub upstream.
+type HuggingFaceConfig struct {
+	// Endpoint is the base URL of the hub, an absolute http(s) URL without
+	// query or fragment; a trailing "/" is removed. Default
+	// "https://huggingface.co".
+	Endpoint string `yaml:"endpoint"`
+	// Token is the access token sent upstream for gated and private
+	// repositories. If empty it is read from TokenFile, then from the
+	// environment variables HF_TOKEN and HF_AUTH_TOKEN. Default empty.
+	Token Secret `yaml:"token"`
+	// TokenFile is the path of a file holding the token (surrounding
+	// whitespace is ignored). It cannot be combined with Token. Load reads
+	// the file into Token and clears TokenFile. Default empty.
+	TokenFile string `yaml:"token_file"`
+}
+
+// CivitAIConfig configures the CivitAI upstream.
+type CivitAIConfig struct {
+	// Endpoint is the base URL of CivitAI, an absolute http(s) URL without
+	// query or fragment; a trailing "/" is removed. Default
+	// "https://civitai.com".
+	Endpoint string `yaml:"endpoint"`
+	// APIKey is the API key sent upstream. If empty it is read from the
+	// environment variables CIVITAI_API_KEY, CA_AUTH_TOKEN and CA_API_KEY,
+	// in that order. Default empty.
+	APIKey Secret `yaml:"api_key"`
+}
+
+// UpstreamConfig configures outbound connections to all upstreams.
+type UpstreamConfig struct {
+	// CAFile is the path of a PEM file with extra root certificates trusted
+	// for upstream TLS, in addition to the system roots (for tests or
+	// corporate TLS inspection). Default empty.
+	CAFile string `yaml:"ca_file"`
+	// Proxy is an optional parent proxy for outbound traffic, an absolute
+	// http, https or socks5 URL such as "http://proxy:3128". Empty means
+	// connect directly. Default empty.
+	Proxy string `yaml:"proxy"`
+	// Timeout bounds connecting and waiting for response headers. It never
+	// limits how long a body transfer takes. Must be > 0. Default 30s.
+	Timeout Duration `yaml:"timeout"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is the minimum level logged: debug, info, warn or error.
+	// Default "info".
+	Level string `yaml:"level"`
+	// Format is the log line format: text or json. Default "text".
+	Format string `yaml:"format"`
+}
+
+// Default returns the built-in configuration. The repository's config.yaml
+// documents the same values and must load to exactly this.
+func Default() Config {
+	return Config{
+		Listen:  ":8080",
+		DataDir: "./data",
+		Cache: CacheConfig{
+			MaxSize:     0,
+			RevisionTTL: Duration{60 * time.Second},
+		},
+		HuggingFace: HuggingFaceConfig{
+			Endpoint: "https://huggingface.co",
+		},
+		CivitAI: CivitAIConfig{
+			Endpoint: "https://civitai.com",
+		},
+		Upstream: UpstreamConfig{
+			Timeout: Duration{30 * time.Second},
+		},
+		Log: LogConfig{
+			Level:  "info",
+			Format: "text",
+		},
+	}
+}
+
+var (
+	logLevels  = []string{"debug", "info", "warn", "error"}
+	logFormats = []string{"text", "json"}
+)
+
+// Validate checks every setting and returns all problems found, joined; each
+// one starts with the key it concerns, e.g.
+// "huggingface.endpoint: must be an absolute http(s) URL". Error messages
+// never contain a secret's value.
+func (c *Config) Validate() error {
+	var errs []error
+	fail := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+
+	if msg := checkListen(c.Listen); msg != "" {
+		fail("listen", "%s", msg)
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		fail("data_dir", "must not be empty")
+	}
+	if c.Cache.MaxSize < 0 {
+		fail("cache.max_size", "must be >= 0 (0 means unbounded), got %d", int64(c.Cache.MaxSize))
+	}
+	if c.Cache.RevisionTTL.Duration < 0 {
+		fail("cache.revision_ttl", "must be >= 0, got %s", c.Cache.RevisionTTL)
+	}
+	if msg := checkURL(c.HuggingFace.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
+		fail("huggingface.endpoint", "%s", msg)
+	}
+	if c.HuggingFace.Token != "" && c.HuggingFace.TokenFile != "" {
+		fail("huggingface.token", "cannot be combined with huggingface.token_file; set only one")
+	}
+	if !printable(c.HuggingFace.Token) {
+		fail("huggingface.token", "must not contain whitespace or control characters")
+	}
+	if msg := checkURL(c.CivitAI.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
+		fail("civitai.endpoint", "%s", msg)
+	}
+	if !printable(c.CivitAI.APIKey) {
+		fail("civitai.api_key", "must not contain whitespace or control characters")
+	}
+	if c.Upstream.Proxy != "" {
+		if msg := checkURL(c.Upstream.Proxy, "must be empty or an absolute http, https or socks5 URL", true, "http", "https", "socks5", "socks5h"); msg != "" {
+			fail("upstream.proxy", "%s", msg)
+		}
+	}
+	if c.Upstream.Timeout.Duration <= 0 {
+		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)
+	}
+	if !slices.Contains(logLevels, c.Log.Level) {
+		fail("log.level", "must be one of %s, got %q", strings.Join(logLevels, ", "), c.Log.Level)
+	}
+	if !slices.Contains(logFormats, c.Log.Format) {
+		fail("log.format", "must be one of %s, got %q", strings.Join(logFormats, ", "), c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// checkListen returns why addr is not a valid host:port, or "".
+func checkListen(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("must be host:port such as \":8080\" or \"127.0.0.1:8080\", got %q", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Sprintf("port must be a number from 0 to 65535, got %q", port)
+	}
+	return ""
+}
+
+// checkURL returns why raw is not an absolute URL with one of schemes, or "".
+// Credentials are rejected unless allowUser is set, and never echoed back.
+func checkURL(raw, want string, allowUser bool, schemes ...string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// The parse error quotes the input, which may hold credentials.
+		return want
+	}
+	got := fmt.Sprintf(", got %q", u.Redacted())
+	switch {
+	case !slices.Contains(schemes, u.Scheme) || u.Host == "" || u.Opaque != "":
+		return want + got
+	case u.User != nil && !allowUser:
+		return "must not contain credentials; configure the token or API key instead" + fmt.Sprintf(" (got %q)", u.Redacted())
+	case u.RawQuery != "" || u.ForceQuery:
+		return want + " without a query" + got
+	case u.Fragment != "":
+		return want + " without a fragment" + got
+	}
+	return ""
+}
+
+// printable reports whether s has no whitespace or control characters, which
+// would make an invalid HTTP header.
+func printable(s Secret) bool {
+	return !strings.ContainsFunc(string(s), func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r)
+	})
+}

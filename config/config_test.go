@@ -1,0 +1,503 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+)
+
+// envOf returns a getenv reading from m, so tests never touch the real
+// environment.
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// filesOf returns a readFile reading from m.
+func filesOf(m map[string]string) func(string) ([]byte, error) {
+	return func(p string) ([]byte, error) {
+		if s, ok := m[p]; ok {
+			return []byte(s), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+	}
+}
+
+// parse loads yamlText with the given environment and files.
+func parse(yamlText string, env, files map[string]string) (Config, error) {
+	return Parse([]byte(yamlText), envOf(env), filesOf(files))
+}
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	assert.Equal(t, ":8080", c.Listen)
+	assert.Equal(t, "./data", c.DataDir)
+	assert.Equal(t, ByteSize(0), c.Cache.MaxSize)
+	assert.Equal(t, 60*time.Second, c.Cache.RevisionTTL.Duration)
+	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint)
+	assert.Empty(t, c.HuggingFace.Token)
+	assert.Empty(t, c.HuggingFace.TokenFile)
+	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint)
+	assert.Empty(t, c.CivitAI.APIKey)
+	assert.Empty(t, c.Upstream.CAFile)
+	assert.Empty(t, c.Upstream.Proxy)
+	assert.Equal(t, 30*time.Second, c.Upstream.Timeout.Duration)
+	assert.Equal(t, "info", c.Log.Level)
+	assert.Equal(t, "text", c.Log.Format)
+	require.NoError(t, c.Validate())
+
+	// Empty input, no file and a comment-only file all give the defaults.
+	for _, src := range []string{"", "# nothing\n", "---\n"} {
+		got, err := parse(src, nil, nil)
+		require.NoError(t, err, "%q", src)
+		assert.Equal(t, Default(), got, "%q", src)
+	}
+	got, err := Load("", envOf(nil), filesOf(nil))
+	require.NoError(t, err)
+	assert.Equal(t, Default(), got)
+}
+
+func TestRepoConfigYAMLIsDefault(t *testing.T) {
+	data, err := os.ReadFile("../config.yaml")
+	require.NoError(t, err)
+
+	got, err := Parse(data, envOf(nil), filesOf(nil))
+	require.NoError(t, err)
+	assert.Equal(t, Default(), got)
+
+	got, err = Load("../config.yaml", envOf(nil), os.ReadFile)
+	require.NoError(t, err)
+	assert.Equal(t, Default(), got)
+}
+
+// Every key has exactly one environment variable, it is supported by the
+// env parser, and config.yaml documents both key and variable.
+func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
+	data, err := os.ReadFile("../config.yaml")
+	require.NoError(t, err)
+	doc := string(data)
+
+	seen := map[string]string{}
+	var c Config
+	err = walkLeaves(reflect.ValueOf(&c).Elem(), nil, func(path []string, f reflect.Value) error {
+		key, name := strings.Join(path, "."), envName(path)
+		if other, dup := seen[name]; dup {
+			t.Errorf("%s and %s share env variable %s", other, key, name)
+		}
+		seen[name] = key
+		assert.Contains(t, doc, "Env: "+name+".", "config.yaml must document %s", name)
+		assert.Contains(t, doc, path[len(path)-1]+":", "config.yaml must list %s", key)
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Len(t, seen, 14)
+	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
+	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
+}
+
+func TestYAMLOverrides(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(*Config)
+	}{
+		{
+			name: "top level",
+			yaml: "listen: 127.0.0.1:9000\ndata_dir: /var/lib/modelgate\n",
+			want: func(c *Config) { c.Listen = "127.0.0.1:9000"; c.DataDir = "/var/lib/modelgate" },
+		},
+		{
+			name: "cache",
+			yaml: "cache:\n  max_size: 500GiB\n  revision_ttl: 5m\n",
+			want: func(c *Config) {
+				c.Cache.MaxSize = 500 << 30
+				c.Cache.RevisionTTL = Duration{5 * time.Minute}
+			},
+		},
+		{
+			name: "cache integers",
+			yaml: "cache:\n  max_size: 1048576\n  revision_ttl: 0\n",
+			want: func(c *Config) { c.Cache.MaxSize = 1 << 20; c.Cache.RevisionTTL = Duration{} },
+		},
+		{
+			name: "bare integer duration is seconds",
+			yaml: "cache:\n  revision_ttl: 90\n",
+			want: func(c *Config) { c.Cache.RevisionTTL = Duration{90 * time.Second} },
+		},
+		{
+			name: "huggingface, trailing slash trimmed",
+			yaml: "huggingface:\n  endpoint: http://hub.test:8081/mirror/\n  token: hf_yaml\n",
+			want: func(c *Config) {
+				c.HuggingFace.Endpoint = "http://hub.test:8081/mirror"
+				c.HuggingFace.Token = "hf_yaml"
+			},
+		},
+		{
+			name: "civitai",
+			yaml: "civitai:\n  endpoint: https://civitai.test/\n  api_key: ca_yaml\n",
+			want: func(c *Config) { c.CivitAI.Endpoint = "https://civitai.test"; c.CivitAI.APIKey = "ca_yaml" },
+		},
+		{
+			name: "upstream",
+			yaml: "upstream:\n  ca_file: /etc/ca.pem\n  proxy: socks5://proxy.test:1080\n  timeout: 1m30s\n",
+			want: func(c *Config) {
+				c.Upstream.CAFile = "/etc/ca.pem"
+				c.Upstream.Proxy = "socks5://proxy.test:1080"
+				c.Upstream.Timeout = Duration{90 * time.Second}
+			},
+		},
+		{
+			name: "log, case-insensitive",
+			yaml: "log:\n  level: DEBUG\n  format: json\n",
+			want: func(c *Config) { c.Log.Level = "debug"; c.Log.Format = "json" },
+		},
+		{
+			name: "empty section keeps defaults",
+			yaml: "log:\n# level: debug\n",
+			want: func(*Config) {},
+		},
+		{
+			name: "key without a value keeps its default",
+			yaml: "listen:\nupstream:\n  timeout: ~\n  proxy:\n",
+			want: func(*Config) {},
+		},
+		{
+			name: "partial section keeps other defaults",
+			yaml: "upstream:\n  proxy: http://user:pw@proxy.test:3128\n",
+			want: func(c *Config) { c.Upstream.Proxy = "http://user:pw@proxy.test:3128" },
+		},
+		{
+			name: "aliases",
+			yaml: "cache:\n  revision_ttl: &t 45s\nupstream:\n  timeout: *t\n",
+			want: func(c *Config) {
+				c.Cache.RevisionTTL = Duration{45 * time.Second}
+				c.Upstream.Timeout = Duration{45 * time.Second}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse(tt.yaml, nil, nil)
+			require.NoError(t, err)
+			want := Default()
+			tt.want(&want)
+			assert.Equal(t, want, got)
+		})
+	}
+}
+
+func TestYAMLStructureErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown top-level key", "lsiten: :9000\n", []string{"line 1: lsiten: unknown key", "listen, data_dir"}},
+		{"unknown nested key", "cache:\n  max_sise: 1GiB\n", []string{"line 2: cache.max_sise: unknown key", "under cache: max_size, revision_ttl"}},
+		{"unknown section", "metrics:\n  enabled: true\n", []string{"metrics: unknown key"}},
+		{"duplicate key", "log:\n  level: info\n  level: debug\n", []string{"line 3: log.level: duplicate key (first set on line 2)"}},
+		{"section not a mapping", "cache: 5\n", []string{"cache: must be a mapping"}},
+		{"top level not a mapping", "- a\n- b\n", []string{"top level must be a mapping"}},
+		{"list for a string", "listen: [a, b]\n", []string{"listen: must be a single value, got a list"}},
+		{"mapping for a duration", "upstream:\n  timeout: {a: 1}\n", []string{"upstream.timeout: must be a duration"}},
+		{"two documents", "listen: :1\n---\nlisten: :2\n", []string{"only one YAML document"}},
+		{"syntax error", "cache:\n  max_size: 1\n bad\n", []string{"config: yaml: line"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(tt.yaml, nil, nil)
+			require.Error(t, err)
+			assert.True(t, strings.HasPrefix(err.Error(), "config: "), err.Error())
+			for _, w := range tt.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+
+	// Load names the file.
+	_, err := Load("/etc/mg.yaml", envOf(nil), filesOf(map[string]string{"/etc/mg.yaml": "cache:\n  revision_ttl: abc\n"}))
+	require.Error(t, err)
+	assert.Equal(t, `config: /etc/mg.yaml: line 2: cache.revision_ttl: invalid duration "abc": use a number with a unit such as "30s", "5m" or "1h30m", or whole seconds`, err.Error())
+
+	_, err = Load("/missing.yaml", envOf(nil), filesOf(nil))
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), "/missing.yaml")
+}
+
+func TestEnvOverrides(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		want func(*Config)
+	}{
+		{
+			name: "top level",
+			env:  map[string]string{"MODELGATE_LISTEN": "[::1]:7000", "MODELGATE_DATA_DIR": "/srv/mg"},
+			want: func(c *Config) { c.Listen = "[::1]:7000"; c.DataDir = "/srv/mg" },
+		},
+		{
+			name: "byte size and duration",
+			env:  map[string]string{"MODELGATE_CACHE_MAX_SIZE": "500GiB", "MODELGATE_CACHE_REVISION_TTL": "2m"},
+			want: func(c *Config) { c.Cache.MaxSize = 500 << 30; c.Cache.RevisionTTL = Duration{2 * time.Minute} },
+		},
+		{
+			name: "SI size and bare seconds",
+			env:  map[string]string{"MODELGATE_CACHE_MAX_SIZE": "10MB", "MODELGATE_UPSTREAM_TIMEOUT": "5"},
+			want: func(c *Config) { c.Cache.MaxSize = 10_000_000; c.Upstream.Timeout = Duration{5 * time.Second} },
+		},
+		{
+			name: "nested strings and secrets",
+			env: map[string]string{
+				"MODELGATE_HUGGINGFACE_ENDPOINT": "https://hf.test/",
+				"MODELGATE_HUGGINGFACE_TOKEN":    "hf_env",
+				"MODELGATE_CIVITAI_ENDPOINT":     "http://ca.test",
+				"MODELGATE_CIVITAI_API_KEY":      "ca_env",
+				"MODELGATE_UPSTREAM_CA_FILE":     "/ca.pem",
+				"MODELGATE_UPSTREAM_PROXY":       "http://proxy.test:3128",
+				"MODELGATE_LOG_LEVEL":            "warn",
+				"MODELGATE_LOG_FORMAT":           "json",
+			},
+			want: func(c *Config) {
+				c.HuggingFace.Endpoint = "https://hf.test"
+				c.HuggingFace.Token = "hf_env"
+				c.CivitAI.Endpoint = "http://ca.test"
+				c.CivitAI.APIKey = "ca_env"
+				c.Upstream.CAFile = "/ca.pem"
+				c.Upstream.Proxy = "http://proxy.test:3128"
+				c.Log.Level = "warn"
+				c.Log.Format = "json"
+			},
+		},
+		{
+			name: "env wins over file",
+			yaml: "log:\n  level: debug\ncache:\n  max_size: 1GiB\n",
+			env:  map[string]string{"MODELGATE_LOG_LEVEL": "error"},
+			want: func(c *Config) { c.Log.Level = "error"; c.Cache.MaxSize = 1 << 30 },
+		},
+		{
+			name: "empty variable is unset",
+			env:  map[string]string{"MODELGATE_LISTEN": ""},
+			want: func(*Config) {},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse(tt.yaml, tt.env, nil)
+			require.NoError(t, err)
+			want := Default()
+			tt.want(&want)
+			assert.Equal(t, want, got)
+		})
+	}
+}
+
+func TestInvalidValues(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		want []string
+	}{
+		{"bad duration", "cache:\n  revision_ttl: abc\n", nil, []string{`cache.revision_ttl: invalid duration "abc"`}},
+		{"bad duration env", "", map[string]string{"MODELGATE_CACHE_REVISION_TTL": "abc"},
+			[]string{"MODELGATE_CACHE_REVISION_TTL", `cache.revision_ttl: invalid duration "abc"`}},
+		{"negative ttl", "cache:\n  revision_ttl: -1s\n", nil, []string{"cache.revision_ttl: must be >= 0"}},
+		{"zero timeout", "upstream:\n  timeout: 0s\n", nil, []string{"upstream.timeout: must be > 0"}},
+		{"bad size", "cache:\n  max_size: lots\n", nil, []string{`cache.max_size: invalid size "lots"`}},
+		{"bad size unit", "cache:\n  max_size: 5XB\n", nil, []string{`cache.max_size: invalid size "5XB": unknown unit "XB"`}},
+		{"bad size env", "", map[string]string{"MODELGATE_CACHE_MAX_SIZE": "1.5.5GiB"},
+			[]string{"MODELGATE_CACHE_MAX_SIZE", "cache.max_size: invalid size"}},
+		{"negative size", "cache:\n  max_size: -1\n", nil, []string{"cache.max_size: must be >= 0"}},
+		{"bad level", "log:\n  level: verbose\n", nil, []string{`log.level: must be one of debug, info, warn, error, got "verbose"`}},
+		{"bad level env", "", map[string]string{"MODELGATE_LOG_LEVEL": "trace"}, []string{"log.level:"}},
+		{"bad format", "log:\n  format: xml\n", nil, []string{"log.format: must be one of text, json"}},
+		{"endpoint not a URL", "huggingface:\n  endpoint: huggingface\n", nil, []string{"huggingface.endpoint: must be an absolute http(s) URL"}},
+		{"endpoint wrong scheme", "civitai:\n  endpoint: ftp://civitai.test\n", nil, []string{"civitai.endpoint: must be an absolute http(s) URL"}},
+		{"endpoint with query", "huggingface:\n  endpoint: https://hf.test/?x=1\n", nil, []string{"huggingface.endpoint: must be an absolute http(s) URL without a query"}},
+		{"endpoint with fragment", "huggingface:\n  endpoint: https://hf.test/#top\n", nil, []string{"huggingface.endpoint:", "without a fragment"}},
+		{"endpoint empty", "huggingface:\n  endpoint: \"\"\n", nil, []string{"huggingface.endpoint: must be an absolute http(s) URL"}},
+		{"endpoint with credentials", "", map[string]string{"MODELGATE_CIVITAI_ENDPOINT": "https://u:pw@ca.test"}, []string{"civitai.endpoint: must not contain credentials"}},
+		{"bad listen", "listen: 8080\n", nil, []string{`listen: must be host:port`}},
+		{"bad listen port", "listen: ':http'\n", nil, []string{`listen: port must be a number`}},
+		{"listen port out of range", "listen: ':70000'\n", nil, []string{`listen: port must be a number`}},
+		{"empty data dir", "data_dir: \"\"\n", nil, []string{"data_dir: must not be empty"}},
+		{"bad proxy", "upstream:\n  proxy: ftp://proxy.test\n", nil, []string{"upstream.proxy: must be empty or an absolute http, https or socks5 URL"}},
+		{"proxy without scheme", "upstream:\n  proxy: proxy.test:3128\n", nil, []string{"upstream.proxy:"}},
+		{"several problems reported together", "listen: x\nlog:\n  level: x\n  format: x\n", nil,
+			[]string{"listen:", "log.level:", "log.format:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(tt.yaml, tt.env, nil)
+			require.Error(t, err)
+			assert.True(t, strings.HasPrefix(err.Error(), "config: "), err.Error())
+			for _, w := range tt.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestHuggingFaceTokenFallbacks(t *testing.T) {
+	allEnv := map[string]string{"HF_TOKEN": "hf_env1", "HF_AUTH_TOKEN": "hf_env2"}
+	files := map[string]string{"/tok": "  hf_file\n", "/empty": " \n"}
+	tests := []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		want    Secret
+		wantErr string
+	}{
+		{name: "token wins over everything", yaml: "huggingface:\n  token: hf_yaml\n", env: allEnv, want: "hf_yaml"},
+		{name: "token via MODELGATE env", env: map[string]string{"MODELGATE_HUGGINGFACE_TOKEN": "hf_mg", "HF_TOKEN": "hf_env1"}, want: "hf_mg"},
+		{name: "token_file over HF_TOKEN", yaml: "huggingface:\n  token_file: /tok\n", env: allEnv, want: "hf_file"},
+		{name: "token_file via env", env: map[string]string{"MODELGATE_HUGGINGFACE_TOKEN_FILE": "/tok"}, want: "hf_file"},
+		{name: "HF_TOKEN over HF_AUTH_TOKEN", env: allEnv, want: "hf_env1"},
+		{name: "HF_AUTH_TOKEN last", env: map[string]string{"HF_AUTH_TOKEN": "hf_env2"}, want: "hf_env2"},
+		{name: "none", want: ""},
+		{
+			name: "token and token_file both set", yaml: "huggingface:\n  token: hf_yaml\n  token_file: /tok\n",
+			wantErr: "huggingface.token_file: cannot be combined with huggingface.token",
+		},
+		{name: "unreadable token_file", yaml: "huggingface:\n  token_file: /nope\n", env: allEnv, wantErr: "huggingface.token_file: open /nope"},
+		{name: "empty token_file", yaml: "huggingface:\n  token_file: /empty\n", env: allEnv, wantErr: "huggingface.token_file: /empty is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse(tt.yaml, tt.env, files)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.NotContains(t, err.Error(), "hf_")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got.HuggingFace.Token)
+			assert.Empty(t, got.HuggingFace.TokenFile, "token_file is consumed by Load")
+			assert.NoError(t, got.Validate(), "a loaded config stays valid")
+		})
+	}
+
+	// Validate on its own also rejects both being set.
+	c := Default()
+	c.HuggingFace.Token, c.HuggingFace.TokenFile = "hf_x", "/tok"
+	err := c.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "huggingface.token: cannot be combined with huggingface.token_file")
+	assert.NotContains(t, err.Error(), "hf_x")
+}
+
+func TestCivitAIKeyFallbacks(t *testing.T) {
+	all := map[string]string{"CIVITAI_API_KEY": "k1", "CA_AUTH_TOKEN": "k2", "CA_API_KEY": "k3"}
+	tests := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		want Secret
+	}{
+		{"api_key wins", "civitai:\n  api_key: k0\n", all, "k0"},
+		{"MODELGATE env wins", "", map[string]string{"MODELGATE_CIVITAI_API_KEY": "kmg", "CIVITAI_API_KEY": "k1"}, "kmg"},
+		{"CIVITAI_API_KEY first", "", all, "k1"},
+		{"CA_AUTH_TOKEN second", "", map[string]string{"CA_AUTH_TOKEN": "k2", "CA_API_KEY": "k3"}, "k2"},
+		{"CA_API_KEY last", "", map[string]string{"CA_API_KEY": "k3"}, "k3"},
+		{"whitespace-only is unset", "", map[string]string{"CIVITAI_API_KEY": " ", "CA_API_KEY": " k3\n"}, "k3"},
+		{"none", "", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse(tt.yaml, tt.env, nil)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got.CivitAI.APIKey)
+		})
+	}
+}
+
+func TestSecretNeverPrinted(t *testing.T) {
+	const hfTok, caKey = "hf_SUPERSECRETvalue", "ca-SUPERSECRET-key"
+	cfg, err := parse("huggingface:\n  token: "+hfTok+"\n", map[string]string{"CA_API_KEY": caKey}, nil)
+	require.NoError(t, err)
+	require.Equal(t, hfTok, cfg.HuggingFace.Token.Reveal())
+	require.Equal(t, caKey, cfg.CivitAI.APIKey.Reveal())
+
+	var logText, logJSON bytes.Buffer
+	slog.New(slog.NewTextHandler(&logText, nil)).Info("loaded", "config", cfg, "token", cfg.HuggingFace.Token)
+	slog.New(slog.NewJSONHandler(&logJSON, nil)).Info("loaded", "config", cfg, "key", cfg.CivitAI.APIKey)
+	dump, err := yaml.Marshal(cfg)
+	require.NoError(t, err)
+	js, err := json.Marshal(cfg)
+	require.NoError(t, err)
+
+	badVerb := "%d" // a variable, so vet allows the wrong verb
+	outputs := map[string]string{
+		"%v":         fmt.Sprintf("%v", cfg),
+		"%+v":        fmt.Sprintf("%+v", cfg),
+		"%#v":        fmt.Sprintf("%#v", cfg),
+		"%s":         fmt.Sprintf("%s", cfg.HuggingFace.Token),
+		"%q":         fmt.Sprintf("%q", cfg.HuggingFace.Token),
+		"%x":         fmt.Sprintf("%x", cfg.HuggingFace.Token),
+		"%d":         fmt.Sprintf(badVerb, cfg.HuggingFace.Token),
+		"%v pointer": fmt.Sprintf("%v", &cfg.HuggingFace),
+		"Sprint":     fmt.Sprint(cfg.CivitAI.APIKey),
+		"slog text":  logText.String(),
+		"slog json":  logJSON.String(),
+		"yaml":       string(dump),
+		"json":       string(js),
+	}
+	for name, out := range outputs {
+		assert.NotContains(t, out, "SUPERSECRET", name)
+		assert.NotContains(t, out, fmt.Sprintf("%x", "SUPERSECRET"), name)
+	}
+	assert.Contains(t, outputs["%+v"], "Token:***")
+	assert.Contains(t, outputs["%#v"], "Token:***")
+	assert.Equal(t, "***", outputs["%s"])
+	assert.Contains(t, outputs["slog text"], "token=***")
+	assert.Contains(t, outputs["slog json"], `"key":"***"`)
+	assert.Contains(t, outputs["yaml"], `token: '***'`)
+	assert.Contains(t, outputs["json"], `"APIKey":"***"`)
+
+	// An empty secret prints as empty, so "not configured" stays visible.
+	var empty Secret
+	assert.Equal(t, "", empty.String())
+	assert.Equal(t, "", fmt.Sprintf("%#v", empty))
+	assert.Equal(t, "", empty.LogValue().String())
+	b, err := empty.MarshalText()
+	require.NoError(t, err)
+	assert.Empty(t, b)
+
+	// Errors caused by a secret do not quote it.
+	for _, src := range []string{
+		"huggingface:\n  token: [" + hfTok + "]\n",
+		"civitai:\n  api_key: {" + caKey + ": 1}\n",
+		"huggingface:\n  token: \"" + hfTok + " x\"\n",
+	} {
+		_, err := parse(src, nil, nil)
+		require.Error(t, err, src)
+		assert.NotContains(t, err.Error(), "SUPERSECRET", src)
+	}
+}
+
+// A config dump (with no secrets set) loads back to the same config.
+func TestDumpRoundTrip(t *testing.T) {
+	c := Default()
+	c.Cache.MaxSize = 1500 << 20
+	c.Cache.RevisionTTL = Duration{90 * time.Second}
+	c.Upstream.Proxy = "http://proxy.test:3128"
+	c.Log.Format = "json"
+	dump, err := yaml.Marshal(c)
+	require.NoError(t, err)
+	assert.Contains(t, string(dump), "max_size: 1500MiB")
+	got, err := Parse(dump, envOf(nil), filesOf(nil))
+	require.NoError(t, err)
+	assert.Equal(t, c, got)
+}

@@ -1,0 +1,129 @@
+package config
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+)
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    ByteSize
+		wantErr string
+	}{
+		{in: "0", want: 0},
+		{in: "1234", want: 1234},
+		{in: "1234B", want: 1234},
+		{in: "500GiB", want: 500 << 30},
+		{in: "500 GiB", want: 500 << 30},
+		{in: "500gib", want: 500 << 30},
+		{in: "500Gi", want: 500 << 30},
+		{in: "10MB", want: 10_000_000},
+		{in: "10M", want: 10_000_000},
+		{in: "1.5GiB", want: 3 << 29},
+		{in: "0.5KB", want: 500},
+		{in: ".5KiB", want: 512},
+		{in: "1KiB", want: 1024},
+		{in: "2TiB", want: 2 << 40},
+		{in: "3TB", want: 3_000_000_000_000},
+		{in: "0.1KiB", want: 102}, // rounded down
+		{in: " 7MiB\n", want: 7 << 20},
+		{in: "-1", want: -1}, // range is Validate's job
+		{in: "8191PiB", want: 8191 << 50},
+		{in: "", wantErr: `invalid size ""`},
+		{in: "abc", wantErr: `invalid size "abc"`},
+		{in: "GiB", wantErr: `invalid size "GiB"`},
+		{in: "1.5", wantErr: "whole number"},
+		{in: "1.5.5GiB", wantErr: "invalid size"},
+		{in: "5XB", wantErr: `unknown unit "XB"`},
+		{in: "1e9", wantErr: `invalid size "1e9"`},
+		{in: "8192PiB", wantErr: "out of range"},
+		{in: "99999999999999999999", wantErr: "out of range"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var got ByteSize
+			err := got.UnmarshalText([]byte(tt.in))
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestByteSizeFormat(t *testing.T) {
+	tests := []struct {
+		in   ByteSize
+		str  string
+		yaml string
+	}{
+		{0, "0", "0\n"},
+		{1234, "1234", "1234\n"},
+		{1024, "1KiB", "1KiB\n"},
+		{500 << 30, "500GiB", "500GiB\n"},
+		{1500 << 20, "1500MiB", "1500MiB\n"},
+		{10_000_000, "10MB", "10MB\n"},
+		{-2048, "-2KiB", "-2KiB\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.str, func(t *testing.T) {
+			assert.Equal(t, tt.str, tt.in.String())
+			out, err := yaml.Marshal(tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, tt.yaml, string(out))
+			var back ByteSize
+			require.NoError(t, yaml.Unmarshal(out, &back))
+			assert.Equal(t, tt.in, back)
+		})
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    time.Duration
+		wantErr string
+	}{
+		{in: "60s", want: time.Minute},
+		{in: "5m", want: 5 * time.Minute},
+		{in: "1h30m", want: 90 * time.Minute},
+		{in: "250ms", want: 250 * time.Millisecond},
+		{in: "60", want: time.Minute},
+		{in: "0", want: 0},
+		{in: " 30s ", want: 30 * time.Second},
+		{in: "-5", want: -5 * time.Second},
+		{in: "abc", wantErr: `invalid duration "abc"`},
+		{in: "", wantErr: `invalid duration ""`},
+		{in: "5 minutes", wantErr: "invalid duration"},
+		{in: "1.5", wantErr: "invalid duration"},
+		{in: "99999999999", wantErr: "out of range"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var got Duration
+			err := got.UnmarshalText([]byte(tt.in))
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got.Duration)
+		})
+	}
+
+	out, err := yaml.Marshal(Duration{90 * time.Second})
+	require.NoError(t, err)
+	assert.Equal(t, "1m30s\n", string(out))
+	text, err := Duration{time.Second}.MarshalText()
+	require.NoError(t, err)
+	assert.Equal(t, "1s", string(text))
+}
