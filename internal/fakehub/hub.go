@@ -1,0 +1,218 @@
+// Package fakehub is a faithful, in-process fake of the model Hub (API and
+// resolve routes) and of the CDN its LFS redirects point to, for tests that
+// must never touch the real Hub.
+//
+// Both servers are real TLS listeners on 127.0.0.1 (httptest), so the code
+// under test exercises the same redirect, TLS and header handling it meets in
+// production. Behaviour follows /work/shared/UPSTREAMS.md sections 1, 2 and
+// 6.4: LFS files answer a 302 with X-Linked-* headers to a signed CDN URL,
+// small files a relative 307 to /api/resolve-cache/..., errors carry
+// X-Error-Code/X-Error-Message, and the status matrix for auth is:
+//
+//	                    anonymous            OtherTokens          Token
+//	unknown repo        401 RepoNotFound     404 RepoNotFound     404 RepoNotFound
+//	private repo        401 RepoNotFound     404 RepoNotFound     ok
+//	gated repo          401 GatedRepo        403 GatedRepo        ok
+//	unknown bearer      401 "Invalid credentials in Authorization header" (any route)
+//
+// Every request to both servers is recorded (Requests, Count, ...) so tests
+// can assert what the code under test sent, e.g. that no Authorization header
+// ever reached the CDN. Fault knobs (CorruptBlob, ThrottleBlob, GateBlob,
+// SetDown) simulate misbehaving upstreams.
+package fakehub
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+)
+
+// Options configures a Hub.
+type Options struct {
+	// Token is authorised for everything (the operator's token).
+	Token string
+	// OtherTokens are valid user tokens without access to gated or private repos.
+	OtherTokens []string
+	// PageSize is the maximum number of tree entries per page (default 1000,
+	// the Hub's documented page size).
+	PageSize int
+}
+
+// Hub is a running fake Hub plus its CDN. All methods are safe for
+// concurrent use, including while requests are in flight.
+type Hub struct {
+	opts     Options
+	hub, cdn *httptest.Server
+	hubURL   string
+	cdnURL   string
+	caFile   string
+	pool     *x509.CertPool
+	signKey  []byte        // HMAC key for CDN URL signatures, private to this fake
+	closing  chan struct{} // closed on cleanup to unblock gated/throttled responses
+
+	mu      sync.RWMutex
+	repos   map[string]*repoState // "type/id" -> repo
+	renames map[string]string     // old id -> new id
+	blobs   map[string]*fileState // sha256 -> LFS file (content served by the CDN)
+	knobs   map[string]*blobKnobs // sha256 -> fault knobs
+	down    bool
+
+	rec recorder
+}
+
+// New starts the Hub and the CDN and registers t.Cleanup to stop them.
+func New(t testing.TB, opts Options) *Hub {
+	t.Helper()
+	if opts.PageSize <= 0 {
+		opts.PageSize = 1000
+	}
+	h := &Hub{
+		opts:    opts,
+		signKey: make([]byte, 32),
+		closing: make(chan struct{}),
+		repos:   map[string]*repoState{},
+		renames: map[string]string{},
+		blobs:   map[string]*fileState{},
+		knobs:   map[string]*blobKnobs{},
+	}
+	if _, err := rand.Read(h.signKey); err != nil {
+		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
+	}
+	// Unstarted servers already own their listener, so both URLs are known
+	// before the first request can arrive and handlers read them race-free.
+	h.hub = httptest.NewUnstartedServer(h.record("hub", h.serveHub))
+	h.cdn = httptest.NewUnstartedServer(h.record("cdn", h.serveCDN))
+	h.hubURL = "https://" + h.hub.Listener.Addr().String()
+	h.cdnURL = "https://" + h.cdn.Listener.Addr().String()
+	h.hub.StartTLS()
+	h.cdn.StartTLS()
+	t.Cleanup(func() {
+		close(h.closing)
+		h.hub.Close()
+		h.cdn.Close()
+	})
+	if h.hub.URL != h.hubURL || h.cdn.URL != h.cdnURL {
+		t.Fatalf("fakehub: server URLs changed on start: %s %s", h.hub.URL, h.cdn.URL)
+	}
+
+	h.pool = x509.NewCertPool()
+	var pemData []byte
+	var seen []*x509.Certificate
+	for _, c := range []*x509.Certificate{h.hub.Certificate(), h.cdn.Certificate()} {
+		if slices.ContainsFunc(seen, c.Equal) {
+			continue // httptest normally uses one certificate for every server
+		}
+		seen = append(seen, c)
+		h.pool.AddCert(c)
+		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	h.caFile = filepath.Join(t.TempDir(), "fakehub-ca.pem")
+	if err := os.WriteFile(h.caFile, pemData, 0o600); err != nil {
+		t.Fatalf("fakehub: writing CA file: %v", err)
+	}
+	return h
+}
+
+// URL is the Hub's base URL, "https://127.0.0.1:PORT".
+func (h *Hub) URL() string { return h.hubURL }
+
+// CDNURL is the CDN's base URL, "https://127.0.0.1:PORT".
+func (h *Hub) CDNURL() string { return h.cdnURL }
+
+// CAFile is the path of a PEM file holding the certificate(s) both servers
+// present, suitable as an upstream ca_file.
+func (h *Hub) CAFile() string { return h.caFile }
+
+// CertPool trusts both servers. A new pool is returned each time so callers
+// may extend it.
+func (h *Hub) CertPool() *x509.CertPool { return h.pool.Clone() }
+
+// AddRepo adds or replaces a repository. It panics on an invalid Repo (bad
+// type, id, commit id or file path): that is a bug in the test, not a
+// condition to handle.
+func (h *Hub) AddRepo(r Repo) {
+	rs, err := newRepoState(r)
+	if err != nil {
+		panic(fmt.Errorf("fakehub: AddRepo: %w", err))
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.repos[rs.Type+"/"+rs.ID] = rs
+	for _, files := range rs.files {
+		for _, f := range files {
+			if f.LFS {
+				h.blobs[f.sha256] = f
+			}
+		}
+	}
+}
+
+// AddRename makes every route of oldID answer a relative 307 to the same
+// route under newID, like the Hub does for renamed repos and legacy short
+// ids. It applies to all repo types and only while no repo named oldID
+// exists.
+func (h *Hub) AddRename(oldID, newID string) {
+	if !validRepoID(oldID) || !validRepoID(newID) {
+		panic(fmt.Errorf("fakehub: AddRename(%q, %q): invalid repo id", oldID, newID))
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.renames[oldID] = newID
+}
+
+// SetDown makes the Hub (not the CDN) answer every request by closing the
+// connection, which clients see as a network failure.
+func (h *Hub) SetDown(down bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.down = down
+}
+
+func (h *Hub) isDown() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.down
+}
+
+// lookupRepo returns the repo snapshot for typ/id, or the rename target.
+func (h *Hub) lookupRepo(typ, id string) (rs *repoState, renamedTo string) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if rs := h.repos[typ+"/"+id]; rs != nil {
+		return rs, ""
+	}
+	return nil, h.renames[id]
+}
+
+// knownRepoID reports whether typ/id names a repo or a rename, which is how
+// ambiguous routes decide between a one- and a two-segment repo id.
+func (h *Hub) knownRepoID(typ, id string) bool {
+	rs, renamed := h.lookupRepo(typ, id)
+	return rs != nil || renamed != ""
+}
+
+func (h *Hub) blob(sha string) *fileState {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.blobs[sha]
+}
+
+// hijackClose drops the connection without an answer, the way an upstream
+// that crashed or a broken middlebox would.
+func hijackClose(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// Cannot happen on the HTTP/1.1 servers httptest starts; a panic with
+		// ErrAbortHandler still makes the server drop the connection.
+		panic(http.ErrAbortHandler)
+	}
+	_ = conn.Close()
+}

@@ -1,0 +1,137 @@
+package fakehub
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cdnURLLifetime is how long a signed CDN URL stays valid, like the Hub's.
+const cdnURLLifetime = time.Hour
+
+// serveResolve answers /resolve/ and /api/resolve-cache/: LFS files redirect
+// to the CDN from both, small files redirect (relative 307) from /resolve/ to
+// /api/resolve-cache/, which serves their bytes.
+func (h *Hub) serveResolve(w http.ResponseWriter, r *http.Request, rt route, rs *repoState) {
+	commit, ok := rs.resolveRev(rt.rev)
+	if !ok {
+		writeHubError(w, r, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rt.rev, "")
+		return
+	}
+	f := rs.files[commit][rt.path]
+	if f == nil {
+		writeHubError(w, r, http.StatusNotFound, "EntryNotFound", rt.path+` does not exist on "`+rt.rev+`"`, commit)
+		return
+	}
+	switch {
+	case f.LFS:
+		h.redirectLFS(w, r, rs, commit, f)
+	case rt.kind == routeResolveCache:
+		h.serveSmall(w, r, commit, f)
+	default:
+		redirectSmall(w, r, rs, commit, f)
+	}
+}
+
+// redirectLFS is the Hub's answer for an LFS (or Xet) file: 302 to a signed,
+// expiring CDN URL, with the content identity in X-Linked-Etag/X-Linked-Size
+// because the CDN's own ETag is unrelated to the content hash.
+func (h *Hub) redirectLFS(w http.ResponseWriter, r *http.Request, rs *repoState, commit string, f *fileState) {
+	hd := w.Header()
+	hd.Set("X-Repo-Commit", commit)
+	hd.Set("ETag", `"`+f.sha256+`"`)
+	hd.Set("X-Linked-Etag", `"`+f.sha256+`"`)
+	hd.Set("X-Linked-Size", strconv.FormatInt(f.size, 10))
+	if f.Xet {
+		hd.Set("X-Xet-Hash", f.xetHash)
+		hd.Set("Link", "<"+h.hubURL+"/api/"+rs.Type+"s/"+escapeSegments(rs.ID)+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
+			h.cdnURL+"/v1/reconstructions/"+f.xetHash+`>; rel="xet-reconstruction-info"`)
+	}
+	if etagMatches(r, f.sha256) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	loc := h.signedCDNURL(rs, f)
+	hd.Set("Location", loc)
+	writeText(w, r, http.StatusFound, "Found. Redirecting to "+loc)
+}
+
+// redirectSmall is the Hub's answer for a small git file on /resolve/: a
+// relative 307 whose query carries the original path and the etag, exactly
+// as observed on the Hub. Clients drop the query and re-request the path.
+func redirectSmall(w http.ResponseWriter, r *http.Request, rs *repoState, commit string, f *fileState) {
+	hd := w.Header()
+	hd.Set("X-Repo-Commit", commit)
+	hd.Set("ETag", `"`+f.etag+`"`)
+	if etagMatches(r, f.etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	loc := "/api/resolve-cache/" + rs.Type + "s/" + escapeSegments(rs.ID) + "/" + commit + "/" + escapeSegments(f.Path) +
+		"?" + url.QueryEscape(r.URL.EscapedPath()) + "=&etag=%22" + f.etag + "%22"
+	hd.Set("Location", loc)
+	writeText(w, r, http.StatusTemporaryRedirect, "Temporary Redirect. Redirecting to "+loc)
+}
+
+// serveSmall serves a small file's bytes from /api/resolve-cache/ with Range
+// and conditional support, counting 2xx GETs for SmallBodyFetches.
+func (h *Hub) serveSmall(w http.ResponseWriter, r *http.Request, commit string, f *fileState) {
+	hd := w.Header()
+	hd.Set("X-Repo-Commit", commit)
+	hd.Set("ETag", `"`+f.etag+`"`)
+	hd.Set("Accept-Ranges", "bytes")
+	hd.Set("Content-Type", contentTypeFor(f.Path))
+	sw := &statusWriter{ResponseWriter: w, onStatus: func(status int) {
+		if r.Method == http.MethodGet && status/100 == 2 {
+			h.rec.inc(&h.rec.smallFetches, commit+"\x00"+f.Path)
+		}
+	}}
+	http.ServeContent(sw, r, "", time.Time{}, bytes.NewReader(f.Data))
+}
+
+func contentTypeFor(p string) string {
+	switch strings.ToLower(path.Ext(p)) {
+	case ".json", ".txt", ".md":
+		return "text/plain; charset=utf-8"
+	}
+	return "application/octet-stream"
+}
+
+// signedCDNURL builds the CDN location for an LFS blob, shaped like the
+// Hub's: /repos/<2hex>/<2hex>/<repo key>/<sha256> plus a disposition, an
+// expiry and a signature the CDN verifies.
+func (h *Hub) signedCDNURL(rs *repoState, f *fileState) string {
+	p := "/repos/" + rs.key[:2] + "/" + rs.key[2:4] + "/" + rs.key + "/" + f.sha256
+	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
+	return h.cdnURL + p +
+		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
+		"&Expires=" + expires +
+		"&Signature=" + h.sign(p, expires) +
+		"&Key-Pair-Id=K1"
+}
+
+// sign is the CDN URL signature: HMAC-SHA256 over path and expiry with a key
+// only this fake knows, so tests catch code that forges or edits CDN URLs.
+func (h *Hub) sign(p, expires string) string {
+	m := hmac.New(sha256.New, h.signKey)
+	m.Write([]byte(p + "\n" + expires))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// contentDisposition mirrors the Hub's value, with the RFC 5987 form first.
+func contentDisposition(name string) string {
+	plain := strings.Map(func(c rune) rune {
+		if c == '"' || c == '\\' || c < 0x20 || c > 0x7e {
+			return '_'
+		}
+		return c
+	}, name)
+	return "inline; filename*=UTF-8''" + url.PathEscape(name) + `; filename="` + plain + `";`
+}
