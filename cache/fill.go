@@ -1,0 +1,169 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// errFillFailed is the cause readers see when the fill they were streaming
+// from fails; the fill's own error is wrapped with it.
+var errFillFailed = errors.New("blob fill failed")
+
+// fill is one upstream download of one blob into a temp file, shared by every
+// request for that blob while it runs.
+//
+// Readers open the file themselves (their own fd, so they never contend on a
+// seek offset) and read the bytes that have landed. A reader never receives
+// the last byte of its response before the whole blob has verified: on a
+// size or hash mismatch every reader fails before its response is complete,
+// so no client is ever handed a complete-looking wrong body.
+type fill struct {
+	digest Digest
+	size   int64
+
+	ready chan struct{} // closed once the upstream has answered, or the fill failed
+
+	mu        sync.Mutex
+	path      string // temp file while filling, final path once published
+	have      extents
+	published bool
+	err       error         // set when the fill failed
+	wake      chan struct{} // closed and replaced on every change
+}
+
+func newFill(d Digest, size int64) *fill {
+	return &fill{digest: d, size: size, ready: make(chan struct{}), wake: make(chan struct{})}
+}
+
+// changedLocked wakes every waiter. Caller holds f.mu.
+func (f *fill) changedLocked() {
+	close(f.wake)
+	f.wake = make(chan struct{})
+}
+
+func (f *fill) landed(off, n int64) {
+	f.mu.Lock()
+	f.have.add(off, n)
+	f.changedLocked()
+	f.mu.Unlock()
+}
+
+func (f *fill) publish(path string) {
+	f.mu.Lock()
+	f.path = path
+	f.published = true
+	f.changedLocked()
+	f.mu.Unlock()
+}
+
+func (f *fill) fail(err error) {
+	f.mu.Lock()
+	if f.err == nil && !f.published {
+		f.err = err
+	}
+	f.changedLocked()
+	f.mu.Unlock()
+}
+
+// markReady closes ready once.
+func (f *fill) markReady() {
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+}
+
+// waitReady blocks until the upstream answered or the fill failed.
+func (f *fill) waitReady(ctx context.Context) error {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	return nil
+}
+
+// open returns a reader for [start, end) of the blob.
+func (f *fill) open(ctx context.Context, start, end int64) (io.ReadCloser, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, fmt.Errorf("%w: %w", errFillFailed, f.err)
+	}
+	// Opening under the lock means the path cannot be renamed or removed
+	// between choosing it and opening it.
+	file, err := os.Open(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("opening blob being filled: %w", err)
+	}
+	return &fillReader{ctx: ctx, f: f, file: file, pos: start, end: end}, nil
+}
+
+// fillReader reads [pos, end) from a growing file, blocking for bytes that
+// have not landed and holding back the final byte until the blob verified.
+type fillReader struct {
+	ctx      context.Context
+	f        *fill
+	file     *os.File
+	pos, end int64
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	if r.pos >= r.end {
+		return 0, io.EOF
+	}
+	limit, err := r.wait()
+	if err != nil {
+		return 0, err
+	}
+	if int64(len(p)) > limit-r.pos {
+		p = p[:limit-r.pos]
+	}
+	n, err := r.file.ReadAt(p, r.pos)
+	r.pos += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// wait blocks until at least one byte at r.pos may be read and returns the
+// end of what may be read.
+func (r *fillReader) wait() (int64, error) {
+	for {
+		r.f.mu.Lock()
+		if r.f.err != nil {
+			err := r.f.err
+			r.f.mu.Unlock()
+			return 0, fmt.Errorf("%w: %w", errFillFailed, err)
+		}
+		limit := r.end
+		if !r.f.published {
+			// Everything that has landed, but never the final byte of this
+			// response before the blob verified.
+			limit = min(r.f.have.availableFrom(r.pos), r.end-1)
+		}
+		wake := r.f.wake
+		r.f.mu.Unlock()
+		if limit > r.pos {
+			return limit, nil
+		}
+		select {
+		case <-wake:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *fillReader) Close() error { return r.file.Close() }

@@ -1,0 +1,395 @@
+// Package cache stores blobs on local disk by content id and fills missing
+// ones from an upstream exactly once, however many requests ask at the same
+// time.
+//
+// A request for a missing blob starts one fill: a goroutine, detached from
+// that request, that downloads into a temp file while hashing. Every request
+// for the same blob — the first included — reads the growing file as bytes
+// land, so nobody waits for the whole download. The blob is published (fsync,
+// rename, directory fsync, index record) only when its size and hash match
+// the digest; otherwise every reader fails and the next request starts over.
+//
+// The package knows nothing about any model hub: callers name blobs by
+// Digest and hand in a Source that fetches the bytes.
+package cache
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Source fetches a blob's bytes from offset on. The body it returns must
+// yield exactly the bytes of the blob from offset to the end.
+type Source func(ctx context.Context, offset int64) (io.ReadCloser, error)
+
+// Result says how a Get was satisfied.
+type Result int
+
+const (
+	// Hit: the blob was on disk.
+	Hit Result = iota
+	// Miss: this request started the fill.
+	Miss
+	// Coalesced: this request joined a fill another request started.
+	Coalesced
+)
+
+func (r Result) String() string {
+	switch r {
+	case Hit:
+		return "hit"
+	case Miss:
+		return "miss"
+	default:
+		return "coalesced"
+	}
+}
+
+// Options configures a Store.
+type Options struct {
+	// Dir holds the blobs (Dir/blobs/<algo>/<xx>/<hex>) and the temp files
+	// of fills in progress (Dir/tmp). Both must be on one file system so
+	// that publishing is an atomic rename.
+	Dir string
+	// Index records every published blob; it must outlive the Store.
+	Index *Index
+	// Logger receives fill failures; nil discards them.
+	Logger *slog.Logger
+	// OnFillDone, when set, is called once for every fill that ends, with
+	// nil err for a published blob.
+	OnFillDone func(d Digest, size int64, err error)
+}
+
+// Store is the content-addressed blob store with single-flight fills.
+type Store struct {
+	blobDir, tmpDir string
+	idx             *Index
+	log             *slog.Logger
+	onFillDone      func(Digest, int64, error)
+
+	ctx    context.Context // cancelled by Close: ends fills in flight
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	fills map[Digest]*fill
+
+	blobs, bytes, filling atomic.Int64
+}
+
+const blobKeyPrefix = "blob/"
+
+// Open prepares the directories under opts.Dir, removes temp files left by a
+// previous run, and counts the blobs the index knows.
+func Open(opts Options) (*Store, error) {
+	if opts.Index == nil {
+		return nil, errors.New("cache: Options.Index is required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		blobDir:    filepath.Join(opts.Dir, "blobs"),
+		tmpDir:     filepath.Join(opts.Dir, "tmp"),
+		idx:        opts.Index,
+		log:        log,
+		onFillDone: opts.OnFillDone,
+		fills:      make(map[Digest]*fill),
+	}
+	for _, d := range []string{s.blobDir, s.tmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("cache: creating %s: %w", d, err)
+		}
+	}
+	// A temp file is never served once its fill is gone, so the leftovers
+	// of a crash are garbage. (The index directory lock held by the caller
+	// keeps a second process off this directory.)
+	stale, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return nil, fmt.Errorf("cache: reading %s: %w", s.tmpDir, err)
+	}
+	for _, e := range stale {
+		_ = os.Remove(filepath.Join(s.tmpDir, e.Name()))
+	}
+	err = s.idx.Scan(blobKeyPrefix, func(_ string, val []byte) error {
+		size, _ := binary.Uvarint(val)
+		s.blobs.Add(1)
+		s.bytes.Add(int64(size))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: counting blobs: %w", err)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Close cancels the fills in flight and waits for them to clean up.
+func (s *Store) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Stats is a snapshot of what the store holds.
+type Stats struct {
+	Blobs, Bytes  int64 // published blobs and their total size
+	FillsInFlight int64
+}
+
+// Stats returns the current counts.
+func (s *Store) Stats() Stats {
+	return Stats{Blobs: s.blobs.Load(), Bytes: s.bytes.Load(), FillsInFlight: s.filling.Load()}
+}
+
+func (s *Store) blobPath(d Digest) string {
+	return filepath.Join(s.blobDir, string(d.Algo), d.Hex[:2], d.Hex)
+}
+
+// Has reports whether the blob is published on disk.
+func (s *Store) Has(d Digest) bool {
+	_, err := os.Stat(s.blobPath(d))
+	return err == nil
+}
+
+// Get returns the blob d of the given size: from disk, by joining the fill
+// in flight, or by starting a fill from src. It returns once the bytes can
+// start flowing (for a fill: once the upstream answered), or with the
+// fill's error if the upstream refused. The Blob must be closed.
+func (s *Store) Get(ctx context.Context, d Digest, size int64, src Source) (*Blob, Result, error) {
+	if b, err := s.openPublished(d, size); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return b, Hit, err
+	}
+
+	s.mu.Lock()
+	f, joined := s.fills[d]
+	if !joined {
+		// Check again under the lock: a fill may have published between
+		// the open above and taking the lock, and it is gone from the map.
+		if b, err := s.openPublished(d, size); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			s.mu.Unlock()
+			return b, Hit, err
+		}
+		f = newFill(d, size)
+		s.fills[d] = f
+		s.filling.Add(1)
+		s.wg.Add(1)
+		go s.run(f, src)
+	}
+	s.mu.Unlock()
+
+	res := Miss
+	if joined {
+		res = Coalesced
+	}
+	if err := f.waitReady(ctx); err != nil {
+		return nil, res, err
+	}
+	return &Blob{Digest: d, Size: size, fill: f}, res, nil
+}
+
+func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
+	file, err := os.Open(s.blobPath(d))
+	if err != nil {
+		return nil, err
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("cache: stat %s: %w", d, err)
+	}
+	if fi.Size() != size {
+		file.Close()
+		return nil, fmt.Errorf("cache: blob %s: %w", d, &SizeMismatchError{Want: size, Got: fi.Size()})
+	}
+	return &Blob{Digest: d, Size: size, file: file}, nil
+}
+
+// run performs one fill and removes it from the registry when it ends.
+func (s *Store) run(f *fill, src Source) {
+	defer s.wg.Done()
+	err := s.download(f, src)
+	if err != nil {
+		f.fail(err)
+		s.log.Warn("blob fill failed", "digest", f.digest.String(), "size", f.size, "err", err)
+	}
+	// Ready may still be open if the source never answered.
+	f.markReady()
+	s.mu.Lock()
+	delete(s.fills, f.digest)
+	s.mu.Unlock()
+	s.filling.Add(-1)
+	if s.onFillDone != nil {
+		s.onFillDone(f.digest, f.size, err)
+	}
+}
+
+// fillBufSize is the unit of progress readers see.
+const fillBufSize = 256 << 10
+
+func (s *Store) download(f *fill, src Source) (err error) {
+	tmp, err := os.CreateTemp(s.tmpDir, f.digest.Hex+".*.partial")
+	if err != nil {
+		return fmt.Errorf("creating temp file: %w", err)
+	}
+	tmpPath := tmp.Name()
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmpPath)
+		}
+	}()
+	f.mu.Lock()
+	f.path = tmpPath
+	f.mu.Unlock()
+
+	body, err := src(s.ctx, 0)
+	if err != nil {
+		return fmt.Errorf("fetching upstream: %w", err)
+	}
+	defer body.Close()
+	f.markReady()
+
+	// A sequential fill hashes the bytes as they pass; a fill that lands
+	// ranges out of order will have to hash the contiguous prefix instead.
+	h := f.digest.newHash(f.size)
+	buf := make([]byte, fillBufSize)
+	var off int64
+	for {
+		n, rerr := io.ReadFull(body, buf)
+		if n > 0 {
+			if off+int64(n) > f.size {
+				return &SizeMismatchError{Want: f.size, Got: off + int64(n)}
+			}
+			if _, werr := tmp.WriteAt(buf[:n], off); werr != nil {
+				return fmt.Errorf("writing temp file: %w", werr)
+			}
+			h.Write(buf[:n])
+			f.landed(off, int64(n))
+			off += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("reading upstream at byte %d: %w", off, rerr)
+		}
+	}
+	if off != f.size {
+		return &SizeMismatchError{Want: f.size, Got: off}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.digest.Hex {
+		return &DigestMismatchError{Want: f.digest, Got: got}
+	}
+	return s.publish(f, tmp)
+}
+
+// publish makes a verified temp file the blob: fsync, read-only, rename,
+// directory fsync, then the index record — in that order, so that a crash at
+// any point leaves either no blob or a complete one.
+func (s *Store) publish(f *fill, tmp *os.File) error {
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing temp file: %w", err)
+	}
+	if err := tmp.Chmod(0o444); err != nil {
+		return fmt.Errorf("making blob read-only: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("closing temp file: %w", err)
+	}
+	final := s.blobPath(f.digest)
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	f.mu.Lock()
+	err := os.Rename(tmp.Name(), final)
+	if err == nil {
+		f.path = final
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("publishing blob: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if err := s.idx.Set(blobKey(f.digest), blobRecord(f.size), 0); err != nil {
+		return err
+	}
+	s.blobs.Add(1)
+	s.bytes.Add(f.size)
+	f.publish(final)
+	return nil
+}
+
+func blobKey(d Digest) string { return blobKeyPrefix + d.String() }
+
+// blobRecord is the index value of a published blob: its size and when it
+// was published, as uvarints.
+func blobRecord(size int64) []byte {
+	b := binary.AppendUvarint(nil, uint64(size))
+	return binary.AppendUvarint(b, uint64(time.Now().Unix()))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening %s for sync: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !strings.Contains(err.Error(), "invalid argument") {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Blob is an open view of one blob, published or being filled.
+type Blob struct {
+	Digest Digest
+	Size   int64
+	file   *os.File // published
+	fill   *fill    // being filled
+}
+
+// File returns the open file of a published blob, or nil while it is being
+// filled. Serving from the *os.File lets the kernel send it (sendfile).
+func (b *Blob) File() *os.File { return b.file }
+
+// NewReader returns a reader of bytes [start, end) of the blob. For a blob
+// being filled, it blocks for bytes that have not landed, never returns the
+// final byte before the blob verified, and fails if the fill fails.
+func (b *Blob) NewReader(ctx context.Context, start, end int64) (io.ReadCloser, error) {
+	if start < 0 || end > b.Size || start > end {
+		return nil, fmt.Errorf("cache: range [%d,%d) outside blob of %d bytes", start, end, b.Size)
+	}
+	if b.file != nil {
+		return io.NopCloser(io.NewSectionReader(b.file, start, end-start)), nil
+	}
+	return b.fill.open(ctx, start, end)
+}
+
+// Close releases the blob.
+func (b *Blob) Close() error {
+	if b.file != nil {
+		return b.file.Close()
+	}
+	return nil
+}
+
+// IsFillError reports whether err came from a fill that failed (as opposed
+// to, say, the reader's own context ending).
+func IsFillError(err error) bool { return errors.Is(err, errFillFailed) }

@@ -1,0 +1,411 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+)
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func sha256Digest(t testing.TB, b []byte) Digest {
+	sum := sha256.Sum256(b)
+	d, err := NewDigest(SHA256, hex.EncodeToString(sum[:]))
+	require.NoError(t, err)
+	return d
+}
+
+// countingSource serves data and counts how often it was asked; gate, when
+// non-nil, holds the body after gateAt bytes until it is closed.
+type countingSource struct {
+	data   []byte
+	calls  atomic.Int32
+	gate   chan struct{}
+	gateAt int
+	err    error
+}
+
+func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, error) {
+	c.calls.Add(1)
+	if c.err != nil {
+		return nil, c.err
+	}
+	if c.gate == nil {
+		return io.NopCloser(bytes.NewReader(c.data[off:])), nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(c.data[off:c.gateAt])
+		select {
+		case <-c.gate:
+		case <-ctx.Done():
+			pw.CloseWithError(ctx.Err())
+			return
+		}
+		pw.Write(c.data[c.gateAt:])
+		pw.Close()
+	}()
+	return pr, nil
+}
+
+func newStore(t testing.TB, dir string) (*Store, *Index) {
+	t.Helper()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	s, err := Open(Options{Dir: dir, Index: idx})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		s.Close()
+		idx.Close()
+	})
+	return s, idx
+}
+
+func readAll(t testing.TB, b *Blob, start, end int64) ([]byte, error) {
+	t.Helper()
+	r, err := b.NewReader(context.Background(), start, end)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+func TestDigestParsing(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr bool
+	}{
+		{"sha256", "sha256:" + fmt.Sprintf("%064x", 7), false},
+		{"upper case is normalised", "sha256:" + fmt.Sprintf("%064X", 0xABC), false},
+		{"git sha1", "git-sha1:" + fmt.Sprintf("%040x", 9), false},
+		{"short", "sha256:abc", true},
+		{"not hex", "sha256:" + fmt.Sprintf("%064s", "zz"), true},
+		{"unknown algo", "md5:" + fmt.Sprintf("%032x", 1), true},
+		{"no prefix", fmt.Sprintf("%064x", 7), true},
+		{"traversal", "sha256:../../../../etc/passwd", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := ParseDigest(tt.in)
+			if tt.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, d, must(ParseDigest(d.String())))
+			assert.Equal(t, d.Hex, string(bytes.ToLower([]byte(d.Hex))))
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestExtentsMergeAndAvailability(t *testing.T) {
+	var e extents
+	e.add(10, 10) // [10,20)
+	e.add(30, 5)  // [30,35)
+	assert.Equal(t, int64(0), e.availableFrom(0))
+	assert.Equal(t, int64(20), e.availableFrom(10))
+	assert.Equal(t, int64(20), e.availableFrom(15))
+	assert.Equal(t, int64(20), e.availableFrom(20), "byte 20 has not landed")
+	e.add(0, 10)
+	assert.Equal(t, int64(20), e.availableFrom(0))
+	e.add(20, 10) // bridges to [30,35)
+	assert.Equal(t, int64(35), e.availableFrom(0))
+	assert.Len(t, e.spans, 1)
+	e.add(5, 3) // inside
+	assert.Equal(t, [][2]int64{{0, 35}}, e.spans)
+}
+
+func TestColdThenWarmFetchesUpstreamOnce(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := newStore(t, dir)
+	data := randomBytes(1, 3<<20+17)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data}
+
+	b, res, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	assert.Equal(t, Miss, res)
+	got, err := readAll(t, b, 0, b.Size)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+	b.Close()
+
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, 5*time.Millisecond)
+	b, res, err = s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	assert.Equal(t, Hit, res)
+	require.NotNil(t, b.File(), "a published blob is served from its file")
+	got, err = readAll(t, b, 100, 200)
+	require.NoError(t, err)
+	assert.Equal(t, data[100:200], got)
+	b.Close()
+
+	assert.Equal(t, int32(1), src.calls.Load())
+	assert.Equal(t, Stats{Blobs: 1, Bytes: int64(len(data))}, s.Stats())
+
+	fi, err := os.Stat(s.blobPath(d))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o444), fi.Mode().Perm(), "published blobs are read-only")
+}
+
+func TestConcurrentColdRequestsShareOneFill(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(2, 8<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 1 << 20}
+
+	var results sync.Map
+	var g errgroup.Group
+	for i := range 16 {
+		g.Go(func() error {
+			b, res, err := s.Get(context.Background(), d, int64(len(data)), src.source)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			results.Store(i, res)
+			got, err := readAll(t, b, 0, b.Size)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, data) {
+				return fmt.Errorf("client %d got wrong bytes", i)
+			}
+			return nil
+		})
+	}
+	// Let every client join while the fill is held, then release it.
+	require.Eventually(t, func() bool {
+		n := 0
+		results.Range(func(any, any) bool { n++; return true })
+		return n == 16
+	}, 5*time.Second, time.Millisecond)
+	close(src.gate)
+	require.NoError(t, g.Wait())
+
+	assert.Equal(t, int32(1), src.calls.Load())
+	misses := 0
+	results.Range(func(_, v any) bool {
+		if v.(Result) == Miss {
+			misses++
+		}
+		return true
+	})
+	assert.Equal(t, 1, misses, "exactly one request starts the fill")
+}
+
+func TestReaderStreamsWhileFillingButHoldsBackFinalByte(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(3, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 600 << 10}
+
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	defer b.Close()
+
+	// A range wholly inside the landed bytes streams all but its last byte.
+	r, err := b.NewReader(t.Context(), 1000, 2000)
+	require.NoError(t, err)
+	defer r.Close()
+	got := make([]byte, 999)
+	_, err = io.ReadFull(r, got)
+	require.NoError(t, err)
+	assert.Equal(t, data[1000:1999], got)
+
+	last := make(chan []byte)
+	go func() {
+		rest, _ := io.ReadAll(r)
+		last <- rest
+	}()
+	select {
+	case <-last:
+		t.Fatal("the final byte arrived before the blob verified")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(src.gate)
+	assert.Equal(t, data[1999:2000], <-last)
+}
+
+func TestCorruptUpstreamIsNeverPublishedAndReadersFail(t *testing.T) {
+	tests := []struct {
+		name string
+		body func(data []byte) []byte
+		want any
+	}{
+		{"wrong bytes", func(data []byte) []byte {
+			bad := bytes.Clone(data)
+			bad[len(bad)-1] ^= 0xff
+			return bad
+		}, &DigestMismatchError{}},
+		{"short body", func(data []byte) []byte { return data[:len(data)-10] }, &SizeMismatchError{}},
+		{"long body", func(data []byte) []byte { return append(bytes.Clone(data), 1, 2, 3) }, &SizeMismatchError{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, _ := newStore(t, dir)
+			data := randomBytes(4, 700<<10)
+			d := sha256Digest(t, data)
+			bad := &countingSource{data: tt.body(data)}
+
+			// The fill may fail before Get returns (then Get reports it) or
+			// while the reader streams; either way no reader completes.
+			b, _, err := s.Get(t.Context(), d, int64(len(data)), bad.source)
+			if err == nil {
+				var got []byte
+				got, err = readAll(t, b, 0, b.Size)
+				b.Close()
+				require.Error(t, err, "a reader never completes on a bad fill")
+				assert.True(t, IsFillError(err))
+				assert.Less(t, len(got), len(data))
+			}
+			require.ErrorAs(t, err, &tt.want)
+
+			require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
+			assert.False(t, s.Has(d))
+			tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+			assert.Empty(t, tmp, "the temp file is removed")
+
+			// The next request starts afresh and, with good bytes, succeeds.
+			good := &countingSource{data: data}
+			b, res, err := s.Get(t.Context(), d, int64(len(data)), good.source)
+			require.NoError(t, err)
+			assert.Equal(t, Miss, res)
+			got, err := readAll(t, b, 0, b.Size)
+			b.Close()
+			require.NoError(t, err)
+			assert.True(t, bytes.Equal(data, got))
+		})
+	}
+}
+
+func TestUpstreamRefusalIsReturnedToEveryWaiter(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := []byte("hello")
+	d := sha256Digest(t, data)
+	refusal := errors.New("upstream said 403")
+	src := &countingSource{err: refusal}
+	_, _, err := s.Get(t.Context(), d, 5, src.source)
+	require.ErrorIs(t, err, refusal)
+	assert.False(t, s.Has(d))
+}
+
+func TestFillOutlivesTheClientThatStartedIt(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(5, 2<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 1 << 20}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	b, _, err := s.Get(ctx, d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	r, err := b.NewReader(ctx, 0, b.Size)
+	require.NoError(t, err)
+	_, err = io.ReadFull(r, make([]byte, 1000))
+	require.NoError(t, err)
+	cancel() // the first client goes away mid-download
+	_, err = io.ReadAll(r)
+	assert.ErrorIs(t, err, context.Canceled)
+	r.Close()
+	b.Close()
+
+	close(src.gate)
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int32(1), src.calls.Load())
+}
+
+func TestGitBlobDigestVerifies(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := []byte(`{"model_type": "bert"}`)
+	h := sha1.New()
+	fmt.Fprintf(h, "blob %d\x00", len(data))
+	h.Write(data)
+	d, err := NewDigest(GitSHA1, hex.EncodeToString(h.Sum(nil)))
+	require.NoError(t, err)
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), (&countingSource{data: data}).source)
+	require.NoError(t, err)
+	got, err := readAll(t, b, 0, b.Size)
+	b.Close()
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, 5*time.Millisecond)
+}
+
+func TestReopenCountsPublishedBlobsAndDropsTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	s, err := Open(Options{Dir: dir, Index: idx})
+	require.NoError(t, err)
+	data := randomBytes(6, 12345)
+	d := sha256Digest(t, data)
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), (&countingSource{data: data}).source)
+	require.NoError(t, err)
+	_, err = readAll(t, b, 0, b.Size)
+	require.NoError(t, err)
+	b.Close()
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, s.Close())
+	require.NoError(t, idx.Close())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "leftover.partial"), []byte("x"), 0o644))
+
+	s2, _ := newStore(t, dir)
+	assert.Equal(t, Stats{Blobs: 1, Bytes: int64(len(data))}, s2.Stats())
+	tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	assert.Empty(t, tmp)
+}
+
+func TestIndexTTLAndScan(t *testing.T) {
+	idx, err := OpenIndex(t.TempDir(), nil)
+	require.NoError(t, err)
+	defer idx.Close()
+	require.NoError(t, idx.Set("a/1", []byte("one"), 0))
+	require.NoError(t, idx.Set("a/2", []byte("two"), time.Second))
+	require.NoError(t, idx.Set("b/1", []byte("other"), 0))
+	v, err := idx.Get("a/2")
+	require.NoError(t, err)
+	assert.Equal(t, "two", string(v))
+	var keys []string
+	require.NoError(t, idx.Scan("a/", func(k string, _ []byte) error { keys = append(keys, k); return nil }))
+	assert.Equal(t, []string{"a/1", "a/2"}, keys)
+	_, err = idx.Get("missing")
+	assert.ErrorIs(t, err, ErrNotFound)
+	// badger's TTL has a one-second resolution.
+	require.Eventually(t, func() bool {
+		_, err := idx.Get("a/2")
+		return errors.Is(err, ErrNotFound)
+	}, 4*time.Second, 50*time.Millisecond)
+}
