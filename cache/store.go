@@ -30,6 +30,10 @@ import (
 	"time"
 )
 
+// ErrStorage marks a fill that failed on the local disk rather than
+// upstream (no space, I/O error).
+var ErrStorage = errors.New("local storage")
+
 // Source fetches a blob's bytes from offset on. The body it returns must
 // yield exactly the bytes of the blob from offset to the end.
 type Source func(ctx context.Context, offset int64) (io.ReadCloser, error)
@@ -243,7 +247,7 @@ const fillBufSize = 256 << 10
 func (s *Store) download(f *fill, src Source) (err error) {
 	tmp, err := os.CreateTemp(s.tmpDir, f.digest.Hex+".*.partial")
 	if err != nil {
-		return fmt.Errorf("creating temp file: %w", err)
+		return fmt.Errorf("%w: creating temp file: %w", ErrStorage, err)
 	}
 	tmpPath := tmp.Name()
 	defer func() {
@@ -275,7 +279,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 				return &SizeMismatchError{Want: f.size, Got: off + int64(n)}
 			}
 			if _, werr := tmp.WriteAt(buf[:n], off); werr != nil {
-				return fmt.Errorf("writing temp file: %w", werr)
+				return fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
 			}
 			h.Write(buf[:n])
 			f.landed(off, int64(n))
@@ -294,7 +298,10 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != f.digest.Hex {
 		return &DigestMismatchError{Want: f.digest, Got: got}
 	}
-	return s.publish(f, tmp)
+	if err := s.publish(f, tmp); err != nil {
+		return fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	return nil
 }
 
 // publish makes a verified temp file the blob: fsync, read-only, rename,

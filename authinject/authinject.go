@@ -1,0 +1,207 @@
+// Package authinject is the only code that handles the operator's upstream
+// credentials. It sends each upstream request, attaching a credential only
+// when the request's host is the one host that credential belongs to, and
+// follows redirects itself so that no credential ever rides a redirect to
+// another host (a CDN or storage bucket).
+//
+// Go's own redirect following is not used on purpose: http.Client keeps
+// Authorization on redirects to subdomains, which would hand the token to a
+// CDN living under the hub's domain.
+package authinject
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Credential is a secret bound to the single host it may be sent to.
+type Credential struct {
+	host   string // canonical host:port
+	header string // the full Authorization header value; empty: none configured
+}
+
+// Bearer binds token to the host of endpoint ("https://hub.example" binds
+// "hub.example:443"). An empty token yields a credential that only marks the
+// host as the one a worker's own Authorization may be forwarded to.
+func Bearer(endpoint, token string) (Credential, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return Credential{}, fmt.Errorf("credential endpoint %q is not an absolute URL", endpoint)
+	}
+	c := Credential{host: CanonicalHost(u)}
+	if token != "" {
+		c.header = "Bearer " + token
+	}
+	return c, nil
+}
+
+// String never shows the secret.
+func (c Credential) String() string { return "credential for " + c.host }
+
+// Follow says which redirects Do follows.
+type Follow int
+
+const (
+	// FollowNone returns every redirect to the caller.
+	FollowNone Follow = iota
+	// FollowSameHost follows redirects that stay on the request's host and
+	// returns the first one that leaves it (whose Location the caller may
+	// want to read, but must never send a credential to).
+	FollowSameHost
+	// FollowAll follows every redirect; credentials are attached per hop
+	// by host, so they are dropped when a hop leaves their host.
+	FollowAll
+)
+
+// maxRedirects bounds a redirect chain.
+const maxRedirects = 10
+
+// Injector sends requests with credentials attached by host.
+type Injector struct {
+	rt    http.RoundTripper
+	creds []Credential
+}
+
+// New returns an Injector that sends through rt.
+func New(rt http.RoundTripper, creds ...Credential) *Injector {
+	return &Injector{rt: rt, creds: creds}
+}
+
+// Owns reports whether u's host is one that a credential is bound to.
+func (i *Injector) Owns(u *url.URL) bool {
+	_, ok := i.credentialFor(u)
+	return ok
+}
+
+func (i *Injector) credentialFor(u *url.URL) (Credential, bool) {
+	h := CanonicalHost(u)
+	for _, c := range i.creds {
+		if c.host == h {
+			return c, true
+		}
+	}
+	return Credential{}, false
+}
+
+// Do sends req and follows redirects as follow says.
+//
+// Whatever Authorization req carries is treated as the worker's own: it is
+// removed, and replaced on each hop by the configured credential of that
+// hop's host. Only when no credential is configured for that host is the
+// worker's own value forwarded — to that host, never to any other.
+// Proxy-Authorization and Cookie are never forwarded.
+//
+// The returned response's Request is the last hop sent.
+func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) {
+	clientAuth := req.Header.Get("Authorization")
+	out := req.Clone(req.Context())
+	for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
+		out.Header.Del(h)
+	}
+	for hop := 0; ; hop++ {
+		i.attach(out, clientAuth)
+		resp, err := i.rt.RoundTrip(out)
+		if err != nil {
+			return nil, err
+		}
+		loc := resp.Header.Get("Location")
+		if follow == FollowNone || !isRedirect(resp.StatusCode) || loc == "" {
+			return resp, nil
+		}
+		target, err := out.URL.Parse(loc)
+		if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
+			return resp, nil // the caller sees the odd redirect as is
+		}
+		if follow == FollowSameHost && CanonicalHost(target) != CanonicalHost(out.URL) {
+			return resp, nil
+		}
+		drain(resp.Body)
+		if hop+1 >= maxRedirects {
+			return nil, errors.New("upstream redirected too many times")
+		}
+		next, err := nextHop(out, resp.StatusCode, target)
+		if err != nil {
+			return nil, err
+		}
+		out = next
+	}
+}
+
+// attach sets the Authorization header for out's host.
+func (i *Injector) attach(out *http.Request, clientAuth string) {
+	out.Header.Del("Authorization")
+	c, ok := i.credentialFor(out.URL)
+	switch {
+	case !ok:
+	case c.header != "":
+		out.Header.Set("Authorization", c.header)
+	case clientAuth != "":
+		out.Header.Set("Authorization", clientAuth)
+	}
+}
+
+func nextHop(prev *http.Request, status int, target *url.URL) (*http.Request, error) {
+	method := prev.Method
+	var body io.ReadCloser
+	// As browsers and net/http do: 301/302/303 turn a POST into a GET;
+	// 307/308 repeat the request, body included.
+	if (status == http.StatusMovedPermanently || status == http.StatusFound || status == http.StatusSeeOther) && method == http.MethodPost {
+		method = http.MethodGet
+	} else if prev.GetBody != nil {
+		b, err := prev.GetBody()
+		if err != nil {
+			return nil, fmt.Errorf("replaying request body on redirect: %w", err)
+		}
+		body = b
+	}
+	next, err := http.NewRequestWithContext(prev.Context(), method, target.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("building redirected request: %w", err)
+	}
+	next.Header = prev.Header.Clone()
+	next.GetBody = prev.GetBody
+	next.ContentLength = prev.ContentLength
+	if method != prev.Method {
+		next.Header.Del("Content-Type")
+		next.GetBody = nil
+		next.ContentLength = 0
+	}
+	return next, nil
+}
+
+func isRedirect(code int) bool {
+	switch code {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
+}
+
+// drain reads a little of a discarded body so the connection can be reused.
+func drain(body io.ReadCloser) {
+	io.CopyN(io.Discard, body, 64<<10)
+	body.Close()
+}
+
+// CanonicalHost returns u's lower-cased host with the scheme's default port
+// made explicit, so that "hub.example" and "hub.example:443" compare equal
+// and "http://hub.example" (port 80) does not match an https credential.
+func CanonicalHost(u *url.URL) string {
+	host := strings.ToLower(u.Hostname())
+	port := u.Port()
+	if port == "" {
+		switch u.Scheme {
+		case "http":
+			port = "80"
+		default:
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}

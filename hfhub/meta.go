@@ -1,0 +1,125 @@
+package hfhub
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/modelgate/modelgate/cache"
+)
+
+// Headers of the Hub's resolve answers that clients read.
+const (
+	HeaderRepoCommit   = "X-Repo-Commit"
+	HeaderLinkedEtag   = "X-Linked-Etag"
+	HeaderLinkedSize   = "X-Linked-Size"
+	HeaderErrorCode    = "X-Error-Code"
+	HeaderErrorMessage = "X-Error-Message"
+)
+
+// FileMeta is what the gateway needs to serve a file: the commit it
+// resolved to, the content id and the size. It is immutable for a commit.
+type FileMeta struct {
+	Commit string
+	Digest cache.Digest
+	Size   int64
+}
+
+// storedMeta is FileMeta as kept in the index.
+type storedMeta struct {
+	Commit string `json:"commit"`
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// ErrNotContentAddressed is returned when an answer's ETag is neither a
+// sha256 nor a Git blob id, so the bytes cannot be verified or shared.
+var ErrNotContentAddressed = errors.New("file etag is not a content hash")
+
+// ParseFileMeta reads a file's metadata from the final answer of a HEAD on
+// a resolve URL (after following same-host redirects), exactly as
+// huggingface_hub does: commit from X-Repo-Commit; content id from
+// X-Linked-Etag, else ETag; size from X-Linked-Size, else Content-Length
+// unless the answer is a redirect (whose body length means nothing).
+func ParseFileMeta(h http.Header, status int) (FileMeta, error) {
+	commit := h.Get(HeaderRepoCommit)
+	if !IsCommit(commit) {
+		return FileMeta{}, fmt.Errorf("upstream answer has no valid %s", HeaderRepoCommit)
+	}
+	etag := h.Get(HeaderLinkedEtag)
+	if etag == "" {
+		etag = h.Get("ETag")
+	}
+	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
+	var (
+		d   cache.Digest
+		err error
+	)
+	switch len(etag) {
+	case 64:
+		d, err = cache.NewDigest(cache.SHA256, etag)
+	case 40:
+		d, err = cache.NewDigest(cache.GitSHA1, etag)
+	default:
+		err = ErrNotContentAddressed
+	}
+	if err != nil {
+		return FileMeta{}, fmt.Errorf("%w: %q", ErrNotContentAddressed, etag)
+	}
+	sizeStr := h.Get(HeaderLinkedSize)
+	if sizeStr == "" && (status < 300 || status > 399) {
+		sizeStr = h.Get("Content-Length")
+	}
+	size, err := strconv.ParseInt(sizeStr, 10, 64)
+	if err != nil || size < 0 {
+		return FileMeta{}, fmt.Errorf("upstream answer has no valid file size")
+	}
+	return FileMeta{Commit: commit, Digest: d, Size: size}, nil
+}
+
+// ETag is the quoted content id, as the Hub sends it.
+func (m FileMeta) ETag() string { return `"` + m.Digest.Hex + `"` }
+
+// MarshalMeta encodes m for the index.
+func MarshalMeta(m FileMeta) []byte {
+	b, _ := json.Marshal(storedMeta{Commit: m.Commit, Digest: m.Digest.String(), Size: m.Size})
+	return b
+}
+
+// UnmarshalMeta decodes what MarshalMeta produced.
+func UnmarshalMeta(b []byte) (FileMeta, error) {
+	var sm storedMeta
+	if err := json.Unmarshal(b, &sm); err != nil {
+		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
+	}
+	d, err := cache.ParseDigest(sm.Digest)
+	if err != nil {
+		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
+	}
+	return FileMeta{Commit: sm.Commit, Digest: d, Size: sm.Size}, nil
+}
+
+// Index keys. Repo ids, revisions and paths are validated before they get
+// here, and the NUL separator cannot occur in any of them.
+const (
+	keyFile = "hf/file\x00"
+	keyRev  = "hf/rev\x00"
+	keyAPI  = "hf/api\x00"
+)
+
+// FileKey is the index key of a file at a commit.
+func FileKey(repo Repo, commit, path string) string {
+	return keyFile + string(repo.Type) + "\x00" + repo.ID + "\x00" + commit + "\x00" + path
+}
+
+// RevisionKey is the index key of a revision's commit.
+func RevisionKey(repo Repo, rev string) string {
+	return keyRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
+}
+
+// APIKey is the index key of a cached API answer, given a digest of the
+// request that produced it.
+func APIKey(requestDigest string) string { return keyAPI + requestDigest }

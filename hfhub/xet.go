@@ -1,0 +1,140 @@
+package hfhub
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// XetFileInfoType is the media type huggingface.js asks for to learn a
+// file's Xet hash; a client that does not get it downloads over plain HTTP.
+const XetFileInfoType = "application/vnd.xet-fileinfo+json"
+
+// StripXetHeaders removes every Xet hint from upstream answer headers:
+// X-Xet-* (hash, refresh route, CAS URL, access token) and the xet-auth /
+// xet-reconstruction-info parts of Link. Without them, stock clients
+// download plain HTTP from the gateway instead of going around it to the
+// Xet CAS with a token derived from the operator's.
+func StripXetHeaders(h http.Header) {
+	for k := range h {
+		if strings.HasPrefix(http.CanonicalHeaderKey(k), "X-Xet-") {
+			delete(h, k)
+		}
+	}
+	links := h.Values("Link")
+	if len(links) == 0 {
+		return
+	}
+	h.Del("Link")
+	for _, l := range links {
+		var kept []string
+		for _, part := range splitLinks(l) {
+			if !isXetLink(part) {
+				kept = append(kept, part)
+			}
+		}
+		if len(kept) > 0 {
+			h.Add("Link", strings.Join(kept, ", "))
+		}
+	}
+}
+
+func isXetLink(part string) bool {
+	p := strings.ToLower(part)
+	return strings.Contains(p, `rel="xet-`) || strings.Contains(p, "rel=xet-")
+}
+
+// splitLinks splits a Link header value into its comma-separated entries,
+// ignoring commas inside <...>.
+func splitLinks(v string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i, c := range v {
+		switch c {
+		case '<':
+			depth++
+		case '>':
+			depth--
+		case ',':
+			if depth == 0 {
+				out = append(out, strings.TrimSpace(v[start:i]))
+				start = i + 1
+			}
+		}
+	}
+	if s := strings.TrimSpace(v[start:]); s != "" {
+		out = append(out, s)
+	}
+	return out
+}
+
+// FilterAccept drops the Xet file-info media type from an Accept header
+// value; it returns "" when nothing is left.
+func FilterAccept(accept string) string {
+	var kept []string
+	for _, part := range strings.Split(accept, ",") {
+		mt := strings.TrimSpace(strings.SplitN(part, ";", 2)[0])
+		if strings.EqualFold(mt, XetFileInfoType) || strings.TrimSpace(part) == "" {
+			continue
+		}
+		kept = append(kept, strings.TrimSpace(part))
+	}
+	return strings.Join(kept, ", ")
+}
+
+// StripXetFromEntries removes "xetHash" from a tree or paths-info JSON array,
+// so that huggingface_hub 1.22+ (which may skip the HEAD when a cached tree
+// names a Xet hash) downloads through the gateway. Anything that is not a
+// JSON array of objects is returned unchanged.
+func StripXetFromEntries(body []byte) []byte {
+	var entries []map[string]json.RawMessage
+	if err := json.Unmarshal(body, &entries); err != nil {
+		return body
+	}
+	changed := false
+	for _, e := range entries {
+		if _, ok := e["xetHash"]; ok {
+			delete(e, "xetHash")
+			changed = true
+		}
+	}
+	if !changed {
+		return body
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(entries); err != nil {
+		return body
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+
+// RewriteNextLink points the rel="next" URL of a paginated answer at the
+// gateway: clients do not rewrite it themselves, so without this page 2
+// would go straight to the upstream. Only links on the upstream's own
+// origin are rewritten; gateway is the scheme://host the client used.
+func RewriteNextLink(h http.Header, upstream *url.URL, gateway string) {
+	links := h.Values("Link")
+	if len(links) == 0 {
+		return
+	}
+	h.Del("Link")
+	for _, l := range links {
+		parts := splitLinks(l)
+		for i, part := range parts {
+			lt, gt := strings.Index(part, "<"), strings.Index(part, ">")
+			if lt != 0 || gt < 0 {
+				continue
+			}
+			u, err := url.Parse(part[1:gt])
+			if err != nil || !strings.EqualFold(u.Host, upstream.Host) || u.Scheme != upstream.Scheme {
+				continue
+			}
+			parts[i] = "<" + gateway + u.RequestURI() + ">" + part[gt+1:]
+		}
+		h.Add("Link", strings.Join(parts, ", "))
+	}
+}

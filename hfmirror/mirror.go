@@ -1,0 +1,176 @@
+// Package hfmirror serves the Hugging Face Hub's routes from the gateway,
+// as a mirror that workers reach with HF_ENDPOINT=http://gate:8080.
+//
+// A file download resolves the revision and file to a content id (from the
+// index, or with one HEAD upstream carrying the operator's token), then
+// answers 200/206 itself from the blob cache — never with a redirect to a
+// CDN — so the bytes cross the internet once. API routes are forwarded
+// with the token; their answers are cached when they are about a commit
+// (forever) or a branch (for revision_ttl). Xet hints are removed
+// everywhere so stock clients download plain HTTP from the gateway.
+package hfmirror
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/upstream"
+)
+
+// Upstream sends a request to the Hub (or a CDN it redirects to) with the
+// credentials that belong to each hop; authinject.Injector implements it.
+type Upstream interface {
+	Do(req *http.Request, follow authinject.Follow) (*http.Response, error)
+}
+
+// Index is the persistent metadata map; cache.Index implements it.
+type Index interface {
+	Get(key string) ([]byte, error)
+	Set(key string, val []byte, ttl time.Duration) error
+}
+
+// Blobs is the content-addressed store; cache.Store implements it.
+type Blobs interface {
+	Get(ctx context.Context, d cache.Digest, size int64, src cache.Source) (*cache.Blob, cache.Result, error)
+}
+
+// Options configures a Mirror.
+type Options struct {
+	// Endpoint is the Hub base URL requests are sent to.
+	Endpoint *url.URL
+	// RevisionTTL is how long a branch or tag's commit, and API answers
+	// about it, are trusted.
+	RevisionTTL time.Duration
+	Upstream    Upstream
+	Index       Index
+	Blobs       Blobs
+	Metrics     *metrics.Metrics
+	Logger      *slog.Logger
+}
+
+// Mirror is the http.Handler for Hub routes.
+type Mirror struct {
+	Options
+}
+
+// New returns a Mirror.
+func New(opts Options) *Mirror {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Mirror{Options: opts}
+}
+
+// ServeHTTP answers one Hub route; anything else is a 404.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	route, err := hfhub.ParseRoute(r.Method, r.URL)
+	var bad *hfhub.BadRequestError
+	switch {
+	case errors.As(err, &bad):
+		reqinfo.Set(r.Context(), "hub", "bad_request")
+		writeError(w, http.StatusBadRequest, "", bad.Reason)
+		return
+	case err != nil:
+		reqinfo.Set(r.Context(), metrics.RouteOther, "not_found")
+		writeError(w, http.StatusNotFound, "", "no such route on this gateway")
+		return
+	}
+	reqinfo.Set(r.Context(), route.Kind.Name(), "")
+	switch route.Kind {
+	case hfhub.Resolve:
+		m.serveResolve(w, r, route)
+	case hfhub.RepoInfo, hfhub.Tree, hfhub.PathsInfo:
+		m.serveCachedAPI(w, r, route)
+	default:
+		m.forwardAPI(w, r)
+	}
+}
+
+// newUpstreamRequest builds a request for path (already escaped) and query
+// on the Hub endpoint, carrying over the worker's own Authorization (which
+// the Upstream replaces with the operator's token, or forwards only to the
+// Hub when none is configured) and the headers the Hub needs.
+func (m *Mirror) newUpstreamRequest(ctx context.Context, method, escapedPath, rawQuery string, body io.Reader, in *http.Request) (*http.Request, error) {
+	// The endpoint may carry a path prefix (a corporate mirror); keep it.
+	target := strings.TrimSuffix(m.Endpoint.String(), "/") + escapedPath
+	if rawQuery != "" {
+		target += "?" + rawQuery
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	if err != nil {
+		return nil, err
+	}
+	// Identity encoding: cached bytes and sizes must be the real ones.
+	req.Header.Set("Accept-Encoding", "identity")
+	if in != nil {
+		if v := in.Header.Get("Authorization"); v != "" {
+			req.Header.Set("Authorization", v)
+		}
+		if v := in.Header.Get("User-Agent"); v != "" {
+			req.Header.Set("User-Agent", v)
+		}
+		if v := hfhub.FilterAccept(in.Header.Get("Accept")); v != "" {
+			req.Header.Set("Accept", v)
+		}
+		if v := in.Header.Get("Content-Type"); v != "" && body != nil {
+			req.Header.Set("Content-Type", v)
+		}
+	}
+	return req, nil
+}
+
+// relayHeaders are the upstream answer headers a worker gets back: what
+// clients read (errors, commit, pagination, rate limits). Anything else —
+// cookies, Xet tokens, upstream infrastructure details — stays here.
+var relayHeaders = []string{
+	"Content-Type", hfhub.HeaderErrorCode, hfhub.HeaderErrorMessage, hfhub.HeaderRepoCommit,
+	"ETag", "Link", "X-Total-Count", "Retry-After", "RateLimit", "RateLimit-Policy",
+}
+
+// copyRelayHeaders sets the relayed headers of from on to, removing any
+// stale value to has for them.
+func copyRelayHeaders(to, from http.Header) {
+	for _, k := range relayHeaders {
+		to.Del(k)
+		for _, v := range from.Values(k) {
+			to.Add(k, v)
+		}
+	}
+	hfhub.StripXetHeaders(to)
+}
+
+// writeUpstreamFailure answers for an upstream that could not be reached:
+// 504 when it did not answer in time, 502 otherwise. Never a made-up
+// 401/404, which would make a client believe the repo is gone.
+func writeUpstreamFailure(w http.ResponseWriter, err error) {
+	if upstream.IsTimeout(err) {
+		writeError(w, http.StatusGatewayTimeout, "", "the upstream hub did not answer in time")
+		return
+	}
+	writeError(w, http.StatusBadGateway, "", "the upstream hub could not be reached")
+}
+
+// writeError writes a JSON error the way the Hub does (X-Error-Message and
+// {"error": ...}), so clients show the message.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	h := w.Header()
+	if code != "" {
+		h.Set(hfhub.HeaderErrorCode, code)
+	}
+	h.Set(hfhub.HeaderErrorMessage, msg)
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	io.WriteString(w, `{"error":`+jsonString(msg)+"}\n")
+}

@@ -1,0 +1,251 @@
+package hfmirror
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"path"
+	"strconv"
+
+	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/blobhttp"
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/upstream"
+)
+
+// serveResolve answers HEAD/GET of a file with 200/206 from the gateway.
+func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhub.Route) {
+	ctx := r.Context()
+	info := reqinfo.From(ctx)
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		info.Result = "bad_request"
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "", "resolve answers GET and HEAD only")
+		return
+	}
+	meta, fromIndex, err := m.fileMeta(ctx, r, route)
+	if err != nil {
+		info.Result = "error"
+		m.writeMetaError(w, err)
+		return
+	}
+	info.Result = "miss"
+	if fromIndex {
+		info.Result = "hit"
+	}
+
+	h := w.Header()
+	h.Set(hfhub.HeaderRepoCommit, meta.Commit)
+	h.Set(hfhub.HeaderLinkedEtag, meta.ETag())
+	h.Set(hfhub.HeaderLinkedSize, strconv.FormatInt(meta.Size, 10))
+	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
+
+	var result cache.Result = -1
+	open := func() (*cache.Blob, error) {
+		b, res, err := m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r.Header.Get("Authorization")))
+		result = res
+		return b, err
+	}
+	n, src, err := blobhttp.Serve(w, r, meta.Size, meta.ETag(), open)
+	if result >= 0 {
+		info.Result = result.String()
+	}
+	m.countServed(src, n)
+	switch {
+	case err == nil:
+	case errors.Is(err, blobhttp.ErrIncomplete):
+		info.Result = "error"
+		info.Detail = "aborted mid-body: " + upstream.Sanitize(err).Error()
+		// The status line is out; only a broken connection tells the
+		// client that this body is not the file.
+		panic(http.ErrAbortHandler)
+	default:
+		info.Result = "error"
+		m.writeMetaError(w, err)
+	}
+}
+
+func (m *Mirror) countServed(src blobhttp.Source, n int64) {
+	if m.Metrics == nil || n == 0 {
+		return
+	}
+	label := metrics.SourceCache
+	if src == blobhttp.FromFill {
+		label = metrics.SourceFill
+	}
+	m.Metrics.ServedBytes.WithLabelValues(label).Add(float64(n))
+}
+
+// fileMeta resolves the route to a commit, content id and size: from the
+// index when it can (a commit's files never change; a branch's commit is
+// trusted for RevisionTTL), otherwise with one HEAD upstream.
+func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, bool, error) {
+	commit := route.Revision
+	if !hfhub.IsCommit(commit) {
+		if b, err := m.Index.Get(hfhub.RevisionKey(route.Repo, route.Revision)); err == nil {
+			commit = string(b)
+		}
+	}
+	if hfhub.IsCommit(commit) {
+		if b, err := m.Index.Get(hfhub.FileKey(route.Repo, commit, route.Path)); err == nil {
+			if meta, err := hfhub.UnmarshalMeta(b); err == nil {
+				return meta, true, nil
+			}
+		}
+	}
+
+	req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, route.Revision, route.Path), "", nil, r)
+	if err != nil {
+		return hfhub.FileMeta{}, false, err
+	}
+	// Follow the Hub's same-host redirects (small files, renamed repos),
+	// stop at the one to a CDN: its headers carry X-Linked-Etag/-Size.
+	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+	if err != nil {
+		return hfhub.FileMeta{}, false, &unreachableError{err: upstream.Sanitize(err)}
+	}
+	defer drainClose(resp.Body)
+	if resp.StatusCode >= 400 {
+		return hfhub.FileMeta{}, false, &upstreamAnswerError{resp: resp, body: readLimited(resp.Body)}
+	}
+	meta, err := hfhub.ParseFileMeta(resp.Header, resp.StatusCode)
+	if err != nil {
+		return hfhub.FileMeta{}, false, &badUpstreamError{err: err}
+	}
+	if err := m.Index.Set(hfhub.FileKey(route.Repo, meta.Commit, route.Path), hfhub.MarshalMeta(meta), 0); err != nil {
+		m.Logger.Warn("caching file metadata", "err", err)
+	}
+	if route.Revision != meta.Commit && m.RevisionTTL > 0 {
+		if err := m.Index.Set(hfhub.RevisionKey(route.Repo, route.Revision), []byte(meta.Commit), m.RevisionTTL); err != nil {
+			m.Logger.Warn("caching revision", "err", err)
+		}
+	}
+	return meta, false, nil
+}
+
+// blobSource fetches a file's bytes for the cache: a GET of the resolve URL
+// at the resolved commit, following every redirect (to the CDN, without any
+// credential). A fresh resolve per fill means a fresh signed CDN URL, never
+// a stale one from an earlier HEAD.
+func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, clientAuth string) cache.Source {
+	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		if clientAuth != "" {
+			req.Header.Set("Authorization", clientAuth)
+		}
+		want := http.StatusOK
+		if off > 0 {
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+			want = http.StatusPartialContent
+		}
+		resp, err := m.Upstream.Do(req, authinject.FollowAll)
+		if err != nil {
+			return nil, &unreachableError{err: upstream.Sanitize(err)}
+		}
+		if resp.StatusCode != want {
+			body := readLimited(resp.Body)
+			drainClose(resp.Body)
+			// A refusal by the Hub itself (token revoked, repo gone) is
+			// relayed; a CDN's is the gateway's problem, not the worker's.
+			if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
+				return nil, &upstreamAnswerError{resp: resp, body: body}
+			}
+			return nil, &badUpstreamError{err: fmt.Errorf("download answered %d, want %d", resp.StatusCode, want)}
+		}
+		if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
+			drainClose(resp.Body)
+			return nil, &badUpstreamError{err: fmt.Errorf("download is %s-encoded", ce)}
+		}
+		if resp.ContentLength >= 0 && resp.ContentLength != meta.Size-off {
+			drainClose(resp.Body)
+			return nil, &badUpstreamError{err: fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, meta.Size-off)}
+		}
+		return resp.Body, nil
+	}
+}
+
+// Errors of the metadata and fill steps, mapped to answers in one place.
+type (
+	// unreachableError: no answer from the upstream (dial, TLS, timeout).
+	unreachableError struct{ err error }
+	// upstreamAnswerError: the upstream answered with an error status.
+	upstreamAnswerError struct {
+		resp *http.Response
+		body []byte
+	}
+	// badUpstreamError: the upstream answered, but not in a usable way.
+	badUpstreamError struct{ err error }
+)
+
+func (e *unreachableError) Error() string { return "upstream unreachable: " + e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }
+func (e *upstreamAnswerError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.resp.StatusCode)
+}
+func (e *badUpstreamError) Error() string { return "unusable upstream answer: " + e.err.Error() }
+func (e *badUpstreamError) Unwrap() error { return e.err }
+
+func (m *Mirror) writeMetaError(w http.ResponseWriter, err error) {
+	var (
+		unreachable *unreachableError
+		answer      *upstreamAnswerError
+		bad         *badUpstreamError
+	)
+	switch {
+	case errors.As(err, &answer):
+		// The Hub's own refusal (gated, missing, bad revision): the
+		// worker gets it as is, since clients act on X-Error-Code.
+		copyRelayHeaders(w.Header(), answer.resp.Header)
+		w.Header().Del("ETag")
+		w.Header().Del("Content-Length")
+		w.WriteHeader(answer.resp.StatusCode)
+		w.Write(answer.body)
+	case errors.As(err, &unreachable):
+		m.Logger.Warn("upstream unreachable", "err", unreachable.err)
+		writeUpstreamFailure(w, unreachable.err)
+	case errors.As(err, &bad):
+		m.Logger.Warn("unusable upstream answer", "err", bad.err)
+		writeError(w, http.StatusBadGateway, "", "the upstream hub gave an answer the gateway cannot use: "+bad.err.Error())
+	case cache.IsFillError(err):
+		writeError(w, http.StatusBadGateway, "", "downloading the file from upstream failed")
+	case errors.Is(err, context.Canceled):
+		// The client left; nobody reads this answer.
+	default:
+		m.Logger.Error("serving file", "err", err)
+		writeError(w, http.StatusInternalServerError, "", "internal error")
+	}
+}
+
+// contentDisposition names the file the way the Hub's CDN does.
+func contentDisposition(name string) string {
+	v := mime.FormatMediaType("inline", map[string]string{"filename": name})
+	if v == "" {
+		return "inline"
+	}
+	return v
+}
+
+func readLimited(r io.Reader) []byte {
+	b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
+	return b
+}
+
+func drainClose(rc io.ReadCloser) {
+	io.CopyN(io.Discard, rc, 64<<10)
+	rc.Close()
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}

@@ -1,0 +1,233 @@
+// Command modelgate is a caching gateway between ML workers and the model
+// hubs: a Hugging Face mirror (HF_ENDPOINT=http://gate:8080) that keeps the
+// operator's token to itself and serves every blob from local disk after it
+// crossed the internet once. main only wires the packages together.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/hfmirror"
+	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/proxy"
+	"github.com/modelgate/modelgate/upstream"
+)
+
+// defaultConfig is config.yaml as committed: used when -config is not
+// given and there is no config.yaml in the working directory.
+//
+//go:embed config.yaml
+var defaultConfig []byte
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "modelgate:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("modelgate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "config.yaml", "path of the YAML configuration file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*configPath, isFlagSet(fs, "config"))
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, cfg, log, nil)
+}
+
+// loadConfig reads path; a missing default file falls back to the embedded
+// config.yaml so that a bare `modelgate` runs.
+func loadConfig(path string, explicit bool) (config.Config, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit {
+		return config.Parse(defaultConfig, os.Getenv, os.ReadFile)
+	}
+	return config.Load(path, os.Getenv, os.ReadFile)
+}
+
+func isFlagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func newLogger(c config.LogConfig, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// serve runs the gateway until ctx ends. When ready is not nil it receives
+// the bound address once the listener is up (tests use port 0).
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<- string) error {
+	gw, err := build(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer gw.close()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := proxy.NewServer(cfg.Listen, gw.handler, log)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("modelgate listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
+		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token.Reveal() != "")
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		// Long downloads are still running; cut them.
+		srv.Close()
+	}
+	return nil
+}
+
+// gateway is the wired set of components.
+type gateway struct {
+	handler http.Handler
+	close   func()
+}
+
+func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	var closers []func() error
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
+	idx, err := cache.OpenIndex(filepath.Join(cfg.DataDir, "index"), log)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, idx.Close)
+	store, err := cache.Open(cache.Options{
+		Dir:    cfg.DataDir,
+		Index:  idx,
+		Logger: log,
+		OnFillDone: func(_ cache.Digest, _ int64, err error) {
+			if err != nil {
+				m.FillFailures.WithLabelValues(fillFailureReason(err)).Inc()
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, store.Close)
+	metrics.RegisterCache(reg, func() (int64, int64, int64) {
+		s := store.Stats()
+		return s.Blobs, s.Bytes, s.FillsInFlight
+	})
+
+	transport, err := upstream.NewTransport(upstream.Options{
+		CAFile:  cfg.Upstream.CAFile,
+		Proxy:   cfg.Upstream.Proxy,
+		Timeout: cfg.Upstream.Timeout.Duration,
+	})
+	if err != nil {
+		return nil, err
+	}
+	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
+	}
+	hfCred, err := authinject.Bearer(cfg.HuggingFace.Endpoint, cfg.HuggingFace.Token.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	hfHost := authinject.CanonicalHost(hfURL)
+	classify := func(r *http.Request) string {
+		if authinject.CanonicalHost(r.URL) == hfHost {
+			return "huggingface"
+		}
+		return "cdn"
+	}
+	up := authinject.New(m.InstrumentUpstream(transport, classify), hfCred)
+
+	mirror := hfmirror.New(hfmirror.Options{
+		Endpoint:    hfURL,
+		RevisionTTL: cfg.Cache.RevisionTTL.Duration,
+		Upstream:    up,
+		Index:       idx,
+		Blobs:       store,
+		Metrics:     m,
+		Logger:      log,
+	})
+	handler := proxy.NewHandler(proxy.Options{Mirror: mirror, Gatherer: reg, Metrics: m, Logger: log})
+	return &gateway{handler: handler, close: closeAll}, nil
+}
+
+func fillFailureReason(err error) string {
+	var dm *cache.DigestMismatchError
+	var sm *cache.SizeMismatchError
+	switch {
+	case errors.As(err, &dm), errors.As(err, &sm):
+		return "verify"
+	case errors.Is(err, cache.ErrStorage):
+		return "io"
+	case errors.Is(err, context.Canceled):
+		return "shutdown"
+	}
+	return "upstream"
+}

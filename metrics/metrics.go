@@ -1,0 +1,114 @@
+// Package metrics defines modelgate's Prometheus metrics. Everything is
+// registered on an injected Registerer, never the global one, so two
+// gateways in one test process do not collide. Every label is bounded:
+// routes, results, sources, host classes and status classes — never a repo,
+// a file name, a client address or anything derived from a credential.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "modelgate"
+
+// Metrics holds the gateway's collectors.
+type Metrics struct {
+	// Requests counts answered requests by route and result
+	// (hit, miss, coalesced, passthrough, cached, error, bad_request, ...).
+	Requests *prometheus.CounterVec
+	// RequestDuration observes time to the end of each answer, by route.
+	RequestDuration *prometheus.HistogramVec
+	// ServedBytes counts body bytes sent to clients by source: cache (a
+	// published blob), fill (a blob being filled right now) or upstream
+	// (an answer relayed without a blob, e.g. API JSON).
+	ServedBytes *prometheus.CounterVec
+	// UpstreamRequests counts requests sent upstream by host class and
+	// status class ("2xx" … "5xx", or "error" when no answer came).
+	UpstreamRequests *prometheus.CounterVec
+	// FillFailures counts fills that did not publish, by reason.
+	FillFailures *prometheus.CounterVec
+}
+
+// Route labels.
+const (
+	RouteResolve = "resolve"
+	RouteHealth  = "healthz"
+	RouteMetrics = "metrics"
+	RouteOther   = "other"
+)
+
+// Source labels for ServedBytes.
+const (
+	SourceCache    = "cache"
+	SourceFill     = "fill"
+	SourceUpstream = "upstream"
+)
+
+// New creates the collectors and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "requests_total",
+			Help: "Requests answered, by route and result.",
+		}, []string{"route", "result"}),
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "request_duration_seconds",
+			Help:    "Time from request to the end of the answer, by route.",
+			Buckets: prometheus.ExponentialBucketsRange(0.001, 3600, 16),
+		}, []string{"route"}),
+		ServedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "served_bytes_total",
+			Help: "Body bytes sent to clients, by source (cache, fill, upstream).",
+		}, []string{"source"}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_requests_total",
+			Help: "Requests sent upstream, by host class and status class.",
+		}, []string{"host", "code"}),
+		FillFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "fill_failures_total",
+			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io).",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.Requests, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
+	return m
+}
+
+// RegisterCache exports the cache's blob count, bytes and fills in flight,
+// read from stats at scrape time rather than mirrored into gauges.
+func RegisterCache(reg prometheus.Registerer, stats func() (blobs, bytes, fills int64)) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "cache_blobs",
+			Help: "Published blobs on disk.",
+		}, func() float64 { b, _, _ := stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "cache_blob_bytes",
+			Help: "Total size of the published blobs on disk.",
+		}, func() float64 { _, n, _ := stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "fills_in_flight",
+			Help: "Blob fills downloading right now.",
+		}, func() float64 { _, _, f := stats(); return float64(f) }),
+	)
+}
+
+// InstrumentUpstream wraps rt so that every request it sends is counted by
+// the host class classify gives it and by status class.
+func (m *Metrics) InstrumentUpstream(rt http.RoundTripper, classify func(*http.Request) string) http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(r)
+		code := "error"
+		if err == nil {
+			code = strconv.Itoa(resp.StatusCode/100) + "xx"
+		}
+		m.UpstreamRequests.WithLabelValues(classify(r), code).Inc()
+		return resp, err
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -1,0 +1,97 @@
+// Package upstream builds the HTTP transport the gateway uses for every
+// outbound request, and classifies its failures.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+)
+
+// Options configures the transport.
+type Options struct {
+	// CAFile is a PEM file of extra roots trusted besides the system ones.
+	CAFile string
+	// Proxy is an optional parent proxy URL. The process's own
+	// HTTPS_PROXY is deliberately ignored: it could point at the gateway.
+	Proxy string
+	// Timeout bounds the dial, the TLS handshake and the wait for response
+	// headers; never a whole body, which for a model can take an hour.
+	Timeout time.Duration
+}
+
+// NewTransport returns a transport with explicit timeouts, no transparent
+// compression (cached bytes must be the upstream's bytes), and the
+// configured roots and parent proxy.
+func NewTransport(opts Options) (*http.Transport, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading upstream.ca_file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.ca_file %s holds no PEM certificate", opts.CAFile)
+		}
+	}
+	var proxy func(*http.Request) (*url.URL, error)
+	if opts.Proxy != "" {
+		u, err := url.Parse(opts.Proxy)
+		if err != nil {
+			return nil, fmt.Errorf("parsing upstream.proxy: %w", err)
+		}
+		proxy = http.ProxyURL(u)
+	}
+	dialer := &net.Dialer{Timeout: opts.Timeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 proxy,
+		DialContext:           dialer.DialContext,
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   opts.Timeout,
+		ResponseHeaderTimeout: opts.Timeout,
+		ExpectContinueTimeout: time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   32,
+		ForceAttemptHTTP2:     true,
+		DisableCompression:    true,
+	}, nil
+}
+
+// IsTimeout reports whether err means the upstream did not answer in time
+// (as opposed to refusing the connection or breaking it).
+func IsTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Sanitize returns err with any request URL's query string and user info
+// removed: upstream URLs carry signatures (and, on some storage hosts,
+// credentials) in their queries, and url.Error prints the whole URL. The
+// result still unwraps to the original cause, so IsTimeout keeps working.
+func Sanitize(err error) error {
+	var ue *url.Error
+	if err == nil || !errors.As(err, &ue) {
+		return err
+	}
+	clean := "(unparseable URL)"
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		clean = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	}
+	return &url.Error{Op: ue.Op, URL: clean, Err: ue.Err}
+}
