@@ -19,6 +19,8 @@ type Metrics struct {
 	// Requests counts answered requests by route and result
 	// (hit, miss, coalesced, passthrough, cached, error, bad_request, ...).
 	Requests *prometheus.CounterVec
+	// InFlight is the number of requests being answered right now.
+	InFlight prometheus.Gauge
 	// RequestDuration observes time to the end of each answer, by route.
 	RequestDuration *prometheus.HistogramVec
 	// ServedBytes counts body bytes sent to clients by source: cache (a
@@ -54,6 +56,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "requests_total",
 			Help: "Requests answered, by route and result.",
 		}, []string{"route", "result"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "requests_in_flight",
+			Help: "Requests being answered right now.",
+		}),
 		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "request_duration_seconds",
 			Help:    "Time from request to the end of the answer, by route.",
@@ -72,7 +78,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.Requests, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
+	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }
 

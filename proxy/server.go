@@ -90,6 +90,10 @@ type edge struct {
 
 func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if e.m != nil {
+		e.m.InFlight.Inc()
+		defer e.m.InFlight.Dec()
+	}
 	ctx, info := reqinfo.New(r.Context())
 	rec := &recorder{ResponseWriter: w}
 	defer func() {

@@ -1,0 +1,305 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/internal/fakehub"
+)
+
+// Secrets used by the end-to-end tests. They are distinctive so that a
+// search for them cannot match by accident.
+const (
+	operatorToken = "hf_OPERATORsecretTOKEN0123456789abcdef"
+	workerToken   = "hf_WORKERownTOKEN9876543210fedcba"
+)
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// gatewayUnderTest is a real gateway (real listener, badger, files) wired
+// exactly as main wires it, pointed at a fake Hub.
+type gatewayUnderTest struct {
+	URL     string
+	DataDir string
+	Logs    *syncBuffer
+	Client  *http.Client
+	// Received scans every byte the worker received (status lines,
+	// headers, bodies) for the test secrets as it streams by.
+	Received *leakScanner
+}
+
+// startGateway starts a gateway against hub; edit may change the config.
+func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *gatewayUnderTest {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.HuggingFace.Endpoint = hub.URL()
+	cfg.HuggingFace.Token = operatorToken
+	cfg.Upstream.CAFile = hub.CAFile()
+	cfg.Upstream.Timeout = config.Duration{Duration: 5 * time.Second}
+	cfg.Log.Level = "debug"
+	if edit != nil {
+		edit(&cfg)
+	}
+	require.NoError(t, cfg.Validate())
+
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, log, ready) }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("gateway did not start: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not start in time")
+	}
+	g := &gatewayUnderTest{URL: "http://" + addr, DataDir: cfg.DataDir, Logs: logs,
+		Received: newLeakScanner(operatorToken, workerToken)}
+	g.Client = &http.Client{
+		Transport: &recordingTransport{rt: &http.Transport{DisableCompression: true}, sink: g.Received},
+		// Workers in these tests follow nothing: the gateway itself must
+		// answer 200, never a redirect.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(40 * time.Second):
+			t.Error("gateway did not shut down")
+		}
+	})
+	return g
+}
+
+// recordingTransport passes everything the worker receives through a
+// leakScanner.
+type recordingTransport struct {
+	rt   http.RoundTripper
+	sink *leakScanner
+}
+
+func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.rt.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	var head bytes.Buffer
+	head.WriteString(resp.Status + "\n")
+	resp.Header.Write(&head)
+	r.sink.Write(head.Bytes())
+	resp.Body = &teeBody{rc: resp.Body, sink: r.sink}
+	return resp, nil
+}
+
+type teeBody struct {
+	rc   io.ReadCloser
+	sink *leakScanner
+}
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	n, err := t.rc.Read(p)
+	t.sink.Write(p[:n])
+	return n, err
+}
+func (t *teeBody) Close() error { return t.rc.Close() }
+
+// leakScanner searches a byte stream for every encoded form of a set of
+// secrets without keeping the stream: it carries over just enough of the
+// previous write to find a secret split across two writes.
+type leakScanner struct {
+	mu     sync.Mutex
+	forms  []string
+	carry  []byte
+	keep   int
+	found  map[string]bool
+	nbytes int64
+}
+
+func newLeakScanner(secrets ...string) *leakScanner {
+	s := &leakScanner{found: map[string]bool{}}
+	for _, sec := range secrets {
+		for _, f := range secretForms(sec) {
+			s.forms = append(s.forms, f)
+			s.keep = max(s.keep, len(f)-1)
+		}
+	}
+	return s
+}
+
+func (s *leakScanner) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nbytes += int64(len(p))
+	buf := append(s.carry, p...)
+	for _, f := range s.forms {
+		if bytes.Contains(buf, []byte(f)) {
+			s.found[f] = true
+		}
+	}
+	if len(buf) > s.keep {
+		buf = buf[len(buf)-s.keep:]
+	}
+	s.carry = bytes.Clone(buf)
+	return len(p), nil
+}
+
+// Leaks returns the secret forms seen (shortened), and how many bytes were
+// scanned.
+func (s *leakScanner) Leaks() ([]string, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for f := range s.found {
+		out = append(out, f[:min(8, len(f))]+"…")
+	}
+	return out, s.nbytes
+}
+
+// get sends a request and returns the answer with its body read.
+func (g *gatewayUnderTest) do(t *testing.T, method, path string, header http.Header) (*http.Response, []byte, error) {
+	t.Helper()
+	req, err := http.NewRequest(method, g.URL+path, nil)
+	require.NoError(t, err)
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := g.Client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
+}
+
+func (g *gatewayUnderTest) mustDo(t *testing.T, method, path string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	resp, body, err := g.do(t, method, path, header)
+	require.NoError(t, err)
+	return resp, body
+}
+
+// metrics returns the /metrics text.
+func (g *gatewayUnderTest) metrics(t *testing.T) string {
+	t.Helper()
+	resp, body := g.mustDo(t, http.MethodGet, "/metrics", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	return string(body)
+}
+
+// metric returns the value of one series of /metrics, e.g.
+// `modelgate_requests_total{result="hit",route="resolve"}`, or 0 when the
+// series does not exist (yet).
+func (g *gatewayUnderTest) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(g.metrics(t), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err, line)
+			return f
+		}
+	}
+	return 0
+}
+
+// blobFiles lists every file under the data directory's blobs and tmp
+// folders, to check what a request left on disk.
+func (g *gatewayUnderTest) blobFiles(t *testing.T) []string {
+	t.Helper()
+	var files []string
+	for _, dir := range []string{"blobs", "tmp"} {
+		filepath.WalkDir(filepath.Join(g.DataDir, dir), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				files = append(files, p)
+			}
+			return nil
+		})
+	}
+	return files
+}
+
+// secretForms are the encodings in which a leaked secret would be found.
+func secretForms(secret string) []string {
+	return []string{
+		secret,
+		url.QueryEscape(secret),
+		base64.StdEncoding.EncodeToString([]byte(secret)),
+		base64.URLEncoding.EncodeToString([]byte(secret)),
+		base64.StdEncoding.EncodeToString([]byte("Bearer " + secret)),
+	}
+}
+
+// assertNoLeak searches haystack for every form of every secret.
+func assertNoLeak(t *testing.T, where string, haystack []byte, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		for _, form := range secretForms(s) {
+			if bytes.Contains(haystack, []byte(form)) {
+				t.Errorf("%s contains a secret (form %q…)", where, form[:min(8, len(form))])
+			}
+		}
+	}
+}
+
+// cdnTraffic renders every request the fake CDN received, headers and all.
+func cdnTraffic(hub *fakehub.Hub) []byte {
+	var b bytes.Buffer
+	for _, r := range hub.Requests() {
+		if r.Server != "cdn" {
+			continue
+		}
+		b.WriteString(r.Method + " " + r.Host + r.RequestURI + "\n")
+		r.Header.Write(&b)
+		b.Write(r.Body)
+	}
+	return b.Bytes()
+}
+
+// hubAuthHeaders returns the Authorization values the fake Hub received.
+func hubAuthHeaders(hub *fakehub.Hub) []string {
+	var out []string
+	for _, r := range hub.Requests() {
+		if r.Server == "hub" {
+			out = append(out, strings.Join(r.Header.Values("Authorization"), ","))
+		}
+	}
+	return out
+}

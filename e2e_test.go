@@ -1,0 +1,508 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/internal/fakehub"
+)
+
+// testRepos is the fake Hub's content for the end-to-end tests.
+type testRepos struct {
+	hub                *fakehub.Hub
+	main, pr           string // commits
+	big, xet, gatedBin []byte // LFS contents
+	config, prConfig   []byte // small-file contents
+	nested             []byte
+}
+
+func newTestHub(t *testing.T, bigSize int) *testRepos {
+	t.Helper()
+	hub := fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{workerToken}, PageSize: 2})
+	tr := &testRepos{
+		hub:      hub,
+		main:     fakehub.Commit("main"),
+		pr:       fakehub.Commit("pr1"),
+		big:      fakehub.RandomData(1, bigSize),
+		xet:      fakehub.RandomData(2, 1<<20+3),
+		gatedBin: fakehub.RandomData(3, 2<<20),
+		config:   []byte(`{"model_type":"bert","hidden_size":768}`),
+		prConfig: []byte(`{"model_type":"bert","hidden_size":1024}`),
+		nested:   []byte("hello from a nested file with spaces\n"),
+	}
+	hub.AddRepo(fakehub.Repo{
+		ID:   "org/model",
+		Refs: map[string]string{"main": tr.main, "refs/pr/1": tr.pr},
+		Commits: map[string][]fakehub.File{
+			tr.main: {
+				{Path: "config.json", Data: tr.config},
+				{Path: "model.safetensors", Data: tr.big, LFS: true},
+				{Path: "xet.bin", Data: tr.xet, Xet: true},
+				{Path: "sub dir/a b.txt", Data: tr.nested},
+			},
+			tr.pr: {
+				{Path: "config.json", Data: tr.prConfig},
+				{Path: "model.safetensors", Data: tr.big, LFS: true},
+			},
+		},
+	})
+	hub.AddRepo(fakehub.Repo{
+		ID:      "org/gated",
+		Gated:   true,
+		Refs:    map[string]string{"main": tr.main},
+		Commits: map[string][]fakehub.File{tr.main: {{Path: "weights.bin", Data: tr.gatedBin, LFS: true}}},
+	})
+	return tr
+}
+
+func TestColdThenWarmDownloadFetchesUpstreamOnce(t *testing.T) {
+	tr := newTestHub(t, 64<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, bytes.Equal(tr.big, body), "cold body differs")
+	require.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
+
+	resp, body = g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, bytes.Equal(tr.big, body), "warm body differs")
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha), "the warm download must not fetch the body again")
+
+	size := float64(len(tr.big))
+	for series, want := range map[string]float64{
+		`modelgate_requests_total{result="hit",route="resolve"}`:   1,
+		`modelgate_requests_total{result="miss",route="resolve"}`:  1,
+		`modelgate_served_bytes_total{source="cache"}`:             size,
+		`modelgate_served_bytes_total{source="fill"}`:              size,
+		`modelgate_cache_blobs`:                                    1,
+		`modelgate_cache_blob_bytes`:                               size,
+		`modelgate_upstream_requests_total{code="2xx",host="cdn"}`: 1,
+	} {
+		assert.Equal(t, want, g.metric(t, series), series)
+	}
+	assert.Contains(t, g.Logs.String(), "route=resolve result=hit status=200 bytes=67108864")
+}
+
+func TestResolveAnswersLikeTheHubWithoutRedirect(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	sha1 := fakehub.GitBlobSHA1(tr.config)
+
+	tests := []struct {
+		name, path string
+		etag       string
+		size       int
+		filename   string
+	}{
+		{"LFS file", "/org/model/resolve/main/model.safetensors", sha, len(tr.big), "model.safetensors"},
+		{"small git file", "/org/model/resolve/main/config.json", sha1, len(tr.config), "config.json"},
+		{"Xet file", "/org/model/resolve/main/xet.bin", fakehub.SHA256Hex(tr.xet), len(tr.xet), "xet.bin"},
+		{"encoded path", "/org/model/resolve/main/sub%20dir/a%20b.txt", fakehub.GitBlobSHA1(tr.nested), len(tr.nested), "a b.txt"},
+		{"resolve-cache route", "/api/resolve-cache/models/org/model/" + tr.main + "/config.json", sha1, len(tr.config), "config.json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, method := range []string{http.MethodHead, http.MethodGet} {
+				resp, body := g.mustDo(t, method, tt.path, nil)
+				require.Equal(t, http.StatusOK, resp.StatusCode, method)
+				h := resp.Header
+				assert.Equal(t, tr.main, h.Get("X-Repo-Commit"))
+				assert.Equal(t, `"`+tt.etag+`"`, h.Get("ETag"))
+				assert.Equal(t, `"`+tt.etag+`"`, h.Get("X-Linked-Etag"))
+				assert.Equal(t, strconv.Itoa(tt.size), h.Get("X-Linked-Size"))
+				assert.Equal(t, strconv.Itoa(tt.size), h.Get("Content-Length"))
+				assert.Equal(t, "bytes", h.Get("Accept-Ranges"))
+				assert.Contains(t, h.Get("Content-Disposition"), tt.filename)
+				assert.Empty(t, h.Get("Location"))
+				for k := range h {
+					assert.False(t, strings.HasPrefix(k, "X-Xet-"), "header %s leaks Xet", k)
+				}
+				assert.NotContains(t, h.Get("Link"), "xet")
+				if method == http.MethodGet {
+					assert.Len(t, body, tt.size)
+				}
+			}
+		})
+	}
+}
+
+func TestConcurrentColdClientsShareOneUpstreamFetch(t *testing.T) {
+	tr := newTestHub(t, 16<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	release := tr.hub.GateBlob(sha, 4<<20)
+
+	var eg errgroup.Group
+	for i := range 16 {
+		eg.Go(func() error {
+			resp, body, err := g.do(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+			if err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, tr.big) {
+				return fmt.Errorf("client %d: status %d, %d bytes, correct=%v", i, resp.StatusCode, len(body), bytes.Equal(body, tr.big))
+			}
+			return nil
+		})
+	}
+	// Hold the upstream until all 16 are streaming, then let it finish.
+	require.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_requests_in_flight`) >= 17 // 16 and this scrape
+	}, 10*time.Second, 10*time.Millisecond)
+	release()
+	require.NoError(t, eg.Wait())
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
+	assert.Equal(t, 1.0, g.metric(t, `modelgate_requests_total{result="miss",route="resolve"}`))
+	assert.Equal(t, 15.0, g.metric(t, `modelgate_requests_total{result="coalesced",route="resolve"}`))
+}
+
+func TestRangeIsServedWhileTheFillRuns(t *testing.T) {
+	tr := newTestHub(t, 8<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	release := tr.hub.GateBlob(sha, 2<<20)
+	path := "/org/model/resolve/main/model.safetensors"
+
+	// A full download starts the fill, which stalls at 2 MiB upstream.
+	full := make(chan []byte, 1)
+	go func() {
+		_, body, _ := g.do(t, http.MethodGet, path, nil)
+		full <- body
+	}()
+	require.Eventually(t, func() bool { return g.metric(t, "modelgate_fills_in_flight") == 1 },
+		5*time.Second, 5*time.Millisecond)
+
+	// A range inside what has landed streams now, from the growing file,
+	// all but its final byte, which waits for the blob to verify.
+	req, _ := http.NewRequest(http.MethodGet, g.URL+path, nil)
+	req.Header.Set("Range", "bytes=1000-1999")
+	resp, err := g.Client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	assert.Equal(t, fmt.Sprintf("bytes 1000-1999/%d", len(tr.big)), resp.Header.Get("Content-Range"))
+	first := make([]byte, 999)
+	_, err = io.ReadFull(resp.Body, first)
+	require.NoError(t, err)
+	assert.Equal(t, tr.big[1000:1999], first)
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha), "the range did not go upstream")
+	assert.Equal(t, 1.0, g.metric(t, "modelgate_fills_in_flight"), "the fill is still running")
+
+	release()
+	rest, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, tr.big[1999:2000], rest)
+	assert.True(t, bytes.Equal(tr.big, <-full))
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
+}
+
+func TestRangesAndConditionalRequests(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, nil)
+	size := len(tr.big)
+	path := "/org/model/resolve/main/model.safetensors"
+	etag := `"` + fakehub.SHA256Hex(tr.big) + `"`
+
+	tests := []struct {
+		name         string
+		header       http.Header
+		status       int
+		contentRange string
+		body         []byte
+	}{
+		{"open range", http.Header{"Range": {"bytes=100-"}}, 206, fmt.Sprintf("bytes 100-%d/%d", size-1, size), tr.big[100:]},
+		{"closed range", http.Header{"Range": {"bytes=0-0"}}, 206, fmt.Sprintf("bytes 0-0/%d", size), tr.big[:1]},
+		{"end past EOF is clamped", http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", size-10, size+100)}}, 206, fmt.Sprintf("bytes %d-%d/%d", size-10, size-1, size), tr.big[size-10:]},
+		{"suffix", http.Header{"Range": {"bytes=-5"}}, 206, fmt.Sprintf("bytes %d-%d/%d", size-5, size-1, size), tr.big[size-5:]},
+		{"start at size", http.Header{"Range": {fmt.Sprintf("bytes=%d-", size)}}, 416, fmt.Sprintf("bytes */%d", size), nil},
+		{"matching If-None-Match", http.Header{"If-None-Match": {etag}}, 304, "", nil},
+		{"stale If-Range serves all", http.Header{"Range": {"bytes=0-9"}, "If-Range": {`"other"`}}, 200, "", tr.big},
+	}
+	// Run each case cold (first request fills) and warm.
+	for _, pass := range []string{"cold", "warm"} {
+		for _, tt := range tests {
+			t.Run(pass+"/"+tt.name, func(t *testing.T) {
+				resp, body := g.mustDo(t, http.MethodGet, path, tt.header)
+				require.Equal(t, tt.status, resp.StatusCode)
+				assert.Equal(t, tt.contentRange, resp.Header.Get("Content-Range"))
+				if tt.body != nil {
+					assert.True(t, bytes.Equal(tt.body, body), "body differs")
+				}
+			})
+		}
+	}
+}
+
+func TestGatedRepoWorksForAWorkerWithoutTokenAndTheTokenNeverLeaks(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.gatedBin)
+
+	for _, header := range []http.Header{
+		nil, // a worker with no token at all
+		{"Authorization": {"Bearer " + workerToken}}, // a worker's own token is replaced, not forwarded
+	} {
+		resp, body := g.mustDo(t, http.MethodGet, "/org/gated/resolve/main/weights.bin", header)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.True(t, bytes.Equal(tr.gatedBin, body))
+		resp, _ = g.mustDo(t, http.MethodHead, "/org/gated/resolve/main/weights.bin", header)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		resp, _ = g.mustDo(t, http.MethodGet, "/api/models/org/gated/tree/main", header)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
+
+	// The Hub received only the operator's token.
+	for _, a := range hubAuthHeaders(tr.hub) {
+		assert.Equal(t, "Bearer "+operatorToken, a)
+	}
+	// Nothing the worker or the CDN received, nor the logs or metrics,
+	// carries either secret.
+	leaks, scanned := g.Received.Leaks()
+	assert.Empty(t, leaks, "worker traffic carries a secret")
+	assert.Greater(t, scanned, int64(len(tr.gatedBin)), "the scan saw the bodies")
+	assertNoLeak(t, "CDN traffic", cdnTraffic(tr.hub), operatorToken, workerToken)
+	assertNoLeak(t, "metrics", []byte(g.metrics(t)), operatorToken, workerToken)
+	assertNoLeak(t, "logs", []byte(g.Logs.String()), operatorToken, workerToken)
+	for _, r := range tr.hub.Requests() {
+		if r.Server == "cdn" {
+			assert.Empty(t, r.Header.Values("Authorization"), "the CDN must never see Authorization")
+		}
+	}
+}
+
+func TestCorruptUpstreamBytesAreNeverPublished(t *testing.T) {
+	tr := newTestHub(t, 4<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.CorruptBlob(sha, true)
+	path := "/org/model/resolve/main/model.safetensors"
+
+	// Several clients stream the corrupt fill; none may end with a
+	// complete body.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body, err := g.do(t, http.MethodGet, path, nil)
+			if err == nil {
+				assert.NotEqual(t, http.StatusOK, resp.StatusCode, "a corrupt fill must not complete a 200")
+			}
+			assert.Less(t, len(body), len(tr.big))
+		}()
+	}
+	wg.Wait()
+	require.Eventually(t, func() bool { return g.metric(t, "modelgate_fills_in_flight") == 0 }, 5*time.Second, 10*time.Millisecond)
+	assert.Empty(t, g.blobFiles(t), "nothing is published, no temp file is left")
+	assert.GreaterOrEqual(t, g.metric(t, `modelgate_fill_failures_total{reason="verify"}`), 1.0)
+
+	// The next request starts over and succeeds once the upstream is good.
+	tr.hub.CorruptBlob(sha, false)
+	resp, body := g.mustDo(t, http.MethodGet, path, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+}
+
+func TestPullRequestRevisionResolves(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/refs%2Fpr%2F1/config.json", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, tr.prConfig, body)
+	assert.Equal(t, tr.pr, resp.Header.Get("X-Repo-Commit"))
+
+	resp, body = g.mustDo(t, http.MethodGet, "/api/models/org/model/revision/refs%2Fpr%2F1", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var info struct{ SHA string }
+	require.NoError(t, json.Unmarshal(body, &info))
+	assert.Equal(t, tr.pr, info.SHA)
+}
+
+func TestBadInputIsRefusedAndTouchesNothing(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	before := len(tr.hub.Requests())
+
+	tests := []struct{ name, rawPath string }{
+		{"dot-dot segments", "/org/model/resolve/main/../../../etc/passwd"},
+		{"encoded dot-dot", "/org/model/resolve/main/%2e%2e/%2e%2e/etc/passwd"},
+		{"encoded slash in file segment", "/org/model/resolve/main/..%2F..%2Fetc%2Fpasswd"},
+		{"NUL byte", "/org/model/resolve/main/config.json%00.txt"},
+		{"backslash", "/org/model/resolve/main/..%5C..%5Cwin.ini"},
+		{"encoded slash in repo id", "/org%2Fmodel/x/resolve/main/config.json"},
+		{"dot-dot repo id", "/../model/resolve/main/config.json"},
+		{"invalid revision", "/org/model/resolve/main~1/config.json"},
+		{"revision climbing", "/org/model/resolve/..%2F..%2Fmain/config.json"},
+		{"empty path segment", "/org/model/resolve/main/sub//config.json"},
+		{"over-long path", "/org/model/resolve/main/" + strings.Repeat("a/", 600) + "x"},
+		{"api tree traversal", "/api/models/org/model/tree/main/..%2F.."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := g.mustDo(t, http.MethodGet, tt.rawPath, nil)
+			assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "body: %s", body)
+			assert.NotEmpty(t, resp.Header.Get("X-Error-Message"))
+		})
+	}
+	assert.Equal(t, before, len(tr.hub.Requests()), "no bad request reached the upstream")
+	assert.Empty(t, g.blobFiles(t))
+
+	// Oversized headers are refused by the listener itself.
+	resp, _ := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", http.Header{"X-Big": {strings.Repeat("x", 128<<10)}})
+	assert.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+}
+
+func TestUpstreamErrorsKeepTheirStatusAndCodes(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	tests := []struct {
+		name      string
+		token     string
+		path      string
+		status    int
+		errorCode string
+		commit    string
+	}{
+		{"missing file", operatorToken, "/org/model/resolve/main/nope.bin", 404, "EntryNotFound", tr.main},
+		{"missing revision", operatorToken, "/org/model/resolve/nobranch/config.json", 404, "RevisionNotFound", ""},
+		{"missing repo", operatorToken, "/org/none/resolve/main/config.json", 404, "RepoNotFound", ""},
+		{"gated without operator token", "", "/org/gated/resolve/main/weights.bin", 401, "GatedRepo", ""},
+		{"gated tree without operator token", "", "/api/models/org/gated/tree/main", 401, "GatedRepo", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t, tr.hub, func(c *config.Config) { c.HuggingFace.Token = config.Secret(tt.token) })
+			for _, method := range []string{http.MethodHead, http.MethodGet} {
+				resp, _ := g.mustDo(t, method, tt.path, nil)
+				assert.Equal(t, tt.status, resp.StatusCode, method)
+				assert.Equal(t, tt.errorCode, resp.Header.Get("X-Error-Code"), method)
+				assert.NotEmpty(t, resp.Header.Get("X-Error-Message"), method)
+				assert.Equal(t, tt.commit, resp.Header.Get("X-Repo-Commit"), method)
+			}
+		})
+	}
+}
+
+func TestUnreachableUpstreamIsA502NotA404(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	tr.hub.SetDown(true)
+	for _, path := range []string{"/org/model/resolve/main/config.json", "/api/models/org/model", "/api/whoami-v2"} {
+		resp, body := g.mustDo(t, http.MethodGet, path, nil)
+		assert.Equal(t, http.StatusBadGateway, resp.StatusCode, path)
+		assert.Contains(t, string(body), "upstream")
+	}
+	// Once up again, the same requests work.
+	tr.hub.SetDown(false)
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, tr.config, body)
+}
+
+func TestTreeIsPaginatedThroughTheGatewayWithoutXetAndCachedForCommits(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+
+	collect := func(first string) []map[string]any {
+		var all []map[string]any
+		next := first
+		for next != "" {
+			resp, body := g.mustDo(t, http.MethodGet, next, nil)
+			require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+			var page []map[string]any
+			require.NoError(t, json.Unmarshal(body, &page))
+			all = append(all, page...)
+			next = ""
+			if link := resp.Header.Get("Link"); link != "" {
+				require.Contains(t, link, `rel="next"`)
+				u := link[strings.Index(link, "<")+1 : strings.Index(link, ">")]
+				require.True(t, strings.HasPrefix(u, g.URL), "next link %q must point at the gateway", u)
+				next = strings.TrimPrefix(u, g.URL)
+			}
+		}
+		return all
+	}
+	first := "/api/models/org/model/tree/" + tr.main + "?recursive=true&expand=false"
+	entries := collect(first)
+	var paths []string
+	for _, e := range entries {
+		paths = append(paths, e["path"].(string))
+		assert.NotContains(t, e, "xetHash")
+	}
+	assert.ElementsMatch(t, []string{"config.json", "model.safetensors", "sub dir", "sub dir/a b.txt", "xet.bin"}, paths)
+
+	// The same pages again come from the index: no upstream tree request.
+	before := tr.hub.Count("hub", http.MethodGet, "/api/models/org/model/tree/")
+	assert.Len(t, collect(first), len(entries))
+	assert.Equal(t, before, tr.hub.Count("hub", http.MethodGet, "/api/models/org/model/tree/"))
+
+	// paths-info answers without xetHash too, and is cached per body.
+	req, _ := http.NewRequest(http.MethodPost, g.URL+"/api/models/org/model/paths-info/"+tr.main, strings.NewReader("paths=xet.bin&paths=config.json&expand=false"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for range 2 {
+		req.Body = io.NopCloser(strings.NewReader("paths=xet.bin&paths=config.json&expand=false"))
+		resp, err := g.Client.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		assert.NotContains(t, string(body), "xetHash")
+		assert.Contains(t, string(body), "xet.bin")
+	}
+	assert.Equal(t, 1, tr.hub.Count("hub", http.MethodPost, "/api/models/org/model/paths-info/"))
+}
+
+func TestBranchAnswersExpireAfterRevisionTTL(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Cache.RevisionTTL = config.Duration{Duration: time.Second} })
+	path := "/org/model/resolve/main/config.json"
+	heads := func() int { return tr.hub.Count("hub", http.MethodHead, "/org/model/resolve/main/") }
+
+	g.mustDo(t, http.MethodHead, path, nil)
+	g.mustDo(t, http.MethodHead, path, nil)
+	assert.Equal(t, 1, heads(), "within the TTL the branch's commit is trusted")
+	require.Eventually(t, func() bool {
+		g.mustDo(t, http.MethodHead, path, nil)
+		return heads() == 2
+	}, 5*time.Second, 200*time.Millisecond, "after the TTL the branch is asked again")
+
+	// A commit id never expires.
+	commitPath := "/org/model/resolve/" + tr.main + "/config.json"
+	g.mustDo(t, http.MethodHead, commitPath, nil)
+	n := tr.hub.Count("hub", http.MethodHead, "/org/model/resolve/"+tr.main)
+	g.mustDo(t, http.MethodHead, commitPath, nil)
+	assert.Equal(t, n, tr.hub.Count("hub", http.MethodHead, "/org/model/resolve/"+tr.main))
+}
+
+func TestXetFileInfoAcceptIsNotForwarded(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	resp, _ := g.mustDo(t, http.MethodGet, "/api/models/org/model", http.Header{"Accept": {"application/vnd.xet-fileinfo+json, */*"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	for _, r := range tr.hub.Requests() {
+		assert.NotContains(t, r.Header.Get("Accept"), "xet")
+	}
+	// huggingface.js's probe (GET with Range 0-0) gets a plain 206.
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/xet.bin", http.Header{
+		"Accept": {"application/vnd.xet-fileinfo+json, */*"}, "Range": {"bytes=0-0"}})
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	assert.Equal(t, tr.xet[:1], body)
+	assert.Equal(t, fmt.Sprintf("bytes 0-0/%d", len(tr.xet)), resp.Header.Get("Content-Range"))
+	assert.NotContains(t, resp.Header.Get("Content-Type"), "xet")
+}
