@@ -21,19 +21,21 @@ import (
 
 // Credential is a secret bound to the single host it may be sent to.
 type Credential struct {
+	scheme string // "https" or "http": a credential never crosses schemes
 	host   string // canonical host:port
 	header string // the full Authorization header value; empty: none configured
 }
 
-// Bearer binds token to the host of endpoint ("https://hub.example" binds
-// "hub.example:443"). An empty token yields a credential that only marks the
-// host as the one a worker's own Authorization may be forwarded to.
+// Bearer binds token to the scheme and host of endpoint ("https://hub.example"
+// binds https on "hub.example:443"). An empty token yields a credential that
+// only marks the host as the one a worker's own Authorization may be
+// forwarded to.
 func Bearer(endpoint, token string) (Credential, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
 		return Credential{}, fmt.Errorf("credential endpoint %q is not an absolute URL", endpoint)
 	}
-	c := Credential{host: CanonicalHost(u)}
+	c := Credential{scheme: strings.ToLower(u.Scheme), host: CanonicalHost(u)}
 	if token != "" {
 		c.header = "Bearer " + token
 	}
@@ -41,7 +43,14 @@ func Bearer(endpoint, token string) (Credential, error) {
 }
 
 // String never shows the secret.
-func (c Credential) String() string { return "credential for " + c.host }
+func (c Credential) String() string { return "credential for " + c.scheme + "://" + c.host }
+
+// GoString keeps %#v (which ignores String) from printing the secret.
+func (c Credential) GoString() string { return "authinject.Credential{" + c.String() + "}" }
+
+// Format makes every verb print String, so no format directive can reach
+// the header value.
+func (c Credential) Format(f fmt.State, _ rune) { io.WriteString(f, c.String()) }
 
 // Follow says which redirects Do follows.
 type Follow int
@@ -67,6 +76,12 @@ type Injector struct {
 	creds []Credential
 }
 
+// GoString and Format keep fmt from printing the credentials inside.
+func (i *Injector) GoString() string {
+	return fmt.Sprintf("authinject.Injector{%d credentials}", len(i.creds))
+}
+func (i *Injector) Format(f fmt.State, _ rune) { io.WriteString(f, i.GoString()) }
+
 // New returns an Injector that sends through rt.
 func New(rt http.RoundTripper, creds ...Credential) *Injector {
 	return &Injector{rt: rt, creds: creds}
@@ -81,7 +96,7 @@ func (i *Injector) Owns(u *url.URL) bool {
 func (i *Injector) credentialFor(u *url.URL) (Credential, bool) {
 	h := CanonicalHost(u)
 	for _, c := range i.creds {
-		if c.host == h {
+		if c.host == h && strings.EqualFold(c.scheme, u.Scheme) {
 			return c, true
 		}
 	}
@@ -104,7 +119,7 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 		out.Header.Del(h)
 	}
 	for hop := 0; ; hop++ {
-		i.attach(out, clientAuth)
+		i.attach(out, clientAuth, req.URL)
 		resp, err := i.rt.RoundTrip(out)
 		if err != nil {
 			return nil, err
@@ -120,6 +135,9 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 		if follow == FollowSameHost && CanonicalHost(target) != CanonicalHost(out.URL) {
 			return resp, nil
 		}
+		if !dropsBody(resp.StatusCode, out.Method) && out.GetBody == nil && out.Body != nil && out.Body != http.NoBody {
+			return resp, nil // the body cannot be sent again: the caller sees the redirect
+		}
 		drain(resp.Body)
 		if hop+1 >= maxRedirects {
 			return nil, errors.New("upstream redirected too many times")
@@ -132,15 +150,16 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 	}
 }
 
-// attach sets the Authorization header for out's host.
-func (i *Injector) attach(out *http.Request, clientAuth string) {
+// attach sets the Authorization header for out's host. The worker's own
+// clientAuth only ever goes back to the origin the worker asked (clientURL).
+func (i *Injector) attach(out *http.Request, clientAuth string, clientURL *url.URL) {
 	out.Header.Del("Authorization")
 	c, ok := i.credentialFor(out.URL)
 	switch {
 	case !ok:
 	case c.header != "":
 		out.Header.Set("Authorization", c.header)
-	case clientAuth != "":
+	case clientAuth != "" && strings.EqualFold(out.URL.Scheme, clientURL.Scheme) && CanonicalHost(out.URL) == CanonicalHost(clientURL):
 		out.Header.Set("Authorization", clientAuth)
 	}
 }
@@ -150,7 +169,7 @@ func nextHop(prev *http.Request, status int, target *url.URL) (*http.Request, er
 	var body io.ReadCloser
 	// As browsers and net/http do: 301/302/303 turn a POST into a GET;
 	// 307/308 repeat the request, body included.
-	if (status == http.StatusMovedPermanently || status == http.StatusFound || status == http.StatusSeeOther) && method == http.MethodPost {
+	if dropsBody(status, method) {
 		method = http.MethodGet
 	} else if prev.GetBody != nil {
 		b, err := prev.GetBody()
@@ -172,6 +191,12 @@ func nextHop(prev *http.Request, status int, target *url.URL) (*http.Request, er
 		next.ContentLength = 0
 	}
 	return next, nil
+}
+
+// dropsBody reports whether following a status-redirect of method turns the
+// request into a GET without body.
+func dropsBody(status int, method string) bool {
+	return (status == http.StatusMovedPermanently || status == http.StatusFound || status == http.StatusSeeOther) && method == http.MethodPost
 }
 
 func isRedirect(code int) bool {
