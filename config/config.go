@@ -43,7 +43,8 @@ type Config struct {
 // CacheConfig controls the local blob cache.
 type CacheConfig struct {
 	// MaxSize is the largest total size of cached blobs, in bytes or with a
-	// unit ("500GiB"). 0 means unbounded. Default 0.
+	// unit ("500GiB"). 0 means unbounded. Default 0. Not enforced yet: there
+	// is no eviction in this release.
 	MaxSize ByteSize `yaml:"max_size"`
 	// RevisionTTL is how long an answer mapping a branch or tag to a commit
 	// is trusted before the upstream is asked again. 0 means always ask.
