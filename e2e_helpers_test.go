@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -302,4 +305,54 @@ func hubAuthHeaders(hub *fakehub.Hub) []string {
 		}
 	}
 	return out
+}
+
+// caFile is the path of the gateway's CA certificate (created at start).
+func (g *gatewayUnderTest) caFile() string {
+	return filepath.Join(g.DataDir, "ca", "modelgate-ca.pem")
+}
+
+// proxyClient returns a client that uses the gateway as its HTTPS_PROXY and
+// trusts the gateway's CA (and nothing else), recording what it receives.
+func (g *gatewayUnderTest) proxyClient(t *testing.T) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(g.caFile())
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pem))
+	proxyURL, _ := url.Parse(g.URL)
+	return &http.Client{
+		Transport: &recordingTransport{sink: g.Received, rt: &http.Transport{
+			Proxy:              http.ProxyURL(proxyURL),
+			TLSClientConfig:    &tls.Config{RootCAs: pool},
+			DisableCompression: true,
+		}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// curl runs the real curl through the gateway as proxy and returns the
+// HTTP status, the headers and the body it saved.
+func (g *gatewayUnderTest) curl(t *testing.T, url string, extra ...string) (int, string, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	out, hdr := filepath.Join(dir, "body"), filepath.Join(dir, "headers")
+	args := append([]string{"-sS", "--max-time", "60", "-x", g.URL, "--cacert", g.caFile(),
+		"-o", out, "-D", hdr, "-w", "%{http_code}", "--noproxy", ""}, extra...)
+	args = append(args, url)
+	cmd := exec.Command("curl", args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no proxy variables of the test runner's
+	stdout, err := cmd.Output()
+	var stderr []byte
+	if ee, ok := err.(*exec.ExitError); ok {
+		stderr = ee.Stderr
+	}
+	require.NoError(t, err, "curl: %s", stderr)
+	code, err := strconv.Atoi(string(stdout))
+	require.NoError(t, err)
+	headers, _ := os.ReadFile(hdr)
+	body, _ := os.ReadFile(out)
+	g.Received.Write(headers)
+	g.Received.Write(body)
+	return code, string(headers), body
 }

@@ -85,17 +85,17 @@ func TestColdThenWarmDownloadFetchesUpstreamOnce(t *testing.T) {
 
 	size := float64(len(tr.big))
 	for series, want := range map[string]float64{
-		`modelgate_requests_total{result="hit",route="resolve"}`:   1,
-		`modelgate_requests_total{result="miss",route="resolve"}`:  1,
-		`modelgate_served_bytes_total{source="cache"}`:             size,
-		`modelgate_served_bytes_total{source="fill"}`:              size,
-		`modelgate_cache_blobs`:                                    1,
-		`modelgate_cache_blob_bytes`:                               size,
-		`modelgate_upstream_requests_total{code="2xx",host="cdn"}`: 1,
+		`modelgate_requests_total{result="hit",route="resolve"}`:     1,
+		`modelgate_requests_total{result="miss",route="resolve"}`:    1,
+		`modelgate_served_bytes_total{source="cache"}`:               size,
+		`modelgate_served_bytes_total{source="fill"}`:                size,
+		`modelgate_cache_blobs`:                                      1,
+		`modelgate_cache_blob_bytes`:                                 size,
+		`modelgate_upstream_requests_total{code="2xx",host="other"}`: 1,
 	} {
 		assert.Equal(t, want, g.metric(t, series), series)
 	}
-	assert.Contains(t, g.Logs.String(), "route=resolve result=hit status=200 bytes=67108864")
+	assert.Contains(t, g.Logs.String(), "route=resolve result=hit mode=mirror status=200 bytes=67108864")
 }
 
 func TestResolveAnswersLikeTheHubWithoutRedirect(t *testing.T) {

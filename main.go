@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfmirror"
 	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -40,15 +42,27 @@ import (
 var defaultConfig []byte
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "modelgate:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("modelgate", flag.ContinueOnError)
+// usage is printed for -h and for an unknown subcommand.
+const usage = `usage:
+  modelgate [-config config.yaml]      run the gateway
+  modelgate ca [-config config.yaml]   print the CA certificate workers must trust
+                                       (created in data_dir/ca if there is none yet)
+`
+
+func run(args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("modelgate "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { io.WriteString(stderr, usage) }
 	configPath := fs.String("config", "config.yaml", "path of the YAML configuration file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -56,6 +70,19 @@ func run(args []string, stderr io.Writer) error {
 	cfg, err := loadConfig(*configPath, isFlagSet(fs, "config"))
 	if err != nil {
 		return err
+	}
+	switch cmd {
+	case "serve":
+	case "ca":
+		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(ca.PEM)
+		return err
+	default:
+		io.WriteString(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
 	}
 	log, err := newLogger(cfg.Log, stderr)
 	if err != nil {
@@ -180,13 +207,18 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return s.Blobs, s.Bytes, s.FillsInFlight
 	})
 
-	transport, err := upstream.NewTransport(upstream.Options{
+	upOpts := upstream.Options{
 		CAFile:  cfg.Upstream.CAFile,
 		Proxy:   cfg.Upstream.Proxy,
 		Timeout: cfg.Upstream.Timeout.Duration,
-	})
+	}
+	transport, err := upstream.NewTransport(upOpts)
 	if err != nil {
 		return nil, err
+	}
+	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+	if err != nil {
+		return nil, fmt.Errorf("mitm CA: %w", err)
 	}
 	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
 	if err != nil {
@@ -201,9 +233,10 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		if authinject.CanonicalHost(r.URL) == hfHost {
 			return "huggingface"
 		}
-		return "cdn"
+		return "other" // CDNs and storage: never sent a credential
 	}
-	up := authinject.New(m.InstrumentUpstream(transport, classify), hfCred)
+	counted := m.InstrumentUpstream(transport, classify)
+	up := authinject.New(counted, hfCred)
 
 	mirror := hfmirror.New(hfmirror.Options{
 		Endpoint:    hfURL,
@@ -214,7 +247,25 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Metrics:     m,
 		Logger:      log,
 	})
-	handler := proxy.NewHandler(proxy.Options{Mirror: mirror, Gatherer: reg, Metrics: m, Logger: log})
+	gw, err := proxy.New(proxy.Options{
+		Hub:         mirror,
+		Gatherer:    reg,
+		Metrics:     m,
+		Logger:      log,
+		CA:          ca,
+		Intercept:   cfg.MITM.Hosts,
+		HubHosts:    []string{"huggingface.co", "hf.co", hfURL.Hostname()},
+		CDNDomains:  []string{"hf.co", "huggingface.co"},
+		DenyTunnels: cfg.Proxy.Tunnel == "deny",
+		IdleTimeout: cfg.Proxy.IdleTimeout.Duration,
+		DialTunnel:  upstream.TunnelDialer(upOpts, transport),
+		Transport:   counted,
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, gw.Close)
+	handler := http.Handler(gw)
 	return &gateway{handler: handler, close: closeAll}, nil
 }
 

@@ -169,6 +169,24 @@ func (s *Store) Has(d Digest) bool {
 	return err == nil
 }
 
+// Open returns the published blob d, or ErrNotFound. It never starts a
+// fill; it is for callers that know a content id but not where to fetch it.
+func (s *Store) Open(d Digest) (*Blob, error) {
+	file, err := os.Open(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache: opening %s: %w", d, err)
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("cache: stat %s: %w", d, err)
+	}
+	return &Blob{Digest: d, Size: fi.Size(), file: file}, nil
+}
+
 // Get returns the blob d of the given size: from disk, by joining the fill
 // in flight, or by starting a fill from src. It returns once the bytes can
 // start flowing (for a fill: once the upstream answered), or with the

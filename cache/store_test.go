@@ -409,3 +409,24 @@ func TestIndexTTLAndScan(t *testing.T) {
 		return errors.Is(err, ErrNotFound)
 	}, 4*time.Second, 50*time.Millisecond)
 }
+
+func TestOpenReturnsOnlyPublishedBlobs(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(7, 4096)
+	d := sha256Digest(t, data)
+	_, err := s.Open(d)
+	require.ErrorIs(t, err, ErrNotFound)
+
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), (&countingSource{data: data}).source)
+	require.NoError(t, err)
+	_, err = readAll(t, b, 0, b.Size)
+	require.NoError(t, err)
+	b.Close()
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, 5*time.Millisecond)
+
+	b, err = s.Open(d)
+	require.NoError(t, err)
+	defer b.Close()
+	assert.Equal(t, int64(len(data)), b.Size)
+	assert.NotNil(t, b.File())
+}

@@ -36,6 +36,11 @@ type Config struct {
 	CivitAI CivitAIConfig `yaml:"civitai"`
 	// Upstream configures outbound connections to all upstreams.
 	Upstream UpstreamConfig `yaml:"upstream"`
+	// MITM configures which hosts forward-proxy mode intercepts, and the
+	// certificate authority it signs their certificates with.
+	MITM MITMConfig `yaml:"mitm"`
+	// Proxy configures forward-proxy mode for the hosts it does not intercept.
+	Proxy ProxyConfig `yaml:"proxy"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -104,6 +109,37 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
+// MITMConfig configures TLS interception in forward-proxy mode.
+type MITMConfig struct {
+	// Hosts are the host names whose CONNECT tunnels are intercepted: an
+	// exact name ("huggingface.co"), or "*." and a domain for every name
+	// under it but not the domain itself ("*.hf.co"). A pattern may end in
+	// ":port" to match one port only; without it any port matches. Matching
+	// is exact and case-insensitive: "huggingface.co" does not match
+	// "evilhuggingface.co.example". Default: the Hugging Face and CivitAI
+	// hosts and their subdomains.
+	Hosts []string `yaml:"hosts"`
+	// CACert and CAKey are PEM files of the CA that signs intercepted
+	// hosts' certificates. Both or neither; when neither, an ECDSA P-256 CA
+	// is generated on first start into data_dir/ca and reused. Default empty.
+	CACert string `yaml:"ca_cert"`
+	CAKey  string `yaml:"ca_key"`
+}
+
+// ProxyConfig configures forward-proxy mode for hosts that are not
+// intercepted.
+type ProxyConfig struct {
+	// Tunnel is "allow" (CONNECT to any other host is a blind tunnel the
+	// gateway never decodes) or "deny" (refused with 403). Default "allow".
+	Tunnel string `yaml:"tunnel"`
+	// IdleTimeout closes a tunnel or an intercepted connection on which no
+	// byte moved in either direction for this long. Default 5m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
+// DefaultMITMHosts are the hosts intercepted unless mitm.hosts says otherwise.
+var DefaultMITMHosts = []string{"huggingface.co", "hf.co", "*.hf.co", "*.huggingface.co", "civitai.com", "*.civitai.com"}
+
 // Default returns the built-in configuration. The repository's config.yaml
 // documents the same values and must load to exactly this.
 func Default() Config {
@@ -123,6 +159,13 @@ func Default() Config {
 		Upstream: UpstreamConfig{
 			Timeout: Duration{30 * time.Second},
 		},
+		MITM: MITMConfig{
+			Hosts: slices.Clone(DefaultMITMHosts),
+		},
+		Proxy: ProxyConfig{
+			Tunnel:      "allow",
+			IdleTimeout: Duration{5 * time.Minute},
+		},
 		Log: LogConfig{
 			Level:  "info",
 			Format: "text",
@@ -131,9 +174,26 @@ func Default() Config {
 }
 
 var (
-	logLevels  = []string{"debug", "info", "warn", "error"}
-	logFormats = []string{"text", "json"}
+	logLevels      = []string{"debug", "info", "warn", "error"}
+	logFormats     = []string{"text", "json"}
+	tunnelPolicies = []string{"allow", "deny"}
 )
+
+// checkHostPattern returns why p is not a valid mitm.hosts pattern, or "".
+func checkHostPattern(p string) string {
+	host := p
+	if h, port, err := net.SplitHostPort(p); err == nil {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return fmt.Sprintf("invalid port in %q", p)
+		}
+		host = h
+	}
+	host = strings.TrimPrefix(host, "*.")
+	if host == "" || strings.ContainsAny(host, "*/ :@") || strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") {
+		return fmt.Sprintf("%q is not a host name or *.domain pattern", p)
+	}
+	return ""
+}
 
 // Validate checks every setting and returns all problems found, joined; each
 // one starts with the key it concerns, e.g.
@@ -179,6 +239,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)
+	}
+	for _, h := range c.MITM.Hosts {
+		if msg := checkHostPattern(h); msg != "" {
+			fail("mitm.hosts", "%s", msg)
+		}
+	}
+	if (c.MITM.CACert == "") != (c.MITM.CAKey == "") {
+		fail("mitm.ca_cert", "mitm.ca_cert and mitm.ca_key must be set together")
+	}
+	if !slices.Contains(tunnelPolicies, c.Proxy.Tunnel) {
+		fail("proxy.tunnel", "must be one of %s, got %q", strings.Join(tunnelPolicies, ", "), c.Proxy.Tunnel)
+	}
+	if c.Proxy.IdleTimeout.Duration <= 0 {
+		fail("proxy.idle_timeout", "must be > 0, got %s", c.Proxy.IdleTimeout)
 	}
 	if !slices.Contains(logLevels, c.Log.Level) {
 		fail("log.level", "must be one of %s, got %q", strings.Join(logLevels, ", "), c.Log.Level)

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 14)
+	assert.Len(t, seen, 19)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -334,6 +334,12 @@ func TestInvalidValues(t *testing.T) {
 		{"empty data dir", "data_dir: \"\"\n", nil, []string{"data_dir: must not be empty"}},
 		{"bad proxy", "upstream:\n  proxy: ftp://proxy.test\n", nil, []string{"upstream.proxy: must be empty or an absolute http, https or socks5 URL"}},
 		{"proxy without scheme", "upstream:\n  proxy: proxy.test:3128\n", nil, []string{"upstream.proxy:"}},
+		{"mitm host with path", "mitm:\n  hosts: [\"hub.test/x\"]\n", nil, []string{`mitm.hosts: "hub.test/x" is not a host name`}},
+		{"mitm host with inner wildcard", "mitm:\n  hosts: [\"a.*.test\"]\n", nil, []string{"mitm.hosts:"}},
+		{"mitm host with bad port", "", map[string]string{"MODELGATE_MITM_HOSTS": "hub.test:0"}, []string{"mitm.hosts: invalid port"}},
+		{"mitm CA half set", "mitm:\n  ca_cert: /x.pem\n", nil, []string{"mitm.ca_cert: mitm.ca_cert and mitm.ca_key must be set together"}},
+		{"bad tunnel policy", "proxy:\n  tunnel: maybe\n", nil, []string{`proxy.tunnel: must be one of allow, deny, got "maybe"`}},
+		{"zero idle timeout", "proxy:\n  idle_timeout: 0s\n", nil, []string{"proxy.idle_timeout: must be > 0"}},
 		{"several problems reported together", "listen: x\nlog:\n  level: x\n  format: x\n", nil,
 			[]string{"listen:", "log.level:", "log.format:"}},
 	}

@@ -319,3 +319,17 @@ func EscapePath(p string) string {
 func ResolvePath(repo Repo, rev, path string) string {
 	return "/" + repo.URLPrefix() + repo.ID + "/resolve/" + url.PathEscape(rev) + "/" + EscapePath(path)
 }
+
+var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// CDNContentSHA256 returns the sha256 an LFS CDN path names, for
+// /repos/<xx>/<yy>/<repo key>/<sha256>: the signed query around it varies
+// with every redirect, the content id in the path does not. Other CDN
+// paths (Xet bridges name a Xet hash, not the sha256) return false.
+func CDNContentSHA256(escapedPath string) (string, bool) {
+	segs := strings.Split(strings.TrimPrefix(escapedPath, "/"), "/")
+	if len(segs) != 5 || segs[0] != "repos" || !sha256Re.MatchString(segs[4]) {
+		return "", false
+	}
+	return segs[4], true
+}

@@ -423,3 +423,24 @@ func TestRepoAndKind_Labels(t *testing.T) {
 		assert.Equal(t, "api_other", Kind(99).Name())
 	})
 }
+
+func TestCDNContentSHA256NamesOnlyLFSPaths(t *testing.T) {
+	sha := strings.Repeat("ab", 32)
+	tests := []struct {
+		path string
+		ok   bool
+	}{
+		{"/repos/ab/cd/" + strings.Repeat("0", 64) + "/" + sha, true},
+		{"/repos/ab/cd/" + strings.Repeat("0", 64) + "/" + strings.ToUpper(sha), false},
+		{"/xet-bridge-us/" + strings.Repeat("0", 24) + "/" + sha, false},
+		{"/repos/ab/cd/" + sha, false},
+		{"/repos/ab/cd/x/" + sha + "/extra", false},
+	}
+	for _, tt := range tests {
+		got, ok := CDNContentSHA256(tt.path)
+		assert.Equal(t, tt.ok, ok, tt.path)
+		if ok {
+			assert.Equal(t, sha, got)
+		}
+	}
+}

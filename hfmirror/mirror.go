@@ -43,6 +43,7 @@ type Index interface {
 // Blobs is the content-addressed store; cache.Store implements it.
 type Blobs interface {
 	Get(ctx context.Context, d cache.Digest, size int64, src cache.Source) (*cache.Blob, cache.Result, error)
+	Open(d cache.Digest) (*cache.Blob, error)
 }
 
 // Options configures a Mirror.

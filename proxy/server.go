@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -12,52 +13,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
 )
-
-// Options configures the gateway's handler.
-type Options struct {
-	// Mirror serves every path that is not one of the gateway's own.
-	Mirror http.Handler
-	// Gatherer is what /metrics exposes.
-	Gatherer prometheus.Gatherer
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
-}
-
-// NewHandler returns the gateway's root handler.
-func NewHandler(opts Options) http.Handler {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	metricsHandler := promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
-		ErrorLog:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelError),
-		ErrorHandling:       promhttp.ContinueOnError,
-		MaxRequestsInFlight: 4,
-		Timeout:             10 * time.Second,
-	})
-	// Routing is a plain switch rather than an http.ServeMux: the mux
-	// answers a path with ".." segments with a redirect to the cleaned
-	// path, and the gateway must refuse such a path with a 400 instead.
-	root := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/healthz" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-			reqinfo.Set(r.Context(), metrics.RouteHealth, "ok")
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			io.WriteString(w, "ok\n")
-		case r.URL.Path == "/metrics" && r.Method == http.MethodGet:
-			reqinfo.Set(r.Context(), metrics.RouteMetrics, "ok")
-			metricsHandler.ServeHTTP(w, r)
-		default:
-			opts.Mirror.ServeHTTP(w, r)
-		}
-	})
-	return &edge{next: root, log: opts.Logger, m: opts.Metrics}
-}
 
 // Server settings for the one listener. There is deliberately no
 // WriteTimeout or ReadTimeout: they bound a whole answer or request, and a
@@ -111,7 +69,10 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time.Duration) {
-	route, result := info.Route, info.Result
+	route, result, status := info.Route, info.Result, rec.status()
+	if rec.code == 0 && info.Status != 0 {
+		status = info.Status // answered on a hijacked connection
+	}
 	if route == "" {
 		route = metrics.RouteOther
 	}
@@ -132,7 +93,8 @@ func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time
 		slog.String("path", r.URL.Path),
 		slog.String("route", route),
 		slog.String("result", result),
-		slog.Int("status", rec.status()),
+		slog.String("mode", info.Mode),
+		slog.Int("status", status),
 		slog.Int64("bytes", rec.bytes),
 		slog.Duration("duration", d),
 		slog.String("remote", r.RemoteAddr),
@@ -190,6 +152,15 @@ func (r *recorder) Flush() {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack lets goproxy take over a CONNECT's connection.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := r.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("connection cannot be hijacked")
+	}
+	return hj.Hijack()
+}
 
 func (r *recorder) status() int {
 	if r.code == 0 {

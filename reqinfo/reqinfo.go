@@ -9,6 +9,13 @@ import "context"
 type Info struct {
 	Route  string // bounded route label, e.g. "resolve", "api_tree"
 	Result string // bounded result label, e.g. "hit", "miss", "error"
+	// Mode is how the request reached the gateway: "mirror" (origin-form),
+	// "proxy" (CONNECT or an absolute URL) or "mitm" (decoded from an
+	// intercepted CONNECT).
+	Mode string
+	// Status is the status answered on a hijacked connection, which the
+	// edge cannot see.
+	Status int
 	// Detail is a short human text for the log line (never a secret).
 	Detail string
 }

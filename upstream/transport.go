@@ -13,6 +13,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/elazarl/goproxy"
 )
 
 // Options configures the transport.
@@ -94,4 +96,20 @@ func Sanitize(err error) error {
 		clean = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 	}
 	return &url.Error{Op: ue.Op, URL: clean, Err: ue.Err}
+}
+
+// TunnelDialer returns the dialer for forward-proxy tunnels: direct, with
+// the transport's dial timeout, or through the parent proxy when one is
+// configured (http/https parents speak CONNECT; a socks5 parent is used by
+// the transport only, and tunnels dial directly).
+func TunnelDialer(opts Options, tr *http.Transport) func(ctx context.Context, addr string) (net.Conn, error) {
+	if opts.Proxy != "" {
+		if u, err := url.Parse(opts.Proxy); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+			viaParent := (&goproxy.ProxyHttpServer{Tr: tr}).NewConnectDialToProxy(opts.Proxy)
+			if viaParent != nil {
+				return func(_ context.Context, addr string) (net.Conn, error) { return viaParent("tcp", addr) }
+			}
+		}
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return tr.DialContext(ctx, "tcp", addr) }
 }

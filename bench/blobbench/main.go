@@ -1,0 +1,963 @@
+// Command blobbench compares how fast the gateway serves a cached blob with
+// how fast nginx serves the same file, on loopback, in one run.
+//
+// It writes a pseudo-random test file, serves it from a minimal fake Hub
+// (a 302 from /resolve/ to a fake CDN on a second port, as the real Hub
+// does), starts the gateway binary against that Hub with a fresh data
+// directory, fills the cache with one GET, then starts nginx on a hard link
+// to the gateway's published blob, so both serve the same inode from the
+// same page cache. For 1 and 8 parallel streams it downloads the whole file
+// from each server, alternating which goes first, and prints the median
+// throughput, the ratio gateway/nginx, the CPU time each server spent per
+// GiB served and the gateway's peak RSS.
+//
+// Run it through bench/run.sh, which installs nginx if needed and builds
+// the gateway. Linux only: it reads /proc.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	mib = 1 << 20
+	gib = 1 << 30
+
+	repo     = "bench/model"
+	fileName = "blob.bin"
+
+	// clockTicks is USER_HZ, the unit of utime/stime in /proc/<pid>/stat.
+	// The standard library cannot ask sysconf(_SC_CLK_TCK); it is 100 on
+	// every mainstream Linux architecture.
+	clockTicks = 100
+)
+
+func main() {
+	var (
+		sizeFlag  = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
+		rounds    = flag.Int("rounds", 3, "measurements per target and stream count; the median is reported")
+		gateway   = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
+		nginxBin  = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
+		tmpBase   = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
+		keep      = flag.Bool("keep", false, "keep the temporary directory (and print its path)")
+		streamsFl = flag.String("streams", "1,8", "comma-separated parallel stream counts")
+		ngWorkers = flag.Int("nginx-workers", 1, "nginx worker processes; 1 runs nginx as one process (master_process off), more adds a master")
+	)
+	flag.Parse()
+
+	size, err := parseSize(*sizeFlag)
+	if err != nil {
+		fatalf("--size: %v", err)
+	}
+	if *rounds < 1 {
+		fatalf("--rounds must be at least 1")
+	}
+	var streamCounts []int
+	for _, s := range strings.Split(*streamsFl, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fatalf("--streams: bad count %q", s)
+		}
+		streamCounts = append(streamCounts, n)
+	}
+	if *nginxBin == "" {
+		if p, err := exec.LookPath("nginx"); err == nil {
+			*nginxBin = p
+		} else if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+			*nginxBin = "/usr/sbin/nginx"
+		} else {
+			fatalf("nginx not found on PATH; install it (bench/run.sh does) or pass --nginx")
+		}
+	}
+	if _, err := os.Stat(*gateway); err != nil {
+		fatalf("gateway binary: %v (build it with `go build -o %s .` or use bench/run.sh)", err, *gateway)
+	}
+
+	if *ngWorkers < 1 {
+		fatalf("--nginx-workers must be at least 1")
+	}
+	b := &bench{size: size, rounds: *rounds, keep: *keep, nginxWorkers: *ngWorkers}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		logf("\n%v: stopping", s)
+		b.cleanup()
+		os.Exit(130)
+	}()
+
+	err = b.run(*gateway, *nginxBin, *tmpBase, streamCounts)
+	b.cleanup()
+	if err != nil {
+		fatalf("%v", err)
+	}
+}
+
+// bench holds the state of one run and what cleanup must undo.
+type bench struct {
+	size         int64
+	rounds       int
+	keep         bool
+	nginxWorkers int
+
+	dir     string
+	srcPath string
+	sha     string
+
+	mu    sync.Mutex
+	procs []*proc
+	done  bool
+}
+
+// proc is a server subprocess.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error // valid once exited is closed
+	log    string
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) alive() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%s exited: %v; see %s", p.name, p.err, p.log)
+	default:
+		return nil
+	}
+}
+
+func (b *bench) cleanup() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
+	b.done = true
+	for _, p := range b.procs {
+		stop(p)
+	}
+	if b.dir == "" {
+		return
+	}
+	if b.keep {
+		logf("kept %s", b.dir)
+		return
+	}
+	if err := os.RemoveAll(b.dir); err != nil {
+		logf("removing %s: %v", b.dir, err)
+	}
+}
+
+// stop ends a subprocess: SIGTERM, then SIGKILL after 5 s.
+func stop(p *proc) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// start runs a server subprocess in its own process group (so a terminal's
+// SIGINT reaches only blobbench, which then stops it), killed by the kernel
+// if blobbench dies without cleaning up.
+func (b *bench) start(name, logPath string, cmd *exec.Cmd) (*proc, error) {
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		lf.Close()
+		return nil, errors.New("interrupted")
+	}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, exited: make(chan struct{}), log: logPath}
+	go func() {
+		p.err = cmd.Wait()
+		lf.Close()
+		close(p.exited)
+	}()
+	b.procs = append(b.procs, p)
+	return p, nil
+}
+
+func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) error {
+	dir, err := os.MkdirTemp(tmpBase, "blobbench-")
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.dir = dir
+	b.mu.Unlock()
+
+	// 1. The test file.
+	b.srcPath = filepath.Join(dir, "src", fileName)
+	t0 := time.Now()
+	logf("writing %s test file %s", fmtSize(b.size), b.srcPath)
+	if b.sha, err = writeTestFile(b.srcPath, b.size); err != nil {
+		return err
+	}
+	logf("  done in %v, sha256 %s", time.Since(t0).Round(time.Millisecond), b.sha)
+
+	// 2. The fake Hub and its CDN.
+	hubURL, err := b.startFakeHub()
+	if err != nil {
+		return err
+	}
+
+	// 3. The gateway.
+	gw, gwURL, err := b.startGateway(gatewayBin, hubURL)
+	if err != nil {
+		return err
+	}
+	fileURL := gwURL + "/" + repo + "/resolve/main/" + fileName
+
+	// 4. Cold fill: one GET through the gateway, checked end to end.
+	logf("cold fill through the gateway")
+	coldMiBps, err := b.coldFill(fileURL)
+	if err != nil {
+		return err
+	}
+	blobPath := filepath.Join(dir, "gwdata", "blobs", "sha256", b.sha[:2], b.sha)
+	if err := waitFor(5*time.Second, func() error { _, err := os.Stat(blobPath); return err }); err != nil {
+		return fmt.Errorf("published blob missing after the fill: %w", err)
+	}
+	logf("  %.0f MiB/s, sha256 matches, published blob %s", coldMiBps, blobPath)
+	coldHWM, _ := procStatusKiB(gw.pid(), "VmHWM")
+	// Reset the high-water mark so that the warm peak is known apart from
+	// the fill's (needs Linux >= 4.0 and permission to write clear_refs).
+	hwmReset := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", gw.pid()), []byte("5"), 0) == nil
+
+	// 5. nginx on a hard link to the gateway's blob: same inode, same
+	// pages in the page cache.
+	ng, ngURL, err := b.startNginx(nginxBin, blobPath)
+	if err != nil {
+		return err
+	}
+
+	// The source file is no longer needed; drop it so that only the one
+	// served inode occupies the page cache.
+	if err := os.Remove(b.srcPath); err != nil {
+		return err
+	}
+
+	targets := [2]target{
+		{name: "gateway", url: fileURL, p: gw},
+		{name: "nginx", url: ngURL + "/" + fileName, p: ng},
+	}
+
+	// 6. Warm measurements.
+	type row struct {
+		streams  int
+		mibps    [2]float64 // median per target
+		cpuPerG  [2]float64 // median server CPU s per GiB
+		cliPerG  [2]float64 // median client CPU s per GiB
+		allMiBps [2][]float64
+	}
+	var rows []row
+	for _, streams := range streamCounts {
+		var samples [2][]sample
+		for r := 0; r < b.rounds; r++ {
+			order := []int{0, 1}
+			if r%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, i := range order {
+				if err := targets[i].p.alive(); err != nil {
+					return err
+				}
+				s, err := measure(targets[i], streams, b.size)
+				if err != nil {
+					return fmt.Errorf("%s, %d streams: %w", targets[i].name, streams, err)
+				}
+				samples[i] = append(samples[i], s)
+			}
+			logf("streams %d round %d: gateway %.0f MiB/s, nginx %.0f MiB/s",
+				streams, r+1, samples[0][len(samples[0])-1].mibps, samples[1][len(samples[1])-1].mibps)
+		}
+		rw := row{streams: streams}
+		for i := range 2 {
+			for _, s := range samples[i] {
+				rw.allMiBps[i] = append(rw.allMiBps[i], s.mibps)
+			}
+			rw.mibps[i] = median(rw.allMiBps[i])
+			rw.cpuPerG[i] = median(mapf(samples[i], func(s sample) float64 { return s.serverCPU / s.gib }))
+			rw.cliPerG[i] = median(mapf(samples[i], func(s sample) float64 { return s.clientCPU / s.gib }))
+		}
+		rows = append(rows, rw)
+	}
+	for _, t := range targets {
+		if err := t.p.alive(); err != nil {
+			return err
+		}
+	}
+
+	// 7. Memory.
+	warmHWM, _ := procStatusKiB(gw.pid(), "VmHWM")
+	gwRSS, _ := procStatusKiB(gw.pid(), "VmRSS")
+	var ngHWM int64
+	for _, pid := range procTree(ng.pid()) {
+		h, _ := procStatusKiB(pid, "VmHWM")
+		ngHWM += h
+	}
+
+	// 8. Report.
+	fmt.Printf("\nfile %s, rounds %d, %d CPUs, nginx %s with %d worker process(es)\n",
+		fmtSize(b.size), b.rounds, numCPU(), nginxVersion(nginxBin), b.nginxWorkers)
+	fmt.Printf("%-8s %14s %12s %6s %13s %16s %17s\n",
+		"streams", "gateway MiB/s", "nginx MiB/s", "ratio", "gw CPU s/GiB", "nginx CPU s/GiB", "client CPU s/GiB")
+	for _, rw := range rows {
+		fmt.Printf("%-8d %14.0f %12.0f %6.2f %13.3f %16.3f %8.3f / %.3f\n",
+			rw.streams, rw.mibps[0], rw.mibps[1], rw.mibps[0]/rw.mibps[1],
+			rw.cpuPerG[0], rw.cpuPerG[1], rw.cliPerG[0], rw.cliPerG[1])
+	}
+	fmt.Println()
+	for _, rw := range rows {
+		fmt.Printf("streams %d, MiB/s per round: gateway %s; nginx %s\n",
+			rw.streams, fmtList(rw.allMiBps[0]), fmtList(rw.allMiBps[1]))
+	}
+	peak := max(coldHWM, warmHWM)
+	if !hwmReset {
+		peak = warmHWM
+	}
+	fmt.Printf("gateway peak RSS (VmHWM): %.1f MiB for a %s file; VmRSS at end: %.1f MiB; cold fill: %.0f MiB/s\n",
+		kib2mib(peak), fmtSize(b.size), kib2mib(gwRSS), coldMiBps)
+	if hwmReset {
+		fmt.Printf("  peak during cold fill: %.1f MiB; peak during warm serving only: %.1f MiB\n",
+			kib2mib(coldHWM), kib2mib(warmHWM))
+	}
+	fmt.Printf("nginx peak RSS (VmHWM, summed over its processes): %.1f MiB\n", kib2mib(ngHWM))
+	fmt.Println("client CPU s/GiB is the benchmark's own download loop (gateway / nginx measurements).")
+	return nil
+}
+
+// writeTestFile streams size pseudo-random bytes (ChaCha8, fixed seed) to
+// path and returns their sha256.
+func writeTestFile(path string, size int64) (string, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var seed [32]byte
+	copy(seed[:], "modelgate blobbench test file!!!")
+	rng := rand.NewChaCha8(seed)
+	h := sha256.New()
+	bw := bufio.NewWriterSize(f, 1*mib)
+	buf := make([]byte, 1*mib)
+	for left := size; left > 0; {
+		chunk := buf[:min(left, int64(len(buf)))]
+		_, _ = rng.Read(chunk) // never fails
+		h.Write(chunk)
+		if _, err := bw.Write(chunk); err != nil {
+			return "", err
+		}
+		left -= int64(len(chunk))
+	}
+	if err := bw.Flush(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// startFakeHub serves the Hub's /resolve/ answer for the one file (at main
+// and at its commit) as a 302 to a CDN listener on another port: the
+// gateway's metadata HEAD follows same-host redirects and must stop at the
+// CDN hop, whose headers carry the content identity.
+func (b *bench) startFakeHub() (string, error) {
+	hubLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	cdnLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		hubLn.Close()
+		return "", err
+	}
+	hubURL := "http://" + hubLn.Addr().String()
+	cdnURL := "http://" + cdnLn.Addr().String()
+	sum := sha256.Sum256([]byte("blobbench commit " + b.sha))
+	commit := hex.EncodeToString(sum[:20])
+	size := strconv.FormatInt(b.size, 10)
+
+	hub := http.NewServeMux()
+	hub.HandleFunc("/"+repo+"/resolve/{rev}/"+fileName, func(w http.ResponseWriter, r *http.Request) {
+		if rev := r.PathValue("rev"); rev != "main" && rev != commit {
+			w.Header().Set("X-Error-Code", "RevisionNotFound")
+			http.Error(w, "Invalid rev id: "+rev, http.StatusNotFound)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h := w.Header()
+		h.Set("X-Repo-Commit", commit)
+		h.Set("X-Linked-Etag", `"`+b.sha+`"`)
+		h.Set("X-Linked-Size", size)
+		h.Set("ETag", `"`+b.sha+`"`)
+		h.Set("Location", cdnURL+"/cdn/"+fileName)
+		w.WriteHeader(http.StatusFound)
+	})
+	hub.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Error-Code", "EntryNotFound")
+		http.NotFound(w, r)
+	})
+	cdn := http.NewServeMux()
+	cdn.HandleFunc("GET /cdn/"+fileName, func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, b.srcPath)
+	})
+	go func() { _ = http.Serve(hubLn, hub) }()
+	go func() { _ = http.Serve(cdnLn, cdn) }()
+	return hubURL, nil
+}
+
+func (b *bench) startGateway(bin, hubURL string) (*proc, string, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	cwd := filepath.Join(b.dir, "gwcwd") // empty: no ./config.yaml, embedded defaults
+	if err := os.MkdirAll(cwd, 0o755); err != nil {
+		return nil, "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command(bin)
+	cmd.Dir = cwd
+	cmd.Env = append(cleanEnv(),
+		"MODELGATE_LISTEN="+addr,
+		"MODELGATE_DATA_DIR="+filepath.Join(b.dir, "gwdata"),
+		"MODELGATE_HUGGINGFACE_ENDPOINT="+hubURL,
+		"MODELGATE_LOG_LEVEL=warn",
+	)
+	p, err := b.start("gateway", filepath.Join(b.dir, "gateway.log"), cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	url := "http://" + addr
+	err = waitFor(20*time.Second, func() error {
+		if err := p.alive(); err != nil {
+			return err
+		}
+		return probe(url + "/healthz")
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("gateway did not become healthy: %w\n%s", err, tail(p.log))
+	}
+	logf("gateway pid %d on %s", p.pid(), url)
+	return p, url, nil
+}
+
+// coldFill downloads the file once through the gateway (a miss: the gateway
+// fills the blob from the fake CDN while answering) and checks its sha256.
+func (b *bench) coldFill(url string) (float64, error) {
+	client := &http.Client{Transport: newTransport(1)}
+	defer client.CloseIdleConnections()
+	t0 := time.Now()
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return 0, fmt.Errorf("cold GET answered %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, resp.Body, make([]byte, 256<<10))
+	if err != nil {
+		return 0, fmt.Errorf("cold GET body: %w", err)
+	}
+	el := time.Since(t0)
+	if n != b.size {
+		return 0, fmt.Errorf("cold GET returned %d bytes, want %d", n, b.size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != b.sha {
+		return 0, fmt.Errorf("cold GET body sha256 %s, want %s", got, b.sha)
+	}
+	return float64(n) / mib / el.Seconds(), nil
+}
+
+func (b *bench) startNginx(bin, blobPath string) (*proc, string, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	ndir := filepath.Join(b.dir, "nginx")
+	root := filepath.Join(ndir, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, "", err
+	}
+	link := filepath.Join(root, fileName)
+	if err := os.Link(blobPath, link); err != nil {
+		// Another file system: a symlink still reaches the same inode.
+		if err := os.Symlink(blobPath, link); err != nil {
+			return nil, "", err
+		}
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+
+	// Temp path directives exist only for compiled-in modules.
+	v, _ := exec.Command(bin, "-V").CombinedOutput()
+	var temps strings.Builder
+	for _, m := range []struct{ directive, module string }{
+		{"client_body_temp_path", ""},
+		{"proxy_temp_path", "http_proxy_module"},
+		{"fastcgi_temp_path", "http_fastcgi_module"},
+		{"uwsgi_temp_path", "http_uwsgi_module"},
+		{"scgi_temp_path", "http_scgi_module"},
+	} {
+		if m.module != "" && bytes.Contains(v, []byte("--without-"+m.module)) {
+			continue
+		}
+		fmt.Fprintf(&temps, "    %s %s;\n", m.directive, filepath.Join(ndir, strings.TrimSuffix(m.directive, "_path")))
+	}
+	// One worker: a single process, as the gateway is one process. More:
+	// a master and its workers (which, as root, must stay root to read the
+	// blob under the 0700 temp dir).
+	head := "master_process off;\nworker_processes 1;\n"
+	listen := addr
+	if b.nginxWorkers > 1 {
+		head = fmt.Sprintf("master_process on;\nworker_processes %d;\n", b.nginxWorkers)
+		listen += " reuseport" // one socket per worker: the kernel spreads connections
+	}
+	if os.Geteuid() == 0 {
+		head += "user root;\n"
+	}
+	conf := fmt.Sprintf(`daemon off;
+%serror_log %[2]s/error.log warn;
+pid %[2]s/nginx.pid;
+
+events {
+    worker_connections 256;
+}
+
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+%[3]s
+    server {
+        listen %[4]s;
+        location / {
+            root %[5]s;
+        }
+    }
+}
+`, head, ndir, temps.String(), listen, root)
+	confPath := filepath.Join(ndir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	// -e: the error log before the config is read (else the compiled-in
+	// /var/log/nginx/error.log); -p: the prefix for relative paths.
+	cmd := exec.Command(bin, "-p", ndir+"/", "-c", confPath, "-e", filepath.Join(ndir, "error.log"))
+	cmd.Env = cleanEnv()
+	p, err := b.start("nginx", filepath.Join(ndir, "stderr.log"), cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	url := "http://" + addr
+	err = waitFor(10*time.Second, func() error {
+		if err := p.alive(); err != nil {
+			return err
+		}
+		return probe(url + "/" + fileName)
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("nginx did not start: %w\n%s\n%s", err, tail(p.log), tail(filepath.Join(ndir, "error.log")))
+	}
+	logf("nginx pid %d on %s", p.pid(), url)
+	return p, url, nil
+}
+
+type target struct {
+	name string
+	url  string
+	p    *proc
+}
+
+type sample struct {
+	mibps     float64
+	gib       float64 // GiB served
+	serverCPU float64 // seconds of the server process
+	clientCPU float64 // seconds of this process
+}
+
+// measure downloads the whole file on streams parallel connections (a
+// fresh Transport each time) and returns the aggregate throughput.
+func measure(t target, streams int, size int64) (sample, error) {
+	tr := newTransport(streams)
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+
+	ready := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make([]error, streams)
+	srv0, err := procTreeCPU(t.p.pid())
+	if err != nil {
+		return sample{}, err
+	}
+	cli0, _ := procCPU(os.Getpid())
+	for i := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-ready
+			errs[i] = fetch(client, t.url, size)
+		}()
+	}
+	t0 := time.Now()
+	close(ready)
+	wg.Wait()
+	el := time.Since(t0)
+	srv1, err := procTreeCPU(t.p.pid())
+	if err != nil {
+		return sample{}, err
+	}
+	cli1, _ := procCPU(os.Getpid())
+	if err := errors.Join(errs...); err != nil {
+		return sample{}, err
+	}
+	total := float64(size) * float64(streams)
+	return sample{
+		mibps:     total / mib / el.Seconds(),
+		gib:       total / gib,
+		serverCPU: srv1 - srv0,
+		clientCPU: cli1 - cli0,
+	}, nil
+}
+
+// fetch GETs url and discards the body with large reads (the client's
+// syscall count should not be what limits the measurement).
+func fetch(client *http.Client, url string, size int64) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		m, err := resp.Body.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
+		}
+	}
+	if n != size {
+		return fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
+	}
+	return nil
+}
+
+func newTransport(streams int) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil,
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: streams,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	}
+}
+
+// probe answers nil when url answers 200 to a HEAD.
+func probe(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		return err
+	}
+	tr := newTransport(1)
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HEAD %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+func waitFor(limit time.Duration, f func() error) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// cleanEnv is this process's environment without anything that could
+// reconfigure the gateway or send traffic through a proxy.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(k, "MODELGATE_"), strings.HasPrefix(k, "HF_"),
+			strings.HasPrefix(k, "CIVITAI_"), strings.HasPrefix(k, "CA_"),
+			strings.HasSuffix(strings.ToLower(k), "_proxy"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// procCPU returns utime+stime of pid in seconds.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after it start
+	// with the state (field 3). utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return float64(ut+st) / clockTicks, nil
+}
+
+// procTreeCPU returns utime+stime in seconds of pid and its children (an
+// nginx master and its workers).
+func procTreeCPU(pid int) (float64, error) {
+	var sum float64
+	for _, p := range procTree(pid) {
+		c, err := procCPU(p)
+		if err != nil {
+			return 0, err
+		}
+		sum += c
+	}
+	return sum, nil
+}
+
+// procTree returns pid and the pids of its direct children.
+func procTree(pid int) []int {
+	pids := []int{pid}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			pids = append(pids, child)
+		}
+	}
+	return pids
+}
+
+// procStatusKiB returns a "kB" field of /proc/<pid>/status.
+func procStatusKiB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
+}
+
+func numCPU() int {
+	// The CPUs this process may run on, which the servers share with it.
+	n := 0
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+				for _, r := range strings.Split(strings.TrimSpace(v), ",") {
+					lo, hi, found := strings.Cut(r, "-")
+					a, _ := strconv.Atoi(lo)
+					z := a
+					if found {
+						z, _ = strconv.Atoi(hi)
+					}
+					n += z - a + 1
+				}
+			}
+		}
+	}
+	return n
+}
+
+func nginxVersion(bin string) string {
+	out, err := exec.Command(bin, "-v").CombinedOutput()
+	if err != nil {
+		return "?"
+	}
+	s := strings.TrimSpace(string(out))
+	if _, v, ok := strings.Cut(s, "nginx/"); ok {
+		return strings.Fields(v)[0]
+	}
+	return s
+}
+
+// parseSize reads "1073741824", "256MiB", "1GiB", "1.5GB".
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.ToLower(strings.TrimSpace(s[i:]))
+	}
+	mult := map[string]float64{
+		"": 1, "b": 1,
+		"k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+		"kb": 1e3, "mb": 1e6, "gb": 1e9,
+	}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("unknown unit %q in %q", unit, s)
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return int64(v * mult), nil
+}
+
+func fmtSize(n int64) string {
+	if n%mib == 0 {
+		return fmt.Sprintf("%d MiB", n/mib)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func mapf[T any](xs []T, f func(T) float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = f(x)
+	}
+	return out
+}
+
+func fmtList(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = strconv.FormatFloat(x, 'f', 0, 64)
+	}
+	return strings.Join(parts, " ")
+}
+
+func kib2mib(k int64) float64 { return float64(k) / 1024 }
+
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "blobbench: "+format+"\n", args...)
+	os.Exit(1)
+}

@@ -1,0 +1,43 @@
+package hfmirror
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/modelgate/modelgate/blobhttp"
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/reqinfo"
+)
+
+// ServeCDN answers a request that a worker sent straight to one of the
+// Hub's CDN hosts (forward-proxy mode, with a signed URL it got elsewhere).
+// When the path names content the cache holds, it is served from disk,
+// whatever the signature says; otherwise the request goes to forward,
+// which sends it on without any credential.
+func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.Handler) {
+	info := reqinfo.From(r.Context())
+	info.Route = "cdn"
+	sha, ok := hfhub.CDNContentSHA256(r.URL.EscapedPath())
+	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		d, _ := cache.NewDigest(cache.SHA256, sha)
+		b, err := m.Blobs.Open(d)
+		if err == nil {
+			info.Result = "hit"
+			etag := `"` + sha + `"`
+			handed := false
+			n, src, err := blobhttp.Serve(w, r, b.Size, etag, func() (*cache.Blob, error) { handed = true; return b, nil })
+			if !handed {
+				b.Close() // Serve closes only what it opened
+			}
+			m.countServed(src, n)
+			if errors.Is(err, blobhttp.ErrIncomplete) {
+				info.Result = "error"
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+	}
+	info.Result = "passthrough"
+	forward.ServeHTTP(w, r)
+}

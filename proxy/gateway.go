@@ -1,0 +1,403 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/mitmca"
+	"github.com/modelgate/modelgate/reqinfo"
+)
+
+// Hub serves the Hugging Face Hub's routes; hfmirror.Mirror implements it.
+type Hub interface {
+	http.Handler
+	// ServeCDN answers a request for one of the Hub's CDN hosts, from the
+	// cache when it can, otherwise through forward.
+	ServeCDN(w http.ResponseWriter, r *http.Request, forward http.Handler)
+}
+
+// Options configures the gateway's one listener.
+type Options struct {
+	// Hub answers the Hub's routes in mirror mode and for intercepted Hub
+	// hosts in proxy mode: the very same handler, so a blob cached through
+	// one mode is a hit in the other.
+	Hub      Hub
+	Gatherer prometheus.Gatherer
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
+
+	// CA signs the certificates of intercepted hosts.
+	CA *mitmca.CA
+	// Intercept lists the host patterns whose CONNECTs are intercepted
+	// (config mitm.hosts).
+	Intercept []string
+	// HubHosts are the intercepted names answered as the Hub itself.
+	HubHosts []string
+	// CDNDomains are domains whose intercepted subdomains are the Hub's
+	// CDN (served from the cache by content id when possible).
+	CDNDomains []string
+	// DenyTunnels refuses CONNECTs to hosts that are not intercepted.
+	DenyTunnels bool
+	// IdleTimeout closes tunnels and intercepted connections with no
+	// traffic for that long.
+	IdleTimeout time.Duration
+	// DialTunnel opens the connection behind a blind tunnel.
+	DialTunnel func(ctx context.Context, addr string) (net.Conn, error)
+	// Transport sends requests the gateway relays on a worker's behalf
+	// without any credential of its own (CDN misses, other intercepted
+	// hosts, plain-HTTP proxy requests to other hosts).
+	Transport http.RoundTripper
+}
+
+// Gateway is the handler of the gateway's one listener: mirror mode for
+// origin-form requests, forward proxy for CONNECT and absolute-form ones.
+type Gateway struct {
+	opts      Options
+	log       *slog.Logger
+	intercept hostPatterns
+	hubHosts  map[string]bool
+	gp        *goproxy.ProxyHttpServer
+	own       http.Handler // /healthz, /metrics, /ca.pem
+	forward   *httputil.ReverseProxy
+	handler   http.Handler // the edge around route
+
+	inner      *http.Server // serves intercepted connections
+	innerLn    *chanListener
+	innerHosts sync.Map // *tls.Conn -> CONNECT target host
+}
+
+// New builds the gateway and starts the server for intercepted
+// connections; Close stops it.
+func New(opts Options) (*Gateway, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 5 * time.Minute
+	}
+	g := &Gateway{opts: opts, log: opts.Logger, hubHosts: map[string]bool{}}
+	var err error
+	if g.intercept, err = parseHostPatterns(opts.Intercept); err != nil {
+		return nil, err
+	}
+	for _, h := range opts.HubHosts {
+		g.hubHosts[h] = true
+	}
+	g.own = ownEndpoints(opts)
+	g.forward = &httputil.ReverseProxy{
+		Rewrite:      rewriteForward,
+		Transport:    opts.Transport,
+		ErrorHandler: g.forwardError,
+	}
+
+	// goproxy decides what each CONNECT becomes; the TLS of intercepted
+	// connections is terminated with certificates its signer issues from
+	// our CA, and the decoded requests are served by a plain net/http
+	// server so that they get the same handler, Range handling and
+	// timeouts as mirror mode.
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = goproxyLogger{opts.Logger}
+	gp.Tr = nil
+	gp.ConnectDial = nil // never the process's own HTTPS_PROXY
+	gp.CertStore = newCertStore(1024)
+	gp.OnRequest().HandleConnectFunc(g.connectPolicy)
+	g.gp = gp
+
+	g.handler = &edge{next: http.HandlerFunc(g.route), log: opts.Logger, m: opts.Metrics}
+	g.innerLn = newChanListener()
+	g.inner = &http.Server{
+		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics},
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			host, _ := g.innerHosts.Load(c)
+			return context.WithValue(ctx, interceptedHostKey{}, host)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				g.innerHosts.Delete(c)
+			}
+		},
+	}
+	go g.inner.Serve(g.innerLn)
+	return g, nil
+}
+
+// ServeHTTP is the listener's handler.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.ServeHTTP(w, r) }
+
+// Close stops serving intercepted connections.
+func (g *Gateway) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.inner.Shutdown(ctx); err != nil {
+		return g.inner.Close()
+	}
+	return nil
+}
+
+// route sends each request by its form: CONNECT to the proxy policy, an
+// absolute URL (plain HTTP_PROXY use) to the site it names, anything else
+// to the gateway's own endpoints and the mirror.
+func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
+	info := reqinfo.From(r.Context())
+	switch {
+	case r.Method == http.MethodConnect:
+		info.Mode = "proxy"
+		info.Route = "connect"
+		g.gp.ServeHTTP(w, r)
+	case r.URL.IsAbs():
+		info.Mode = "proxy"
+		host, port := r.URL.Hostname(), r.URL.Port()
+		if port == "" {
+			port = "80"
+		}
+		switch {
+		case g.intercept.match(host, port):
+			g.serveSite(w, r, host)
+		case g.opts.DenyTunnels:
+			info.Route, info.Result = "proxy", "denied"
+			http.Error(w, "this gateway only proxies the model hubs", http.StatusForbidden)
+		default:
+			info.Route, info.Result = "proxy", "passthrough"
+			g.forward.ServeHTTP(w, r)
+		}
+	default:
+		info.Mode = "mirror"
+		g.own.ServeHTTP(w, r)
+	}
+}
+
+type interceptedHostKey struct{}
+
+// routeIntercepted serves a request decoded from an intercepted CONNECT;
+// the CONNECT's target, not the Host header, says which site it is for.
+func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
+	reqinfo.From(r.Context()).Mode = "mitm"
+	host, _ := r.Context().Value(interceptedHostKey{}).(string)
+	g.serveSite(w, r, host)
+}
+
+// serveSite answers a proxy-mode request for host.
+func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string) {
+	switch {
+	case g.hubHosts[host]:
+		g.opts.Hub.ServeHTTP(w, r)
+	case isUnder(host, g.opts.CDNDomains...):
+		g.opts.Hub.ServeCDN(w, r, http.HandlerFunc(g.forwardWithoutCredentials))
+	default:
+		info := reqinfo.From(r.Context())
+		info.Route, info.Result = "proxy", "passthrough"
+		g.forward.ServeHTTP(w, r)
+	}
+}
+
+// forwardWithoutCredentials relays a request to a CDN host, stripped of
+// anything that could authenticate the worker or the gateway there.
+func (g *Gateway) forwardWithoutCredentials(w http.ResponseWriter, r *http.Request) {
+	r = r.Clone(r.Context())
+	r.Header.Del("Authorization")
+	r.Header.Del("Cookie")
+	g.forward.ServeHTTP(w, r)
+}
+
+// rewriteForward sends a relayed request to the host it was meant for:
+// intercepted requests are origin-form, so the target comes from Host.
+func rewriteForward(pr *httputil.ProxyRequest) {
+	if !pr.In.URL.IsAbs() {
+		pr.Out.URL.Scheme = "https"
+		pr.Out.URL.Host = pr.In.Host
+	}
+	pr.Out.Host = pr.Out.URL.Host
+	pr.Out.Header.Del("Proxy-Authorization")
+	pr.Out.Header.Del("Proxy-Connection")
+}
+
+func (g *Gateway) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	reqinfo.From(r.Context()).Result = "error"
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	g.log.Warn("relaying request failed", "host", r.Host, "err", err.Error())
+	http.Error(w, "the gateway could not reach "+r.Host, http.StatusBadGateway)
+}
+
+// connectPolicy is goproxy's CONNECT handler: intercept the model hosts,
+// tunnel (or refuse) the rest, reject malformed targets.
+func (g *Gateway) connectPolicy(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	info := reqinfo.From(ctx.Req.Context())
+	host, port, ok := validTarget(target)
+	switch {
+	case !ok:
+		info.Result, info.Status = "bad_request", http.StatusBadRequest
+		ctx.Resp = plainResponse(ctx.Req, http.StatusBadRequest, "CONNECT needs a host:port target\n")
+		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
+	case g.intercept.match(host, port):
+		info.Result = "intercept"
+		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: g.interceptConn}, target
+	case g.opts.DenyTunnels:
+		info.Result, info.Status = "denied", http.StatusForbidden
+		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway only proxies the model hubs\n")
+		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
+	default:
+		info.Result = "tunnel"
+		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: g.tunnel}, target
+	}
+}
+
+// handshakeTimeout bounds the TLS handshake of an intercepted connection;
+// net/http's server would otherwise wait for it without a deadline.
+const handshakeTimeout = 10 * time.Second
+
+// interceptConn terminates TLS on a hijacked CONNECT with a certificate
+// for its target and hands the connection to the inner server.
+func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy.ProxyCtx) {
+	host, _, _ := validTarget(req.URL.Host)
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		client.Close()
+		return
+	}
+	cfg, err := goproxy.TLSConfigFromCA(&g.opts.CA.TLS)(host, ctx)
+	if err != nil {
+		g.log.Error("signing certificate for intercepted host", "host", host, "err", err)
+		client.Close()
+		return
+	}
+	// HTTP/1.1 only: a download is one long stream, which h2 does not
+	// speed up, and net/http would need h2 wired onto this listener.
+	cfg.NextProtos = []string{"http/1.1"}
+	tconn := tls.Server(client, cfg)
+	hctx, cancel := context.WithTimeout(req.Context(), handshakeTimeout)
+	defer cancel()
+	if err := tconn.HandshakeContext(hctx); err != nil {
+		g.log.Debug("intercepted TLS handshake failed", "host", host, "err", err)
+		tconn.Close()
+		return
+	}
+	g.innerHosts.Store(net.Conn(tconn), host)
+	if !g.innerLn.deliver(tconn) {
+		g.innerHosts.Delete(net.Conn(tconn))
+		tconn.Close()
+	}
+}
+
+// tunnel connects a hijacked CONNECT to its target and copies bytes both
+// ways without looking at them.
+func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+	info := reqinfo.From(req.Context())
+	up, err := g.opts.DialTunnel(req.Context(), req.URL.Host)
+	if err != nil {
+		info.Result, info.Status = "error", http.StatusBadGateway
+		msg := "the gateway could not connect to " + req.URL.Host + "\n"
+		fmt.Fprintf(client, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
+		client.Close()
+		return
+	}
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		client.Close()
+		up.Close()
+		return
+	}
+	sent, received := pipe(client, up, g.opts.IdleTimeout)
+	info.Detail = "tunnel sent=" + strconv.FormatInt(sent, 10) + " received=" + strconv.FormatInt(received, 10)
+}
+
+func plainResponse(req *http.Request, status int, body string) *http.Response {
+	resp := goproxy.NewResponse(req, "text/plain; charset=utf-8", status, body)
+	resp.Close = true
+	return resp
+}
+
+// ownEndpoints answers the gateway's own paths and sends everything else
+// to the Hub mirror. Routing is a plain switch rather than an
+// http.ServeMux: the mux answers a path with ".." segments with a redirect
+// to the cleaned path, and the gateway must refuse such a path instead.
+func ownEndpoints(opts Options) http.Handler {
+	metricsHandler := promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
+		ErrorLog:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+		Timeout:             10 * time.Second,
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		get := r.Method == http.MethodGet || r.Method == http.MethodHead
+		switch {
+		case r.URL.Path == "/healthz" && get:
+			reqinfo.Set(r.Context(), metrics.RouteHealth, "ok")
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			io.WriteString(w, "ok\n")
+		case r.URL.Path == "/metrics" && get:
+			reqinfo.Set(r.Context(), metrics.RouteMetrics, "ok")
+			metricsHandler.ServeHTTP(w, r)
+		case r.URL.Path == "/ca.pem" && get && opts.CA != nil:
+			reqinfo.Set(r.Context(), "ca", "ok")
+			w.Header().Set("Content-Type", "application/x-pem-file")
+			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
+			w.Write(opts.CA.PEM)
+		default:
+			opts.Hub.ServeHTTP(w, r)
+		}
+	})
+}
+
+// chanListener is a net.Listener whose connections are handed to it, so
+// that intercepted TLS connections can be served by an http.Server.
+type chanListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// goproxyLogger sends goproxy's own messages (mostly routine connection
+// ends) to debug.
+type goproxyLogger struct{ l *slog.Logger }
+
+func (g goproxyLogger) Printf(format string, v ...any) {
+	g.l.Debug(fmt.Sprintf(format, v...), "component", "goproxy")
+}
