@@ -248,7 +248,6 @@ func assertNoSecretsLeaked(t *testing.T, g *gatewayUnderTest, hub *fakehub.Hub) 
 	assertNoLeak(t, "logs", []byte(g.Logs.String()), operatorToken, workerToken)
 }
 
-
 func TestIdleTunnelsAreClosedButOneWayStreamsSurvive(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, func(c *config.Config) { c.Proxy.IdleTimeout = config.Duration{Duration: 500 * time.Millisecond} })

@@ -27,6 +27,7 @@ import (
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/civitai"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfmirror"
 	"github.com/modelgate/modelgate/metrics"
@@ -137,7 +138,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("modelgate listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
-		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token.Reveal() != "")
+		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token != "",
+		"civitai", cfg.CivitAI.Endpoint, "civitai_key", cfg.CivitAI.APIKey != "")
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
@@ -228,15 +230,26 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	hfHost := authinject.CanonicalHost(hfURL)
+	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("civitai.endpoint: %w", err)
+	}
+	civCred, err := authinject.Bearer(cfg.CivitAI.Endpoint, cfg.CivitAI.APIKey.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	hfHost, civHost := authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)
 	classify := func(r *http.Request) string {
-		if authinject.CanonicalHost(r.URL) == hfHost {
+		switch authinject.CanonicalHost(r.URL) {
+		case hfHost:
 			return "huggingface"
+		case civHost:
+			return "civitai"
 		}
 		return "other" // CDNs and storage: never sent a credential
 	}
 	counted := m.InstrumentUpstream(transport, classify)
-	up := authinject.New(counted, hfCred)
+	up := authinject.New(counted, hfCred, civCred)
 
 	mirror := hfmirror.New(hfmirror.Options{
 		Endpoint:    hfURL,
@@ -247,19 +260,33 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Metrics:     m,
 		Logger:      log,
 	})
-	gw, err := proxy.New(proxy.Options{
-		Hub:         mirror,
-		Gatherer:    reg,
+	civ := civitai.New(civitai.Options{
+		Endpoint:    civURL,
+		HasKey:      cfg.CivitAI.APIKey != "",
+		MetadataTTL: cfg.CivitAI.MetadataTTL.Duration,
+		DownloadTTL: cfg.CivitAI.DownloadTTL.Duration,
+		Upstream:    up,
+		Index:       idx,
+		Blobs:       store,
 		Metrics:     m,
 		Logger:      log,
-		CA:          ca,
-		Intercept:   cfg.MITM.Hosts,
-		HubHosts:    []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNDomains:  []string{"hf.co", "huggingface.co"},
-		DenyTunnels: cfg.Proxy.Tunnel == "deny",
-		IdleTimeout: cfg.Proxy.IdleTimeout.Duration,
-		DialTunnel:  upstream.TunnelDialer(upOpts, transport),
-		Transport:   counted,
+	})
+	gw, err := proxy.New(proxy.Options{
+		Hub:          mirror,
+		CivitAI:      civ,
+		CivitAIRoute: civitai.IsRoute,
+		CivitAIHosts: []string{"civitai.com", "civitai.red", civURL.Hostname()},
+		Gatherer:     reg,
+		Metrics:      m,
+		Logger:       log,
+		CA:           ca,
+		Intercept:    cfg.MITM.Hosts,
+		HubHosts:     []string{"huggingface.co", "hf.co", hfURL.Hostname()},
+		CDNDomains:   []string{"hf.co", "huggingface.co", "civitai.com"},
+		DenyTunnels:  cfg.Proxy.Tunnel == "deny",
+		IdleTimeout:  cfg.Proxy.IdleTimeout.Duration,
+		DialTunnel:   upstream.TunnelDialer(upOpts, transport),
+		Transport:    counted,
 	})
 	if err != nil {
 		return nil, err

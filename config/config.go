@@ -83,6 +83,13 @@ type CivitAIConfig struct {
 	// environment variables CIVITAI_API_KEY, CA_AUTH_TOKEN and CA_API_KEY,
 	// in that order. Default empty.
 	APIKey Secret `yaml:"api_key"`
+	// MetadataTTL is how long the JSON of /api/v1/ model and version
+	// answers is reused. Default 10m.
+	MetadataTTL Duration `yaml:"metadata_ttl"`
+	// DownloadTTL is how long a download request (version id and its
+	// parameters) stays mapped to the file it served. CivitAI can re-upload
+	// a version's file, so this is not forever. Default 24h.
+	DownloadTTL Duration `yaml:"download_ttl"`
 }
 
 // UpstreamConfig configures outbound connections to all upstreams.
@@ -154,7 +161,9 @@ func Default() Config {
 			Endpoint: "https://huggingface.co",
 		},
 		CivitAI: CivitAIConfig{
-			Endpoint: "https://civitai.com",
+			Endpoint:    "https://civitai.com",
+			MetadataTTL: Duration{10 * time.Minute},
+			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
 			Timeout: Duration{30 * time.Second},
@@ -228,6 +237,12 @@ func (c *Config) Validate() error {
 	}
 	if msg := checkURL(c.CivitAI.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
 		fail("civitai.endpoint", "%s", msg)
+	}
+	if c.CivitAI.MetadataTTL.Duration < 0 {
+		fail("civitai.metadata_ttl", "must be >= 0, got %s", c.CivitAI.MetadataTTL)
+	}
+	if c.CivitAI.DownloadTTL.Duration < 0 {
+		fail("civitai.download_ttl", "must be >= 0, got %s", c.CivitAI.DownloadTTL)
 	}
 	if !printable(c.CivitAI.APIKey) {
 		fail("civitai.api_key", "must not contain whitespace or control characters")

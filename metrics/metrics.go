@@ -32,6 +32,9 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
+	// Unverified counts CivitAI downloads relayed without caching because
+	// CivitAI published no SHA256 for the file.
+	Unverified prometheus.Counter
 }
 
 // Route labels.
@@ -78,6 +81,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io).",
 		}, []string{"reason"}),
 	}
+	m.Unverified = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "civitai_unverified_downloads_total",
+		Help: "CivitAI downloads relayed uncached because no SHA256 was published for the file.",
+	})
+	reg.MustRegister(m.Unverified)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }

@@ -51,6 +51,12 @@ type Options struct {
 	// CDNDomains are domains whose intercepted subdomains are the Hub's
 	// CDN (served from the cache by content id when possible).
 	CDNDomains []string
+	// CivitAI answers CivitAI's download and metadata routes, the paths
+	// CivitAIRoute accepts: on the gateway itself in mirror mode, and on
+	// CivitAIHosts in proxy mode.
+	CivitAI      http.Handler
+	CivitAIRoute func(path string) bool
+	CivitAIHosts []string
 	// DenyTunnels refuses CONNECTs to hosts that are not intercepted.
 	DenyTunnels bool
 	// IdleTimeout closes tunnels and intercepted connections with no
@@ -71,6 +77,7 @@ type Gateway struct {
 	log       *slog.Logger
 	intercept hostPatterns
 	hubHosts  map[string]bool
+	civHosts  map[string]bool
 	gp        *goproxy.ProxyHttpServer
 	own       http.Handler // /healthz, /metrics, /ca.pem
 	forward   *httputil.ReverseProxy
@@ -90,13 +97,16 @@ func New(opts Options) (*Gateway, error) {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
-	g := &Gateway{opts: opts, log: opts.Logger, hubHosts: map[string]bool{}}
+	g := &Gateway{opts: opts, log: opts.Logger, hubHosts: map[string]bool{}, civHosts: map[string]bool{}}
 	var err error
 	if g.intercept, err = parseHostPatterns(opts.Intercept); err != nil {
 		return nil, err
 	}
 	for _, h := range opts.HubHosts {
 		g.hubHosts[h] = true
+	}
+	for _, h := range opts.CivitAIHosts {
+		g.civHosts[h] = true
 	}
 	g.own = ownEndpoints(opts)
 	g.forward = &httputil.ReverseProxy{
@@ -200,6 +210,8 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 	switch {
 	case g.hubHosts[host]:
 		g.opts.Hub.ServeHTTP(w, r)
+	case g.civHosts[host] && g.opts.CivitAI != nil && g.opts.CivitAIRoute(r.URL.Path):
+		g.opts.CivitAI.ServeHTTP(w, r)
 	case isUnder(host, g.opts.CDNDomains...):
 		g.opts.Hub.ServeCDN(w, r, http.HandlerFunc(g.forwardWithoutCredentials))
 	default:
@@ -209,7 +221,7 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 	}
 }
 
-// forwardWithoutCredentials relays a request to a CDN host, stripped of
+// forwardWithoutCredentials relays a request to a CDN or storage host, stripped of
 // anything that could authenticate the worker or the gateway there.
 func (g *Gateway) forwardWithoutCredentials(w http.ResponseWriter, r *http.Request) {
 	r = r.Clone(r.Context())
@@ -351,6 +363,8 @@ func ownEndpoints(opts Options) http.Handler {
 			w.Header().Set("Content-Type", "application/x-pem-file")
 			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
 			w.Write(opts.CA.PEM)
+		case opts.CivitAI != nil && opts.CivitAIRoute(r.URL.Path):
+			opts.CivitAI.ServeHTTP(w, r)
 		default:
 			opts.Hub.ServeHTTP(w, r)
 		}

@@ -1,0 +1,401 @@
+package civitai
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/blobhttp"
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/upstream"
+)
+
+// fileRef is what a download resolved to, as kept in the index.
+type fileRef struct {
+	SHA256 string `json:"sha256"` // lower-case hex; "" when CivitAI published none
+	Size   int64  `json:"size"`
+	Name   string `json:"name"`
+	FileID int64  `json:"file_id"`
+}
+
+// resolution is a fresh resolution: the file, and the storage answer that
+// was opened to learn its size and name. The first fill takes that body
+// instead of asking the storage again.
+type resolution struct {
+	ref     fileRef
+	pending *pendingBody
+}
+
+// pendingBody hands an opened body to exactly one taker.
+type pendingBody struct {
+	mu   sync.Mutex
+	body io.ReadCloser
+}
+
+func (p *pendingBody) take() io.ReadCloser {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.body
+	p.body = nil
+	return b
+}
+
+// discard closes the body if nobody took it.
+func (p *pendingBody) discard() {
+	if b := p.take(); b != nil {
+		b.Close()
+	}
+}
+
+const keyDownload = "civitai/download\x00"
+
+func downloadKey(versionID string, params url.Values) string {
+	return keyDownload + versionID + "\x00" + params.Encode()
+}
+
+// serveDownload answers GET/HEAD /api/download/models/{versionID}.
+func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionID string) {
+	ctx := r.Context()
+	info := reqinfo.From(ctx)
+	params, err := normalizeDownloadQuery(r.URL.Query())
+	if err != nil {
+		info.Result = "bad_request"
+		writeJSONError(w, http.StatusBadRequest, "Bad Request", err.Error(), "")
+		return
+	}
+	ref, pending, fromIndex, err := h.lookup(ctx, r, versionID, params)
+	defer pending.discard()
+	if err != nil {
+		info.Result = "error"
+		h.writeError(w, err)
+		return
+	}
+	if ref.SHA256 == "" {
+		info.Result = "unhashed"
+		h.serveUnhashed(w, r, versionID, params, ref, pending)
+		return
+	}
+	digest, err := cache.NewDigest(cache.SHA256, ref.SHA256)
+	if err != nil {
+		info.Result = "error"
+		h.writeError(w, &badUpstreamError{err: err})
+		return
+	}
+	info.Result = "miss"
+	if fromIndex {
+		info.Result = "hit"
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Disposition", attachment(ref.Name))
+	var result cache.Result = -1
+	open := func() (*cache.Blob, error) {
+		b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
+		result = res
+		return b, err
+	}
+	n, src, err := blobhttp.Serve(w, r, ref.Size, `"`+ref.SHA256+`"`, open)
+	if result >= 0 {
+		info.Result = result.String()
+	}
+	h.countServed(src, n)
+	switch {
+	case err == nil:
+	case errors.Is(err, blobhttp.ErrIncomplete):
+		info.Result = "error"
+		info.Detail = "aborted mid-body: " + upstream.Sanitize(err).Error()
+		panic(http.ErrAbortHandler)
+	default:
+		info.Result = "error"
+		h.writeError(w, err)
+	}
+}
+
+func (h *Handler) countServed(src blobhttp.Source, n int64) {
+	if h.Metrics == nil || n == 0 {
+		return
+	}
+	label := metrics.SourceCache
+	if src == blobhttp.FromFill {
+		label = metrics.SourceFill
+	}
+	h.Metrics.ServedBytes.WithLabelValues(label).Add(float64(n))
+}
+
+// lookup returns the file a download maps to: from the index, or by
+// resolving it upstream once for all concurrent requests of the same
+// download.
+func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string, params url.Values) (fileRef, *pendingBody, bool, error) {
+	key := downloadKey(versionID, params)
+	if ref, ok := h.indexedRef(key); ok {
+		return ref, nil, true, nil
+	}
+	// The resolution outlives the request that started it: its storage
+	// answer may feed the fill that every waiting request reads.
+	detached := context.WithoutCancel(ctx)
+	v, err, _ := h.resolving.Do(key, func() (any, error) {
+		if ref, ok := h.indexedRef(key); ok {
+			return resolution{ref: ref}, nil
+		}
+		res, err := h.resolve(detached, in, versionID, params)
+		if err == nil && res.ref.SHA256 != "" && h.DownloadTTL > 0 {
+			b, _ := json.Marshal(res.ref)
+			if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
+				h.Logger.Warn("caching CivitAI download mapping", "err", err)
+			}
+		}
+		return res, err
+	})
+	if err != nil {
+		return fileRef{}, nil, false, err
+	}
+	res := v.(resolution)
+	return res.ref, res.pending, false, nil
+}
+
+func (h *Handler) indexedRef(key string) (fileRef, bool) {
+	b, err := h.Index.Get(key)
+	if err != nil {
+		return fileRef{}, false
+	}
+	var ref fileRef
+	if json.Unmarshal(b, &ref) != nil || ref.SHA256 == "" {
+		return fileRef{}, false
+	}
+	return ref, true
+}
+
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// resolve finds which file a download serves and its identity: the signed
+// storage URL from the download route (with the key), the storage's answer
+// (exact size, file name), and the version's metadata (published SHA256).
+func (h *Handler) resolve(ctx context.Context, in *http.Request, versionID string, params url.Values) (resolution, error) {
+	loc, err := h.storageLocation(ctx, in, versionID, params)
+	if err != nil {
+		return resolution{}, err
+	}
+	resp, err := h.fetchStorage(ctx, loc, 0)
+	if err != nil {
+		return resolution{}, err
+	}
+	pending := &pendingBody{body: resp.Body}
+	ref := fileRef{Size: resp.ContentLength, Name: dispositionName(resp.Header.Get("Content-Disposition"))}
+	if ref.Name == "" {
+		ref.Name = dispositionFromURL(loc)
+	}
+	if ref.Size < 0 {
+		pending.discard()
+		return resolution{}, &badUpstreamError{err: errors.New("the storage answer has no Content-Length")}
+	}
+	version, err := h.version(ctx, in, versionID)
+	if err != nil {
+		// The file still downloads; without the metadata it just cannot
+		// be verified or cached.
+		h.Logger.Warn("CivitAI version metadata unavailable; serving unverified", "version", versionID, "err", err)
+		return resolution{ref: ref, pending: pending}, nil
+	}
+	if f, ok := version.match(params.Get("fileId"), ref.Name); ok {
+		ref.FileID = f.ID
+		if ref.Name == "" {
+			ref.Name = f.Name
+		}
+		if sha := strings.ToLower(f.Hashes.SHA256); sha256Hex.MatchString(sha) {
+			ref.SHA256 = sha
+		}
+	}
+	return resolution{ref: ref, pending: pending}, nil
+}
+
+// storageLocation asks the download route for the signed storage URL. It
+// follows no redirect: a redirect that stays on CivitAI is its login or
+// early-access page (an auth failure, never content).
+func (h *Handler) storageLocation(ctx context.Context, in *http.Request, versionID string, params url.Values) (*url.URL, error) {
+	req, err := h.newRequest(ctx, http.MethodGet, "/api/download/models/"+versionID, params, in)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.Upstream.Do(req, authinject.FollowNone)
+	if err != nil {
+		return nil, &unreachableError{err: upstream.Sanitize(err)}
+	}
+	defer drainClose(resp.Body)
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		u, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+			return nil, &badUpstreamError{err: errors.New("the download redirect has no usable Location")}
+		}
+		if authinject.CanonicalHost(u) == authinject.CanonicalHost(h.Endpoint) {
+			return nil, &loginRedirectError{path: u.Path}
+		}
+		return u, nil
+	case resp.StatusCode >= 400:
+		return nil, newAPIError(resp)
+	default:
+		if isHTML(resp.Header) {
+			return nil, &loginRedirectError{path: "(an HTML page)"}
+		}
+		return nil, &badUpstreamError{err: fmt.Errorf("the download route answered %d where a redirect to the file was expected", resp.StatusCode)}
+	}
+}
+
+// fetchStorage GETs a signed storage URL from offset on. No credential is
+// attached: the URL carries its own signature, and storage hosts refuse a
+// request that also has an Authorization header.
+func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", userAgent)
+	req.Header.Set("Accept-Encoding", "identity")
+	want := http.StatusOK
+	if off > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+		want = http.StatusPartialContent
+	}
+	resp, err := h.Upstream.Do(req, authinject.FollowAll)
+	if err != nil {
+		return nil, &unreachableError{err: upstream.Sanitize(err)}
+	}
+	if resp.StatusCode != want || isHTML(resp.Header) {
+		drainClose(resp.Body)
+		return nil, &badUpstreamError{err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
+	}
+	return resp, nil
+}
+
+// source fetches a file for the cache: the body the resolution already
+// opened, else a fresh signed URL from the download route.
+func (h *Handler) source(versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
+	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		if off == 0 {
+			if b := pending.take(); b != nil {
+				return b, nil
+			}
+		}
+		loc, err := h.storageLocation(ctx, nil, versionID, params)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := h.fetchStorage(ctx, loc, off)
+		if err != nil {
+			return nil, err
+		}
+		if resp.ContentLength >= 0 && resp.ContentLength != ref.Size-off {
+			drainClose(resp.Body)
+			return nil, &badUpstreamError{err: fmt.Errorf("the storage answer is %d bytes, want %d", resp.ContentLength, ref.Size-off)}
+		}
+		return resp.Body, nil
+	}
+}
+
+// serveUnhashed relays a file whose SHA256 CivitAI has not published (yet):
+// it cannot be verified, so it is not cached.
+func (h *Handler) serveUnhashed(w http.ResponseWriter, r *http.Request, versionID string, params url.Values, ref fileRef, pending *pendingBody) {
+	if h.Metrics != nil {
+		h.Metrics.Unverified.Inc()
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Disposition", attachment(ref.Name))
+	hdr.Set("Content-Type", "application/octet-stream")
+	if r.Method == http.MethodHead {
+		hdr.Set("Content-Length", strconv.FormatInt(ref.Size, 10))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	body := pending.take()
+	if body == nil {
+		loc, err := h.storageLocation(r.Context(), r, versionID, params)
+		if err != nil {
+			h.writeError(w, err)
+			return
+		}
+		resp, err := h.fetchStorage(r.Context(), loc, 0)
+		if err != nil {
+			h.writeError(w, err)
+			return
+		}
+		body = resp.Body
+	}
+	defer body.Close()
+	hdr.Set("Content-Length", strconv.FormatInt(ref.Size, 10))
+	w.WriteHeader(http.StatusOK)
+	n, err := io.Copy(w, body)
+	if h.Metrics != nil {
+		h.Metrics.ServedBytes.WithLabelValues(metrics.SourceUpstream).Add(float64(n))
+	}
+	if err != nil || n != ref.Size {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// attachment is the Content-Disposition naming the real file.
+func attachment(name string) string {
+	if name == "" {
+		return "attachment"
+	}
+	if v := mime.FormatMediaType("attachment", map[string]string{"filename": name}); v != "" {
+		return v
+	}
+	return "attachment"
+}
+
+// dispositionName returns the file name a Content-Disposition value gives.
+func dispositionName(v string) string {
+	if v == "" {
+		return ""
+	}
+	_, params, err := mime.ParseMediaType(v)
+	if err != nil {
+		return ""
+	}
+	return safeName(params["filename"])
+}
+
+// dispositionFromURL reads the name from the disposition a signed storage
+// URL asks the storage to send (R2/S3 and B2 styles).
+func dispositionFromURL(u *url.URL) string {
+	q := u.Query()
+	for _, k := range []string{"response-content-disposition", "b2ContentDisposition"} {
+		if n := dispositionName(q.Get(k)); n != "" {
+			return n
+		}
+	}
+	return ""
+}
+
+// safeName keeps only the base name of a file name from upstream.
+func safeName(n string) string {
+	if i := strings.LastIndexAny(n, `/\`); i >= 0 {
+		n = n[i+1:]
+	}
+	if n == "." || n == ".." || strings.ContainsFunc(n, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return ""
+	}
+	return n
+}
+
+func isHTML(h http.Header) bool {
+	return strings.HasPrefix(strings.ToLower(h.Get("Content-Type")), "text/html")
+}
+
+func drainClose(rc io.ReadCloser) {
+	io.CopyN(io.Discard, rc, 64<<10)
+	rc.Close()
+}
