@@ -48,12 +48,14 @@ type Opener func() (*cache.Blob, error)
 func Serve(w http.ResponseWriter, r *http.Request, size int64, etag string, open Opener) (int64, Source, error) {
 	src := FromCache
 	h := w.Header()
-	h.Set("ETag", etag)
+	if etag != "" { // "" for content whose hash is not known yet
+		h.Set("ETag", etag)
+	}
 	h.Set("Accept-Ranges", "bytes")
 	if h.Get("Content-Type") == "" {
 		h.Set("Content-Type", "application/octet-stream")
 	}
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, etag) {
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etag != "" && etagMatches(inm, etag) {
 		h.Del("Content-Type")
 		w.WriteHeader(http.StatusNotModified)
 		return 0, src, nil
@@ -169,5 +171,5 @@ func etagMatches(header, etag string) bool {
 // when absent or equal (strongly) to the current entity tag. A date is
 // treated as not matching, since blobs carry no modification time.
 func ifRangeHolds(ifRange, etag string) bool {
-	return ifRange == "" || ifRange == etag
+	return ifRange == "" || (etag != "" && ifRange == etag)
 }

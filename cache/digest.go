@@ -66,7 +66,8 @@ func (d Digest) String() string { return string(d.Algo) + ":" + d.Hex }
 // IsZero reports whether d is the zero Digest.
 func (d Digest) IsZero() bool { return d.Hex == "" }
 
-// newHash returns a hash that, fed the size bytes of the content, sums to d.
+// newHash returns a hash that, fed the size bytes of the content, sums to d
+// (a plain SHA-256 for the zero Digest).
 func (d Digest) newHash(size int64) hash.Hash {
 	switch d.Algo {
 	case GitSHA1:

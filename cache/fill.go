@@ -22,8 +22,11 @@ var errFillFailed = errors.New("blob fill failed")
 // size or hash mismatch every reader fails before its response is complete,
 // so no client is ever handed a complete-looking wrong body.
 type fill struct {
-	digest Digest
+	key    string // in Store.fills
+	digest Digest // zero until computed, for a fill of unpublished content
 	size   int64
+	// onPublish, when set, learns the digest the blob was published under.
+	onPublish func(Digest)
 
 	ready chan struct{} // closed once the upstream has answered, or the fill failed
 

@@ -88,7 +88,7 @@ type Store struct {
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
-	fills map[Digest]*fill
+	fills map[string]*fill // by fill key: the digest, or "unknown:" + a caller's key
 
 	blobs, bytes, filling atomic.Int64
 }
@@ -111,7 +111,7 @@ func Open(opts Options) (*Store, error) {
 		idx:        opts.Index,
 		log:        log,
 		onFillDone: opts.OnFillDone,
-		fills:      make(map[Digest]*fill),
+		fills:      make(map[string]*fill),
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -196,17 +196,38 @@ func (s *Store) Get(ctx context.Context, d Digest, size int64, src Source) (*Blo
 		return b, Hit, err
 	}
 
+	return s.join(ctx, d, d.String(), size, src, func() (*Blob, error) { return s.openPublished(d, size) }, func() *fill { return newFill(d, size) })
+}
+
+// GetUnverified is Get for content whose digest nobody published: the
+// fill hashes it with SHA256 and publishes it under the digest it
+// computed, then calls onPublish with it (so that the caller can map its
+// key to the blob for next time). Only the size is checked. Concurrent
+// calls with the same key share one fill.
+func (s *Store) GetUnverified(ctx context.Context, key string, size int64, src Source, onPublish func(Digest)) (*Blob, Result, error) {
+	return s.join(ctx, Digest{}, "unknown:"+key, size, src, nil, func() *fill {
+		f := newFill(Digest{}, size)
+		f.onPublish = onPublish
+		return f
+	})
+}
+
+// join joins the fill registered under key, or — unless published finds
+// the blob on disk (checked again under the lock: a fill may have
+// published and left the map since the caller looked) — starts a new one.
+func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src Source, published func() (*Blob, error), start func() *fill) (*Blob, Result, error) {
 	s.mu.Lock()
-	f, joined := s.fills[d]
+	f, joined := s.fills[key]
 	if !joined {
-		// Check again under the lock: a fill may have published between
-		// the open above and taking the lock, and it is gone from the map.
-		if b, err := s.openPublished(d, size); err == nil || !errors.Is(err, fs.ErrNotExist) {
-			s.mu.Unlock()
-			return b, Hit, err
+		if published != nil {
+			if b, err := published(); err == nil || !errors.Is(err, fs.ErrNotExist) {
+				s.mu.Unlock()
+				return b, Hit, err
+			}
 		}
-		f = newFill(d, size)
-		s.fills[d] = f
+		f = start()
+		f.key = key
+		s.fills[key] = f
 		s.filling.Add(1)
 		s.wg.Add(1)
 		go s.run(f, src)
@@ -246,12 +267,12 @@ func (s *Store) run(f *fill, src Source) {
 	err := s.download(f, src)
 	if err != nil {
 		f.fail(err)
-		s.log.Warn("blob fill failed", "digest", f.digest.String(), "size", f.size, "err", err)
+		s.log.Warn("blob fill failed", "fill", f.key, "size", f.size, "err", err)
 	}
 	// Ready may still be open if the source never answered.
 	f.markReady()
 	s.mu.Lock()
-	delete(s.fills, f.digest)
+	delete(s.fills, f.key)
 	s.mu.Unlock()
 	s.filling.Add(-1)
 	if s.onFillDone != nil {
@@ -263,7 +284,7 @@ func (s *Store) run(f *fill, src Source) {
 const fillBufSize = 256 << 10
 
 func (s *Store) download(f *fill, src Source) (err error) {
-	tmp, err := os.CreateTemp(s.tmpDir, f.digest.Hex+".*.partial")
+	tmp, err := os.CreateTemp(s.tmpDir, "fill-*.partial")
 	if err != nil {
 		return fmt.Errorf("%w: creating temp file: %w", ErrStorage, err)
 	}
@@ -287,7 +308,8 @@ func (s *Store) download(f *fill, src Source) (err error) {
 
 	// A sequential fill hashes the bytes as they pass; a fill that lands
 	// ranges out of order will have to hash the contiguous prefix instead.
-	h := f.digest.newHash(f.size)
+	verify := !f.digest.IsZero()
+	h := f.digest.newHash(f.size) // sha256 for an unknown digest
 	buf := make([]byte, fillBufSize)
 	var off int64
 	for {
@@ -313,7 +335,20 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	if off != f.size {
 		return &SizeMismatchError{Want: f.size, Got: off}
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != f.digest.Hex {
+	got := hex.EncodeToString(h.Sum(nil))
+	switch {
+	case !verify:
+		f.digest = Digest{Algo: SHA256, Hex: got}
+		if s.Has(f.digest) {
+			// Already here under its hash (from another source): keep
+			// the published copy, drop this one.
+			tmp.Close()
+			os.Remove(tmp.Name())
+			f.publish(s.blobPath(f.digest))
+			f.onPublish(f.digest)
+			return nil
+		}
+	case got != f.digest.Hex:
 		return &DigestMismatchError{Want: f.digest, Got: got}
 	}
 	if err := s.publish(f, tmp); err != nil {
@@ -358,6 +393,9 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	s.blobs.Add(1)
 	s.bytes.Add(f.size)
 	f.publish(final)
+	if f.onPublish != nil {
+		f.onPublish(f.digest)
+	}
 	return nil
 }
 

@@ -430,3 +430,40 @@ func TestOpenReturnsOnlyPublishedBlobs(t *testing.T) {
 	assert.Equal(t, int64(len(data)), b.Size)
 	assert.NotNil(t, b.File())
 }
+
+func TestUnverifiedContentIsPublishedUnderItsComputedHash(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(8, 300<<10)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 100 << 10}
+	published := make(chan Digest, 4)
+
+	var eg errgroup.Group
+	for range 3 {
+		eg.Go(func() error {
+			b, _, err := s.GetUnverified(context.Background(), "civitai:1", int64(len(data)), src.source, func(d Digest) { published <- d })
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			got, err := readAll(t, b, 0, b.Size)
+			if err == nil && !bytes.Equal(got, data) {
+				err = errors.New("wrong bytes")
+			}
+			return err
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(src.gate)
+	require.NoError(t, eg.Wait())
+	assert.Equal(t, int32(1), src.calls.Load(), "one fill for one key")
+	d := <-published
+	assert.Equal(t, sha256Digest(t, data), d)
+	assert.True(t, s.Has(d))
+
+	// A short body is still refused: the size is checked.
+	short := &countingSource{data: data[:len(data)-1]}
+	_, _, err := s.GetUnverified(t.Context(), "civitai:2", int64(len(data)), short.source, func(Digest) { t.Error("published a short body") })
+	if err == nil {
+		require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
+	}
+}

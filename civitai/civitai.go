@@ -45,6 +45,7 @@ type Index interface {
 // Blobs is the content-addressed store; cache.Store implements it.
 type Blobs interface {
 	Get(ctx context.Context, d cache.Digest, size int64, src cache.Source) (*cache.Blob, cache.Result, error)
+	GetUnverified(ctx context.Context, key string, size int64, src cache.Source, onPublish func(cache.Digest)) (*cache.Blob, cache.Result, error)
 }
 
 // Options configures the Handler.

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -28,6 +27,9 @@ type fileRef struct {
 	Size   int64  `json:"size"`
 	Name   string `json:"name"`
 	FileID int64  `json:"file_id"`
+	// Computed marks a SHA256 the gateway computed because CivitAI
+	// published none: the bytes were not verified against CivitAI's word.
+	Computed bool `json:"computed,omitempty"`
 }
 
 // resolution is a fresh resolution: the file, and the storage answer that
@@ -85,30 +87,49 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		h.writeError(w, err)
 		return
 	}
-	if ref.SHA256 == "" {
-		info.Result = "unhashed"
-		h.serveUnhashed(w, r, versionID, params, ref, pending)
-		return
-	}
-	digest, err := cache.NewDigest(cache.SHA256, ref.SHA256)
-	if err != nil {
-		info.Result = "error"
-		h.writeError(w, &badUpstreamError{err: err})
-		return
-	}
+	key := downloadKey(versionID, params)
 	info.Result = "miss"
 	if fromIndex {
 		info.Result = "hit"
 	}
-	hdr := w.Header()
-	hdr.Set("Content-Disposition", attachment(ref.Name))
-	var result cache.Result = -1
-	open := func() (*cache.Blob, error) {
-		b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
-		result = res
-		return b, err
+	w.Header().Set("Content-Disposition", attachment(ref.Name))
+	var (
+		result cache.Result = -1
+		open   blobhttp.Opener
+		etag   string
+	)
+	if ref.SHA256 != "" {
+		digest, err := cache.NewDigest(cache.SHA256, ref.SHA256)
+		if err != nil {
+			info.Result = "error"
+			h.writeError(w, &badUpstreamError{err: err})
+			return
+		}
+		etag = `"` + ref.SHA256 + `"`
+		open = func() (*cache.Blob, error) {
+			b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
+			result = res
+			return b, err
+		}
+	} else {
+		// CivitAI published no hash (yet): the bytes are cached under the
+		// sha256 the gateway computes, and the download is mapped to it
+		// once the fill completes. Until then there is no ETag to give.
+		info.Detail = "no published SHA256; keyed by the computed one"
+		open = func() (*cache.Blob, error) {
+			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(versionID, params, ref, pending), func(d cache.Digest) {
+				computed := ref
+				computed.SHA256, computed.Computed = d.Hex, true
+				h.remember(key, computed)
+			})
+			if res == cache.Miss && err == nil && h.Metrics != nil {
+				h.Metrics.Unverified.Inc()
+			}
+			result = res
+			return b, err
+		}
 	}
-	n, src, err := blobhttp.Serve(w, r, ref.Size, `"`+ref.SHA256+`"`, open)
+	n, src, err := blobhttp.Serve(w, r, ref.Size, etag, open)
 	if result >= 0 {
 		info.Result = result.String()
 	}
@@ -152,11 +173,8 @@ func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string
 			return resolution{ref: ref}, nil
 		}
 		res, err := h.resolve(detached, in, versionID, params)
-		if err == nil && res.ref.SHA256 != "" && h.DownloadTTL > 0 {
-			b, _ := json.Marshal(res.ref)
-			if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
-				h.Logger.Warn("caching CivitAI download mapping", "err", err)
-			}
+		if err == nil && res.ref.SHA256 != "" {
+			h.remember(key, res.ref)
 		}
 		return res, err
 	})
@@ -165,6 +183,17 @@ func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string
 	}
 	res := v.(resolution)
 	return res.ref, res.pending, false, nil
+}
+
+// remember maps a download to its file for DownloadTTL.
+func (h *Handler) remember(key string, ref fileRef) {
+	if h.DownloadTTL <= 0 {
+		return
+	}
+	b, _ := json.Marshal(ref)
+	if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
+		h.Logger.Warn("caching CivitAI download mapping", "err", err)
+	}
 }
 
 func (h *Handler) indexedRef(key string) (fileRef, bool) {
@@ -302,46 +331,6 @@ func (h *Handler) source(versionID string, params url.Values, ref fileRef, pendi
 			return nil, &badUpstreamError{err: fmt.Errorf("the storage answer is %d bytes, want %d", resp.ContentLength, ref.Size-off)}
 		}
 		return resp.Body, nil
-	}
-}
-
-// serveUnhashed relays a file whose SHA256 CivitAI has not published (yet):
-// it cannot be verified, so it is not cached.
-func (h *Handler) serveUnhashed(w http.ResponseWriter, r *http.Request, versionID string, params url.Values, ref fileRef, pending *pendingBody) {
-	if h.Metrics != nil {
-		h.Metrics.Unverified.Inc()
-	}
-	hdr := w.Header()
-	hdr.Set("Content-Disposition", attachment(ref.Name))
-	hdr.Set("Content-Type", "application/octet-stream")
-	if r.Method == http.MethodHead {
-		hdr.Set("Content-Length", strconv.FormatInt(ref.Size, 10))
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	body := pending.take()
-	if body == nil {
-		loc, err := h.storageLocation(r.Context(), r, versionID, params)
-		if err != nil {
-			h.writeError(w, err)
-			return
-		}
-		resp, err := h.fetchStorage(r.Context(), loc, 0)
-		if err != nil {
-			h.writeError(w, err)
-			return
-		}
-		body = resp.Body
-	}
-	defer body.Close()
-	hdr.Set("Content-Length", strconv.FormatInt(ref.Size, 10))
-	w.WriteHeader(http.StatusOK)
-	n, err := io.Copy(w, body)
-	if h.Metrics != nil {
-		h.Metrics.ServedBytes.WithLabelValues(metrics.SourceUpstream).Add(float64(n))
-	}
-	if err != nil || n != ref.Size {
-		panic(http.ErrAbortHandler)
 	}
 }
 

@@ -32,8 +32,8 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
-	// Unverified counts CivitAI downloads relayed without caching because
-	// CivitAI published no SHA256 for the file.
+	// Unverified counts CivitAI fills keyed by the sha256 the gateway
+	// computed, because CivitAI published none for the file.
 	Unverified prometheus.Counter
 }
 
@@ -83,7 +83,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	m.Unverified = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "civitai_unverified_downloads_total",
-		Help: "CivitAI downloads relayed uncached because no SHA256 was published for the file.",
+		Help: "CivitAI files cached under the sha256 the gateway computed, because none was published.",
 	})
 	reg.MustRegister(m.Unverified)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
