@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Serve a cached blob through the gateway and through nginx on loopback and
-# compare them. Installs nginx from Debian if it is missing, builds the
-# gateway from this tree, then runs bench/blobbench with any arguments given
-# here, e.g.:  bash bench/run.sh --size 256MiB --rounds 5
+# compare them, over plain HTTP (mirror mode) and over HTTPS (the gateway's
+# CONNECT interception against nginx with TLS). Installs nginx from Debian if
+# it is missing, builds the gateway from this tree, then runs bench/blobbench
+# with any arguments given here, e.g.:
+#   bash bench/run.sh --size 256MiB --rounds 5
+#   bash bench/run.sh --modes https --https-rounds 5
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

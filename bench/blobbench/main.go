@@ -11,6 +11,19 @@
 // throughput, the ratio gateway/nginx, the CPU time each server spent per
 // GiB served and the gateway's peak RSS.
 //
+// It does so in up to two sections (--modes):
+//
+//   - http: the gateway in mirror mode (plain HTTP, sendfile) against nginx
+//     over plain HTTP (sendfile);
+//   - https: the gateway as a forward proxy, the client asking it to CONNECT
+//     to huggingface.co:443, which the gateway intercepts (TLS terminated
+//     with a leaf signed by its own CA, answered from the same cache),
+//     against nginx over TLS with a self-signed certificate. Neither side
+//     can use sendfile: both encrypt in user space.
+//
+// Only loopback addresses are ever dialled: the https client reaches
+// huggingface.co only through the gateway's CONNECT, never by resolving it.
+//
 // Run it through bench/run.sh, which installs nginx if needed and builds
 // the gateway. Linux only: it reads /proc.
 package main
@@ -19,15 +32,25 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
+	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -47,22 +70,35 @@ const (
 	repo     = "bench/model"
 	fileName = "blob.bin"
 
+	// hubHost is the Hub's public name. The https section asks the gateway
+	// to CONNECT to it; the gateway intercepts it and answers from its
+	// cache (and would send any upstream request to the fake Hub).
+	hubHost = "huggingface.co"
+
 	// clockTicks is USER_HZ, the unit of utime/stime in /proc/<pid>/stat.
 	// The standard library cannot ask sysconf(_SC_CLK_TCK); it is 100 on
 	// every mainstream Linux architecture.
 	clockTicks = 100
 )
 
+// Sections of a run.
+const (
+	modeHTTP  = "http"
+	modeHTTPS = "https"
+)
+
 func main() {
 	var (
-		sizeFlag  = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
-		rounds    = flag.Int("rounds", 3, "measurements per target and stream count; the median is reported")
-		gateway   = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
-		nginxBin  = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
-		tmpBase   = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
-		keep      = flag.Bool("keep", false, "keep the temporary directory (and print its path)")
-		streamsFl = flag.String("streams", "1,8", "comma-separated parallel stream counts")
-		ngWorkers = flag.Int("nginx-workers", 1, "nginx worker processes; 1 runs nginx as one process (master_process off), more adds a master")
+		sizeFlag    = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
+		rounds      = flag.Int("rounds", 3, "measurements per target and stream count; the median is reported")
+		httpsRounds = flag.Int("https-rounds", 0, "rounds for the https section (default: --rounds)")
+		modesFl     = flag.String("modes", "http,https", "comma-separated sections: http (mirror mode vs nginx over HTTP), https (CONNECT interception vs nginx over TLS)")
+		gateway     = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
+		nginxBin    = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
+		tmpBase     = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
+		keep        = flag.Bool("keep", false, "keep the temporary directory (and print its path)")
+		streamsFl   = flag.String("streams", "1,8", "comma-separated parallel stream counts")
+		ngWorkers   = flag.Int("nginx-workers", 1, "nginx worker processes; 1 runs nginx as one process (master_process off), more adds a master")
 	)
 	flag.Parse()
 
@@ -73,6 +109,12 @@ func main() {
 	if *rounds < 1 {
 		fatalf("--rounds must be at least 1")
 	}
+	if *httpsRounds < 0 {
+		fatalf("--https-rounds must be at least 1 (or 0 for --rounds)")
+	}
+	if *httpsRounds == 0 {
+		*httpsRounds = *rounds
+	}
 	var streamCounts []int
 	for _, s := range strings.Split(*streamsFl, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -80,6 +122,16 @@ func main() {
 			fatalf("--streams: bad count %q", s)
 		}
 		streamCounts = append(streamCounts, n)
+	}
+	var modes []string
+	for _, m := range strings.Split(*modesFl, ",") {
+		m = strings.ToLower(strings.TrimSpace(m))
+		if m != modeHTTP && m != modeHTTPS {
+			fatalf("--modes: unknown section %q (want http, https or both)", m)
+		}
+		if !slices.Contains(modes, m) {
+			modes = append(modes, m)
+		}
 	}
 	if *nginxBin == "" {
 		if p, err := exec.LookPath("nginx"); err == nil {
@@ -97,7 +149,10 @@ func main() {
 	if *ngWorkers < 1 {
 		fatalf("--nginx-workers must be at least 1")
 	}
-	b := &bench{size: size, rounds: *rounds, keep: *keep, nginxWorkers: *ngWorkers}
+	b := &bench{
+		size: size, rounds: *rounds, httpsRounds: *httpsRounds, modes: modes,
+		keep: *keep, nginxWorkers: *ngWorkers,
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -118,6 +173,8 @@ func main() {
 type bench struct {
 	size         int64
 	rounds       int
+	httpsRounds  int
+	modes        []string
 	keep         bool
 	nginxWorkers int
 
@@ -129,6 +186,8 @@ type bench struct {
 	procs []*proc
 	done  bool
 }
+
+func (b *bench) hasMode(m string) bool { return slices.Contains(b.modes, m) }
 
 // proc is a server subprocess.
 type proc struct {
@@ -218,6 +277,48 @@ func (b *bench) start(name, logPath string, cmd *exec.Cmd) (*proc, error) {
 	return p, nil
 }
 
+// row is one stream count's result in a section.
+type row struct {
+	streams  int
+	mibps    [2]float64 // median per target
+	cpuPerG  [2]float64 // median server CPU s per GiB
+	cliPerG  [2]float64 // median client CPU s per GiB
+	allMiBps [2][]float64
+}
+
+// section is the result of one mode (http or https).
+type section struct {
+	mode   string
+	rounds int
+	rows   []row
+	// conns counts the measured connections of each target by what they
+	// negotiated (TLS version, cipher suite, key exchange, leaf key,
+	// protocol).
+	conns [2]map[string]int
+	// servedGiB is what the measurements downloaded from the gateway;
+	// cacheGiB and otherGiB are what the gateway's served_bytes_total says
+	// it sent from its cache and from anything else (fill, upstream).
+	servedGiB, cacheGiB, otherGiB float64
+	metricsErr                    error
+	// hwmKiB is the gateway's VmHWM during this section alone (when the
+	// high-water mark could be reset before it).
+	hwmKiB int64
+}
+
+func (s *section) title() string {
+	if s.mode == modeHTTPS {
+		return "HTTPS (gateway: CONNECT + interception; nginx: TLS)"
+	}
+	return "HTTP (gateway: mirror mode; nginx: plain HTTP, sendfile)"
+}
+
+func (s *section) target() string {
+	if s.mode == modeHTTPS {
+		return "0.8"
+	}
+	return "1.0"
+}
+
 func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) error {
 	dir, err := os.MkdirTemp(tmpBase, "blobbench-")
 	if err != nil {
@@ -243,7 +344,7 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	}
 
 	// 3. The gateway.
-	gw, gwURL, err := b.startGateway(gatewayBin, hubURL)
+	gw, gwURL, caPEM, err := b.startGateway(gatewayBin, hubURL)
 	if err != nil {
 		return err
 	}
@@ -263,11 +364,15 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	coldHWM, _ := procStatusKiB(gw.pid(), "VmHWM")
 	// Reset the high-water mark so that the warm peak is known apart from
 	// the fill's (needs Linux >= 4.0 and permission to write clear_refs).
-	hwmReset := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", gw.pid()), []byte("5"), 0) == nil
+	resetHWM := func() bool {
+		return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", gw.pid()), []byte("5"), 0) == nil
+	}
+	hwmReset := resetHWM()
+	splitPeaks := hwmReset
 
 	// 5. nginx on a hard link to the gateway's blob: same inode, same
-	// pages in the page cache.
-	ng, ngURL, err := b.startNginx(nginxBin, blobPath)
+	// pages in the page cache; over TLS too for the https section.
+	ng, ngURL, ngTLSURL, ngCert, err := b.startNginx(nginxBin, blobPath)
 	if err != nil {
 		return err
 	}
@@ -278,23 +383,141 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 		return err
 	}
 
-	targets := [2]target{
-		{name: "gateway", url: fileURL, p: gw},
-		{name: "nginx", url: ngURL + "/" + fileName, p: ng},
+	// 6. Warm measurements, one section per mode.
+	var sections []*section
+	for _, mode := range b.modes {
+		sec := &section{mode: mode, rounds: b.rounds}
+		var targets [2]target
+		switch mode {
+		case modeHTTP:
+			targets = [2]target{
+				{name: "gateway", url: fileURL, p: gw, transport: newTransport},
+				{name: "nginx", url: ngURL + "/" + fileName, p: ng, transport: newTransport},
+			}
+		case modeHTTPS:
+			sec.rounds = b.httpsRounds
+			gwProxy, err := url.Parse(gwURL)
+			if err != nil {
+				return err
+			}
+			gwRoots := x509.NewCertPool()
+			if !gwRoots.AppendCertsFromPEM(caPEM) {
+				return errors.New("the gateway's CA file holds no certificate")
+			}
+			ngRoots := x509.NewCertPool()
+			ngRoots.AddCert(ngCert)
+			targets = [2]target{
+				{name: "gateway", url: "https://" + hubHost + "/" + repo + "/resolve/main/" + fileName, p: gw,
+					transport: tlsTransport(gwProxy, gwRoots)},
+				{name: "nginx", url: ngTLSURL + "/" + fileName, p: ng,
+					transport: tlsTransport(nil, ngRoots)},
+			}
+			// One HEAD per target before measuring: checks the TLS setup
+			// and lets the gateway sign its leaf for huggingface.co
+			// outside the measurements.
+			logf("https: gateway via CONNECT %s through %s; nginx at %s", hubHost+":443", gwURL, ngTLSURL)
+			for _, t := range targets {
+				desc, err := probeTLS(t)
+				if err != nil {
+					return fmt.Errorf("https %s: %w", t.name, err)
+				}
+				logf("  %s negotiates %s", t.name, desc)
+			}
+		}
+		before, errBefore := gatewayServed(gwURL)
+		if err := b.measureSection(sec, targets, streamCounts); err != nil {
+			return err
+		}
+		after, errAfter := gatewayServed(gwURL)
+		if sec.metricsErr = errors.Join(errBefore, errAfter); sec.metricsErr == nil {
+			for src, v := range after {
+				d := (v - before[src]) / gib
+				if src == "cache" {
+					sec.cacheGiB += d
+				} else {
+					sec.otherGiB += d
+				}
+			}
+		}
+		if hwmReset {
+			sec.hwmKiB, _ = procStatusKiB(gw.pid(), "VmHWM")
+			hwmReset = resetHWM()
+		}
+		sections = append(sections, sec)
+	}
+	for _, p := range []*proc{gw, ng} {
+		if err := p.alive(); err != nil {
+			return err
+		}
 	}
 
-	// 6. Warm measurements.
-	type row struct {
-		streams  int
-		mibps    [2]float64 // median per target
-		cpuPerG  [2]float64 // median server CPU s per GiB
-		cliPerG  [2]float64 // median client CPU s per GiB
-		allMiBps [2][]float64
+	// 7. Memory.
+	warmHWM, _ := procStatusKiB(gw.pid(), "VmHWM")
+	for _, sec := range sections {
+		warmHWM = max(warmHWM, sec.hwmKiB)
 	}
-	var rows []row
+	gwRSS, _ := procStatusKiB(gw.pid(), "VmRSS")
+	var ngHWM int64
+	for _, pid := range procTree(ng.pid()) {
+		h, _ := procStatusKiB(pid, "VmHWM")
+		ngHWM += h
+	}
+
+	// 8. Report.
+	fmt.Printf("\nfile %s, %d CPUs, nginx %s with %d worker process(es)\n",
+		fmtSize(b.size), numCPU(), nginxVersion(nginxBin), b.nginxWorkers)
+	for _, sec := range sections {
+		fmt.Printf("\n%s, rounds %d, target ratio >= %s\n", sec.title(), sec.rounds, sec.target())
+		fmt.Printf("%-8s %14s %12s %6s %13s %16s %17s\n",
+			"streams", "gateway MiB/s", "nginx MiB/s", "ratio", "gw CPU s/GiB", "nginx CPU s/GiB", "client CPU s/GiB")
+		for _, rw := range sec.rows {
+			fmt.Printf("%-8d %14.0f %12.0f %6.2f %13.3f %16.3f %8.3f / %.3f\n",
+				rw.streams, rw.mibps[0], rw.mibps[1], rw.mibps[0]/rw.mibps[1],
+				rw.cpuPerG[0], rw.cpuPerG[1], rw.cliPerG[0], rw.cliPerG[1])
+		}
+		fmt.Println()
+		for _, rw := range sec.rows {
+			fmt.Printf("streams %d, MiB/s per round: gateway %s; nginx %s\n",
+				rw.streams, fmtList(rw.allMiBps[0]), fmtList(rw.allMiBps[1]))
+		}
+		if sec.mode == modeHTTPS {
+			for i, name := range []string{"gateway", "nginx"} {
+				fmt.Printf("%-7s connections: %s\n", name, fmtConns(sec.conns[i]))
+			}
+		}
+		if sec.metricsErr != nil {
+			fmt.Printf("gateway /metrics: %v\n", sec.metricsErr)
+		} else {
+			fmt.Printf("gateway served %.2f GiB from its cache in this section (measured: %.2f GiB), %.2f GiB from elsewhere\n",
+				sec.cacheGiB, sec.servedGiB, sec.otherGiB)
+		}
+	}
+	fmt.Println()
+	// Without a reset VmHWM only grows, and max is the last reading.
+	peak := max(coldHWM, warmHWM)
+	fmt.Printf("gateway peak RSS (VmHWM): %.1f MiB for a %s file; VmRSS at end: %.1f MiB; cold fill: %.0f MiB/s\n",
+		kib2mib(peak), fmtSize(b.size), kib2mib(gwRSS), coldMiBps)
+	if splitPeaks {
+		fmt.Printf("  peak during cold fill: %.1f MiB", kib2mib(coldHWM))
+		for _, sec := range sections {
+			if sec.hwmKiB > 0 {
+				fmt.Printf("; during warm %s only: %.1f MiB", sec.mode, kib2mib(sec.hwmKiB))
+			}
+		}
+		fmt.Println()
+	}
+	fmt.Printf("nginx peak RSS (VmHWM, summed over its processes): %.1f MiB\n", kib2mib(ngHWM))
+	fmt.Println("client CPU s/GiB is the benchmark's own download loop (gateway / nginx measurements).")
+	return nil
+}
+
+// measureSection measures both targets for each stream count, sec.rounds
+// times, alternating which goes first, and fills sec.rows and sec.conns.
+func (b *bench) measureSection(sec *section, targets [2]target, streamCounts []int) error {
+	sec.conns = [2]map[string]int{{}, {}}
 	for _, streams := range streamCounts {
 		var samples [2][]sample
-		for r := 0; r < b.rounds; r++ {
+		for r := 0; r < sec.rounds; r++ {
 			order := []int{0, 1}
 			if r%2 == 1 {
 				order = []int{1, 0}
@@ -305,11 +528,17 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 				}
 				s, err := measure(targets[i], streams, b.size)
 				if err != nil {
-					return fmt.Errorf("%s, %d streams: %w", targets[i].name, streams, err)
+					return fmt.Errorf("%s: %s, %d streams: %w", sec.mode, targets[i].name, streams, err)
 				}
 				samples[i] = append(samples[i], s)
+				for k, n := range s.conns {
+					sec.conns[i][k] += n
+				}
+				if i == 0 {
+					sec.servedGiB += s.gib
+				}
 			}
-			logf("streams %d round %d: gateway %.0f MiB/s, nginx %.0f MiB/s",
+			logf("%s streams %d round %d: gateway %.0f MiB/s, nginx %.0f MiB/s", sec.mode,
 				streams, r+1, samples[0][len(samples[0])-1].mibps, samples[1][len(samples[1])-1].mibps)
 		}
 		rw := row{streams: streams}
@@ -321,51 +550,56 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 			rw.cpuPerG[i] = median(mapf(samples[i], func(s sample) float64 { return s.serverCPU / s.gib }))
 			rw.cliPerG[i] = median(mapf(samples[i], func(s sample) float64 { return s.clientCPU / s.gib }))
 		}
-		rows = append(rows, rw)
+		sec.rows = append(sec.rows, rw)
 	}
-	for _, t := range targets {
-		if err := t.p.alive(); err != nil {
-			return err
-		}
-	}
-
-	// 7. Memory.
-	warmHWM, _ := procStatusKiB(gw.pid(), "VmHWM")
-	gwRSS, _ := procStatusKiB(gw.pid(), "VmRSS")
-	var ngHWM int64
-	for _, pid := range procTree(ng.pid()) {
-		h, _ := procStatusKiB(pid, "VmHWM")
-		ngHWM += h
-	}
-
-	// 8. Report.
-	fmt.Printf("\nfile %s, rounds %d, %d CPUs, nginx %s with %d worker process(es)\n",
-		fmtSize(b.size), b.rounds, numCPU(), nginxVersion(nginxBin), b.nginxWorkers)
-	fmt.Printf("%-8s %14s %12s %6s %13s %16s %17s\n",
-		"streams", "gateway MiB/s", "nginx MiB/s", "ratio", "gw CPU s/GiB", "nginx CPU s/GiB", "client CPU s/GiB")
-	for _, rw := range rows {
-		fmt.Printf("%-8d %14.0f %12.0f %6.2f %13.3f %16.3f %8.3f / %.3f\n",
-			rw.streams, rw.mibps[0], rw.mibps[1], rw.mibps[0]/rw.mibps[1],
-			rw.cpuPerG[0], rw.cpuPerG[1], rw.cliPerG[0], rw.cliPerG[1])
-	}
-	fmt.Println()
-	for _, rw := range rows {
-		fmt.Printf("streams %d, MiB/s per round: gateway %s; nginx %s\n",
-			rw.streams, fmtList(rw.allMiBps[0]), fmtList(rw.allMiBps[1]))
-	}
-	peak := max(coldHWM, warmHWM)
-	if !hwmReset {
-		peak = warmHWM
-	}
-	fmt.Printf("gateway peak RSS (VmHWM): %.1f MiB for a %s file; VmRSS at end: %.1f MiB; cold fill: %.0f MiB/s\n",
-		kib2mib(peak), fmtSize(b.size), kib2mib(gwRSS), coldMiBps)
-	if hwmReset {
-		fmt.Printf("  peak during cold fill: %.1f MiB; peak during warm serving only: %.1f MiB\n",
-			kib2mib(coldHWM), kib2mib(warmHWM))
-	}
-	fmt.Printf("nginx peak RSS (VmHWM, summed over its processes): %.1f MiB\n", kib2mib(ngHWM))
-	fmt.Println("client CPU s/GiB is the benchmark's own download loop (gateway / nginx measurements).")
 	return nil
+}
+
+// gatewayServed reads the gateway's modelgate_served_bytes_total by source.
+func gatewayServed(gwURL string) (map[string]float64, error) {
+	tr := newTransport(1)
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(gwURL + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	const prefix = `modelgate_served_bytes_total{source="`
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		src, val, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics: %q: %w", sc.Text(), err)
+		}
+		out[src] = v
+	}
+	return out, sc.Err()
+}
+
+func fmtConns(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s (%d)", k, m[k])
+	}
+	return strings.Join(parts, "; ")
 }
 
 // writeTestFile streams size pseudo-random bytes (ChaCha8, fixed seed) to
@@ -381,7 +615,7 @@ func writeTestFile(path string, size int64) (string, error) {
 	defer f.Close()
 	var seed [32]byte
 	copy(seed[:], "modelgate blobbench test file!!!")
-	rng := rand.NewChaCha8(seed)
+	rng := mrand.NewChaCha8(seed)
 	h := sha256.New()
 	bw := bufio.NewWriterSize(f, 1*mib)
 	buf := make([]byte, 1*mib)
@@ -455,40 +689,59 @@ func (b *bench) startFakeHub() (string, error) {
 	return hubURL, nil
 }
 
-func (b *bench) startGateway(bin, hubURL string) (*proc, string, error) {
+// startGateway starts the gateway and returns it, its base URL and its CA
+// certificate (PEM), read from the data dir and checked against GET /ca.pem.
+func (b *bench) startGateway(bin, hubURL string) (*proc, string, []byte, error) {
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	cwd := filepath.Join(b.dir, "gwcwd") // empty: no ./config.yaml, embedded defaults
 	if err := os.MkdirAll(cwd, 0o755); err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
+	dataDir := filepath.Join(b.dir, "gwdata")
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(bin)
 	cmd.Dir = cwd
 	cmd.Env = append(cleanEnv(),
 		"MODELGATE_LISTEN="+addr,
-		"MODELGATE_DATA_DIR="+filepath.Join(b.dir, "gwdata"),
+		"MODELGATE_DATA_DIR="+dataDir,
 		"MODELGATE_HUGGINGFACE_ENDPOINT="+hubURL,
 		"MODELGATE_LOG_LEVEL=warn",
+		// Refuse blind tunnels: a CONNECT the gateway does not intercept
+		// would reach a real host, and this benchmark never wants that.
+		"MODELGATE_PROXY_TUNNEL=deny",
 	)
 	p, err := b.start("gateway", filepath.Join(b.dir, "gateway.log"), cmd)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	url := "http://" + addr
+	base := "http://" + addr
 	err = waitFor(20*time.Second, func() error {
 		if err := p.alive(); err != nil {
 			return err
 		}
-		return probe(url + "/healthz")
+		return probe(base + "/healthz")
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("gateway did not become healthy: %w\n%s", err, tail(p.log))
+		return nil, "", nil, fmt.Errorf("gateway did not become healthy: %w\n%s", err, tail(p.log))
 	}
-	logf("gateway pid %d on %s", p.pid(), url)
-	return p, url, nil
+	logf("gateway pid %d on %s", p.pid(), base)
+
+	caPath := filepath.Join(dataDir, "ca", "modelgate-ca.pem")
+	caPEM, err := os.ReadFile(caPath)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("gateway CA: %w", err)
+	}
+	served, err := getBody(base + "/ca.pem")
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("gateway CA: %w", err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(served), bytes.TrimSpace(caPEM)) {
+		return nil, "", nil, fmt.Errorf("GET /ca.pem differs from %s", caPath)
+	}
+	return p, base, caPEM, nil
 }
 
 // coldFill downloads the file once through the gateway (a miss: the gateway
@@ -521,21 +774,25 @@ func (b *bench) coldFill(url string) (float64, error) {
 	return float64(n) / mib / el.Seconds(), nil
 }
 
-func (b *bench) startNginx(bin, blobPath string) (*proc, string, error) {
+// startNginx starts nginx on a hard link to the gateway's blob and returns
+// it with its plain HTTP base URL and, when the https section runs, its TLS
+// base URL and the self-signed certificate that server presents.
+func (b *bench) startNginx(bin, blobPath string) (*proc, string, string, *x509.Certificate, error) {
+	fail := func(err error) (*proc, string, string, *x509.Certificate, error) { return nil, "", "", nil, err }
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return fail(err)
 	}
 	ndir := filepath.Join(b.dir, "nginx")
 	root := filepath.Join(ndir, "root")
 	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, "", err
+		return fail(err)
 	}
 	link := filepath.Join(root, fileName)
 	if err := os.Link(blobPath, link); err != nil {
 		// Another file system: a symlink still reaches the same inode.
 		if err := os.Symlink(blobPath, link); err != nil {
-			return nil, "", err
+			return fail(err)
 		}
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -559,14 +816,47 @@ func (b *bench) startNginx(bin, blobPath string) (*proc, string, error) {
 	// a master and its workers (which, as root, must stay root to read the
 	// blob under the 0700 temp dir).
 	head := "master_process off;\nworker_processes 1;\n"
-	listen := addr
+	listenOpts := ""
 	if b.nginxWorkers > 1 {
 		head = fmt.Sprintf("master_process on;\nworker_processes %d;\n", b.nginxWorkers)
-		listen += " reuseport" // one socket per worker: the kernel spreads connections
+		listenOpts = " reuseport" // one socket per worker: the kernel spreads connections
 	}
 	if os.Geteuid() == 0 {
 		head += "user root;\n"
 	}
+
+	// The TLS server: same root, a self-signed ECDSA P-256 certificate for
+	// 127.0.0.1 (the gateway's leaves are ECDSA P-256 too), TLS 1.2 and
+	// 1.3, everything else at nginx's and OpenSSL's defaults. No
+	// "ssl_conf_command Options KTLS": TLS is done in user space, as the
+	// gateway does it, so nginx reads the file into buffers and encrypts
+	// them (sendfile does not apply to an SSL connection).
+	var tlsServer, tlsURL string
+	var cert *x509.Certificate
+	if b.hasMode(modeHTTPS) {
+		tlsPort, err := freePort()
+		if err != nil {
+			return fail(err)
+		}
+		certPath, keyPath := filepath.Join(ndir, "tls.crt"), filepath.Join(ndir, "tls.key")
+		if cert, err = writeSelfSigned(certPath, keyPath); err != nil {
+			return fail(err)
+		}
+		tlsAddr := "127.0.0.1:" + strconv.Itoa(tlsPort)
+		tlsURL = "https://" + tlsAddr
+		tlsServer = fmt.Sprintf(`
+    server {
+        listen %s ssl%s;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            root %s;
+        }
+    }
+`, tlsAddr, listenOpts, certPath, keyPath, root)
+	}
+
 	conf := fmt.Sprintf(`daemon off;
 %serror_log %[2]s/error.log warn;
 pid %[2]s/nginx.pid;
@@ -587,11 +877,11 @@ http {
             root %[5]s;
         }
     }
-}
-`, head, ndir, temps.String(), listen, root)
+%[6]s}
+`, head, ndir, temps.String(), addr+listenOpts, root, tlsServer)
 	confPath := filepath.Join(ndir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, "", err
+		return fail(err)
 	}
 	// -e: the error log before the config is read (else the compiled-in
 	// /var/log/nginx/error.log); -p: the prefix for relative paths.
@@ -599,26 +889,77 @@ http {
 	cmd.Env = cleanEnv()
 	p, err := b.start("nginx", filepath.Join(ndir, "stderr.log"), cmd)
 	if err != nil {
-		return nil, "", err
+		return fail(err)
 	}
-	url := "http://" + addr
+	base := "http://" + addr
 	err = waitFor(10*time.Second, func() error {
 		if err := p.alive(); err != nil {
 			return err
 		}
-		return probe(url + "/" + fileName)
+		return probe(base + "/" + fileName)
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("nginx did not start: %w\n%s\n%s", err, tail(p.log), tail(filepath.Join(ndir, "error.log")))
+		return fail(fmt.Errorf("nginx did not start: %w\n%s\n%s", err, tail(p.log), tail(filepath.Join(ndir, "error.log"))))
 	}
-	logf("nginx pid %d on %s", p.pid(), url)
-	return p, url, nil
+	if tlsURL != "" {
+		logf("nginx pid %d on %s and %s", p.pid(), base, tlsURL)
+	} else {
+		logf("nginx pid %d on %s", p.pid(), base)
+	}
+	return p, base, tlsURL, cert, nil
 }
 
+// writeSelfSigned writes a self-signed ECDSA P-256 certificate for the IP
+// address 127.0.0.1, valid for a day, and its key (PKCS #8), as PEM.
+func writeSelfSigned(certPath, keyPath string) (*x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "blobbench nginx", Organization: []string{"modelgate blobbench"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// target is one server as the client reaches it.
 type target struct {
 	name string
 	url  string
 	p    *proc
+	// transport makes a fresh Transport for a measurement with that many
+	// streams.
+	transport func(streams int) *http.Transport
 }
 
 type sample struct {
@@ -626,18 +967,22 @@ type sample struct {
 	gib       float64 // GiB served
 	serverCPU float64 // seconds of the server process
 	clientCPU float64 // seconds of this process
+	conns     map[string]int
 }
 
 // measure downloads the whole file on streams parallel connections (a
-// fresh Transport each time) and returns the aggregate throughput.
+// fresh Transport each time: every stream opens its own connection, and
+// over https its own CONNECT and TLS handshake) and returns the aggregate
+// throughput.
 func measure(t target, streams int, size int64) (sample, error) {
-	tr := newTransport(streams)
+	tr := t.transport(streams)
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
+	client := newClient(tr)
 
 	ready := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make([]error, streams)
+	descs := make([]string, streams)
 	srv0, err := procTreeCPU(t.p.pid())
 	if err != nil {
 		return sample{}, err
@@ -648,7 +993,7 @@ func measure(t target, streams int, size int64) (sample, error) {
 		go func() {
 			defer wg.Done()
 			<-ready
-			errs[i] = fetch(client, t.url, size)
+			descs[i], errs[i] = fetch(client, t.url, size)
 		}()
 	}
 	t0 := time.Now()
@@ -663,25 +1008,31 @@ func measure(t target, streams int, size int64) (sample, error) {
 	if err := errors.Join(errs...); err != nil {
 		return sample{}, err
 	}
+	conns := map[string]int{}
+	for _, d := range descs {
+		conns[d]++
+	}
 	total := float64(size) * float64(streams)
 	return sample{
 		mibps:     total / mib / el.Seconds(),
 		gib:       total / gib,
 		serverCPU: srv1 - srv0,
 		clientCPU: cli1 - cli0,
+		conns:     conns,
 	}, nil
 }
 
 // fetch GETs url and discards the body with large reads (the client's
-// syscall count should not be what limits the measurement).
-func fetch(client *http.Client, url string, size int64) error {
+// syscall count should not be what limits the measurement). It returns
+// what the connection negotiated.
+func fetch(client *http.Client, url string, size int64) (string, error) {
 	resp, err := client.Get(url)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	buf := make([]byte, 256<<10)
 	var n int64
@@ -692,43 +1043,145 @@ func fetch(client *http.Client, url string, size int64) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
+			return "", fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
 		}
 	}
 	if n != size {
-		return fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
+		return "", fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
 	}
-	return nil
+	return describeConn(resp), nil
 }
 
+// describeConn names what a response's connection negotiated, e.g.
+// "TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 leaf, HTTP/1.1".
+func describeConn(resp *http.Response) string {
+	cs := resp.TLS
+	if cs == nil {
+		return "no TLS, " + resp.Proto
+	}
+	leaf := "no certificate"
+	if len(cs.PeerCertificates) > 0 {
+		switch k := cs.PeerCertificates[0].PublicKey.(type) {
+		case *ecdsa.PublicKey:
+			leaf = "ECDSA " + k.Curve.Params().Name + " leaf"
+		case *rsa.PublicKey:
+			leaf = fmt.Sprintf("RSA-%d leaf", k.N.BitLen())
+		default:
+			leaf = cs.PeerCertificates[0].PublicKeyAlgorithm.String() + " leaf"
+		}
+	}
+	return fmt.Sprintf("%s, %s, %s, %s, %s",
+		tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite), cs.CurveID, leaf, resp.Proto)
+}
+
+// newClient follows no redirect that leaves the requested host (none is
+// expected: both servers answer the file directly).
+func newClient(tr *http.Transport) *http.Client {
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if req.URL.Host != via[0].URL.Host {
+				return fmt.Errorf("unexpected redirect from %s to %s", via[0].URL.Host, req.URL.Host)
+			}
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			return nil
+		},
+	}
+}
+
+// newTransport is the plain HTTP client transport: no proxy, no
+// compression, loopback only.
 func newTransport(streams int) *http.Transport {
 	return &http.Transport{
 		Proxy:               nil,
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: streams,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         dialLoopback,
 	}
+}
+
+// tlsTransport returns a transport maker for https targets: TLS with Go's
+// default settings (TLS 1.3 first; cipher suite order by the hardware, AES-
+// GCM with AES-NI), trusting roots only, HTTP/1.1 (no HTTP/2 attempt). A
+// non-nil proxy is asked to CONNECT to the URL's host: the client never
+// resolves that name, the proxy is the only address it dials.
+func tlsTransport(proxy *url.URL, roots *x509.CertPool) func(streams int) *http.Transport {
+	return func(streams int) *http.Transport {
+		tr := newTransport(streams)
+		if proxy != nil {
+			tr.Proxy = http.ProxyURL(proxy)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+		tr.ForceAttemptHTTP2 = false
+		return tr
+	}
+}
+
+var dialer = &net.Dialer{Timeout: 5 * time.Second}
+
+// dialLoopback dials loopback IP addresses only: a host name here would
+// mean the proxy was bypassed (and a DNS lookup), which must not happen.
+func dialLoopback(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("blobbench dials loopback addresses only, not %q", addr)
+	}
+	return dialer.DialContext(ctx, network, addr)
 }
 
 // probe answers nil when url answers 200 to a HEAD.
 func probe(url string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_, err := head(newTransport(1), url)
+	return err
+}
+
+// probeTLS sends one HEAD to an https target and describes what its
+// connection negotiated.
+func probeTLS(t target) (string, error) {
+	resp, err := head(t.transport(1), t.url)
+	if err != nil {
+		return "", err
+	}
+	return describeConn(resp), nil
+}
+
+func head(tr *http.Transport, url string) (*http.Response, error) {
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	tr := newTransport(1)
-	defer tr.CloseIdleConnections()
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("HEAD %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("HEAD %s: %s", url, resp.Status)
 	}
-	return nil
+	return resp, nil
+}
+
+// getBody GETs a small body (at most 1 MiB).
+func getBody(url string) ([]byte, error) {
+	tr := newTransport(1)
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
 func waitFor(limit time.Duration, f func() error) error {
