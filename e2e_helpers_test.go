@@ -93,7 +93,7 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 		t.Fatal("gateway did not start in time")
 	}
 	g := &gatewayUnderTest{URL: "http://" + addr, DataDir: cfg.DataDir, Logs: logs,
-		Received: newLeakScanner(operatorToken, workerToken)}
+		Received: newLeakScanner(operatorToken, workerToken, civitaiKey, civitaiWorkerKey)}
 	g.Client = &http.Client{
 		Transport: &recordingTransport{rt: &http.Transport{DisableCompression: true}, sink: g.Received},
 		// Workers in these tests follow nothing: the gateway itself must
