@@ -16,7 +16,6 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
-	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -94,9 +93,8 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 	}
 	w.Header().Set("Content-Disposition", attachment(ref.Name))
 	var (
-		result cache.Result = -1
-		open   blobhttp.Opener
-		etag   string
+		get  blobhttp.Getter
+		etag string
 	)
 	if ref.SHA256 != "" {
 		digest, err := cache.NewDigest(cache.SHA256, ref.SHA256)
@@ -106,17 +104,15 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 			return
 		}
 		etag = `"` + ref.SHA256 + `"`
-		open = func() (*cache.Blob, error) {
-			b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
-			result = res
-			return b, err
+		get = func() (*cache.Blob, cache.Result, error) {
+			return h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
 		}
 	} else {
 		// CivitAI published no hash (yet): the bytes are cached under the
 		// sha256 the gateway computes, and the download is mapped to it
 		// once the fill completes. Until then there is no ETag to give.
 		info.Detail = "no published SHA256; keyed by the computed one"
-		open = func() (*cache.Blob, error) {
+		get = func() (*cache.Blob, cache.Result, error) {
 			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(versionID, params, ref, pending), func(d cache.Digest) {
 				computed := ref
 				computed.SHA256, computed.Computed = d.Hex, true
@@ -125,36 +121,10 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 			if res == cache.Miss && err == nil && h.Metrics != nil {
 				h.Metrics.Unverified.Inc()
 			}
-			result = res
-			return b, err
+			return b, res, err
 		}
 	}
-	n, src, err := blobhttp.Serve(w, r, ref.Size, etag, open)
-	if result >= 0 {
-		info.Result = result.String()
-	}
-	h.countServed(src, n)
-	switch {
-	case err == nil:
-	case errors.Is(err, blobhttp.ErrIncomplete):
-		info.Result = "error"
-		info.Detail = "aborted mid-body: " + upstream.Sanitize(err).Error()
-		panic(http.ErrAbortHandler)
-	default:
-		info.Result = "error"
-		h.writeError(w, err)
-	}
-}
-
-func (h *Handler) countServed(src blobhttp.Source, n int64) {
-	if h.Metrics == nil || n == 0 {
-		return
-	}
-	label := metrics.SourceCache
-	if src == blobhttp.FromFill {
-		label = metrics.SourceFill
-	}
-	h.Metrics.ServedBytes.WithLabelValues(label).Add(float64(n))
+	blobhttp.Answer(w, r, ref.Size, etag, get, h.Metrics, func(err error) { h.writeError(w, err) })
 }
 
 // lookup returns the file a download maps to: from the index, or by

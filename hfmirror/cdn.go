@@ -1,7 +1,6 @@
 package hfmirror
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/modelgate/modelgate/blobhttp"
@@ -24,17 +23,16 @@ func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.H
 		b, err := m.Blobs.Open(d)
 		if err == nil {
 			info.Result = "hit"
-			etag := `"` + sha + `"`
+			// Serve closes the blob it asked for; one it did not ask
+			// for (HEAD, 304, 416) is closed here.
 			handed := false
-			n, src, err := blobhttp.Serve(w, r, b.Size, etag, func() (*cache.Blob, error) { handed = true; return b, nil })
-			if !handed {
-				b.Close() // Serve closes only what it opened
-			}
-			m.countServed(src, n)
-			if errors.Is(err, blobhttp.ErrIncomplete) {
-				info.Result = "error"
-				panic(http.ErrAbortHandler)
-			}
+			defer func() {
+				if !handed {
+					b.Close()
+				}
+			}()
+			get := func() (*cache.Blob, cache.Result, error) { handed = true; return b, cache.Hit, nil }
+			blobhttp.Answer(w, r, b.Size, `"`+sha+`"`, get, m.Metrics, func(error) {})
 			return
 		}
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
-	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -47,40 +46,10 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 	h.Set(hfhub.HeaderLinkedSize, strconv.FormatInt(meta.Size, 10))
 	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
 
-	var result cache.Result = -1
-	open := func() (*cache.Blob, error) {
-		b, res, err := m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r.Header.Get("Authorization")))
-		result = res
-		return b, err
+	get := func() (*cache.Blob, cache.Result, error) {
+		return m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r.Header.Get("Authorization")))
 	}
-	n, src, err := blobhttp.Serve(w, r, meta.Size, meta.ETag(), open)
-	if result >= 0 {
-		info.Result = result.String()
-	}
-	m.countServed(src, n)
-	switch {
-	case err == nil:
-	case errors.Is(err, blobhttp.ErrIncomplete):
-		info.Result = "error"
-		info.Detail = "aborted mid-body: " + upstream.Sanitize(err).Error()
-		// The status line is out; only a broken connection tells the
-		// client that this body is not the file.
-		panic(http.ErrAbortHandler)
-	default:
-		info.Result = "error"
-		m.writeMetaError(w, err)
-	}
-}
-
-func (m *Mirror) countServed(src blobhttp.Source, n int64) {
-	if m.Metrics == nil || n == 0 {
-		return
-	}
-	label := metrics.SourceCache
-	if src == blobhttp.FromFill {
-		label = metrics.SourceFill
-	}
-	m.Metrics.ServedBytes.WithLabelValues(label).Add(float64(n))
+	blobhttp.Answer(w, r, meta.Size, meta.ETag(), get, m.Metrics, func(err error) { m.writeMetaError(w, err) })
 }
 
 // fileMeta resolves the route to a commit, content id and size: from the
