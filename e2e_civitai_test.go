@@ -327,4 +327,3 @@ func TestAria2cParallelRangesDownloadThroughTheMirror(t *testing.T) {
 	assert.Equal(t, 1, f.civ.StorageFetches(1001))
 	assert.Greater(t, f.g.metric(t, `modelgate_requests_total{result="hit",route="civitai_download"}`), 1.0)
 }
-

@@ -190,10 +190,16 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, idx.Close)
+	retries := cfg.Upstream.Retries
+	if retries == 0 {
+		retries = -1 // cache.Options: negative means none, zero the default
+	}
 	store, err := cache.Open(cache.Options{
-		Dir:    cfg.DataDir,
-		Index:  idx,
-		Logger: log,
+		Dir:      cfg.DataDir,
+		Index:    idx,
+		Logger:   log,
+		Retries:  retries,
+		OnResume: m.FillResumes.Inc,
 		OnFillDone: func(_ cache.Digest, _ int64, err error) {
 			if err != nil {
 				m.FillFailures.WithLabelValues(fillFailureReason(err)).Inc()
@@ -300,6 +306,8 @@ func fillFailureReason(err error) string {
 	var dm *cache.DigestMismatchError
 	var sm *cache.SizeMismatchError
 	switch {
+	case errors.Is(err, cache.ErrRetriesExhausted):
+		return "upstream"
 	case errors.As(err, &dm), errors.As(err, &sm):
 		return "verify"
 	case errors.Is(err, cache.ErrStorage):

@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -34,9 +35,18 @@ import (
 // upstream (no space, I/O error).
 var ErrStorage = errors.New("local storage")
 
-// Source fetches a blob's bytes from offset on. The body it returns must
-// yield exactly the bytes of the blob from offset to the end.
-type Source func(ctx context.Context, offset int64) (io.ReadCloser, error)
+// Source fetches a blob's bytes from offset on. It returns the body and
+// the offset the body really starts at: offset, or 0 when the upstream
+// ignored the range and sends the whole blob. The body must yield the
+// blob's bytes from there to the end (it may end early: the fill resumes).
+//
+// An error that has a Permanent() method returning true (the upstream
+// refused, as opposed to failed) ends the fill at once; any other error,
+// and a body that ends early, is retried with backoff.
+type Source func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
+
+// ErrRetriesExhausted ends a fill whose upstream kept failing.
+var ErrRetriesExhausted = errors.New("upstream retries exhausted")
 
 // Result says how a Get was satisfied.
 type Result int
@@ -74,6 +84,15 @@ type Options struct {
 	// OnFillDone, when set, is called once for every fill that ends, with
 	// nil err for a published blob.
 	OnFillDone func(d Digest, size int64, err error)
+	// Retries is how many consecutive failed attempts (no byte received) a
+	// fill makes before it gives up. Default 5; negative means none.
+	Retries int
+	// RetryBackoff is the wait before the first retry; it doubles for each
+	// further one. Default 200ms.
+	RetryBackoff time.Duration
+	// OnResume, when set, is called before every retry of a fill (a resume
+	// from the bytes it has, or a new first attempt).
+	OnResume func()
 }
 
 // Store is the content-addressed blob store with single-flight fills.
@@ -82,6 +101,9 @@ type Store struct {
 	idx             *Index
 	log             *slog.Logger
 	onFillDone      func(Digest, int64, error)
+	onResume        func()
+	retries         int
+	retryBackoff    time.Duration
 
 	ctx    context.Context // cancelled by Close: ends fills in flight
 	cancel context.CancelFunc
@@ -106,12 +128,24 @@ func Open(opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		blobDir:    filepath.Join(opts.Dir, "blobs"),
-		tmpDir:     filepath.Join(opts.Dir, "tmp"),
-		idx:        opts.Index,
-		log:        log,
-		onFillDone: opts.OnFillDone,
-		fills:      make(map[string]*fill),
+		blobDir:      filepath.Join(opts.Dir, "blobs"),
+		tmpDir:       filepath.Join(opts.Dir, "tmp"),
+		idx:          opts.Index,
+		log:          log,
+		onFillDone:   opts.OnFillDone,
+		onResume:     opts.OnResume,
+		retries:      opts.Retries,
+		retryBackoff: opts.RetryBackoff,
+		fills:        make(map[string]*fill),
+	}
+	switch {
+	case s.retries == 0:
+		s.retries = 5
+	case s.retries < 0:
+		s.retries = 0
+	}
+	if s.retryBackoff <= 0 {
+		s.retryBackoff = 200 * time.Millisecond
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -283,6 +317,48 @@ func (s *Store) run(f *fill, src Source) {
 // fillBufSize is the unit of progress readers see.
 const fillBufSize = 256 << 10
 
+// copyBody writes body into tmp from off on, hashing and announcing the
+// bytes as they land, and returns the new offset. It stops at the end of
+// body or at the first read error; more bytes than the blob has is a
+// SizeMismatchError, a write failure an ErrStorage.
+func (s *Store) copyBody(f *fill, tmp *os.File, body io.Reader, off int64, h hash.Hash, buf []byte) (int64, error) {
+	for {
+		n, rerr := io.ReadFull(body, buf)
+		if n > 0 {
+			if off+int64(n) > f.size {
+				return off, &SizeMismatchError{Want: f.size, Got: off + int64(n)}
+			}
+			if _, werr := tmp.WriteAt(buf[:n], off); werr != nil {
+				return off, fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
+			}
+			h.Write(buf[:n])
+			f.landed(off, int64(n))
+			off += int64(n)
+		}
+		switch rerr {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return off, nil
+		default:
+			return off, fmt.Errorf("reading upstream at byte %d: %w", off, rerr)
+		}
+	}
+}
+
+// backoff waits before retry number n (1-based): exponential from
+// retryBackoff, capped at 30 times it, or until the store closes.
+func (s *Store) backoff(n int) error {
+	d := s.retryBackoff << min(n-1, 5)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
 func (s *Store) download(f *fill, src Source) (err error) {
 	tmp, err := os.CreateTemp(s.tmpDir, "fill-*.partial")
 	if err != nil {
@@ -299,39 +375,65 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	f.path = tmpPath
 	f.mu.Unlock()
 
-	body, err := src(s.ctx, 0)
-	if err != nil {
-		return fmt.Errorf("fetching upstream: %w", err)
-	}
-	defer body.Close()
-	f.markReady()
-
 	// A sequential fill hashes the bytes as they pass; a fill that lands
 	// ranges out of order will have to hash the contiguous prefix instead.
 	verify := !f.digest.IsZero()
 	h := f.digest.newHash(f.size) // sha256 for an unknown digest
 	buf := make([]byte, fillBufSize)
 	var off int64
-	for {
-		n, rerr := io.ReadFull(body, buf)
-		if n > 0 {
-			if off+int64(n) > f.size {
-				return &SizeMismatchError{Want: f.size, Got: off + int64(n)}
+	failures := 0 // consecutive attempts that brought no byte
+	for off < f.size {
+		if failures > 0 {
+			if failures > s.retries {
+				return fmt.Errorf("%w (%d attempts, at byte %d): %w", ErrRetriesExhausted, failures, off, err)
 			}
-			if _, werr := tmp.WriteAt(buf[:n], off); werr != nil {
-				return fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
+			if werr := s.backoff(failures); werr != nil {
+				return werr
 			}
-			h.Write(buf[:n])
-			f.landed(off, int64(n))
-			off += int64(n)
+			if s.onResume != nil {
+				s.onResume()
+			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
+		var (
+			body  io.ReadCloser
+			start int64
+		)
+		body, start, err = src(s.ctx, off)
+		if err != nil {
+			var p interface{ Permanent() bool }
+			if errors.As(err, &p) && p.Permanent() {
+				return fmt.Errorf("fetching upstream: %w", err)
+			}
+			failures++
+			continue
 		}
-		if rerr != nil {
-			return fmt.Errorf("reading upstream at byte %d: %w", off, rerr)
+		f.markReady()
+		if start != off {
+			// The upstream ignored the range and sends everything again:
+			// rewrite from the start. The bytes readers already have are
+			// rewritten with (what must be) the same bytes, and the hash
+			// at the end decides.
+			off, h = 0, f.digest.newHash(f.size)
+		}
+		before := off
+		off, err = s.copyBody(f, tmp, body, off, h, buf)
+		body.Close()
+		var sizeErr *SizeMismatchError
+		if errors.As(err, &sizeErr) || errors.Is(err, ErrStorage) {
+			return err
+		}
+		if off < f.size {
+			if off > before {
+				failures = 0
+			}
+			failures++
+			if err == nil {
+				err = &SizeMismatchError{Want: f.size, Got: off}
+			}
+			s.log.Debug("upstream body cut; resuming", "fill", f.key, "at", off, "size", f.size, "err", err)
 		}
 	}
+	err = nil
 	if off != f.size {
 		return &SizeMismatchError{Want: f.size, Got: off}
 	}

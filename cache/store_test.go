@@ -39,22 +39,49 @@ func sha256Digest(t testing.TB, b []byte) Digest {
 }
 
 // countingSource serves data and counts how often it was asked; gate, when
-// non-nil, holds the body after gateAt bytes until it is closed.
+// non-nil, holds the body after gateAt bytes until it is closed. Fault
+// knobs: cuts ends a body early at each listed offset (each offset once),
+// ignoreRange answers every request with the whole blob, failFirst fails
+// that many calls, err fails every call.
 type countingSource struct {
-	data   []byte
-	calls  atomic.Int32
-	gate   chan struct{}
-	gateAt int
-	err    error
+	data        []byte
+	calls       atomic.Int32
+	gate        chan struct{}
+	gateAt      int
+	err         error
+	cuts        []int
+	ignoreRange bool
+	failFirst   int32
+	mu          sync.Mutex
+	offsets     []int64
 }
 
-func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, error) {
-	c.calls.Add(1)
+func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+	n := c.calls.Add(1)
+	c.mu.Lock()
+	c.offsets = append(c.offsets, off)
+	c.mu.Unlock()
 	if c.err != nil {
-		return nil, c.err
+		return nil, 0, c.err
 	}
+	if n <= c.failFirst {
+		return nil, 0, errors.New("upstream hiccup")
+	}
+	if c.ignoreRange {
+		off = 0
+	}
+	end := len(c.data)
+	c.mu.Lock()
+	for i, cut := range c.cuts {
+		if cut > int(off) {
+			end = cut
+			c.cuts = append(c.cuts[:i:i], c.cuts[i+1:]...)
+			break
+		}
+	}
+	c.mu.Unlock()
 	if c.gate == nil {
-		return io.NopCloser(bytes.NewReader(c.data[off:])), nil
+		return io.NopCloser(bytes.NewReader(c.data[off:end])), off, nil
 	}
 	pr, pw := io.Pipe()
 	go func() {
@@ -65,17 +92,17 @@ func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, 
 			pw.CloseWithError(ctx.Err())
 			return
 		}
-		pw.Write(c.data[c.gateAt:])
+		pw.Write(c.data[c.gateAt:end])
 		pw.Close()
 	}()
-	return pr, nil
+	return pr, off, nil
 }
 
 func newStore(t testing.TB, dir string) (*Store, *Index) {
 	t.Helper()
 	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
 	require.NoError(t, err)
-	s, err := Open(Options{Dir: dir, Index: idx})
+	s, err := Open(Options{Dir: dir, Index: idx, Retries: 3, RetryBackoff: time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		s.Close()
@@ -466,4 +493,56 @@ func TestUnverifiedContentIsPublishedUnderItsComputedHash(t *testing.T) {
 	if err == nil {
 		require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
 	}
+}
+
+// permanentError is an upstream refusal: not worth retrying.
+type permanentError struct{}
+
+func (permanentError) Error() string   { return "upstream refused" }
+func (permanentError) Permanent() bool { return true }
+
+func TestCutUpstreamTransfersResumeFromTheBytesLanded(t *testing.T) {
+	tests := []struct {
+		name        string
+		src         *countingSource
+		wantOffsets []int64
+	}{
+		{"cut twice", &countingSource{cuts: []int{300 << 10, 700 << 10}}, []int64{0, 300 << 10, 700 << 10}},
+		{"first attempts fail", &countingSource{failFirst: 2}, []int64{0, 0, 0}},
+		{"range ignored: restart from zero", &countingSource{cuts: []int{500 << 10}, ignoreRange: true}, []int64{0, 500 << 10}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := newStore(t, t.TempDir())
+			data := randomBytes(9, 1<<20)
+			tt.src.data = data
+			d := sha256Digest(t, data)
+			b, _, err := s.Get(t.Context(), d, int64(len(data)), tt.src.source)
+			require.NoError(t, err)
+			got, err := readAll(t, b, 0, b.Size)
+			b.Close()
+			require.NoError(t, err)
+			assert.True(t, bytes.Equal(data, got), "the reader sees one uninterrupted, correct body")
+			tt.src.mu.Lock()
+			assert.Equal(t, tt.wantOffsets, tt.src.offsets)
+			tt.src.mu.Unlock()
+			require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, time.Millisecond)
+		})
+	}
+}
+
+func TestFillGivesUpAfterRetriesAndOnPermanentRefusals(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(10, 4096)
+	d := sha256Digest(t, data)
+
+	always := &countingSource{failFirst: 1000, data: data}
+	_, _, err := s.Get(t.Context(), d, int64(len(data)), always.source)
+	require.ErrorIs(t, err, ErrRetriesExhausted)
+	assert.Equal(t, int32(4), always.calls.Load(), "one attempt and three retries")
+
+	refused := &countingSource{err: permanentError{}}
+	_, _, err = s.Get(t.Context(), d, int64(len(data)), refused.source)
+	require.ErrorAs(t, err, &permanentError{})
+	assert.Equal(t, int32(1), refused.calls.Load(), "a refusal is not retried")
 }

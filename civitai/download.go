@@ -263,16 +263,14 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 	}
 	req.Header.Set("User-Agent", userAgent)
 	req.Header.Set("Accept-Encoding", "identity")
-	want := http.StatusOK
 	if off > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
-		want = http.StatusPartialContent
 	}
 	resp, err := h.Upstream.Do(req, authinject.FollowAll)
 	if err != nil {
 		return nil, &unreachableError{err: upstream.Sanitize(err)}
 	}
-	if resp.StatusCode != want || isHTML(resp.Header) {
+	if (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent) || isHTML(resp.Header) {
 		drainClose(resp.Body)
 		return nil, &badUpstreamError{err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
 	}
@@ -282,25 +280,26 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 // source fetches a file for the cache: the body the resolution already
 // opened, else a fresh signed URL from the download route.
 func (h *Handler) source(versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
-	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
 		if off == 0 {
 			if b := pending.take(); b != nil {
-				return b, nil
+				return b, 0, nil
 			}
 		}
 		loc, err := h.storageLocation(ctx, nil, versionID, params)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		resp, err := h.fetchStorage(ctx, loc, off)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		if resp.ContentLength >= 0 && resp.ContentLength != ref.Size-off {
+		start, err := upstream.BodyStart(resp, off, ref.Size)
+		if err != nil {
 			drainClose(resp.Body)
-			return nil, &badUpstreamError{err: fmt.Errorf("the storage answer is %d bytes, want %d", resp.ContentLength, ref.Size-off)}
+			return nil, 0, &badUpstreamError{err: err}
 		}
-		return resp.Body, nil
+		return resp.Body, start, nil
 	}
 }
 

@@ -34,6 +34,15 @@ func (e *unreachableError) Unwrap() error { return e.err }
 func (e *apiError) Error() string {
 	return "CivitAI answered " + strconv.Itoa(e.status) + ": " + e.upstream
 }
+
+// Permanent tells the cache not to retry a fill CivitAI refused.
+func (e *apiError) Permanent() bool {
+	return e.status >= 400 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
+}
+
+// Permanent: a login page will not turn into the file by asking again.
+func (e *loginRedirectError) Permanent() bool { return true }
+
 func (e *loginRedirectError) Error() string {
 	return "CivitAI answered with a login page (" + e.path + ")"
 }

@@ -105,6 +105,11 @@ type UpstreamConfig struct {
 	// Timeout bounds connecting and waiting for response headers. It never
 	// limits how long a body transfer takes. Must be > 0. Default 30s.
 	Timeout Duration `yaml:"timeout"`
+	// Retries is how many times in a row a blob download may fail without
+	// receiving a byte before the gateway gives up on it. A download that
+	// is cut resumes from the bytes it has (Range: bytes=N-) with
+	// exponential backoff. 0 means no retry. Default 5.
+	Retries int `yaml:"retries"`
 }
 
 // LogConfig configures logging.
@@ -167,6 +172,7 @@ func Default() Config {
 		},
 		Upstream: UpstreamConfig{
 			Timeout: Duration{30 * time.Second},
+			Retries: 5,
 		},
 		MITM: MITMConfig{
 			Hosts: slices.Clone(DefaultMITMHosts),
@@ -251,6 +257,9 @@ func (c *Config) Validate() error {
 		if msg := checkURL(c.Upstream.Proxy, "must be empty or an absolute http, https or socks5 URL", true, "http", "https", "socks5", "socks5h"); msg != "" {
 			fail("upstream.proxy", "%s", msg)
 		}
+	}
+	if c.Upstream.Retries < 0 || c.Upstream.Retries > 100 {
+		fail("upstream.retries", "must be from 0 to 100, got %d", c.Upstream.Retries)
 	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)

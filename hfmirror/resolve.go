@@ -104,42 +104,33 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 // credential). A fresh resolve per fill means a fresh signed CDN URL, never
 // a stale one from an earlier HEAD.
 func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, clientAuth string) cache.Source {
-	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
 		req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if clientAuth != "" {
 			req.Header.Set("Authorization", clientAuth)
 		}
-		want := http.StatusOK
 		if off > 0 {
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
-			want = http.StatusPartialContent
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowAll)
 		if err != nil {
-			return nil, &unreachableError{err: upstream.Sanitize(err)}
+			return nil, 0, &unreachableError{err: upstream.Sanitize(err)}
 		}
-		if resp.StatusCode != want {
+		start, err := upstream.BodyStart(resp, off, meta.Size)
+		if err != nil {
 			body := readLimited(resp.Body)
 			drainClose(resp.Body)
 			// A refusal by the Hub itself (token revoked, repo gone) is
 			// relayed; a CDN's is the gateway's problem, not the worker's.
 			if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
-				return nil, &upstreamAnswerError{resp: resp, body: body}
+				return nil, 0, &upstreamAnswerError{resp: resp, body: body}
 			}
-			return nil, &badUpstreamError{err: fmt.Errorf("download answered %d, want %d", resp.StatusCode, want)}
+			return nil, 0, &badUpstreamError{err: err}
 		}
-		if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
-			drainClose(resp.Body)
-			return nil, &badUpstreamError{err: fmt.Errorf("download is %s-encoded", ce)}
-		}
-		if resp.ContentLength >= 0 && resp.ContentLength != meta.Size-off {
-			drainClose(resp.Body)
-			return nil, &badUpstreamError{err: fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, meta.Size-off)}
-		}
-		return resp.Body, nil
+		return resp.Body, start, nil
 	}
 }
 
@@ -160,6 +151,13 @@ func (e *unreachableError) Error() string { return "upstream unreachable: " + e.
 func (e *unreachableError) Unwrap() error { return e.err }
 func (e *upstreamAnswerError) Error() string {
 	return "upstream answered " + strconv.Itoa(e.resp.StatusCode)
+}
+
+// Permanent tells the cache not to retry a fill the Hub refused (a 4xx
+// other than a timeout or rate limit): asking again gets the same answer.
+func (e *upstreamAnswerError) Permanent() bool {
+	s := e.resp.StatusCode
+	return s >= 400 && s < 500 && s != http.StatusRequestTimeout && s != http.StatusTooManyRequests
 }
 func (e *badUpstreamError) Error() string { return "unusable upstream answer: " + e.err.Error() }
 func (e *badUpstreamError) Unwrap() error { return e.err }

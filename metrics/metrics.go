@@ -32,6 +32,9 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
+	// FillResumes counts retries of fills: resumed after a cut, or asked
+	// again after a failed attempt.
+	FillResumes prometheus.Counter
 	// Unverified counts CivitAI fills keyed by the sha256 the gateway
 	// computed, because CivitAI published none for the file.
 	Unverified prometheus.Counter
@@ -85,7 +88,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "civitai_unverified_downloads_total",
 		Help: "CivitAI files cached under the sha256 the gateway computed, because none was published.",
 	})
-	reg.MustRegister(m.Unverified)
+	m.FillResumes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fill_resumes_total",
+		Help: "Fill retries: resumed from the bytes landed after a cut, or asked again after a failed attempt.",
+	})
+	reg.MustRegister(m.Unverified, m.FillResumes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }

@@ -113,3 +113,31 @@ func TunnelDialer(opts Options, tr *http.Transport) func(ctx context.Context, ad
 	}
 	return func(ctx context.Context, addr string) (net.Conn, error) { return tr.DialContext(ctx, "tcp", addr) }
 }
+
+// BodyStart checks the answer to a GET of a whole file of the given size,
+// sent with "Range: bytes=offset-" when offset > 0, and returns where its
+// body starts: offset for a matching 206, 0 for a 200 (a server that
+// ignores ranges sends everything). Any other status, a compressed body,
+// or a length that does not add up is an error.
+func BodyStart(resp *http.Response, offset, size int64) (int64, error) {
+	var start int64
+	switch {
+	case resp.StatusCode == http.StatusOK:
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		var first, last, total int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &total); err != nil ||
+			first != offset || last != size-1 || total != size {
+			return 0, fmt.Errorf("range answer %q does not match bytes=%d- of %d", resp.Header.Get("Content-Range"), offset, size)
+		}
+		start = offset
+	default:
+		return 0, fmt.Errorf("download answered %d", resp.StatusCode)
+	}
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
+		return 0, fmt.Errorf("download is %s-encoded", ce)
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != size-start {
+		return 0, fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, size-start)
+	}
+	return start, nil
+}
