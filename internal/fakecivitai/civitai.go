@@ -25,19 +25,21 @@
 // StorageFetches) so tests can assert what the code under test sent, e.g.
 // that the API key never reached storage. Fault knobs (CorruptFile, GateFile,
 // LoginRedirect) simulate misbehaving upstreams.
+//
+// The listeners, the request log and the fault machinery come from
+// internal/fakeserver, shared with the other fakes; this package holds what
+// is particular to CivitAI.
 package fakecivitai
 
 import (
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/modelgate/modelgate/internal/fakeserver"
 )
 
 // Server names as recorded in Request.Server and accepted by Count.
@@ -62,23 +64,15 @@ type Options struct {
 // requests are in flight.
 type CivitAI struct {
 	opts    Options
-	api     *httptest.Server
-	r2, b2  *httptest.Server
-	apiURL  string
-	r2URL   string
-	b2URL   string
-	caFile  string
-	pool    *x509.CertPool
-	signKey []byte        // HMAC key for storage URLs, private to this fake
-	closing chan struct{} // closed on cleanup to unblock gated responses
+	srv     fakeserver.Servers      // the three listeners and their request log
+	signKey []byte                  // HMAC key for storage URLs, private to this fake
+	faults  fakeserver.Faults[int]  // file id -> storage fault knobs
+	fetches fakeserver.Counter[int] // file id -> 2xx GETs on either storage
 
 	mu            sync.RWMutex
 	versions      map[int]*versionState // version id -> version
 	files         map[int]*fileState    // file id -> file (the storage's objects)
-	knobs         map[int]*fileKnobs    // file id -> fault knobs
 	loginRedirect map[int]bool          // version id -> LoginRedirect knob
-
-	rec recorder
 }
 
 // New starts the API and both storage servers and registers t.Cleanup to
@@ -88,70 +82,36 @@ func New(t testing.TB, opts Options) *CivitAI {
 	c := &CivitAI{
 		opts:          opts,
 		signKey:       make([]byte, 32),
-		closing:       make(chan struct{}),
 		versions:      map[int]*versionState{},
 		files:         map[int]*fileState{},
-		knobs:         map[int]*fileKnobs{},
 		loginRedirect: map[int]bool{},
 	}
 	if _, err := rand.Read(c.signKey); err != nil {
 		t.Fatalf("fakecivitai: generating the storage signing key: %v", err)
 	}
-	// Unstarted servers already own their listener, so every URL is known
-	// before the first request can arrive and handlers read them race-free.
-	c.api = httptest.NewUnstartedServer(c.record(ServerAPI, c.serveAPI))
-	c.r2 = httptest.NewUnstartedServer(c.record(ServerR2, c.serveR2))
-	c.b2 = httptest.NewUnstartedServer(c.record(ServerB2, c.serveB2))
-	c.apiURL = "https://" + c.api.Listener.Addr().String()
-	c.r2URL = "https://" + c.r2.Listener.Addr().String()
-	c.b2URL = "https://" + c.b2.Listener.Addr().String()
-	c.api.StartTLS()
-	c.r2.StartTLS()
-	c.b2.StartTLS()
-	t.Cleanup(func() {
-		close(c.closing)
-		c.api.Close()
-		c.r2.Close()
-		c.b2.Close()
-	})
-	if c.api.URL != c.apiURL || c.r2.URL != c.r2URL || c.b2.URL != c.b2URL {
-		t.Fatalf("fakecivitai: server URLs changed on start: %s %s %s", c.api.URL, c.r2.URL, c.b2.URL)
-	}
-
-	c.pool = x509.NewCertPool()
-	var pemData []byte
-	var seen []*x509.Certificate
-	for _, cert := range []*x509.Certificate{c.api.Certificate(), c.r2.Certificate(), c.b2.Certificate()} {
-		if slices.ContainsFunc(seen, cert.Equal) {
-			continue // httptest normally uses one certificate for every server
-		}
-		seen = append(seen, cert)
-		c.pool.AddCert(cert)
-		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
-	}
-	c.caFile = filepath.Join(t.TempDir(), "fakecivitai-ca.pem")
-	if err := os.WriteFile(c.caFile, pemData, 0o600); err != nil {
-		t.Fatalf("fakecivitai: writing CA file: %v", err)
-	}
+	c.srv.Start(t, fakeserver.Config{Name: "fakecivitai"},
+		fakeserver.Server{Name: ServerAPI, Handler: c.serveAPI},
+		fakeserver.Server{Name: ServerR2, Handler: c.serveR2},
+		fakeserver.Server{Name: ServerB2, Handler: c.serveB2})
 	return c
 }
 
 // URL is the API's base URL, "https://127.0.0.1:PORT".
-func (c *CivitAI) URL() string { return c.apiURL }
+func (c *CivitAI) URL() string { return c.srv.URL(ServerAPI) }
 
 // R2URL is the R2-style storage's base URL, "https://127.0.0.1:PORT".
-func (c *CivitAI) R2URL() string { return c.r2URL }
+func (c *CivitAI) R2URL() string { return c.srv.URL(ServerR2) }
 
 // B2URL is the B2-style storage's base URL, "https://127.0.0.1:PORT".
-func (c *CivitAI) B2URL() string { return c.b2URL }
+func (c *CivitAI) B2URL() string { return c.srv.URL(ServerB2) }
 
 // CAFile is the path of a PEM file holding the certificate(s) the three
 // servers present, suitable as an upstream ca_file.
-func (c *CivitAI) CAFile() string { return c.caFile }
+func (c *CivitAI) CAFile() string { return c.srv.CAFile() }
 
 // CertPool trusts all three servers. A new pool is returned each time so
 // callers may extend it.
-func (c *CivitAI) CertPool() *x509.CertPool { return c.pool.Clone() }
+func (c *CivitAI) CertPool() *x509.CertPool { return c.srv.CertPool() }
 
 // AddVersion adds or replaces a model version (by Version.ID) and makes its
 // files available on their storage. It panics on an invalid Version (ids not

@@ -1,7 +1,6 @@
 package fakecivitai
 
 import (
-	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/modelgate/modelgate/internal/fakeserver"
 )
 
 const (
@@ -80,15 +81,7 @@ func newFixture(t *testing.T) *fixture {
 		{ID: 6001, Name: "fresh.safetensors", Data: d(6001, 1000), NoHash: true},
 	}})
 
-	f.cl = &http.Client{
-		Transport: &http.Transport{
-			TLSClientConfig:    &tls.Config{RootCAs: f.c.CertPool()},
-			DisableCompression: true,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       30 * time.Second,
-	}
-	t.Cleanup(f.cl.CloseIdleConnections)
+	f.cl = f.c.srv.Client(t)
 	return f
 }
 
@@ -109,12 +102,7 @@ func (f *fixture) do(t *testing.T, method, target string, hdr ...string) (*http.
 		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := f.cl.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, b
+	return fakeserver.Fetch(t, f.cl, req)
 }
 
 // location downloads target from the API and returns the storage URL.
@@ -636,70 +624,19 @@ func TestCorruptFile(t *testing.T) {
 
 func TestGateFile(t *testing.T) {
 	f := newFixture(t)
-	data := f.data[1001]
-	loc := f.location(t, "/api/download/models/100")
+	loc := f.location(t, "/api/download/models/200") // B2-style storage
 
-	const after = 1000
-	release := f.c.GateFile(1001, after)
+	release := f.c.GateFile(2001, 1000)
 	resp, err := f.cl.Get(loc)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Equal(t, 1, f.c.StorageFetches(1001), "a gated fetch counts once its status is sent")
+	assert.Equal(t, 1, f.c.StorageFetches(2001), "a gated fetch counts once its status is sent")
+	assert.Equal(t, f.data[2001], fakeserver.ReadGated(t, resp.Body, 1000, release))
 
-	head := make([]byte, after)
-	_, err = io.ReadFull(resp.Body, head)
-	require.NoError(t, err)
-	assert.Equal(t, data[:after], head)
-
-	rest := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(resp.Body)
-		rest <- b
-	}()
-	select {
-	case <-rest:
-		t.Fatal("body continued before release")
-	case <-time.After(200 * time.Millisecond):
-	}
-
-	// Ranged GETs are not gated.
-	resp2, body := f.do(t, http.MethodGet, loc, "Range", "bytes=0-1999")
-	assert.Equal(t, http.StatusPartialContent, resp2.StatusCode)
-	assert.Equal(t, data[:2000], body)
-
-	release()
-	release() // idempotent
-	select {
-	case b := <-rest:
-		assert.Equal(t, data[after:], b)
-	case <-time.After(10 * time.Second):
-		t.Fatal("body still blocked after release")
-	}
-
-	_, body = f.do(t, http.MethodGet, loc)
-	assert.Equal(t, data, body, "released gates no longer apply")
-	assert.Equal(t, 3, f.c.StorageFetches(1001))
-}
-
-func TestGateFileUnblocksOnCleanup(t *testing.T) {
-	var body io.ReadCloser
-	start := time.Now()
-	t.Run("fake", func(t *testing.T) {
-		f := newFixture(t)
-		loc := f.location(t, "/api/download/models/200")
-		f.c.GateFile(2001, 100) // never released
-		resp, err := f.cl.Get(loc)
-		require.NoError(t, err)
-		body = resp.Body
-	})
-	// The subtest's cleanup closed the servers although the client still
-	// holds the gated body open; the body now ends early.
-	assert.Less(t, time.Since(start), 4*time.Second, "cleanup must not wait for the gate")
-	defer body.Close()
-	b, err := io.ReadAll(body)
-	assert.Error(t, err)
-	assert.Len(t, b, 100)
+	_, body := f.do(t, http.MethodGet, loc)
+	assert.Equal(t, f.data[2001], body, "released gates no longer apply")
+	assert.Equal(t, 2, f.c.StorageFetches(2001))
 }
 
 func TestLoginRedirectKnob(t *testing.T) {
@@ -796,19 +733,7 @@ func TestCertificateFiles(t *testing.T) {
 	urls := []string{f.c.URL(), f.c.R2URL(), f.c.B2URL()}
 	for i, u := range urls {
 		assert.True(t, strings.HasPrefix(u, "https://127.0.0.1:"), u)
-		for _, o := range urls[i+1:] {
-			assert.NotEqual(t, u, o)
-		}
-	}
-	// A client trusting only the CA file reaches all three servers.
-	pool := f.c.CertPool()
-	require.True(t, pool.AppendCertsFromPEM(pemData))
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	defer c.CloseIdleConnections()
-	for _, u := range urls {
-		resp, err := c.Get(u + "/nothing")
-		require.NoError(t, err)
-		require.NoError(t, resp.Body.Close())
+		assert.NotContains(t, urls[i+1:], u)
 	}
 }
 

@@ -1,11 +1,9 @@
 package fakecivitai
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -38,7 +36,7 @@ func (c *CivitAI) signR2(f *fileState, date time.Time) string {
 	amzDate := date.UTC().Format(amzDateLayout)
 	expires := strconv.Itoa(urlLifetimeSec)
 	disp := attachmentDisposition(f.Name)
-	return c.r2URL + r2PathPrefix + strconv.Itoa(f.ID) + "/" + url.PathEscape(f.Name) +
+	return c.R2URL() + r2PathPrefix + strconv.Itoa(f.ID) + "/" + url.PathEscape(f.Name) +
 		"?X-Amz-Algorithm=AWS4-HMAC-SHA256" +
 		"&X-Amz-Credential=" + amzCredential +
 		"&X-Amz-Date=" + amzDate +
@@ -52,7 +50,7 @@ func (c *CivitAI) signR2(f *fileState, date time.Time) string {
 func (c *CivitAI) signB2(f *fileState, exp time.Time) string {
 	p := b2PathPrefix + strconv.Itoa(f.ID) + "/" + f.Name
 	disp := attachmentDisposition(f.Name)
-	return c.b2URL + b2PathPrefix + strconv.Itoa(f.ID) + "/" + url.PathEscape(f.Name) +
+	return c.B2URL() + b2PathPrefix + strconv.Itoa(f.ID) + "/" + url.PathEscape(f.Name) +
 		"?Authorization=" + c.b2Token(p, exp.Unix(), disp) +
 		"&b2ContentDisposition=" + queryEscape(disp)
 }
@@ -213,20 +211,7 @@ func (c *CivitAI) serveObject(w http.ResponseWriter, r *http.Request, f *fileSta
 		hd.Set("Content-Disposition", disp)
 	}
 
-	k := c.knobsFor(f.ID)
-	var content io.ReadSeeker = bytes.NewReader(f.Data)
-	if k.corrupt {
-		content = io.NewSectionReader(corruptReaderAt{data: f.Data, from: f.size - min(f.size, corruptTail)}, 0, f.size)
-	}
-	var out http.ResponseWriter = &statusWriter{ResponseWriter: w, onStatus: func(status int) {
-		if r.Method == http.MethodGet && status/100 == 2 {
-			c.rec.incFetch(f.ID)
-		}
-	}}
-	if k.gate != nil && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
-		out = &gateWriter{ResponseWriter: out, ctx: r.Context(), closing: c.closing, g: k.gate}
-	}
-	http.ServeContent(out, r, "", f.uploaded, content)
+	c.faults.ServeContent(c.fetches.CountGET(w, r, f.ID), r, f.ID, f.Data, f.uploaded)
 }
 
 // writeS3Error answers with an S3-style XML error document.

@@ -154,7 +154,7 @@ func (h *Hub) serveTree(w http.ResponseWriter, r *http.Request, rt route, rs *re
 		end := min(offset+h.opts.PageSize, len(matched))
 		page = append(page, matched[offset:end]...)
 		if end < len(matched) {
-			next := h.hubURL + "/api/" + rs.Type + "s/" + escapeSegments(rs.ID) + "/tree/" + url.PathEscape(rt.rev)
+			next := h.URL() + "/api/" + rs.Type + "s/" + escapeSegments(rs.ID) + "/tree/" + url.PathEscape(rt.rev)
 			if rt.path != "" {
 				next += "/" + url.PathEscape(rt.path)
 			}
@@ -273,7 +273,7 @@ func (h *Hub) serveXetToken(w http.ResponseWriter, r *http.Request, rt route, rs
 	tok := xetToken{
 		AccessToken: "xet-jwt-" + hex.EncodeToString(nonce[:]),
 		Exp:         time.Now().Add(xetTokenLifetime).Unix(),
-		CasURL:      h.cdnURL,
+		CasURL:      h.CDNURL(),
 	}
 	hd := w.Header()
 	hd.Set("X-Xet-Access-Token", tok.AccessToken)

@@ -53,7 +53,7 @@ func (h *Hub) authorize(w http.ResponseWriter, r *http.Request, rt route, rs *re
 		if who == anonymous {
 			status = http.StatusUnauthorized
 		}
-		writeHubError(w, r, status, "RepoNotFound", "Repository Not Found for url: "+h.hubURL+r.URL.RequestURI()+".", "")
+		writeHubError(w, r, status, "RepoNotFound", "Repository Not Found for url: "+h.URL()+r.URL.RequestURI()+".", "")
 		return false
 	}
 	if rs.Gated && who != operatorAccess {
@@ -63,7 +63,7 @@ func (h *Hub) authorize(w http.ResponseWriter, r *http.Request, rt route, rs *re
 		} else {
 			writeHubError(w, r, http.StatusForbidden, "GatedRepo",
 				"Access to "+rt.typ+" "+rs.ID+" is restricted and you are not in the authorized list. Visit "+
-					h.hubURL+"/"+repoPrefix(rt.typ)+rs.ID+" to ask for access.", "")
+					h.URL()+"/"+repoPrefix(rt.typ)+rs.ID+" to ask for access.", "")
 		}
 		return false
 	}

@@ -1,9 +1,7 @@
 package fakehub
 
 import (
-	"bytes"
 	"crypto/hmac"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -50,23 +48,7 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 		hd.Set("Content-Disposition", cd)
 	}
 
-	k := h.knobsFor(sha)
-	var content io.ReadSeeker = bytes.NewReader(f.Data)
-	if k.corrupt {
-		content = io.NewSectionReader(corruptReaderAt{data: f.Data, from: f.size - min(f.size, corruptTail)}, 0, f.size)
-	}
-	var out http.ResponseWriter = &statusWriter{ResponseWriter: w, onStatus: func(status int) {
-		if r.Method == http.MethodGet && status/100 == 2 {
-			h.rec.inc(&h.rec.cdnFetches, sha)
-		}
-	}}
-	out = &throttleWriter{ResponseWriter: out, ctx: r.Context(), closing: h.closing, rate: func() int {
-		return h.knobsFor(sha).throttle
-	}}
-	if k.gate != nil && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
-		out = &gateWriter{ResponseWriter: out, ctx: r.Context(), closing: h.closing, g: k.gate}
-	}
-	http.ServeContent(out, r, "", time.Time{}, content)
+	h.faults.ServeContent(h.cdnFetches.CountGET(w, r, sha), r, sha, f.Data, time.Time{})
 }
 
 // parseCDNPath checks /repos/<2hex>/<2hex>/<64hex repo key>/<64hex sha256>

@@ -2,7 +2,6 @@ package fakehub
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/modelgate/modelgate/internal/fakeserver"
 )
 
 const (
@@ -67,15 +68,7 @@ func newFixture(t *testing.T) *fixture {
 	f.h.AddRepo(Repo{ID: "org/private", Private: true, Refs: main, Commits: small})
 	f.h.AddRepo(Repo{Type: TypeDataset, ID: "org/ds", Refs: main, Commits: small})
 
-	f.c = &http.Client{
-		Transport: &http.Transport{
-			TLSClientConfig:    &tls.Config{RootCAs: f.h.CertPool()},
-			DisableCompression: true,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       30 * time.Second,
-	}
-	t.Cleanup(f.c.CloseIdleConnections)
+	f.c = f.h.srv.Client(t)
 	return f
 }
 
@@ -90,12 +83,7 @@ func (f *fixture) do(t *testing.T, method, target string, body io.Reader, hdr ..
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := f.c.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, b
+	return fakeserver.Fetch(t, f.c, req)
 }
 
 func bearer(tok string) []string { return []string{"Authorization", "Bearer " + tok} }
@@ -578,58 +566,17 @@ func TestGateBlob(t *testing.T) {
 	resp, _ := f.do(t, http.MethodHead, "/org/model/resolve/main/sub%20dir/a%20b.bin", nil)
 	loc := resp.Header.Get("Location")
 
-	const after = 1000
-	release := f.h.GateBlob(sha, after)
+	release := f.h.GateBlob(sha, 1000)
 	resp, err := f.c.Get(loc)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, 1, f.h.CDNBodyFetches(sha), "a gated fetch counts once its status is sent")
-
-	head := make([]byte, after)
-	_, err = io.ReadFull(resp.Body, head)
-	require.NoError(t, err)
-	assert.Equal(t, f.lfs[:after], head)
-
-	rest := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(resp.Body)
-		rest <- b
-	}()
-	select {
-	case <-rest:
-		t.Fatal("body continued before release")
-	case <-time.After(200 * time.Millisecond):
-	}
-
-	// Ranged GETs are not gated.
-	resp2, body := f.do(t, http.MethodGet, loc, nil, "Range", "bytes=0-1999")
-	assert.Equal(t, http.StatusPartialContent, resp2.StatusCode)
-	assert.Equal(t, f.lfs[:2000], body)
-
-	release()
-	release() // idempotent
-	select {
-	case b := <-rest:
-		assert.Equal(t, f.lfs[after:], b)
-	case <-time.After(10 * time.Second):
-		t.Fatal("body still blocked after release")
-	}
+	assert.Equal(t, f.lfs, fakeserver.ReadGated(t, resp.Body, 1000, release))
 
 	// Released gates no longer apply.
-	_, body = f.do(t, http.MethodGet, loc, nil)
+	_, body := f.do(t, http.MethodGet, loc, nil)
 	assert.Equal(t, f.lfs, body)
-}
-
-func TestGateBlobUnblocksOnClientCancel(t *testing.T) {
-	f := newFixture(t)
-	sha := SHA256Hex(f.lfs)
-	resp, _ := f.do(t, http.MethodHead, "/org/model/resolve/main/sub%20dir/a%20b.bin", nil)
-	f.h.GateBlob(sha, 0) // never released: cleanup must still finish
-	resp, err := f.c.Get(resp.Header.Get("Location"))
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.NoError(t, resp.Body.Close())
 }
 
 func TestThrottleBlob(t *testing.T) {
@@ -697,17 +644,6 @@ func TestCertificateFiles(t *testing.T) {
 	assert.True(t, strings.HasPrefix(f.h.URL(), "https://127.0.0.1:"))
 	assert.True(t, strings.HasPrefix(f.h.CDNURL(), "https://127.0.0.1:"))
 	assert.NotEqual(t, f.h.URL(), f.h.CDNURL())
-
-	// A client trusting only the CA file reaches both servers.
-	pool := f.h.CertPool()
-	require.True(t, pool.AppendCertsFromPEM(pemData))
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	defer c.CloseIdleConnections()
-	for _, u := range []string{f.h.URL() + "/api/models/org/model", f.h.CDNURL() + "/nothing"} {
-		resp, err := c.Get(u)
-		require.NoError(t, err)
-		require.NoError(t, resp.Body.Close())
-	}
 }
 
 func TestAddRepoRejectsInvalid(t *testing.T) {
@@ -735,26 +671,6 @@ func TestHelpers(t *testing.T) {
 	assert.NotEqual(t, RandomData(7, 1000), RandomData(8, 1000))
 	assert.Equal(t, RandomData(7, 1000)[:10], RandomData(7, 10))
 	assert.Len(t, RandomData(1, 0), 0)
-}
-
-func TestCleanupUnblocksGates(t *testing.T) {
-	var body io.ReadCloser
-	start := time.Now()
-	t.Run("hub", func(t *testing.T) {
-		f := newFixture(t)
-		resp, _ := f.do(t, http.MethodHead, "/org/model/resolve/main/sub%20dir/a%20b.bin", nil)
-		f.h.GateBlob(SHA256Hex(f.lfs), 100) // never released
-		resp, err := f.c.Get(resp.Header.Get("Location"))
-		require.NoError(t, err)
-		body = resp.Body
-	})
-	// The subtest's cleanup closed the servers although the client still
-	// holds the gated body open; the body now ends early.
-	assert.Less(t, time.Since(start), 4*time.Second, "cleanup must not wait for the gate")
-	defer body.Close()
-	b, err := io.ReadAll(body)
-	assert.Error(t, err)
-	assert.Len(t, b, 100)
 }
 
 func BenchmarkRandomData64MiB(b *testing.B) {

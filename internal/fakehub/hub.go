@@ -19,20 +19,27 @@
 // can assert what the code under test sent, e.g. that no Authorization header
 // ever reached the CDN. Fault knobs (CorruptBlob, ThrottleBlob, GateBlob,
 // SetDown) simulate misbehaving upstreams.
+//
+// The listeners, the request log and the fault machinery come from
+// internal/fakeserver, shared with the other fakes; this package holds what
+// is particular to the Hub.
 package fakehub
 
 import (
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
+
+	"github.com/modelgate/modelgate/internal/fakeserver"
+)
+
+// Server names as recorded in Request.Server and accepted by Count.
+const (
+	serverHub = "hub"
+	serverCDN = "cdn"
 )
 
 // Options configures a Hub.
@@ -49,23 +56,19 @@ type Options struct {
 // Hub is a running fake Hub plus its CDN. All methods are safe for
 // concurrent use, including while requests are in flight.
 type Hub struct {
-	opts     Options
-	hub, cdn *httptest.Server
-	hubURL   string
-	cdnURL   string
-	caFile   string
-	pool     *x509.CertPool
-	signKey  []byte        // HMAC key for CDN URL signatures, private to this fake
-	closing  chan struct{} // closed on cleanup to unblock gated/throttled responses
+	opts    Options
+	srv     fakeserver.Servers        // the Hub and CDN listeners and their request log
+	signKey []byte                    // HMAC key for CDN URL signatures, private to this fake
+	faults  fakeserver.Faults[string] // sha256 -> CDN fault knobs
+
+	cdnFetches   fakeserver.Counter[string]   // sha256 -> 2xx GETs on the CDN
+	smallFetches fakeserver.Counter[smallKey] // 2xx GETs on /api/resolve-cache
 
 	mu      sync.RWMutex
 	repos   map[string]*repoState // "type/id" -> repo
 	renames map[string]string     // old id -> new id
 	blobs   map[string]*fileState // sha256 -> LFS file (content served by the CDN)
-	knobs   map[string]*blobKnobs // sha256 -> fault knobs
 	down    bool
-
-	rec recorder
 }
 
 // New starts the Hub and the CDN and registers t.Cleanup to stop them.
@@ -77,63 +80,32 @@ func New(t testing.TB, opts Options) *Hub {
 	h := &Hub{
 		opts:    opts,
 		signKey: make([]byte, 32),
-		closing: make(chan struct{}),
 		repos:   map[string]*repoState{},
 		renames: map[string]string{},
 		blobs:   map[string]*fileState{},
-		knobs:   map[string]*blobKnobs{},
 	}
 	if _, err := rand.Read(h.signKey); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
 	}
-	// Unstarted servers already own their listener, so both URLs are known
-	// before the first request can arrive and handlers read them race-free.
-	h.hub = httptest.NewUnstartedServer(h.record("hub", h.serveHub))
-	h.cdn = httptest.NewUnstartedServer(h.record("cdn", h.serveCDN))
-	h.hubURL = "https://" + h.hub.Listener.Addr().String()
-	h.cdnURL = "https://" + h.cdn.Listener.Addr().String()
-	h.hub.StartTLS()
-	h.cdn.StartTLS()
-	t.Cleanup(func() {
-		close(h.closing)
-		h.hub.Close()
-		h.cdn.Close()
-	})
-	if h.hub.URL != h.hubURL || h.cdn.URL != h.cdnURL {
-		t.Fatalf("fakehub: server URLs changed on start: %s %s", h.hub.URL, h.cdn.URL)
-	}
-
-	h.pool = x509.NewCertPool()
-	var pemData []byte
-	var seen []*x509.Certificate
-	for _, c := range []*x509.Certificate{h.hub.Certificate(), h.cdn.Certificate()} {
-		if slices.ContainsFunc(seen, c.Equal) {
-			continue // httptest normally uses one certificate for every server
-		}
-		seen = append(seen, c)
-		h.pool.AddCert(c)
-		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	h.caFile = filepath.Join(t.TempDir(), "fakehub-ca.pem")
-	if err := os.WriteFile(h.caFile, pemData, 0o600); err != nil {
-		t.Fatalf("fakehub: writing CA file: %v", err)
-	}
+	h.srv.Start(t, fakeserver.Config{Name: "fakehub", MaxBody: maxRecordedBody},
+		fakeserver.Server{Name: serverHub, Handler: h.serveHub},
+		fakeserver.Server{Name: serverCDN, Handler: h.serveCDN})
 	return h
 }
 
 // URL is the Hub's base URL, "https://127.0.0.1:PORT".
-func (h *Hub) URL() string { return h.hubURL }
+func (h *Hub) URL() string { return h.srv.URL(serverHub) }
 
 // CDNURL is the CDN's base URL, "https://127.0.0.1:PORT".
-func (h *Hub) CDNURL() string { return h.cdnURL }
+func (h *Hub) CDNURL() string { return h.srv.URL(serverCDN) }
 
 // CAFile is the path of a PEM file holding the certificate(s) both servers
 // present, suitable as an upstream ca_file.
-func (h *Hub) CAFile() string { return h.caFile }
+func (h *Hub) CAFile() string { return h.srv.CAFile() }
 
 // CertPool trusts both servers. A new pool is returned each time so callers
 // may extend it.
-func (h *Hub) CertPool() *x509.CertPool { return h.pool.Clone() }
+func (h *Hub) CertPool() *x509.CertPool { return h.srv.CertPool() }
 
 // AddRepo adds or replaces a repository. It panics on an invalid Repo (bad
 // type, id, commit id or file path): that is a bug in the test, not a

@@ -51,8 +51,8 @@ func (h *Hub) redirectLFS(w http.ResponseWriter, r *http.Request, rs *repoState,
 	hd.Set("X-Linked-Size", strconv.FormatInt(f.size, 10))
 	if f.Xet {
 		hd.Set("X-Xet-Hash", f.xetHash)
-		hd.Set("Link", "<"+h.hubURL+"/api/"+rs.Type+"s/"+escapeSegments(rs.ID)+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
-			h.cdnURL+"/v1/reconstructions/"+f.xetHash+`>; rel="xet-reconstruction-info"`)
+		hd.Set("Link", "<"+h.URL()+"/api/"+rs.Type+"s/"+escapeSegments(rs.ID)+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
+			h.CDNURL()+"/v1/reconstructions/"+f.xetHash+`>; rel="xet-reconstruction-info"`)
 	}
 	if etagMatches(r, f.sha256) {
 		w.WriteHeader(http.StatusNotModified)
@@ -88,12 +88,8 @@ func (h *Hub) serveSmall(w http.ResponseWriter, r *http.Request, commit string, 
 	hd.Set("ETag", `"`+f.etag+`"`)
 	hd.Set("Accept-Ranges", "bytes")
 	hd.Set("Content-Type", contentTypeFor(f.Path))
-	sw := &statusWriter{ResponseWriter: w, onStatus: func(status int) {
-		if r.Method == http.MethodGet && status/100 == 2 {
-			h.rec.inc(&h.rec.smallFetches, commit+"\x00"+f.Path)
-		}
-	}}
-	http.ServeContent(sw, r, "", time.Time{}, bytes.NewReader(f.Data))
+	out := h.smallFetches.CountGET(w, r, smallKey{commit, f.Path})
+	http.ServeContent(out, r, "", time.Time{}, bytes.NewReader(f.Data))
 }
 
 func contentTypeFor(p string) string {
@@ -110,7 +106,7 @@ func contentTypeFor(p string) string {
 func (h *Hub) signedCDNURL(rs *repoState, f *fileState) string {
 	p := "/repos/" + rs.key[:2] + "/" + rs.key[2:4] + "/" + rs.key + "/" + f.sha256
 	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
-	return h.cdnURL + p +
+	return h.CDNURL() + p +
 		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
 		"&Expires=" + expires +
 		"&Signature=" + h.sign(p, expires) +
