@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/modelgate/modelgate/config"
@@ -60,6 +61,8 @@ type gatewayUnderTest struct {
 	// Received scans every byte the worker received (status lines,
 	// headers, bodies) for the test secrets as it streams by.
 	Received *leakScanner
+	// Stop shuts the gateway down and waits for it (also run at cleanup).
+	Stop func()
 }
 
 // startGateway starts a gateway against hub; edit may change the config.
@@ -100,15 +103,19 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 		// answer 200, never a redirect.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(40 * time.Second):
-			t.Error("gateway did not shut down")
-		}
-	})
+	var once sync.Once
+	g.Stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				assert.NoError(t, err)
+			case <-time.After(40 * time.Second):
+				t.Error("gateway did not shut down")
+			}
+		})
+	}
+	t.Cleanup(g.Stop)
 	return g
 }
 

@@ -399,20 +399,84 @@ func TestUpstreamErrorsKeepTheirStatusAndCodes(t *testing.T) {
 	}
 }
 
-func TestUnreachableUpstreamIsA502NotA404(t *testing.T) {
+func TestUnreachableUpstreamIsA504NotA404(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, nil)
 	tr.hub.SetDown(true)
 	for _, path := range []string{"/org/model/resolve/main/config.json", "/api/models/org/model", "/api/whoami-v2"} {
 		resp, body := g.mustDo(t, http.MethodGet, path, nil)
-		assert.Equal(t, http.StatusBadGateway, resp.StatusCode, path)
-		assert.Contains(t, string(body), "upstream")
+		assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, path)
+		assert.Contains(t, string(body), "unreachable")
 	}
 	// Once up again, the same requests work.
 	tr.hub.SetDown(false)
 	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, tr.config, body)
+}
+
+func TestWhileTheUpstreamIsDownCachedFilesAndLastKnownAnswersAreServed(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Cache.RevisionTTL = config.Duration{Duration: time.Second} })
+	warm := []string{
+		"/org/model/resolve/main/config.json",
+		"/org/model/resolve/main/model.safetensors",
+		"/api/models/org/model/revision/main",
+		"/api/models/org/model/tree/main?recursive=true",
+	}
+	for _, p := range warm {
+		resp, _ := g.mustDo(t, http.MethodGet, p, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, p)
+	}
+	time.Sleep(1100 * time.Millisecond) // the branch's answers expire
+	tr.hub.SetDown(true)
+
+	for _, p := range warm {
+		resp, _ := g.mustDo(t, http.MethodGet, p, nil)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, p)
+		if strings.Contains(p, "/resolve/") {
+			assert.Equal(t, tr.main, resp.Header.Get("X-Repo-Commit"), p)
+		}
+	}
+	resp, _ := g.mustDo(t, http.MethodGet, "/api/models/org/model/revision/main", nil)
+	assert.Contains(t, resp.Header.Get("Warning"), "Stale")
+	assert.GreaterOrEqual(t, g.metric(t, `modelgate_stale_answers_total{kind="revision"}`), 2.0)
+	assert.GreaterOrEqual(t, g.metric(t, `modelgate_stale_answers_total{kind="api"}`), 2.0)
+
+	// What was never cached is a 504 that says why — not a 401 or 404
+	// that would make a client think the repo is gone.
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/xet.bin", nil)
+	assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode)
+	assert.Contains(t, string(body), "unreachable")
+}
+
+func TestOfflineGatewayAnswersFromItsCacheOnly(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	online := startGateway(t, tr.hub, nil)
+	for _, p := range []string{"/org/model/resolve/main/model.safetensors", "/api/models/org/model/tree/" + tr.main} {
+		resp, _ := online.mustDo(t, http.MethodGet, p, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, p)
+	}
+	online.Stop()
+
+	before := len(tr.hub.Requests())
+	offline := startGateway(t, tr.hub, func(c *config.Config) {
+		c.DataDir = online.DataDir
+		c.Offline = true
+	})
+	resp, body := offline.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+	resp, _ = offline.mustDo(t, http.MethodGet, "/api/models/org/model/tree/"+tr.main, nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	for _, p := range []string{"/org/model/resolve/main/config.json", "/api/models/org/other", "/api/whoami-v2"} {
+		resp, body = offline.mustDo(t, http.MethodGet, p, nil)
+		assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, p)
+		assert.Contains(t, string(body), "offline", p)
+	}
+	assert.Equal(t, before, len(tr.hub.Requests()), "an offline gateway never touches the network")
+	assert.Equal(t, 3.0, offline.metric(t, "modelgate_offline_refusals_total"))
+	assert.Equal(t, "403", rawConnect(t, offline, "example.org:443"), "nor tunnels")
 }
 
 func TestTreeIsPaginatedThroughTheGatewayWithoutXetAndCachedForCommits(t *testing.T) {

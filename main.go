@@ -139,7 +139,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("modelgate listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
 		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token != "",
-		"civitai", cfg.CivitAI.Endpoint, "civitai_key", cfg.CivitAI.APIKey != "")
+		"civitai", cfg.CivitAI.Endpoint, "civitai_key", cfg.CivitAI.APIKey != "", "offline", cfg.Offline)
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
@@ -265,6 +265,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Blobs:       store,
 		Metrics:     m,
 		Logger:      log,
+		Offline:     cfg.Offline,
 	})
 	civ := civitai.New(civitai.Options{
 		Endpoint:    civURL,
@@ -276,6 +277,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Blobs:       store,
 		Metrics:     m,
 		Logger:      log,
+		Offline:     cfg.Offline,
 	})
 	gw, err := proxy.New(proxy.Options{
 		Hub:          mirror,
@@ -290,6 +292,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		HubHosts:     []string{"huggingface.co", "hf.co", hfURL.Hostname()},
 		CDNDomains:   []string{"hf.co", "huggingface.co", "civitai.com"},
 		DenyTunnels:  cfg.Proxy.Tunnel == "deny",
+		Offline:      cfg.Offline,
 		IdleTimeout:  cfg.Proxy.IdleTimeout.Duration,
 		DialTunnel:   upstream.TunnelDialer(upOpts, transport),
 		Transport:    counted,

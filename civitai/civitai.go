@@ -62,6 +62,8 @@ type Options struct {
 	Blobs       Blobs
 	Metrics     *metrics.Metrics
 	Logger      *slog.Logger
+	// Offline answers only from the cache and never touches the network.
+	Offline bool
 }
 
 // Handler answers CivitAI routes.

@@ -135,6 +135,12 @@ func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string
 	if ref, ok := h.indexedRef(key); ok {
 		return ref, nil, true, nil
 	}
+	if h.Offline {
+		if ref, ok := h.lastKnownRef(key, errOffline); ok {
+			return ref, nil, true, nil
+		}
+		return fileRef{}, nil, false, errOffline
+	}
 	// The resolution outlives the request that started it: its storage
 	// answer may feed the fill that every waiting request reads.
 	detached := context.WithoutCancel(ctx)
@@ -149,11 +155,34 @@ func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string
 		return res, err
 	})
 	if err != nil {
+		if ref, ok := h.lastKnownRef(key, err); ok {
+			return ref, nil, true, nil
+		}
 		return fileRef{}, nil, false, err
 	}
 	res := v.(resolution)
 	return res.ref, res.pending, false, nil
 }
+
+// lastKnownRef returns the last file a download mapped to, when err says
+// CivitAI is unavailable (or the gateway offline) rather than refusing.
+func (h *Handler) lastKnownRef(key string, err error) (fileRef, bool) {
+	var unreachable *unreachableError
+	var api *apiError
+	down := errors.Is(err, errOffline) || errors.As(err, &unreachable) ||
+		(errors.As(err, &api) && (api.status >= 500 || api.status == http.StatusTooManyRequests))
+	if !down {
+		return fileRef{}, false
+	}
+	ref, ok := h.indexedRef(key + lastKnownSuffix)
+	if ok && h.Metrics != nil {
+		h.Metrics.StaleAnswers.WithLabelValues("download").Inc()
+	}
+	return ref, ok
+}
+
+// lastKnownSuffix marks the copy of a mapping kept without expiry.
+const lastKnownSuffix = "\x00last"
 
 // remember maps a download to its file for DownloadTTL.
 func (h *Handler) remember(key string, ref fileRef) {
@@ -162,6 +191,9 @@ func (h *Handler) remember(key string, ref fileRef) {
 	}
 	b, _ := json.Marshal(ref)
 	if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
+		h.Logger.Warn("caching CivitAI download mapping", "err", err)
+	}
+	if err := h.Index.Set(key+lastKnownSuffix, b, 0); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
 }
@@ -281,6 +313,9 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 // opened, else a fresh signed URL from the download route.
 func (h *Handler) source(versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+		if h.Offline {
+			return nil, 0, errOffline
+		}
 		if off == 0 {
 			if b := pending.take(); b != nil {
 				return b, 0, nil

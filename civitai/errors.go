@@ -11,6 +11,14 @@ import (
 	"github.com/modelgate/modelgate/upstream"
 )
 
+// errOffline is the cause of every cache miss while the gateway is offline.
+var errOffline = offlineError{}
+
+type offlineError struct{}
+
+func (offlineError) Error() string   { return "the gateway is offline and this is not in its cache" }
+func (offlineError) Permanent() bool { return true }
+
 // Errors of the upstream steps, turned into answers in one place.
 type (
 	// unreachableError: no answer from CivitAI or the storage host.
@@ -97,6 +105,13 @@ func (h *Handler) writeError(w http.ResponseWriter, err error) {
 		bad         *badUpstreamError
 	)
 	switch {
+	case errors.Is(err, errOffline):
+		if h.Metrics != nil {
+			h.Metrics.OfflineRefusals.Inc()
+		}
+		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", errOffline.Error(), "")
+	case errors.As(err, &api) && api.status >= 500:
+		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", "CivitAI is unavailable (it answered "+strconv.Itoa(api.status)+")", api.message)
 	case errors.As(err, &api):
 		if api.retryAfter != "" {
 			w.Header().Set("Retry-After", api.retryAfter)
@@ -108,11 +123,11 @@ func (h *Handler) writeError(w http.ResponseWriter, err error) {
 			"CivitAI answered with its login page instead of the file: "+h.advice(http.StatusUnauthorized), "")
 	case errors.As(err, &unreachable):
 		h.Logger.Warn("CivitAI unreachable", "err", unreachable.err)
-		status := http.StatusBadGateway
+		msg := "CivitAI or its storage could not be reached"
 		if upstream.IsTimeout(unreachable.err) {
-			status = http.StatusGatewayTimeout
+			msg = "CivitAI or its storage did not answer in time"
 		}
-		writeJSONError(w, status, http.StatusText(status), "CivitAI or its storage could not be reached", "")
+		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", msg, "")
 	case errors.As(err, &bad):
 		h.Logger.Warn("unusable CivitAI answer", "err", bad.err)
 		writeJSONError(w, http.StatusBadGateway, "Bad Gateway", "CivitAI gave an answer the gateway cannot use: "+bad.err.Error(), "")

@@ -84,6 +84,9 @@ func (h *Handler) cachedAPI(ctx context.Context, in *http.Request, escapedPath s
 			return b, true, nil
 		}
 	}
+	if h.Offline {
+		return nil, false, errOffline
+	}
 	req, err := h.newRequest(ctx, http.MethodGet, escapedPath, query, in)
 	if err != nil {
 		return nil, false, err

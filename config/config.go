@@ -28,6 +28,10 @@ type Config struct {
 	// DataDir is the directory holding cached blobs and the index. A
 	// relative path is relative to the working directory. Default "./data".
 	DataDir string `yaml:"data_dir"`
+	// Offline makes the gateway answer only from its cache, without ever
+	// touching the network (air-gapped sites); what is not cached is a
+	// 504. Default false.
+	Offline bool `yaml:"offline"`
 	// Cache controls the local blob cache.
 	Cache CacheConfig `yaml:"cache"`
 	// HuggingFace configures the Hugging Face hub upstream.

@@ -105,9 +105,10 @@ func UnmarshalMeta(b []byte) (FileMeta, error) {
 // Index keys. Repo ids, revisions and paths are validated before they get
 // here, and the NUL separator cannot occur in any of them.
 const (
-	keyFile = "hf/file\x00"
-	keyRev  = "hf/rev\x00"
-	keyAPI  = "hf/api\x00"
+	keyFile    = "hf/file\x00"
+	keyRev     = "hf/rev\x00"
+	keyLastRev = "hf/rev-last\x00"
+	keyAPI     = "hf/api\x00"
 )
 
 // FileKey is the index key of a file at a commit.
@@ -118,6 +119,12 @@ func FileKey(repo Repo, commit, path string) string {
 // RevisionKey is the index key of a revision's commit.
 func RevisionKey(repo Repo, rev string) string {
 	return keyRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
+}
+
+// LastRevisionKey is the index key of the last commit a revision was
+// seen at, kept without expiry for when the upstream is down.
+func LastRevisionKey(repo Repo, rev string) string {
+	return keyLastRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
 }
 
 // APIKey is the index key of a cached API answer, given a digest of the

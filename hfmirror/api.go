@@ -2,11 +2,14 @@ package hfmirror
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/modelgate/modelgate/authinject"
@@ -17,23 +20,20 @@ import (
 )
 
 const (
-	// maxCachedAPIBody bounds an API answer kept in the index; larger
-	// answers (huge trees are paginated anyway) are relayed uncached.
-	maxCachedAPIBody = 8 << 20
+	// maxCachedAPIBody bounds an API answer the gateway buffers (trees
+	// are paginated, 1000 entries a page; a repo's info lists its files).
+	maxCachedAPIBody = 32 << 20
 	// maxAPIRequestBody bounds a paths-info request body.
 	maxAPIRequestBody = 1 << 20
 )
 
-// cachedAnswer is an API answer as kept in the index.
-type cachedAnswer struct {
-	Header http.Header `json:"header"`
-	Body   []byte      `json:"body"`
-}
-
 // serveCachedAPI answers repo info, tree and paths-info: from the index
 // when an answer for the same request is still valid, otherwise from
-// upstream with the token, keeping a 200 answer — forever when it is about
-// a commit, for RevisionTTL when about a branch or tag.
+// upstream with the token (one upstream call for identical concurrent
+// requests), keeping a 200 answer — forever when it is about a commit, for
+// RevisionTTL when about a branch or tag. The last good answer is also
+// kept without expiry, to be served (marked stale) while the upstream is
+// down or the gateway is offline.
 func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hfhub.Route) {
 	info := reqinfo.From(r.Context())
 	var reqBody []byte
@@ -59,87 +59,153 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	}
 	key := hfhub.APIKey(requestDigest(r, reqBody))
 	if ttl >= 0 {
-		if b, err := m.Index.Get(key); err == nil {
-			var a cachedAnswer
-			if json.Unmarshal(b, &a) == nil {
-				info.Result = "hit"
-				m.writeAPIAnswer(w, r, http.StatusOK, a.Header, a.Body)
-				return
-			}
+		if a, ok := m.cachedAPIAnswer(key); ok {
+			info.Result = "hit"
+			m.writeAPIAnswer(w, r, a)
+			return
 		}
 	}
 
-	var body io.Reader
-	if r.Method == http.MethodPost {
-		body = bytes.NewReader(reqBody)
+	var a apiAnswer
+	var err error
+	if m.Offline {
+		err = errOffline
+	} else {
+		a, err = m.fetchAPI(r, route, key, reqBody)
 	}
-	req, err := m.newUpstreamRequest(r.Context(), r.Method, r.URL.EscapedPath(), r.URL.RawQuery, body, r)
-	if err != nil {
-		info.Result = "error"
-		writeError(w, http.StatusBadRequest, "", "invalid request")
-		return
-	}
-	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
-	if err != nil {
-		info.Result = "error"
-		m.Logger.Warn("upstream unreachable", "err", upstream.Sanitize(err))
-		writeUpstreamFailure(w, err)
-		return
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		info.Result = "error"
-		if resp.StatusCode < 400 {
-			info.Result = "passthrough"
+	if err == nil && a.Status == http.StatusOK {
+		info.Result = "miss"
+		if ttl >= 0 {
+			enc, _ := json.Marshal(a)
+			if err := m.Index.Set(key, enc, ttl); err != nil {
+				m.Logger.Warn("caching API answer", "err", err)
+			}
 		}
-		m.relay(w, r, resp)
-		return
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedAPIBody+1))
-	if err != nil {
-		info.Result = "error"
-		writeUpstreamFailure(w, err)
-		return
-	}
-	if len(data) > maxCachedAPIBody {
-		info.Result = "passthrough"
-		resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(data), resp.Body))
-		m.relay(w, r, resp)
-		return
-	}
-	if route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo {
-		data = hfhub.StripXetFromEntries(data)
-	}
-	header := http.Header{}
-	copyRelayHeaders(header, resp.Header)
-	info.Result = "miss"
-	if ttl >= 0 {
-		enc, _ := json.Marshal(cachedAnswer{Header: header, Body: data})
-		if err := m.Index.Set(key, enc, ttl); err != nil {
+		enc, _ := json.Marshal(a)
+		if err := m.Index.Set(key+lastKnownSuffix, enc, 0); err != nil {
 			m.Logger.Warn("caching API answer", "err", err)
 		}
+		m.writeAPIAnswer(w, r, a)
+		return
 	}
-	m.writeAPIAnswer(w, r, http.StatusOK, header, data)
+	if upstreamDown(err, a.Status) {
+		if last, ok := m.cachedAPIAnswer(key + lastKnownSuffix); ok {
+			info.Result = "stale"
+			m.countStale("api")
+			m.Logger.Warn("upstream unavailable; serving the last known answer", "path", r.URL.Path, "why", describeDown(err, a.Status))
+			w.Header().Set("Warning", `110 - "Response is Stale"`)
+			m.writeAPIAnswer(w, r, last)
+			return
+		}
+	}
+	info.Result = "error"
+	switch {
+	case err != nil:
+		m.writeMetaError(w, err)
+	case a.Status >= 500:
+		m.writeMetaError(w, &unreachableError{err: fmt.Errorf("upstream answered %d", a.Status)})
+	default:
+		// The Hub's own answer (an error, or a redirect it did not
+		// resolve): relayed as is.
+		m.writeAPIAnswer(w, r, a)
+	}
+}
+
+// apiAnswer is a buffered upstream API answer, also as kept in the index.
+type apiAnswer struct {
+	Status int         `json:"status"`
+	Header http.Header `json:"header"`
+	Body   []byte      `json:"body"`
+}
+
+// lastKnownSuffix marks the index copy of the last good answer, kept
+// without expiry for when the upstream is down.
+const lastKnownSuffix = "\x00last"
+
+func (m *Mirror) cachedAPIAnswer(key string) (apiAnswer, bool) {
+	b, err := m.Index.Get(key)
+	if err != nil {
+		return apiAnswer{}, false
+	}
+	var a apiAnswer
+	if json.Unmarshal(b, &a) != nil {
+		return apiAnswer{}, false
+	}
+	if a.Status == 0 {
+		a.Status = http.StatusOK // written before Status was stored
+	}
+	return a, true
+}
+
+// fetchAPI asks upstream once for all identical concurrent requests and
+// returns the buffered answer, with Xet hints removed.
+func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBody []byte) (apiAnswer, error) {
+	// Detached: the answer is shared, so one client leaving must not
+	// cancel it for the others.
+	ctx := context.WithoutCancel(r.Context())
+	v, err, _ := m.flight.Do(key, func() (any, error) {
+		var body io.Reader
+		if r.Method == http.MethodPost {
+			body = bytes.NewReader(reqBody)
+		}
+		req, err := m.newUpstreamRequest(ctx, r.Method, r.URL.EscapedPath(), r.URL.RawQuery, body, r)
+		if err != nil {
+			return apiAnswer{}, err
+		}
+		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+		if err != nil {
+			return apiAnswer{}, &unreachableError{err: upstream.Sanitize(err)}
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedAPIBody+1))
+		if err != nil {
+			return apiAnswer{}, &unreachableError{err: upstream.Sanitize(err)}
+		}
+		if len(data) > maxCachedAPIBody {
+			return apiAnswer{}, &badUpstreamError{err: fmt.Errorf("API answer larger than %d bytes", maxCachedAPIBody)}
+		}
+		if resp.StatusCode == http.StatusOK && (route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo) {
+			data = hfhub.StripXetFromEntries(data)
+		}
+		a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
+		copyRelayHeaders(a.Header, resp.Header)
+		if loc := resp.Header.Get("Location"); loc != "" {
+			a.Header.Set("Location", m.gatewayLocation(resp.Request.URL, loc, r))
+		}
+		return a, nil
+	})
+	if err != nil {
+		return apiAnswer{}, err
+	}
+	return v.(apiAnswer), nil
 }
 
 // writeAPIAnswer writes a buffered API answer, pointing pagination links at
 // the gateway the client used.
-func (m *Mirror) writeAPIAnswer(w http.ResponseWriter, r *http.Request, status int, header http.Header, body []byte) {
+func (m *Mirror) writeAPIAnswer(w http.ResponseWriter, r *http.Request, a apiAnswer) {
 	h := w.Header()
-	copyRelayHeaders(h, header)
+	copyRelayHeaders(h, a.Header)
+	if loc := a.Header.Get("Location"); loc != "" {
+		h.Set("Location", loc)
+	}
 	hfhub.RewriteNextLink(h, m.Endpoint, gatewayBase(r))
-	h.Set("Content-Length", itoa(int64(len(body))))
-	w.WriteHeader(status)
+	h.Set("Content-Length", itoa(int64(len(a.Body))))
+	w.WriteHeader(a.Status)
 	if r.Method == http.MethodHead {
 		return
 	}
-	n, _ := w.Write(body)
+	n, _ := w.Write(a.Body)
 	m.countUpstreamBytes(int64(n))
 }
 
 // forwardAPI relays any other /api/ request with the token, uncached.
 func (m *Mirror) forwardAPI(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
+	if m.Offline {
+		info.Result = "error"
+		m.writeMetaError(w, errOffline)
+		return
+	}
 	var body io.Reader
 	if r.Body != nil && r.Body != http.NoBody && r.Method != http.MethodGet && r.Method != http.MethodHead {
 		body = http.MaxBytesReader(w, r.Body, maxAPIRequestBody)
@@ -173,12 +239,7 @@ func (m *Mirror) relay(w http.ResponseWriter, r *http.Request, resp *http.Respon
 	h := w.Header()
 	copyRelayHeaders(h, resp.Header)
 	if loc := resp.Header.Get("Location"); loc != "" {
-		// A same-host redirect the Hub did not resolve for us (e.g. a
-		// renamed repo's API route) stays usable through the gateway.
-		if u, err := resp.Request.URL.Parse(loc); err == nil && authinject.CanonicalHost(u) == authinject.CanonicalHost(m.Endpoint) {
-			loc = gatewayBase(r) + u.RequestURI()
-		}
-		h.Set("Location", loc)
+		h.Set("Location", m.gatewayLocation(resp.Request.URL, loc, r))
 	}
 	hfhub.RewriteNextLink(h, m.Endpoint, gatewayBase(r))
 	if resp.ContentLength >= 0 {
@@ -190,6 +251,15 @@ func (m *Mirror) relay(w http.ResponseWriter, r *http.Request, resp *http.Respon
 	}
 	n, _ := io.Copy(w, resp.Body)
 	m.countUpstreamBytes(n)
+}
+
+// gatewayLocation keeps a redirect on the Hub usable through the gateway
+// (e.g. a renamed repo's API route the Hub did not resolve for us).
+func (m *Mirror) gatewayLocation(base *url.URL, loc string, r *http.Request) string {
+	if u, err := base.Parse(loc); err == nil && authinject.CanonicalHost(u) == authinject.CanonicalHost(m.Endpoint) {
+		return gatewayBase(r) + u.RequestURI()
+	}
+	return loc
 }
 
 func (m *Mirror) countUpstreamBytes(n int64) {

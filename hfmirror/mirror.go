@@ -17,8 +17,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
@@ -58,11 +61,17 @@ type Options struct {
 	Blobs       Blobs
 	Metrics     *metrics.Metrics
 	Logger      *slog.Logger
+	// Offline answers only from the cache and never touches the network
+	// (air-gapped sites): what is not cached is a 504.
+	Offline bool
 }
 
 // Mirror is the http.Handler for Hub routes.
 type Mirror struct {
 	Options
+	// flight coalesces identical concurrent metadata requests (file HEADs,
+	// API calls) into one upstream call.
+	flight singleflight.Group
 }
 
 // New returns a Mirror.
@@ -151,15 +160,49 @@ func copyRelayHeaders(to, from http.Header) {
 	hfhub.StripXetHeaders(to)
 }
 
-// writeUpstreamFailure answers for an upstream that could not be reached:
-// 504 when it did not answer in time, 502 otherwise. Never a made-up
-// 401/404, which would make a client believe the repo is gone.
-func writeUpstreamFailure(w http.ResponseWriter, err error) {
-	if upstream.IsTimeout(err) {
-		writeError(w, http.StatusGatewayTimeout, "", "the upstream hub did not answer in time")
-		return
+// errOffline is the cause of every cache miss while the gateway is offline.
+var errOffline = errors.New("the gateway is offline and this is not in its cache")
+
+// upstreamDown reports whether an upstream call failed in a way that a
+// last-known answer may stand in for: no answer, a 5xx or a 429, or the
+// gateway being offline. The Hub's own refusals (401, 404, ...) are not.
+func upstreamDown(err error, status int) bool {
+	var unreachable *unreachableError
+	var answer *upstreamAnswerError
+	switch {
+	case errors.Is(err, errOffline), errors.As(err, &unreachable):
+		return true
+	case errors.As(err, &answer):
+		status = answer.resp.StatusCode
+	case err != nil:
+		return false
 	}
-	writeError(w, http.StatusBadGateway, "", "the upstream hub could not be reached")
+	return status >= 500 || status == http.StatusTooManyRequests
+}
+
+func describeDown(err error, status int) string {
+	if err != nil {
+		return err.Error()
+	}
+	return "upstream answered " + strconv.Itoa(status)
+}
+
+// countStale counts an answer served from last-known data.
+func (m *Mirror) countStale(kind string) {
+	if m.Metrics != nil {
+		m.Metrics.StaleAnswers.WithLabelValues(kind).Inc()
+	}
+}
+
+// writeUpstreamFailure answers for an upstream that could not be reached:
+// 504, with a message that says so. Never a made-up 401/404, which would
+// make a client believe the repo is gone.
+func writeUpstreamFailure(w http.ResponseWriter, err error) {
+	msg := "the upstream hub is unreachable"
+	if upstream.IsTimeout(err) {
+		msg = "the upstream hub did not answer in time"
+	}
+	writeError(w, http.StatusGatewayTimeout, "", msg)
 }
 
 // writeError writes a JSON error the way the Hub does (X-Error-Message and

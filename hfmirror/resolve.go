@@ -54,7 +54,9 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 
 // fileMeta resolves the route to a commit, content id and size: from the
 // index when it can (a commit's files never change; a branch's commit is
-// trusted for RevisionTTL), otherwise with one HEAD upstream.
+// trusted for RevisionTTL), otherwise with one HEAD upstream for all
+// identical concurrent requests. When the upstream is down (or the gateway
+// offline), a branch falls back to the last commit it was known at.
 func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, bool, error) {
 	commit := route.Revision
 	if !hfhub.IsCommit(commit) {
@@ -62,41 +64,88 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 			commit = string(b)
 		}
 	}
-	if hfhub.IsCommit(commit) {
-		if b, err := m.Index.Get(hfhub.FileKey(route.Repo, commit, route.Path)); err == nil {
-			if meta, err := hfhub.UnmarshalMeta(b); err == nil {
-				return meta, true, nil
+	if meta, ok := m.indexedMeta(route, commit); ok {
+		return meta, true, nil
+	}
+
+	var meta hfhub.FileMeta
+	var err error
+	if m.Offline {
+		err = errOffline
+	} else {
+		meta, err = m.headMeta(ctx, r, route)
+	}
+	if err == nil || !upstreamDown(err, 0) {
+		return meta, false, err
+	}
+	if !hfhub.IsCommit(route.Revision) {
+		if b, lerr := m.Index.Get(hfhub.LastRevisionKey(route.Repo, route.Revision)); lerr == nil {
+			if stale, ok := m.indexedMeta(route, string(b)); ok {
+				m.countStale("revision")
+				m.Logger.Warn("upstream unavailable; using the last known commit of the revision",
+					"repo", route.Repo.ID, "revision", route.Revision, "commit", stale.Commit, "why", err.Error())
+				return stale, true, nil
 			}
 		}
 	}
+	return meta, false, err
+}
 
-	req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, route.Revision, route.Path), "", nil, r)
+func (m *Mirror) indexedMeta(route hfhub.Route, commit string) (hfhub.FileMeta, bool) {
+	if !hfhub.IsCommit(commit) {
+		return hfhub.FileMeta{}, false
+	}
+	b, err := m.Index.Get(hfhub.FileKey(route.Repo, commit, route.Path))
 	if err != nil {
-		return hfhub.FileMeta{}, false, err
+		return hfhub.FileMeta{}, false
 	}
-	// Follow the Hub's same-host redirects (small files, renamed repos),
-	// stop at the one to a CDN: its headers carry X-Linked-Etag/-Size.
-	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
-	if err != nil {
-		return hfhub.FileMeta{}, false, &unreachableError{err: upstream.Sanitize(err)}
-	}
-	defer drainClose(resp.Body)
-	if resp.StatusCode >= 400 {
-		return hfhub.FileMeta{}, false, &upstreamAnswerError{resp: resp, body: readLimited(resp.Body)}
-	}
-	meta, err := hfhub.ParseFileMeta(resp.Header, resp.StatusCode)
-	if err != nil {
-		return hfhub.FileMeta{}, false, &badUpstreamError{err: err}
-	}
-	if err := m.Index.Set(hfhub.FileKey(route.Repo, meta.Commit, route.Path), hfhub.MarshalMeta(meta), 0); err != nil {
-		m.Logger.Warn("caching file metadata", "err", err)
-	}
-	if route.Revision != meta.Commit && m.RevisionTTL > 0 {
-		if err := m.Index.Set(hfhub.RevisionKey(route.Repo, route.Revision), []byte(meta.Commit), m.RevisionTTL); err != nil {
-			m.Logger.Warn("caching revision", "err", err)
+	meta, err := hfhub.UnmarshalMeta(b)
+	return meta, err == nil
+}
+
+// headMeta asks the Hub for a file's metadata, once for all identical
+// concurrent requests, and records the answer in the index.
+func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, error) {
+	key := hfhub.FileKey(route.Repo, route.Revision, route.Path)
+	// Detached: the answer is shared, so one client leaving must not
+	// cancel it for the others.
+	ctx = context.WithoutCancel(ctx)
+	v, err, _ := m.flight.Do(key, func() (any, error) {
+		req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, route.Revision, route.Path), "", nil, r)
+		if err != nil {
+			return hfhub.FileMeta{}, err
 		}
-	}
-	return meta, false, nil
+		// Follow the Hub's same-host redirects (small files, renamed
+		// repos), stop at the one to a CDN: its headers carry
+		// X-Linked-Etag/-Size.
+		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+		if err != nil {
+			return hfhub.FileMeta{}, &unreachableError{err: upstream.Sanitize(err)}
+		}
+		defer drainClose(resp.Body)
+		if resp.StatusCode >= 400 {
+			return hfhub.FileMeta{}, &upstreamAnswerError{resp: resp, body: readLimited(resp.Body)}
+		}
+		meta, err := hfhub.ParseFileMeta(resp.Header, resp.StatusCode)
+		if err != nil {
+			return hfhub.FileMeta{}, &badUpstreamError{err: err}
+		}
+		if err := m.Index.Set(hfhub.FileKey(route.Repo, meta.Commit, route.Path), hfhub.MarshalMeta(meta), 0); err != nil {
+			m.Logger.Warn("caching file metadata", "err", err)
+		}
+		if route.Revision != meta.Commit {
+			if m.RevisionTTL > 0 {
+				if err := m.Index.Set(hfhub.RevisionKey(route.Repo, route.Revision), []byte(meta.Commit), m.RevisionTTL); err != nil {
+					m.Logger.Warn("caching revision", "err", err)
+				}
+			}
+			if err := m.Index.Set(hfhub.LastRevisionKey(route.Repo, route.Revision), []byte(meta.Commit), 0); err != nil {
+				m.Logger.Warn("caching revision", "err", err)
+			}
+		}
+		return meta, nil
+	})
+	return v.(hfhub.FileMeta), err
 }
 
 // blobSource fetches a file's bytes for the cache: a GET of the resolve URL
@@ -105,6 +154,9 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 // a stale one from an earlier HEAD.
 func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, clientAuth string) cache.Source {
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+		if m.Offline {
+			return nil, 0, errOffline
+		}
 		req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
 		if err != nil {
 			return nil, 0, err
@@ -169,6 +221,14 @@ func (m *Mirror) writeMetaError(w http.ResponseWriter, err error) {
 		bad         *badUpstreamError
 	)
 	switch {
+	case errors.Is(err, errOffline):
+		if m.Metrics != nil {
+			m.Metrics.OfflineRefusals.Inc()
+		}
+		writeError(w, http.StatusGatewayTimeout, "", errOffline.Error())
+	case errors.As(err, &answer) && answer.resp.StatusCode >= 500:
+		m.Logger.Warn("upstream unavailable", "status", answer.resp.StatusCode)
+		writeError(w, http.StatusGatewayTimeout, "", "the upstream hub is unavailable (it answered "+strconv.Itoa(answer.resp.StatusCode)+")")
 	case errors.As(err, &answer):
 		// The Hub's own refusal (gated, missing, bad revision): the
 		// worker gets it as is, since clients act on X-Error-Code.

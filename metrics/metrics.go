@@ -32,6 +32,13 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
+	// StaleAnswers counts answers served from last-known metadata because
+	// the upstream was down, rate-limiting, or the gateway is offline, by
+	// kind (revision, api, download).
+	StaleAnswers *prometheus.CounterVec
+	// OfflineRefusals counts requests an offline gateway could not answer
+	// from its cache.
+	OfflineRefusals prometheus.Counter
 	// FillResumes counts retries of fills: resumed after a cut, or asked
 	// again after a failed attempt.
 	FillResumes prometheus.Counter
@@ -92,7 +99,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "fill_resumes_total",
 		Help: "Fill retries: resumed from the bytes landed after a cut, or asked again after a failed attempt.",
 	})
-	reg.MustRegister(m.Unverified, m.FillResumes)
+	m.StaleAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "stale_answers_total",
+		Help: "Answers served from last-known metadata while the upstream was unavailable or the gateway offline, by kind.",
+	}, []string{"kind"})
+	m.OfflineRefusals = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "offline_refusals_total",
+		Help: "Requests an offline gateway could not answer from its cache.",
+	})
+	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }

@@ -59,6 +59,9 @@ type Options struct {
 	CivitAIHosts []string
 	// DenyTunnels refuses CONNECTs to hosts that are not intercepted.
 	DenyTunnels bool
+	// Offline never relays anything to the network: tunnels are refused
+	// and requests that are not answered from the cache get a 504.
+	Offline bool
 	// IdleTimeout closes tunnels and intercepted connections with no
 	// traffic for that long.
 	IdleTimeout time.Duration
@@ -182,12 +185,12 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case g.intercept.match(host, port):
 			g.serveSite(w, r, host)
-		case g.opts.DenyTunnels:
+		case g.opts.DenyTunnels || g.opts.Offline:
 			info.Route, info.Result = "proxy", "denied"
 			http.Error(w, "this gateway only proxies the model hubs", http.StatusForbidden)
 		default:
 			info.Route, info.Result = "proxy", "passthrough"
-			g.forward.ServeHTTP(w, r)
+			g.relay(w, r)
 		}
 	default:
 		info.Mode = "mirror"
@@ -217,8 +220,18 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 	default:
 		info := reqinfo.From(r.Context())
 		info.Route, info.Result = "proxy", "passthrough"
-		g.forward.ServeHTTP(w, r)
+		g.relay(w, r)
 	}
+}
+
+// relay sends a request on to the host it names, unless offline.
+func (g *Gateway) relay(w http.ResponseWriter, r *http.Request) {
+	if g.opts.Offline {
+		reqinfo.From(r.Context()).Result = "offline"
+		http.Error(w, "the gateway is offline and this is not in its cache", http.StatusGatewayTimeout)
+		return
+	}
+	g.forward.ServeHTTP(w, r)
 }
 
 // forwardWithoutCredentials relays a request to a CDN or storage host, stripped of
@@ -227,7 +240,7 @@ func (g *Gateway) forwardWithoutCredentials(w http.ResponseWriter, r *http.Reque
 	r = r.Clone(r.Context())
 	r.Header.Del("Authorization")
 	r.Header.Del("Cookie")
-	g.forward.ServeHTTP(w, r)
+	g.relay(w, r)
 }
 
 // rewriteForward sends a relayed request to the host it was meant for:
@@ -264,7 +277,7 @@ func (g *Gateway) connectPolicy(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	case g.intercept.match(host, port):
 		info.Result = "intercept"
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: g.interceptConn}, target
-	case g.opts.DenyTunnels:
+	case g.opts.DenyTunnels || g.opts.Offline:
 		info.Result, info.Status = "denied", http.StatusForbidden
 		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway only proxies the model hubs\n")
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
