@@ -363,3 +363,10 @@ func (g *gatewayUnderTest) curl(t *testing.T, url string, extra ...string) (int,
 	g.Received.Write(body)
 	return code, string(headers), body
 }
+
+// hasBlob reports whether the blob with this sha256 is published on disk.
+func (g *gatewayUnderTest) hasBlob(t *testing.T, sha string) bool {
+	t.Helper()
+	_, err := os.Stat(filepath.Join(g.DataDir, "blobs", "sha256", sha[:2], sha))
+	return err == nil
+}

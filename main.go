@@ -255,7 +255,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return "other" // CDNs and storage: never sent a credential
 	}
 	counted := m.InstrumentUpstream(transport, classify)
-	up := authinject.New(counted, hfCred, civCred)
+	// A 429 makes the gateway back off that host for everyone; its own 429s
+	// in the meantime are not upstream requests, so they are not counted.
+	backoff := upstream.NewBackoff(counted)
+	backoff.OnRateLimited = func(r *http.Request) { m.RateLimited.WithLabelValues(classify(r)).Inc() }
+	up := authinject.New(backoff, hfCred, civCred)
 
 	mirror := hfmirror.New(hfmirror.Options{
 		Endpoint:    hfURL,

@@ -235,8 +235,18 @@ func (m *Mirror) writeMetaError(w http.ResponseWriter, err error) {
 		copyRelayHeaders(w.Header(), answer.resp.Header)
 		w.Header().Del("ETag")
 		w.Header().Del("Content-Length")
+		body := answer.body
+		if len(body) == 0 {
+			// The answer to a HEAD has no body; a GET's deserves one.
+			msg := answer.resp.Header.Get(hfhub.HeaderErrorMessage)
+			if msg == "" {
+				msg = http.StatusText(answer.resp.StatusCode)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			body = []byte(`{"error":` + jsonString(msg) + "}\n")
+		}
 		w.WriteHeader(answer.resp.StatusCode)
-		w.Write(answer.body)
+		w.Write(body)
 	case errors.As(err, &unreachable):
 		m.Logger.Warn("upstream unreachable", "err", unreachable.err)
 		writeUpstreamFailure(w, unreachable.err)

@@ -32,6 +32,9 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
+	// RateLimited counts 429 answers from upstream, by host class; while a
+	// host's backoff lasts the gateway answers 429 itself.
+	RateLimited *prometheus.CounterVec
 	// StaleAnswers counts answers served from last-known metadata because
 	// the upstream was down, rate-limiting, or the gateway is offline, by
 	// kind (revision, api, download).
@@ -107,7 +110,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "offline_refusals_total",
 		Help: "Requests an offline gateway could not answer from its cache.",
 	})
-	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals)
+	m.RateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_rate_limited_total",
+		Help: "429 answers from upstream, by host class; the gateway then backs off that host.",
+	}, []string{"host"})
+	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }

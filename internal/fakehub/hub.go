@@ -69,6 +69,7 @@ type Hub struct {
 	renames map[string]string     // old id -> new id
 	blobs   map[string]*fileState // sha256 -> LFS file (content served by the CDN)
 	down    bool
+	hubFail hubFault // armed by FailHub / RateLimitHub
 }
 
 // New starts the Hub and the CDN and registers t.Cleanup to stop them.

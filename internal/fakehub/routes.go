@@ -177,6 +177,10 @@ func (h *Hub) serveHub(w http.ResponseWriter, r *http.Request) {
 		hijackClose(w)
 		return
 	}
+	if f, ok := h.takeHubFault(); ok {
+		writeHubFault(w, r, f)
+		return
+	}
 	who, ok := h.identify(r)
 	if !ok {
 		writeHubError(w, r, http.StatusUnauthorized, "", "Invalid credentials in Authorization header", "")

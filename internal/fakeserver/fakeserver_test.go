@@ -301,3 +301,38 @@ func (f *fatalRecorder) Fatalf(string, ...any) {
 	f.failed = true
 	runtime.Goexit()
 }
+
+func TestCutIgnoreRangeAndFail(t *testing.T) {
+	body := randomBody(200 << 10)
+	rg := newRig(t, 0, body)
+	u := rg.srv.URL("blob") + "/a"
+
+	rg.faults.Cut("/a", 1000, 1)
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	resp, err := rg.c.Do(req)
+	require.NoError(t, err)
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Error(t, err, "the body is cut")
+	assert.Equal(t, body[:len(got)], got)
+	assert.Less(t, len(got), len(body))
+	_, got = rg.get(t, http.MethodGet, u, "")
+	assert.Equal(t, body, got, "only the armed number of GETs are cut")
+
+	rg.faults.IgnoreRange("/a", true)
+	resp, got = rg.get(t, http.MethodGet, u, "bytes=100-")
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, body, got)
+	rg.faults.IgnoreRange("/a", false)
+	resp, _ = rg.get(t, http.MethodGet, u, "bytes=100-")
+	assert.Equal(t, http.StatusPartialContent, resp.StatusCode)
+
+	rg.faults.Fail("/a", http.StatusServiceUnavailable, 2)
+	for range 2 {
+		resp, _ = rg.get(t, http.MethodGet, u, "")
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	}
+	resp, _ = rg.get(t, http.MethodGet, u, "")
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Empty(t, rg.faults.m, "spent knobs are dropped")
+}

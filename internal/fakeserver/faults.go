@@ -26,9 +26,14 @@ type Faults[K comparable] struct {
 // fault is the knob set of one body; the zero value is "healthy" and is not
 // stored.
 type fault struct {
-	corrupt  bool
-	throttle int // bytes per second, 0 = unthrottled
-	gate     *gate
+	corrupt     bool
+	throttle    int // bytes per second, 0 = unthrottled
+	gate        *gate
+	ignoreRange bool
+	cutAfter    int64 // with cuts > 0: abort the body after this many bytes
+	cuts        int   // how many more GETs are cut
+	failStatus  int   // with fails > 0: answer this status instead
+	fails       int   // how many more requests fail
 }
 
 // gate holds full GETs of a body after a byte offset until released.
@@ -93,12 +98,61 @@ func (f *Faults[K]) Gate(key K, after int64) (release func()) {
 	}
 }
 
+// IgnoreRange makes ServeContent answer every request for key as if it had
+// no Range header (200 with the whole body), like servers that do not
+// support ranges.
+func (f *Faults[K]) IgnoreRange(key K, on bool) {
+	f.update(key, func(k *fault) { k.ignoreRange = on })
+}
+
+// Cut makes the next `times` GETs of key abort their connection after
+// `after` bytes of body, like a connection dropped mid-transfer.
+func (f *Faults[K]) Cut(key K, after int64, times int) {
+	f.update(key, func(k *fault) { k.cutAfter, k.cuts = max(after, 0), max(times, 0) })
+}
+
+// Fail makes the next `times` requests for key answer status (e.g. 503)
+// with a short text body.
+func (f *Faults[K]) Fail(key K, status, times int) {
+	f.update(key, func(k *fault) { k.failStatus, k.fails = status, max(times, 0) })
+}
+
+// take reads the knobs of key for one request, using up one cut and one
+// failure if any are armed.
+func (f *Faults[K]) take(key K, get bool) fault {
+	var k fault
+	f.update(key, func(cur *fault) {
+		k = *cur
+		if cur.fails > 0 {
+			cur.fails--
+			if cur.fails == 0 {
+				cur.failStatus = 0
+			}
+		} else if get && cur.cuts > 0 {
+			cur.cuts--
+			if cur.cuts == 0 {
+				cur.cutAfter = 0
+			}
+		}
+	})
+	return k
+}
+
 // ServeContent answers r with data like http.ServeContent (single ranges,
 // conditional requests, HEAD), with the faults of key applied. The corrupt
 // and gate knobs are read once, when the request starts; the throttle rate
 // per chunk.
 func (f *Faults[K]) ServeContent(w http.ResponseWriter, r *http.Request, key K, data []byte, modtime time.Time) {
-	k := f.get(key)
+	k := f.take(key, r.Method == http.MethodGet)
+	if k.fails > 0 {
+		http.Error(w, "injected failure", k.failStatus)
+		return
+	}
+	if k.ignoreRange {
+		r = r.Clone(r.Context())
+		r.Header.Del("Range")
+		r.Header.Del("If-Range")
+	}
 	var content io.ReadSeeker = bytes.NewReader(data)
 	if k.corrupt {
 		size := int64(len(data))
@@ -110,8 +164,34 @@ func (f *Faults[K]) ServeContent(w http.ResponseWriter, r *http.Request, key K, 
 	if k.gate != nil && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
 		out = &gateWriter{ResponseWriter: out, ctx: r.Context(), g: k.gate}
 	}
+	if k.cuts > 0 && r.Method == http.MethodGet {
+		out = &cutWriter{ResponseWriter: out, left: k.cutAfter}
+	}
 	http.ServeContent(out, r, "", modtime, content)
 }
+
+// cutWriter passes `left` body bytes, flushes them, then aborts the
+// connection: the client sees a body that ends early.
+type cutWriter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) <= c.left {
+		n, err := c.ResponseWriter.Write(p)
+		c.left -= int64(n)
+		return n, err
+	}
+	n, _ := c.ResponseWriter.Write(p[:c.left])
+	c.left = 0
+	http.NewResponseController(c.ResponseWriter).Flush()
+	_ = n
+	panic(http.ErrAbortHandler)
+}
+
+// Unwrap exposes the underlying writer to http.ResponseController.
+func (c *cutWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // corruptReaderAt reads data with every byte from `from` on inverted,
 // without copying the (possibly huge) body.

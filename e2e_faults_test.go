@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/internal/fakehub"
+)
+
+func TestACutTransferResumesAndClientsSeeOneCorrectBody(t *testing.T) {
+	tr := newTestHub(t, 8<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.CutBlob(sha, 3<<20, 2) // the first two CDN GETs drop at 3 MiB
+	var eg errgroup.Group
+	for range 4 {
+		eg.Go(func() error {
+			resp, body, err := g.do(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+			if err != nil {
+				return err
+			}
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.True(t, bytes.Equal(tr.big, body), "one uninterrupted, correct body")
+			return nil
+		})
+	}
+	require.NoError(t, eg.Wait())
+	assert.Equal(t, 2.0, g.metric(t, "modelgate_fill_resumes_total"))
+	// The resumed requests asked for the bytes the gateway lacked.
+	var ranges []string
+	for _, r := range tr.hub.Requests() {
+		if r.Server == "cdn" && r.Method == http.MethodGet {
+			ranges = append(ranges, r.Header.Get("Range"))
+		}
+	}
+	// Each cut drops the connection 3 MiB into that answer.
+	assert.Equal(t, []string{"", "bytes=3145728-", "bytes=6291456-"}, ranges)
+	assert.True(t, g.hasBlob(t, sha))
+}
+
+func TestAnUpstreamThatIgnoresRangesRestartsTheFillCleanly(t *testing.T) {
+	tr := newTestHub(t, 4<<20)
+	g := startGateway(t, tr.hub, nil)
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.CutBlob(sha, 1<<20, 1)
+	tr.hub.IgnoreRangeBlob(sha, true)
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+	assert.True(t, g.hasBlob(t, sha))
+	assert.Equal(t, 1.0, g.metric(t, "modelgate_fill_resumes_total"), "the resume was answered with the whole body")
+	assert.Equal(t, 2, tr.hub.CDNBodyFetches(sha))
+}
+
+func TestTransientUpstreamErrorsAreRetriedAndPersistentOnesGiveUp(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.Retries = 2 })
+	sha := fakehub.SHA256Hex(tr.big)
+
+	tr.hub.FailBlob(sha, http.StatusServiceUnavailable, 2)
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+
+	xsha := fakehub.SHA256Hex(tr.xet)
+	tr.hub.FailBlob(xsha, http.StatusServiceUnavailable, 100)
+	resp, body = g.mustDo(t, http.MethodGet, "/org/model/resolve/main/xet.bin", nil)
+	assert.Equal(t, http.StatusBadGateway, resp.StatusCode, string(body))
+	assert.False(t, g.hasBlob(t, xsha))
+	assert.Equal(t, 1.0, g.metric(t, `modelgate_fill_failures_total{reason="upstream"}`))
+}
+
+func TestA429MakesTheGatewayBackOffForEveryone(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	tr.hub.RateLimitHub(1, 30*time.Second)
+	before := tr.hub.Count("hub", "", "/")
+	for _, path := range []string{"/org/model/resolve/main/config.json", "/api/models/org/model", "/org/model/resolve/main/xet.bin"} {
+		resp, body := g.mustDo(t, http.MethodGet, path, nil)
+		assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, path)
+		assert.NotEmpty(t, resp.Header.Get("Retry-After"), path)
+		assert.Contains(t, strings.ToLower(string(body)), "rate", path)
+	}
+	assert.Equal(t, before+1, tr.hub.Count("hub", "", "/"), "only the first request reached the Hub")
+	assert.Equal(t, 1.0, g.metric(t, `modelgate_upstream_rate_limited_total{host="huggingface"}`))
+}
