@@ -181,6 +181,14 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 	}()
 
+	// One gateway per data directory: a second one would delete the
+	// first one's partial fills and race on the index.
+	lock, err := cache.LockDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	closers = append(closers, lock.Close)
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)

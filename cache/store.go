@@ -152,24 +152,11 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("cache: creating %s: %w", d, err)
 		}
 	}
-	// A temp file is never served once its fill is gone, so the leftovers
-	// of a crash are garbage. (The index directory lock held by the caller
-	// keeps a second process off this directory.)
-	stale, err := os.ReadDir(s.tmpDir)
-	if err != nil {
-		return nil, fmt.Errorf("cache: reading %s: %w", s.tmpDir, err)
+	if err := s.reconcile(); err != nil {
+		return nil, err
 	}
-	for _, e := range stale {
-		_ = os.Remove(filepath.Join(s.tmpDir, e.Name()))
-	}
-	err = s.idx.Scan(blobKeyPrefix, func(_ string, val []byte) error {
-		size, _ := binary.Uvarint(val)
-		s.blobs.Add(1)
-		s.bytes.Add(int64(size))
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cache: counting blobs: %w", err)
+	if err := s.recoverTemps(); err != nil {
+		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -360,27 +347,44 @@ func (s *Store) backoff(n int) error {
 }
 
 func (s *Store) download(f *fill, src Source) (err error) {
-	tmp, err := os.CreateTemp(s.tmpDir, "fill-*.partial")
+	// A sequential fill hashes the bytes as they pass; a fill that lands
+	// ranges out of order will have to hash the contiguous prefix instead.
+	verify := !f.digest.IsZero()
+	h := f.digest.newHash(f.size) // sha256 for an unknown digest
+	var (
+		tmp *os.File
+		off int64
+	)
+	if verify {
+		tmp, off, err = s.resumeTemp(f, h)
+	} else {
+		tmp, err = os.CreateTemp(s.tmpDir, "fill-*.tmp")
+		if err != nil {
+			err = fmt.Errorf("%w: creating temp file: %w", ErrStorage, err)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("%w: creating temp file: %w", ErrStorage, err)
+		return err
 	}
 	tmpPath := tmp.Name()
 	defer func() {
 		if err != nil {
+			// Fail first: a reader opening the temp file from now on
+			// learns why, instead of finding it gone.
+			f.fail(err)
 			tmp.Close()
-			os.Remove(tmpPath)
+			// A fill stopped by shutdown keeps its bytes for the next run
+			// to resume; any other failure leaves nothing worth keeping.
+			if !(verify && s.ctx.Err() != nil) {
+				os.Remove(tmpPath)
+			}
 		}
 	}()
 	f.mu.Lock()
 	f.path = tmpPath
 	f.mu.Unlock()
 
-	// A sequential fill hashes the bytes as they pass; a fill that lands
-	// ranges out of order will have to hash the contiguous prefix instead.
-	verify := !f.digest.IsZero()
-	h := f.digest.newHash(f.size) // sha256 for an unknown digest
 	buf := make([]byte, fillBufSize)
-	var off int64
 	failures := 0 // consecutive attempts that brought no byte
 	for off < f.size {
 		if failures > 0 {

@@ -546,3 +546,118 @@ func TestFillGivesUpAfterRetriesAndOnPermanentRefusals(t *testing.T) {
 	require.ErrorAs(t, err, &permanentError{})
 	assert.Equal(t, int32(1), refused.calls.Load(), "a refusal is not retried")
 }
+
+func TestAFillInterruptedByARestartResumesFromItsTempFile(t *testing.T) {
+	dir := t.TempDir()
+	data := randomBytes(11, 1<<20)
+	d := sha256Digest(t, data)
+	// What a killed gateway leaves: the first bytes in the fill's temp file.
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tmp"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", tempName(d)), data[:300<<10], 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "fill-123.tmp"), []byte("junk"), 0o644))
+
+	s, _ := newStore(t, dir)
+	tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	require.Len(t, tmp, 1, "the partial of a known digest is kept, other leftovers go")
+
+	src := &countingSource{data: data}
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	got, err := readAll(t, b, 0, b.Size)
+	b.Close()
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+	assert.Equal(t, []int64{300 << 10}, src.offsets, "only the missing bytes were fetched")
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, time.Millisecond)
+
+	// A partial holding wrong bytes is caught by the hash, not published.
+	d2data := randomBytes(12, 64<<10)
+	d2 := sha256Digest(t, d2data)
+	bad := bytes.Clone(d2data[:1000])
+	bad[0] ^= 1
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", tempName(d2)), bad, 0o644))
+	b, _, err = s.Get(t.Context(), d2, int64(len(d2data)), (&countingSource{data: d2data}).source)
+	if err == nil {
+		_, err = readAll(t, b, 0, b.Size)
+		b.Close()
+	}
+	require.Error(t, err)
+	require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
+	assert.False(t, s.Has(d2))
+	b, _, err = s.Get(t.Context(), d2, int64(len(d2data)), (&countingSource{data: d2data}).source)
+	require.NoError(t, err, "the next fill starts from scratch")
+	_, err = readAll(t, b, 0, b.Size)
+	b.Close()
+	require.NoError(t, err)
+}
+
+func TestShutdownKeepsTheBytesOfAFillInFlight(t *testing.T) {
+	dir := t.TempDir()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	defer idx.Close()
+	s, err := Open(Options{Dir: dir, Index: idx})
+	require.NoError(t, err)
+	data := randomBytes(13, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 512 << 10}
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	r, err := b.NewReader(t.Context(), 0, 1000)
+	require.NoError(t, err)
+	_, err = io.ReadFull(r, make([]byte, 999))
+	require.NoError(t, err)
+	r.Close()
+	b.Close()
+	require.NoError(t, s.Close())
+	fi, err := os.Stat(filepath.Join(dir, "tmp", tempName(d)))
+	require.NoError(t, err, "the partial survives shutdown")
+	assert.Positive(t, fi.Size())
+}
+
+func TestReconcileMakesIndexAndFilesAgree(t *testing.T) {
+	dir := t.TempDir()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	s, err := Open(Options{Dir: dir, Index: idx})
+	require.NoError(t, err)
+	var ds []Digest
+	for i := range 3 {
+		data := randomBytes(uint64(20+i), 1000+i)
+		d := sha256Digest(t, data)
+		ds = append(ds, d)
+		b, _, err := s.Get(t.Context(), d, int64(len(data)), (&countingSource{data: data}).source)
+		require.NoError(t, err)
+		_, err = readAll(t, b, 0, b.Size)
+		require.NoError(t, err)
+		b.Close()
+		require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, time.Millisecond)
+	}
+	require.NoError(t, s.Close())
+	// A file lost behind the index's back, and a record lost behind the
+	// files'.
+	require.NoError(t, os.Remove(s.blobPath(ds[0])))
+	require.NoError(t, idx.Delete(blobKey(ds[1])))
+	require.NoError(t, idx.Close())
+
+	s2, idx2 := newStore(t, dir)
+	assert.Equal(t, int64(2), s2.Stats().Blobs)
+	assert.Equal(t, int64(1001+1002), s2.Stats().Bytes)
+	_, err = idx2.Get(blobKey(ds[0]))
+	assert.ErrorIs(t, err, ErrNotFound, "the record without a file is dropped")
+	_, err = idx2.Get(blobKey(ds[1]))
+	assert.NoError(t, err, "the file without a record gets one")
+}
+
+func TestLockDirKeepsASecondProcessOut(t *testing.T) {
+	dir := t.TempDir()
+	l, err := LockDir(dir)
+	require.NoError(t, err)
+	_, err = LockDir(dir) // flock is per open file, so this stands in for another process
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "in use by another process")
+	require.NoError(t, l.Close())
+	l2, err := LockDir(dir)
+	require.NoError(t, err)
+	l2.Close()
+}

@@ -1,0 +1,178 @@
+package cache
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// LockDir takes an exclusive lock on dir (a lock file in it) for as long
+// as the process lives or until the returned file is closed, so that two
+// gateways cannot share one data directory by accident: they would delete
+// each other's temp files and race on the index.
+func LockDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, ".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data directory %s is in use by another process (pid %s)", dir, strings.TrimSpace(string(owner)))
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+// tempName is the name of the temp file of a fill of d. It is fixed, so
+// that a fill interrupted by a crash can be resumed from the bytes it had.
+func tempName(d Digest) string { return string(d.Algo) + "-" + d.Hex + ".partial" }
+
+// digestOfTemp parses a tempName; ok is false for anything else.
+func digestOfTemp(name string) (Digest, bool) {
+	base, found := strings.CutSuffix(name, ".partial")
+	if !found {
+		return Digest{}, false
+	}
+	i := strings.LastIndex(base, "-")
+	if i < 0 {
+		return Digest{}, false
+	}
+	d, err := NewDigest(Algo(base[:i]), base[i+1:])
+	return d, err == nil
+}
+
+// recoverTemps keeps the temp files of interrupted fills whose digest is
+// known and not yet published (a later fill resumes them), and removes
+// everything else there.
+func (s *Store) recoverTemps() error {
+	entries, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return fmt.Errorf("cache: reading %s: %w", s.tmpDir, err)
+	}
+	for _, e := range entries {
+		if d, ok := digestOfTemp(e.Name()); ok && e.Type().IsRegular() && !s.Has(d) {
+			s.log.Info("keeping a partial fill to resume", "digest", d.String())
+			continue
+		}
+		_ = os.Remove(filepath.Join(s.tmpDir, e.Name()))
+	}
+	return nil
+}
+
+// reconcile makes the index and the blob files agree after a crash (or a
+// hand-edited directory): a record without its file is dropped, a file
+// without its record gets one. Files in the blob tree are only ever put
+// there by a rename after verification, so one without a record is a
+// whole blob whose record was lost, not a partial one. It also counts the
+// blobs and their bytes.
+func (s *Store) reconcile() error {
+	indexed := make(map[Digest]int64)
+	err := s.idx.Scan(blobKeyPrefix, func(key string, val []byte) error {
+		d, err := ParseDigest(strings.TrimPrefix(key, blobKeyPrefix))
+		if err != nil {
+			return nil
+		}
+		size, _ := binary.Uvarint(val)
+		indexed[d] = int64(size)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: reading blob records: %w", err)
+	}
+	var blobs, bytes int64
+	for _, algo := range []Algo{SHA256, GitSHA1} {
+		algoDir := filepath.Join(s.blobDir, string(algo))
+		fans, err := os.ReadDir(algoDir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cache: reading %s: %w", algoDir, err)
+		}
+		for _, fan := range fans {
+			names, err := os.ReadDir(filepath.Join(algoDir, fan.Name()))
+			if err != nil {
+				return fmt.Errorf("cache: reading %s: %w", fan.Name(), err)
+			}
+			for _, e := range names {
+				d, err := NewDigest(algo, e.Name())
+				if err != nil || d.Hex[:2] != fan.Name() {
+					continue // not ours; left alone
+				}
+				size, ok := indexed[d]
+				if ok {
+					delete(indexed, d)
+				} else {
+					fi, err := e.Info()
+					if err != nil {
+						continue
+					}
+					size = fi.Size()
+					s.log.Info("recording a blob whose index record was lost", "digest", d.String())
+					if err := s.idx.Set(blobKey(d), blobRecord(size), 0); err != nil {
+						return err
+					}
+				}
+				blobs++
+				bytes += size
+			}
+		}
+	}
+	for d := range indexed {
+		s.log.Info("dropping the record of a blob whose file is gone", "digest", d.String())
+		if err := s.idx.Delete(blobKey(d)); err != nil {
+			return err
+		}
+	}
+	s.blobs.Store(blobs)
+	s.bytes.Store(bytes)
+	return nil
+}
+
+// resumeTemp opens the temp file of a fill of f.digest, keeping what an
+// interrupted fill left in it: its bytes are hashed again (they are
+// verified with the rest at the end) and announced to readers, and the
+// offset to continue from is returned.
+func (s *Store) resumeTemp(f *fill, h io.Writer) (*os.File, int64, error) {
+	tmp, err := os.OpenFile(filepath.Join(s.tmpDir, tempName(f.digest)), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: opening temp file: %w", ErrStorage, err)
+	}
+	fi, err := tmp.Stat()
+	if err != nil {
+		tmp.Close()
+		return nil, 0, fmt.Errorf("%w: stat temp file: %w", ErrStorage, err)
+	}
+	n := fi.Size()
+	if n > f.size {
+		n = 0
+	}
+	if n > 0 {
+		if _, err := io.Copy(h, io.NewSectionReader(tmp, 0, n)); err != nil {
+			tmp.Close()
+			return nil, 0, fmt.Errorf("%w: reading temp file: %w", ErrStorage, err)
+		}
+		s.log.Info("resuming a fill from the bytes an earlier run left", "digest", f.digest.String(), "bytes", n, "size", f.size)
+		f.landed(0, n)
+	}
+	if err := tmp.Truncate(n); err != nil {
+		tmp.Close()
+		return nil, 0, fmt.Errorf("%w: truncating temp file: %w", ErrStorage, err)
+	}
+	return tmp, n, nil
+}
