@@ -57,6 +57,7 @@ func startProcess(t *testing.T, bin, dataDir string, hub *fakehub.Hub, extraEnv 
 		"MODELGATE_HUGGINGFACE_TOKEN=" + operatorToken,
 		"MODELGATE_UPSTREAM_CA_FILE=" + hub.CAFile(),
 		"MODELGATE_UPSTREAM_TIMEOUT=5s",
+		"MODELGATE_CACHE_MIN_FREE=0",
 	}, extraEnv...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)

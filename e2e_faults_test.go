@@ -92,3 +92,28 @@ func TestA429MakesTheGatewayBackOffForEveryone(t *testing.T) {
 	assert.Equal(t, before+1, tr.hub.Count("hub", "", "/"), "only the first request reached the Hub")
 	assert.Equal(t, 1.0, g.metric(t, `modelgate_upstream_rate_limited_total{host="huggingface"}`))
 }
+
+func TestEvictionKeepsPinnedReposAndRefetchesEvictedBlobsOnDemand(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Cache.MaxSize = config.ByteSize(2<<20 + 512<<10)
+		c.Cache.Pinned = []string{"hf:org/gated@main"}
+	})
+	get := func(path string, want []byte) {
+		t.Helper()
+		resp, body := g.mustDo(t, http.MethodGet, path, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		require.True(t, bytes.Equal(want, body), path)
+	}
+	get("/org/gated/resolve/main/weights.bin", tr.gatedBin) // 2 MiB, pinned
+	get("/org/model/resolve/main/model.safetensors", tr.big) // 1 MiB: over the limit
+	require.Eventually(t, func() bool { return g.metric(t, "modelgate_evictions_total") == 1 }, 5*time.Second, 10*time.Millisecond)
+	assert.True(t, g.hasBlob(t, fakehub.SHA256Hex(tr.gatedBin)), "the pinned blob stays")
+	assert.False(t, g.hasBlob(t, fakehub.SHA256Hex(tr.big)))
+	assert.Equal(t, float64(len(tr.big)), g.metric(t, "modelgate_evicted_bytes_total"))
+
+	// The evicted file's metadata still resolves; its bytes are fetched again.
+	get("/org/model/resolve/main/model.safetensors", tr.big)
+	assert.Equal(t, 2, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(tr.big)))
+	assert.Positive(t, g.metric(t, "modelgate_disk_free_bytes"))
+}

@@ -76,6 +76,7 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	cfg.Upstream.CAFile = hub.CAFile()
 	cfg.Upstream.Timeout = config.Duration{Duration: 5 * time.Second}
 	cfg.Log.Level = "debug"
+	cfg.Cache.MinFree = 0 // the test machine's free space is not the test's business
 	if edit != nil {
 		edit(&cfg)
 	}

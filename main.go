@@ -29,6 +29,7 @@ import (
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/civitai"
 	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
@@ -202,12 +203,23 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
+	pinned, err := pinnedBlobs(cfg.Cache.Pinned, idx)
+	if err != nil {
+		return nil, err
+	}
 	store, err := cache.Open(cache.Options{
 		Dir:      cfg.DataDir,
 		Index:    idx,
 		Logger:   log,
 		Retries:  retries,
 		OnResume: m.FillResumes.Inc,
+		MaxSize:  int64(cfg.Cache.MaxSize),
+		MinFree:  int64(cfg.Cache.MinFree),
+		Pinned:   pinned,
+		OnEvict: func(_ cache.Digest, size int64) {
+			m.Evictions.Inc()
+			m.EvictedBytes.Add(float64(size))
+		},
 		OnFillDone: func(_ cache.Digest, _ int64, err error) {
 			if err != nil {
 				m.FillFailures.WithLabelValues(fillFailureReason(err)).Inc()
@@ -221,7 +233,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	metrics.RegisterCache(reg, func() (int64, int64, int64) {
 		s := store.Stats()
 		return s.Blobs, s.Bytes, s.FillsInFlight
-	})
+	}, store.DiskFree)
 
 	upOpts := upstream.Options{
 		CAFile:  cfg.Upstream.CAFile,
@@ -315,6 +327,38 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	closers = append(closers, gw.Close)
 	handler := http.Handler(gw)
 	return &gateway{handler: handler, close: closeAll}, nil
+}
+
+// pinnedBlobs turns cache.pinned into the function eviction asks for the
+// blobs to keep: "hf:" entries through the Hub's file records,
+// "civitai:" entries through the download mappings.
+func pinnedBlobs(specs []string, idx *cache.Index) (func() map[cache.Digest]bool, error) {
+	var hf []hfhub.Pin
+	var civ []string
+	for _, spec := range specs {
+		switch kind, rest, _ := strings.Cut(spec, ":"); kind {
+		case "hf":
+			p, err := hfhub.ParsePin(rest)
+			if err != nil {
+				return nil, fmt.Errorf("cache.pinned: %w", err)
+			}
+			hf = append(hf, p)
+		case "civitai":
+			civ = append(civ, rest)
+		default:
+			return nil, fmt.Errorf("cache.pinned: %q is neither hf: nor civitai:", spec)
+		}
+	}
+	if len(hf) == 0 && len(civ) == 0 {
+		return nil, nil
+	}
+	return func() map[cache.Digest]bool {
+		keep := hfmirror.PinnedDigests(idx, hf)
+		for d := range civitai.PinnedDigests(idx, civ) {
+			keep[d] = true
+		}
+		return keep
+	}, nil
 }
 
 func fillFailureReason(err error) string {

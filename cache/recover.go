@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -87,8 +86,8 @@ func (s *Store) reconcile() error {
 		if err != nil {
 			return nil
 		}
-		size, _ := binary.Uvarint(val)
-		indexed[d] = int64(size)
+		size, _, _ := parseRecord(val)
+		indexed[d] = size
 		return nil
 	})
 	if err != nil {

@@ -15,7 +15,6 @@ package cache
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -93,6 +92,22 @@ type Options struct {
 	// OnResume, when set, is called before every retry of a fill (a resume
 	// from the bytes it has, or a new first attempt).
 	OnResume func()
+
+	// MaxSize bounds the total size of published blobs; 0 means no bound.
+	MaxSize int64
+	// MinFree is the free space to keep on the data directory's file
+	// system; 0 means no floor.
+	MinFree int64
+	// Pinned, when set, returns the blobs eviction must keep; it is called
+	// at each eviction run, so it may read the index.
+	Pinned func() map[Digest]bool
+	// OnEvict, when set, is called for every evicted blob.
+	OnEvict func(d Digest, size int64)
+	// AccessFlush is how often access times are written to the index and
+	// the limits checked. Default 30s.
+	AccessFlush time.Duration
+	// DiskFree overrides the free-space probe (tests).
+	DiskFree func() (int64, error)
 }
 
 // Store is the content-addressed blob store with single-flight fills.
@@ -104,6 +119,14 @@ type Store struct {
 	onResume        func()
 	retries         int
 	retryBackoff    time.Duration
+	maxSize         int64
+	minFree         int64
+	pinned          func() map[Digest]bool
+	onEvict         func(Digest, int64)
+	accessFlush     time.Duration
+	diskFree        func() (int64, error)
+	usage           usage
+	evictNow        chan struct{}
 
 	ctx    context.Context // cancelled by Close: ends fills in flight
 	cancel context.CancelFunc
@@ -136,7 +159,18 @@ func Open(opts Options) (*Store, error) {
 		onResume:     opts.OnResume,
 		retries:      opts.Retries,
 		retryBackoff: opts.RetryBackoff,
+		maxSize:      opts.MaxSize,
+		minFree:      opts.MinFree,
+		pinned:       opts.Pinned,
+		onEvict:      opts.OnEvict,
+		accessFlush:  opts.AccessFlush,
+		diskFree:     opts.DiskFree,
+		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
+		evictNow:     make(chan struct{}, 1),
 		fills:        make(map[string]*fill),
+	}
+	if s.accessFlush <= 0 {
+		s.accessFlush = 30 * time.Second
 	}
 	switch {
 	case s.retries == 0:
@@ -159,6 +193,9 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.evictLoop()
+	s.requestEviction() // the limits may have changed since the last run
 	return s, nil
 }
 
@@ -205,7 +242,15 @@ func (s *Store) Open(d Digest) (*Blob, error) {
 		file.Close()
 		return nil, fmt.Errorf("cache: stat %s: %w", d, err)
 	}
-	return &Blob{Digest: d, Size: fi.Size(), file: file}, nil
+	return s.track(&Blob{Digest: d, Size: fi.Size(), file: file}), nil
+}
+
+// track marks a published blob as open (eviction skips it) and used now,
+// until the Blob is closed.
+func (s *Store) track(b *Blob) *Blob {
+	s.usage.acquire(b.Digest)
+	b.release = func() { s.usage.release(b.Digest) }
+	return b
 }
 
 // Get returns the blob d of the given size: from disk, by joining the fill
@@ -262,7 +307,11 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 	if err := f.waitReady(ctx); err != nil {
 		return nil, res, err
 	}
-	return &Blob{Digest: d, Size: size, fill: f}, res, nil
+	b := &Blob{Digest: d, Size: size, fill: f}
+	if !d.IsZero() {
+		s.track(b) // served from the fill, and from the file once published
+	}
+	return b, res, nil
 }
 
 func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
@@ -279,7 +328,7 @@ func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
 		file.Close()
 		return nil, fmt.Errorf("cache: blob %s: %w", d, &SizeMismatchError{Want: size, Got: fi.Size()})
 	}
-	return &Blob{Digest: d, Size: size, file: file}, nil
+	return s.track(&Blob{Digest: d, Size: size, file: file}), nil
 }
 
 // run performs one fill and removes it from the registry when it ends.
@@ -498,6 +547,8 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	}
 	s.blobs.Add(1)
 	s.bytes.Add(f.size)
+	s.usage.touch(f.digest)
+	s.requestEviction()
 	f.publish(final)
 	if f.onPublish != nil {
 		f.onPublish(f.digest)
@@ -507,11 +558,10 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 
 func blobKey(d Digest) string { return blobKeyPrefix + d.String() }
 
-// blobRecord is the index value of a published blob: its size and when it
-// was published, as uvarints.
+// blobRecord is the index value of a blob published now (see makeRecord).
 func blobRecord(size int64) []byte {
-	b := binary.AppendUvarint(nil, uint64(size))
-	return binary.AppendUvarint(b, uint64(time.Now().Unix()))
+	now := time.Now().UnixMilli()
+	return makeRecord(size, now, now)
 }
 
 func syncDir(dir string) error {
@@ -528,10 +578,11 @@ func syncDir(dir string) error {
 
 // Blob is an open view of one blob, published or being filled.
 type Blob struct {
-	Digest Digest
-	Size   int64
-	file   *os.File // published
-	fill   *fill    // being filled
+	Digest  Digest
+	Size    int64
+	file    *os.File // published
+	fill    *fill    // being filled
+	release func()   // ends the blob's "in use" mark
 }
 
 // File returns the open file of a published blob, or nil while it is being
@@ -553,6 +604,10 @@ func (b *Blob) NewReader(ctx context.Context, start, end int64) (io.ReadCloser, 
 
 // Close releases the blob.
 func (b *Blob) Close() error {
+	if b.release != nil {
+		b.release()
+		b.release = nil
+	}
 	if b.file != nil {
 		return b.file.Close()
 	}

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -660,4 +661,96 @@ func TestLockDirKeepsASecondProcessOut(t *testing.T) {
 	l2, err := LockDir(dir)
 	require.NoError(t, err)
 	l2.Close()
+}
+
+// fillBlob publishes data through s and returns its digest.
+func fillBlob(t *testing.T, s *Store, data []byte) Digest {
+	t.Helper()
+	d := sha256Digest(t, data)
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), (&countingSource{data: data}).source)
+	require.NoError(t, err)
+	_, err = readAll(t, b, 0, b.Size)
+	require.NoError(t, err)
+	b.Close()
+	require.Eventually(t, func() bool { return s.Has(d) }, 5*time.Second, time.Millisecond)
+	return d
+}
+
+func TestEvictionRemovesLeastRecentlyUsedBlobsFirst(t *testing.T) {
+	dir := t.TempDir()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	defer idx.Close()
+	pinned := map[Digest]bool{}
+	var evicted []Digest
+	var mu sync.Mutex
+	s, err := Open(Options{Dir: dir, Index: idx, MaxSize: 3000, AccessFlush: time.Hour,
+		Pinned: func() map[Digest]bool { return pinned },
+		OnEvict: func(d Digest, _ int64) {
+			mu.Lock()
+			evicted = append(evicted, d)
+			mu.Unlock()
+		}})
+	require.NoError(t, err)
+	defer s.Close()
+	evictedNow := func() []Digest {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(evicted)
+	}
+
+	a := fillBlob(t, s, randomBytes(30, 1000))
+	time.Sleep(5 * time.Millisecond) // access times have a millisecond grain
+	b := fillBlob(t, s, randomBytes(31, 1000))
+	time.Sleep(5 * time.Millisecond)
+	c := fillBlob(t, s, randomBytes(32, 1000))
+	time.Sleep(5 * time.Millisecond)
+	// a is used again: b is now the least recently used.
+	ba, err := s.Open(a)
+	require.NoError(t, err)
+	ba.Close()
+	time.Sleep(5 * time.Millisecond)
+
+	d := fillBlob(t, s, randomBytes(33, 1000))
+	require.Eventually(t, func() bool { return len(evictedNow()) == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, []Digest{b}, evictedNow())
+	assert.False(t, s.Has(b))
+	assert.Equal(t, int64(3000), s.Stats().Bytes)
+
+	// An open blob and a pinned one are skipped: c is next by age but
+	// held open; a is pinned; so d goes.
+	held, err := s.Open(c)
+	require.NoError(t, err)
+	pinned[a] = true
+	time.Sleep(5 * time.Millisecond)
+	fillBlob(t, s, randomBytes(34, 1000))
+	require.Eventually(t, func() bool { return len(evictedNow()) == 2 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, d, evictedNow()[1])
+	assert.True(t, s.Has(c) && s.Has(a))
+	held.Close()
+}
+
+func TestEvictionKeepsAFreeSpaceFloor(t *testing.T) {
+	dir := t.TempDir()
+	idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+	require.NoError(t, err)
+	defer idx.Close()
+	// A fake file system: free space is a base plus what eviction frees.
+	var base, freed atomic.Int64
+	base.Store(1 << 30)
+	s, err := Open(Options{Dir: dir, Index: idx, MinFree: 1 << 30, AccessFlush: time.Hour,
+		DiskFree: func() (int64, error) { return base.Load() + freed.Load(), nil },
+		OnEvict:  func(_ Digest, size int64) { freed.Add(size) }})
+	require.NoError(t, err)
+	defer s.Close()
+	x := fillBlob(t, s, randomBytes(40, 2000))
+	y := fillBlob(t, s, randomBytes(41, 2000))
+	assert.True(t, s.Has(x) && s.Has(y))
+
+	base.Store(1<<30 - 1500) // 1500 bytes short of the floor: one blob goes
+	s.requestEviction()
+	require.Eventually(t, func() bool { return s.Stats().Blobs == 1 }, 5*time.Second, 5*time.Millisecond)
+	s.requestEviction()
+	time.Sleep(50 * time.Millisecond)
+	assert.Equal(t, int64(1), s.Stats().Blobs, "once above the floor, nothing more goes")
 }

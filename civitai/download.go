@@ -392,3 +392,26 @@ func drainClose(rc io.ReadCloser) {
 	io.CopyN(io.Discard, rc, 64<<10)
 	rc.Close()
 }
+
+// Scanner reads index entries by key prefix; cache.Index implements it.
+type Scanner interface {
+	Scan(prefix string, fn func(key string, val []byte) error) error
+}
+
+// PinnedDigests returns the blobs the pinned model versions' downloads
+// map to, for eviction to keep.
+func PinnedDigests(idx Scanner, versionIDs []string) map[cache.Digest]bool {
+	out := map[cache.Digest]bool{}
+	for _, id := range versionIDs {
+		idx.Scan(keyDownload+id+"\x00", func(_ string, val []byte) error {
+			var ref fileRef
+			if json.Unmarshal(val, &ref) == nil {
+				if d, err := cache.NewDigest(cache.SHA256, ref.SHA256); err == nil {
+					out[d] = true
+				}
+			}
+			return nil
+		})
+	}
+	return out
+}

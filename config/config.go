@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,9 +53,17 @@ type Config struct {
 // CacheConfig controls the local blob cache.
 type CacheConfig struct {
 	// MaxSize is the largest total size of cached blobs, in bytes or with a
-	// unit ("500GiB"). 0 means unbounded. Default 0. Not enforced yet: there
-	// is no eviction in this release.
+	// unit ("500GiB"). Beyond it the least recently used blobs are evicted.
+	// 0 means unbounded. Default 0.
 	MaxSize ByteSize `yaml:"max_size"`
+	// MinFree is the free space to keep on the data directory's file
+	// system; below it the least recently used blobs are evicted. 0 means
+	// no floor. Default 5GiB.
+	MinFree ByteSize `yaml:"min_free"`
+	// Pinned lists what eviction must keep: "hf:org/repo" (every cached
+	// revision), "hf:org/repo@rev", "hf:datasets/org/name", or
+	// "civitai:<modelVersionId>". Default empty.
+	Pinned []string `yaml:"pinned"`
 	// RevisionTTL is how long an answer mapping a branch or tag to a commit
 	// is trusted before the upstream is asked again. 0 means always ask.
 	// Default 60s.
@@ -164,6 +173,8 @@ func Default() Config {
 		DataDir: "./data",
 		Cache: CacheConfig{
 			MaxSize:     0,
+			MinFree:     5 << 30,
+			Pinned:      []string{},
 			RevisionTTL: Duration{60 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
@@ -191,6 +202,10 @@ func Default() Config {
 		},
 	}
 }
+
+// pinPattern is the shape of a cache.pinned entry; the Hub part is checked
+// fully when the gateway starts.
+var pinPattern = regexp.MustCompile(`^(hf:((datasets|spaces)/)?[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(@[A-Za-z0-9._/-]+)?|civitai:[0-9]{1,12})$`)
 
 var (
 	logLevels      = []string{"debug", "info", "warn", "error"}
@@ -232,6 +247,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MaxSize < 0 {
 		fail("cache.max_size", "must be >= 0 (0 means unbounded), got %d", int64(c.Cache.MaxSize))
+	}
+	if c.Cache.MinFree < 0 {
+		fail("cache.min_free", "must be >= 0 (0 means no floor), got %d", int64(c.Cache.MinFree))
+	}
+	for _, p := range c.Cache.Pinned {
+		if !pinPattern.MatchString(p) {
+			fail("cache.pinned", `%q is not "hf:org/repo[@rev]", "hf:datasets/org/name[@rev]" or "civitai:<versionId>"`, p)
+		}
 	}
 	if c.Cache.RevisionTTL.Duration < 0 {
 		fail("cache.revision_ttl", "must be >= 0, got %s", c.Cache.RevisionTTL)

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 23)
+	assert.Len(t, seen, 25)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -203,7 +203,7 @@ func TestYAMLStructureErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown top-level key", "lsiten: :9000\n", []string{"line 1: lsiten: unknown key", "listen, data_dir"}},
-		{"unknown nested key", "cache:\n  max_sise: 1GiB\n", []string{"line 2: cache.max_sise: unknown key", "under cache: max_size, revision_ttl"}},
+		{"unknown nested key", "cache:\n  max_sise: 1GiB\n", []string{"line 2: cache.max_sise: unknown key", "under cache: max_size, min_free, pinned, revision_ttl"}},
 		{"unknown section", "metrics:\n  enabled: true\n", []string{"metrics: unknown key"}},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n", []string{"line 3: log.level: duplicate key (first set on line 2)"}},
 		{"section not a mapping", "cache: 5\n", []string{"cache: must be a mapping"}},
@@ -334,6 +334,8 @@ func TestInvalidValues(t *testing.T) {
 		{"empty data dir", "data_dir: \"\"\n", nil, []string{"data_dir: must not be empty"}},
 		{"bad proxy", "upstream:\n  proxy: ftp://proxy.test\n", nil, []string{"upstream.proxy: must be empty or an absolute http, https or socks5 URL"}},
 		{"proxy without scheme", "upstream:\n  proxy: proxy.test:3128\n", nil, []string{"upstream.proxy:"}},
+		{"bad pin", "cache:\n  pinned: [\"org/repo\"]\n", nil, []string{`cache.pinned: "org/repo" is not`}},
+		{"bad civitai pin", "", map[string]string{"MODELGATE_CACHE_PINNED": "civitai:abc"}, []string{"cache.pinned:"}},
 		{"mitm host with path", "mitm:\n  hosts: [\"hub.test/x\"]\n", nil, []string{`mitm.hosts: "hub.test/x" is not a host name`}},
 		{"mitm host with inner wildcard", "mitm:\n  hosts: [\"a.*.test\"]\n", nil, []string{"mitm.hosts:"}},
 		{"mitm host with bad port", "", map[string]string{"MODELGATE_MITM_HOSTS": "hub.test:0"}, []string{"mitm.hosts: invalid port"}},

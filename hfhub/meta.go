@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -113,7 +114,7 @@ const (
 
 // FileKey is the index key of a file at a commit.
 func FileKey(repo Repo, commit, path string) string {
-	return keyFile + string(repo.Type) + "\x00" + repo.ID + "\x00" + commit + "\x00" + path
+	return FileKeyPrefix(repo, commit) + path
 }
 
 // RevisionKey is the index key of a revision's commit.
@@ -130,3 +131,48 @@ func LastRevisionKey(repo Repo, rev string) string {
 // APIKey is the index key of a cached API answer, given a digest of the
 // request that produced it.
 func APIKey(requestDigest string) string { return keyAPI + requestDigest }
+
+// Pin is a cache.pinned entry for the Hub: a repository, and optionally
+// one revision of it.
+type Pin struct {
+	Repo     Repo
+	Revision string // "" pins every cached revision
+}
+
+// ParsePin parses the part of a cache.pinned entry after "hf:":
+// "org/repo", "org/repo@rev", "datasets/org/name", "spaces/org/name@rev".
+func ParsePin(s string) (Pin, error) {
+	repoPart, rev, hasRev := strings.Cut(s, "@")
+	segs := strings.Split(repoPart, "/")
+	typ := Model
+	switch segs[0] {
+	case "datasets":
+		typ, segs = Dataset, segs[1:]
+	case "spaces":
+		typ, segs = Space, segs[1:]
+	}
+	if len(segs) < 1 || len(segs) > 2 {
+		return Pin{}, fmt.Errorf("pinned repo %q is not [datasets/|spaces/]org/name", s)
+	}
+	repo, err := parseRepo(typ, segs)
+	if err != nil {
+		return Pin{}, err
+	}
+	p := Pin{Repo: repo}
+	if hasRev {
+		if p.Revision, err = parseRevision(url.PathEscape(rev)); err != nil {
+			return Pin{}, err
+		}
+	}
+	return p, nil
+}
+
+// FileKeyPrefix is the index key prefix of a repo's files at commit, or at
+// every commit when commit is "".
+func FileKeyPrefix(repo Repo, commit string) string {
+	p := keyFile + string(repo.Type) + "\x00" + repo.ID + "\x00"
+	if commit != "" {
+		p += commit + "\x00"
+	}
+	return p
+}

@@ -32,6 +32,10 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// FillFailures counts fills that did not publish, by reason.
 	FillFailures *prometheus.CounterVec
+	// Evictions and EvictedBytes count blobs removed to keep the cache
+	// within cache.max_size and cache.min_free.
+	Evictions    prometheus.Counter
+	EvictedBytes prometheus.Counter
 	// RateLimited counts 429 answers from upstream, by host class; while a
 	// host's backoff lasts the gateway answers 429 itself.
 	RateLimited *prometheus.CounterVec
@@ -114,15 +118,28 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "upstream_rate_limited_total",
 		Help: "429 answers from upstream, by host class; the gateway then backs off that host.",
 	}, []string{"host"})
-	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited)
+	m.Evictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "evictions_total",
+		Help: "Blobs evicted to stay within cache.max_size and cache.min_free.",
+	})
+	m.EvictedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "evicted_bytes_total",
+		Help: "Bytes of the blobs evicted.",
+	})
+	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
 }
 
 // RegisterCache exports the cache's blob count, bytes and fills in flight,
-// read from stats at scrape time rather than mirrored into gauges.
-func RegisterCache(reg prometheus.Registerer, stats func() (blobs, bytes, fills int64)) {
+// and the data directory's free space, read at scrape time rather than
+// mirrored into gauges.
+func RegisterCache(reg prometheus.Registerer, stats func() (blobs, bytes, fills int64), diskFree func() (int64, error)) {
 	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "disk_free_bytes",
+			Help: "Free space available on the data directory's file system.",
+		}, func() float64 { n, _ := diskFree(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "cache_blobs",
 			Help: "Published blobs on disk.",
