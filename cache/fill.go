@@ -27,6 +27,9 @@ type fill struct {
 	size   int64
 	// onPublish, when set, learns the digest the blob was published under.
 	onPublish func(Digest)
+	// src fetches the blob; readers fall back to it when the fill fails on
+	// the local disk.
+	src Source
 
 	ready chan struct{} // closed once the upstream has answered, or the fill failed
 
@@ -119,14 +122,28 @@ type fillReader struct {
 	f        *fill
 	file     *os.File
 	pos, end int64
+	pass     io.ReadCloser // the upstream body, once the disk failed
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	if r.pos >= r.end {
 		return 0, io.EOF
 	}
+	if r.pass != nil {
+		return r.readPassThrough(p)
+	}
 	limit, err := r.wait()
 	if err != nil {
+		if errors.Is(err, ErrStorage) && r.f.src != nil {
+			// The disk failed (full), not the upstream: this reader goes
+			// on straight from the upstream, from where it is. Those bytes
+			// are not verified — there is no whole file to hash — but the
+			// client is not cut off mid-download.
+			if perr := r.startPassThrough(); perr != nil {
+				return 0, fmt.Errorf("%w (and the upstream pass-through failed: %w)", err, perr)
+			}
+			return r.readPassThrough(p)
+		}
 		return 0, err
 	}
 	if int64(len(p)) > limit-r.pos {
@@ -136,6 +153,33 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	r.pos += int64(n)
 	if err == io.EOF && n > 0 {
 		err = nil
+	}
+	return n, err
+}
+
+func (r *fillReader) startPassThrough() error {
+	body, start, err := r.f.src(r.ctx, r.pos)
+	if err != nil {
+		return err
+	}
+	if start < r.pos {
+		if _, err := io.CopyN(io.Discard, body, r.pos-start); err != nil {
+			body.Close()
+			return err
+		}
+	}
+	r.pass = body
+	return nil
+}
+
+func (r *fillReader) readPassThrough(p []byte) (int, error) {
+	if int64(len(p)) > r.end-r.pos {
+		p = p[:r.end-r.pos]
+	}
+	n, err := r.pass.Read(p)
+	r.pos += int64(n)
+	if err == io.EOF && r.pos < r.end {
+		err = io.ErrUnexpectedEOF
 	}
 	return n, err
 }
@@ -169,4 +213,9 @@ func (r *fillReader) wait() (int64, error) {
 	}
 }
 
-func (r *fillReader) Close() error { return r.file.Close() }
+func (r *fillReader) Close() error {
+	if r.pass != nil {
+		r.pass.Close()
+	}
+	return r.file.Close()
+}

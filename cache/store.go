@@ -127,6 +127,9 @@ type Store struct {
 	diskFree        func() (int64, error)
 	usage           usage
 	evictNow        chan struct{}
+	// writeAt writes fill bytes to the temp file; a test swaps it to
+	// simulate a full disk.
+	writeAt func(f *os.File, p []byte, off int64) (int, error)
 
 	ctx    context.Context // cancelled by Close: ends fills in flight
 	cancel context.CancelFunc
@@ -167,6 +170,7 @@ func Open(opts Options) (*Store, error) {
 		diskFree:     opts.DiskFree,
 		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:     make(chan struct{}, 1),
+		writeAt:      (*os.File).WriteAt,
 		fills:        make(map[string]*fill),
 	}
 	if s.accessFlush <= 0 {
@@ -293,6 +297,7 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		}
 		f = start()
 		f.key = key
+		f.src = src
 		s.fills[key] = f
 		s.filling.Add(1)
 		s.wg.Add(1)
@@ -335,6 +340,9 @@ func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
 func (s *Store) run(f *fill, src Source) {
 	defer s.wg.Done()
 	err := s.download(f, src)
+	if errors.Is(err, ErrStorage) {
+		s.requestEviction() // a full disk is the likely cause
+	}
 	if err != nil {
 		f.fail(err)
 		s.log.Warn("blob fill failed", "fill", f.key, "size", f.size, "err", err)
@@ -364,7 +372,7 @@ func (s *Store) copyBody(f *fill, tmp *os.File, body io.Reader, off int64, h has
 			if off+int64(n) > f.size {
 				return off, &SizeMismatchError{Want: f.size, Got: off + int64(n)}
 			}
-			if _, werr := tmp.WriteAt(buf[:n], off); werr != nil {
+			if _, werr := s.writeAt(tmp, buf[:n], off); werr != nil {
 				return off, fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
 			}
 			h.Write(buf[:n])

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -753,4 +754,38 @@ func TestEvictionKeepsAFreeSpaceFloor(t *testing.T) {
 	s.requestEviction()
 	time.Sleep(50 * time.Millisecond)
 	assert.Equal(t, int64(1), s.Stats().Blobs, "once above the floor, nothing more goes")
+}
+
+func TestAFullDiskFailsTheFillButStreamingReadersGoOnFromUpstream(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := newStore(t, dir)
+	var written atomic.Int64
+	s.writeAt = func(f *os.File, p []byte, off int64) (int, error) {
+		if written.Add(int64(len(p))) > 300<<10 {
+			return 0, syscall.ENOSPC
+		}
+		return f.WriteAt(p, off)
+	}
+	data := randomBytes(50, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 256 << 10}
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	r, err := b.NewReader(t.Context(), 0, b.Size)
+	require.NoError(t, err)
+	first := make([]byte, 100<<10)
+	_, err = io.ReadFull(r, first) // a client already streaming
+	require.NoError(t, err)
+	close(src.gate) // now the disk fills up
+	rest, err := io.ReadAll(r)
+	require.NoError(t, err)
+	r.Close()
+	b.Close()
+	assert.True(t, bytes.Equal(data, append(first, rest...)), "the client got every byte")
+
+	require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
+	assert.False(t, s.Has(d), "nothing is published")
+	tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	assert.Empty(t, tmp, "the temp file is removed")
+	assert.GreaterOrEqual(t, src.calls.Load(), int32(2), "the reader went to the upstream itself")
 }
