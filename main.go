@@ -244,6 +244,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	closers = append(closers, func() error { transport.CloseIdleConnections(); return nil })
 	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
