@@ -170,6 +170,8 @@ func TestConcurrentColdClientsShareOneUpstreamFetch(t *testing.T) {
 	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
 	assert.Equal(t, 1.0, g.metric(t, `modelgate_requests_total{result="miss",route="resolve"}`))
 	assert.Equal(t, 15.0, g.metric(t, `modelgate_requests_total{result="coalesced",route="resolve"}`))
+	assert.Equal(t, 1, tr.hub.Count("hub", http.MethodHead, "/org/model/resolve/main/model.safetensors"),
+		"the 16 metadata lookups shared one HEAD")
 }
 
 func TestRangeIsServedWhileTheFillRuns(t *testing.T) {
