@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,11 +55,13 @@ func startProcess(t *testing.T, bin, dataDir string, hub *fakehub.Hub, extraEnv 
 		"MODELGATE_LISTEN=127.0.0.1:0",
 		"MODELGATE_DATA_DIR=" + dataDir,
 		"MODELGATE_HUGGINGFACE_ENDPOINT=" + hub.URL(),
-		"MODELGATE_HUGGINGFACE_TOKEN=" + operatorToken,
 		"MODELGATE_UPSTREAM_CA_FILE=" + hub.CAFile(),
 		"MODELGATE_UPSTREAM_TIMEOUT=5s",
 		"MODELGATE_CACHE_MIN_FREE=0",
 	}, extraEnv...)
+	if !slices.ContainsFunc(extraEnv, func(e string) bool { return strings.HasPrefix(e, "MODELGATE_HUGGINGFACE_TOKEN") }) {
+		cmd.Env = append(cmd.Env, "MODELGATE_HUGGINGFACE_TOKEN="+operatorToken)
+	}
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -179,4 +182,57 @@ func TestKill9DuringFillsThenRestartServesOnlyVerifiedBlobs(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, string(out), "in use by another process")
 	assert.True(t, bytes.Contains(out, []byte("data_dir")))
+}
+
+func TestSIGHUPRotatesTheTokenWhileDownloadsContinue(t *testing.T) {
+	bin := buildGateway(t)
+	const rotated = "hf_ROTATEDtoken0123456789abcdefghij"
+	hub := fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{rotated}})
+	commit := fakehub.Commit("rotate")
+	gated := fakehub.RandomData(300, 4<<20)
+	hub.AddRepo(fakehub.Repo{ID: "org/gated", Gated: true, Refs: map[string]string{"main": commit},
+		Commits: map[string][]fakehub.File{commit: {{Path: "w.bin", Data: gated, LFS: true}}}})
+	hub.AddRepo(fakehub.Repo{ID: "org/public", Refs: map[string]string{"main": commit},
+		Commits: map[string][]fakehub.File{commit: {{Path: "c.json", Data: []byte("{}")}}}})
+	tokenFile := filepath.Join(t.TempDir(), "hf_token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(operatorToken+"\n"), 0o600))
+	release := hub.GateBlob(fakehub.SHA256Hex(gated), 1<<20)
+
+	p := startProcess(t, bin, t.TempDir(), hub, "MODELGATE_HUGGINGFACE_TOKEN_FILE="+tokenFile)
+	body := make(chan []byte, 1)
+	go func() {
+		resp, err := http.Get(p.url + "/org/gated/resolve/main/w.bin")
+		if err != nil {
+			body <- nil
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body <- b
+	}()
+	require.Eventually(t, func() bool { return p.metric(t, "modelgate_fills_in_flight") == 1 }, 10*time.Second, 20*time.Millisecond)
+
+	require.NoError(t, os.WriteFile(tokenFile, []byte(rotated+"\n"), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.logs.String(), "credentials reloaded") }, 5*time.Second, 10*time.Millisecond)
+	release()
+	assert.True(t, bytes.Equal(gated, <-body), "the download in flight completed")
+
+	before := len(hub.Requests())
+	resp, err := http.Get(p.url + "/org/public/resolve/main/c.json")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var auth []string
+	for _, r := range hub.Requests()[before:] {
+		if r.Server == "hub" {
+			auth = append(auth, r.Header.Get("Authorization"))
+		}
+	}
+	require.NotEmpty(t, auth)
+	for _, a := range auth {
+		assert.Equal(t, "Bearer "+rotated, a, "the next request uses the new token")
+	}
+	assert.NotContains(t, p.logs.String(), rotated)
+	assert.NotContains(t, p.logs.String(), operatorToken)
 }

@@ -87,7 +87,7 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, log, ready) }()
+	go func() { done <- serve(ctx, cfg, log, ready, nil) }()
 	var addr string
 	select {
 	case addr = <-ready:

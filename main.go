@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
@@ -34,6 +35,7 @@ import (
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
+	"github.com/modelgate/modelgate/redact"
 	"github.com/modelgate/modelgate/upstream"
 )
 
@@ -52,9 +54,12 @@ func main() {
 
 // usage is printed for -h and for an unknown subcommand.
 const usage = `usage:
-  modelgate [-config config.yaml]      run the gateway
-  modelgate ca [-config config.yaml]   print the CA certificate workers must trust
-                                       (created in data_dir/ca if there is none yet)
+  modelgate [-config config.yaml]          run the gateway (SIGHUP re-reads the
+                                           credentials: token, token_file, api_key)
+  modelgate ca [-config config.yaml]       print the CA certificate workers must trust
+                                           (created in data_dir/ca if there is none yet)
+  modelgate config [-config config.yaml]   print the effective configuration
+                                           (secrets shown as ***)
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -82,6 +87,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		_, err = stdout.Write(ca.PEM)
 		return err
+	case "config":
+		// The effective configuration; secrets print as ***, and so does
+		// a parent proxy's password.
+		if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.User != nil {
+			cfg.Upstream.Proxy = u.Redacted()
+		}
+		return yaml.NewEncoder(stdout).Encode(cfg)
 	default:
 		io.WriteString(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -92,7 +104,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, log, nil)
+	reload := func() (config.Config, error) { return loadConfig(*configPath, isFlagSet(fs, "config")) }
+	return serve(ctx, cfg, log, nil, reload)
 }
 
 // loadConfig reads path; a missing default file falls back to the embedded
@@ -123,8 +136,12 @@ func newLogger(c config.LogConfig, w io.Writer) (*slog.Logger, error) {
 }
 
 // serve runs the gateway until ctx ends. When ready is not nil it receives
-// the bound address once the listener is up (tests use port 0).
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<- string) error {
+// the bound address once the listener is up (tests use port 0). On SIGHUP,
+// reload (when not nil) is asked for the configuration again and the
+// upstream credentials are replaced; everything else needs a restart.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<- string, reload func() (config.Config, error)) error {
+	// Every line goes through the redactor, whoever built the logger.
+	log = slog.New(redact.NewHandler(log.Handler()))
 	gw, err := build(cfg, log)
 	if err != nil {
 		return err
@@ -145,10 +162,29 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		ready <- ln.Addr().String()
 	}
 
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serving: %w", err)
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	if reload != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+wait:
+	for {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serving: %w", err)
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			next, err := reload()
+			if err == nil {
+				err = gw.setSecrets(next)
+			}
+			if err != nil {
+				log.Error("reloading credentials failed; keeping the current ones", "err", err)
+				continue
+			}
+			log.Info("credentials reloaded", "hf_token", next.HuggingFace.Token != "", "civitai_key", next.CivitAI.APIKey != "")
+		}
 	}
 	log.Info("shutting down")
 	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -164,6 +200,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 type gateway struct {
 	handler http.Handler
 	close   func()
+	// setSecrets swaps in the upstream credentials of a reloaded config.
+	setSecrets func(config.Config) error
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
@@ -253,15 +291,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
 	}
-	hfCred, err := authinject.Bearer(cfg.HuggingFace.Endpoint, cfg.HuggingFace.Token.Reveal())
-	if err != nil {
-		return nil, err
-	}
 	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("civitai.endpoint: %w", err)
 	}
-	civCred, err := authinject.Bearer(cfg.CivitAI.Endpoint, cfg.CivitAI.APIKey.Reveal())
+	creds, err := upstreamCredentials(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +314,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)
 	backoff.OnRateLimited = func(r *http.Request) { m.RateLimited.WithLabelValues(classify(r)).Inc() }
-	up := authinject.New(backoff, hfCred, civCred)
+	up := authinject.New(backoff, creds...)
 
 	mirror := hfmirror.New(hfmirror.Options{
 		Endpoint:    hfURL,
@@ -327,7 +361,32 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	}
 	closers = append(closers, gw.Close)
 	handler := http.Handler(gw)
-	return &gateway{handler: handler, close: closeAll}, nil
+	setSecrets := func(next config.Config) error {
+		if next.HuggingFace.Endpoint != cfg.HuggingFace.Endpoint || next.CivitAI.Endpoint != cfg.CivitAI.Endpoint {
+			return errors.New("an endpoint changed; that needs a restart")
+		}
+		creds, err := upstreamCredentials(next)
+		if err != nil {
+			return err
+		}
+		up.SetCredentials(creds...)
+		return nil
+	}
+	return &gateway{handler: handler, close: closeAll, setSecrets: setSecrets}, nil
+}
+
+// upstreamCredentials binds the Hugging Face token and the CivitAI key to
+// their endpoints' hosts.
+func upstreamCredentials(cfg config.Config) ([]authinject.Credential, error) {
+	hf, err := authinject.Bearer(cfg.HuggingFace.Endpoint, cfg.HuggingFace.Token.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	civ, err := authinject.Bearer(cfg.CivitAI.Endpoint, cfg.CivitAI.APIKey.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	return []authinject.Credential{hf, civ}, nil
 }
 
 // pinnedBlobs turns cache.pinned into the function eviction asks for the

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 )
 
 // Credential is a secret bound to the single host it may be sent to.
@@ -73,18 +74,28 @@ const maxRedirects = 10
 // Injector sends requests with credentials attached by host.
 type Injector struct {
 	rt    http.RoundTripper
-	creds []Credential
+	creds atomic.Pointer[[]Credential]
 }
 
 // GoString and Format keep fmt from printing the credentials inside.
 func (i *Injector) GoString() string {
-	return fmt.Sprintf("authinject.Injector{%d credentials}", len(i.creds))
+	return fmt.Sprintf("authinject.Injector{%d credentials}", len(*i.creds.Load()))
 }
 func (i *Injector) Format(f fmt.State, _ rune) { io.WriteString(f, i.GoString()) }
 
 // New returns an Injector that sends through rt.
 func New(rt http.RoundTripper, creds ...Credential) *Injector {
-	return &Injector{rt: rt, creds: creds}
+	i := &Injector{rt: rt}
+	i.SetCredentials(creds...)
+	return i
+}
+
+// SetCredentials replaces the credentials (a rotated token takes effect
+// for the next request; requests in flight keep the one they started
+// with).
+func (i *Injector) SetCredentials(creds ...Credential) {
+	c := append([]Credential(nil), creds...)
+	i.creds.Store(&c)
 }
 
 // Owns reports whether u's host is one that a credential is bound to.
@@ -95,7 +106,7 @@ func (i *Injector) Owns(u *url.URL) bool {
 
 func (i *Injector) credentialFor(u *url.URL) (Credential, bool) {
 	h := CanonicalHost(u)
-	for _, c := range i.creds {
+	for _, c := range *i.creds.Load() {
 		if c.host == h && strings.EqualFold(c.scheme, u.Scheme) {
 			return c, true
 		}
