@@ -95,7 +95,7 @@ func TestInterceptedHostGetsALeafIssuedByTheGatewayCA(t *testing.T) {
 
 func TestOtherHostsAreTunnelledUntouched(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
-	g := startGateway(t, tr.hub, nil)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Proxy.AllowPrivateTargets = true }) // the origin is on loopback
 	origin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "origin says hi to "+r.Header.Get("Authorization"))
 	}))
@@ -250,7 +250,10 @@ func assertNoSecretsLeaked(t *testing.T, g *gatewayUnderTest, hub *fakehub.Hub) 
 
 func TestIdleTunnelsAreClosedButOneWayStreamsSurvive(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
-	g := startGateway(t, tr.hub, func(c *config.Config) { c.Proxy.IdleTimeout = config.Duration{Duration: 500 * time.Millisecond} })
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Proxy.IdleTimeout = config.Duration{Duration: 500 * time.Millisecond}
+		c.Proxy.AllowPrivateTargets = true // the test origin is on loopback
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()

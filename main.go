@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -152,6 +153,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	gw.listening(ln.Addr())
 	srv := proxy.NewServer(cfg.Listen, gw.handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -199,6 +201,8 @@ wait:
 // gateway is the wired set of components.
 type gateway struct {
 	handler http.Handler
+	// listening tells the edge its own address (to refuse loops).
+	listening func(net.Addr)
 	close   func()
 	// setSecrets swaps in the upstream credentials of a reloaded config.
 	setSecrets func(config.Config) error
@@ -338,23 +342,35 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Logger:      log,
 		Offline:     cfg.Offline,
 	})
+	clientNets, err := parseNetworks(cfg.Clients.Allow)
+	if err != nil {
+		return nil, err
+	}
+	metricsNets, err := parseNetworks(cfg.Clients.MetricsAllow)
+	if err != nil {
+		return nil, err
+	}
 	gw, err := proxy.New(proxy.Options{
-		Hub:          mirror,
-		CivitAI:      civ,
-		CivitAIRoute: civitai.IsRoute,
-		CivitAIHosts: []string{"civitai.com", "civitai.red", civURL.Hostname()},
-		Gatherer:     reg,
-		Metrics:      m,
-		Logger:       log,
-		CA:           ca,
-		Intercept:    cfg.MITM.Hosts,
-		HubHosts:     []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNDomains:   []string{"hf.co", "huggingface.co", "civitai.com"},
-		DenyTunnels:  cfg.Proxy.Tunnel == "deny",
-		Offline:      cfg.Offline,
-		IdleTimeout:  cfg.Proxy.IdleTimeout.Duration,
-		DialTunnel:   upstream.TunnelDialer(upOpts, transport),
-		Transport:    counted,
+		Hub:                 mirror,
+		CivitAI:             civ,
+		CivitAIRoute:        civitai.IsRoute,
+		CivitAIHosts:        []string{"civitai.com", "civitai.red", civURL.Hostname()},
+		Gatherer:            reg,
+		Metrics:             m,
+		Logger:              log,
+		CA:                  ca,
+		Intercept:           cfg.MITM.Hosts,
+		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
+		CDNDomains:          []string{"hf.co", "huggingface.co", "civitai.com"},
+		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
+		Offline:             cfg.Offline,
+		IdleTimeout:         cfg.Proxy.IdleTimeout.Duration,
+		DialTunnel:          upstream.TunnelDialer(upOpts, transport),
+		Transport:           transport,
+		AllowPrivateTargets: cfg.Proxy.AllowPrivateTargets,
+		TunnelAllow:         cfg.Proxy.TunnelAllow,
+		ClientAllow:         clientNets,
+		MetricsAllow:        metricsNets,
 	})
 	if err != nil {
 		return nil, err
@@ -372,7 +388,19 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		up.SetCredentials(creds...)
 		return nil
 	}
-	return &gateway{handler: handler, close: closeAll, setSecrets: setSecrets}, nil
+	return &gateway{handler: handler, listening: gw.SetListenAddr, close: closeAll, setSecrets: setSecrets}, nil
+}
+
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := config.ParseNetwork(s)
+		if err != nil {
+			return nil, fmt.Errorf("clients: %q: %w", s, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // upstreamCredentials binds the Hugging Face token and the CivitAI key to

@@ -253,7 +253,14 @@ func (s *Store) Open(d Digest) (*Blob, error) {
 // until the Blob is closed.
 func (s *Store) track(b *Blob) *Blob {
 	s.usage.acquire(b.Digest)
-	b.release = func() { s.usage.release(b.Digest) }
+	b.release = func() {
+		s.usage.release(b.Digest)
+		// An eviction that had to skip this blob while it was served
+		// can take it now.
+		if s.maxSize > 0 || s.minFree > 0 {
+			s.requestEviction()
+		}
+	}
 	return b
 }
 

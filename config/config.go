@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -46,6 +47,8 @@ type Config struct {
 	MITM MITMConfig `yaml:"mitm"`
 	// Proxy configures forward-proxy mode for the hosts it does not intercept.
 	Proxy ProxyConfig `yaml:"proxy"`
+	// Clients says who may use the gateway.
+	Clients ClientsConfig `yaml:"clients"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -160,7 +163,33 @@ type ProxyConfig struct {
 	// IdleTimeout closes a tunnel or an intercepted connection on which no
 	// byte moved in either direction for this long. Default 5m.
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// AllowPrivateTargets lets tunnels and relayed requests reach
+	// loopback, link-local (cloud metadata at 169.254.169.254) and private
+	// addresses. Off, the gateway cannot be used to reach the LAN's
+	// internals. The gateway's own listener is refused either way. Default
+	// false.
+	AllowPrivateTargets bool `yaml:"allow_private_targets"`
+	// TunnelAllow, when not empty, limits tunnels (and plain-HTTP proxy
+	// requests) to hosts matching these patterns (same form as
+	// mitm.hosts); others get 403. Default empty: any host.
+	TunnelAllow []string `yaml:"tunnel_allow"`
 }
+
+// ClientsConfig says who may use the gateway.
+type ClientsConfig struct {
+	// Allow lists the client networks served, as CIDRs or single
+	// addresses; anyone else gets 403 (mirror) or a 403 to its CONNECT
+	// (proxy). /healthz stays open to all. Default: loopback and the
+	// private ranges 10/8, 172.16/12, 192.168/16, fc00::/7.
+	Allow []string `yaml:"allow"`
+	// MetricsAllow lists who may read /metrics. Default empty: the same
+	// networks as allow.
+	MetricsAllow []string `yaml:"metrics_allow"`
+}
+
+// DefaultClientNetworks are the networks served unless clients.allow says
+// otherwise.
+var DefaultClientNetworks = []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"}
 
 // DefaultMITMHosts are the hosts intercepted unless mitm.hosts says otherwise.
 var DefaultMITMHosts = []string{"huggingface.co", "hf.co", "*.hf.co", "*.huggingface.co", "civitai.com", "*.civitai.com"}
@@ -195,6 +224,11 @@ func Default() Config {
 		Proxy: ProxyConfig{
 			Tunnel:      "allow",
 			IdleTimeout: Duration{5 * time.Minute},
+			TunnelAllow: []string{},
+		},
+		Clients: ClientsConfig{
+			Allow:        slices.Clone(DefaultClientNetworks),
+			MetricsAllow: []string{},
 		},
 		Log: LogConfig{
 			Level:  "info",
@@ -212,6 +246,18 @@ var (
 	logFormats     = []string{"text", "json"}
 	tunnelPolicies = []string{"allow", "deny"}
 )
+
+// ParseNetwork parses a clients.allow entry: a CIDR, or one address.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
 
 // checkHostPattern returns why p is not a valid mitm.hosts pattern, or "".
 func checkHostPattern(p string) string {
@@ -301,6 +347,18 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(tunnelPolicies, c.Proxy.Tunnel) {
 		fail("proxy.tunnel", "must be one of %s, got %q", strings.Join(tunnelPolicies, ", "), c.Proxy.Tunnel)
+	}
+	for _, h := range c.Proxy.TunnelAllow {
+		if msg := checkHostPattern(h); msg != "" {
+			fail("proxy.tunnel_allow", "%s", msg)
+		}
+	}
+	for key, list := range map[string][]string{"clients.allow": c.Clients.Allow, "clients.metrics_allow": c.Clients.MetricsAllow} {
+		for _, n := range list {
+			if _, err := ParseNetwork(n); err != nil {
+				fail(key, "%q is not a CIDR or an IP address", n)
+			}
+		}
 	}
 	if c.Proxy.IdleTimeout.Duration <= 0 {
 		fail("proxy.idle_timeout", "must be > 0, got %s", c.Proxy.IdleTimeout)

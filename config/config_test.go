@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 25)
+	assert.Len(t, seen, 29)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -334,6 +334,9 @@ func TestInvalidValues(t *testing.T) {
 		{"empty data dir", "data_dir: \"\"\n", nil, []string{"data_dir: must not be empty"}},
 		{"bad proxy", "upstream:\n  proxy: ftp://proxy.test\n", nil, []string{"upstream.proxy: must be empty or an absolute http, https or socks5 URL"}},
 		{"proxy without scheme", "upstream:\n  proxy: proxy.test:3128\n", nil, []string{"upstream.proxy:"}},
+		{"bad client network", "clients:\n  allow: [\"10.0.0.0/33\"]\n", nil, []string{`clients.allow: "10.0.0.0/33" is not a CIDR`}},
+		{"bad metrics network", "", map[string]string{"MODELGATE_CLIENTS_METRICS_ALLOW": "nope"}, []string{"clients.metrics_allow:"}},
+		{"bad tunnel pattern", "proxy:\n  tunnel_allow: [\"a/b\"]\n", nil, []string{"proxy.tunnel_allow:"}},
 		{"bad pin", "cache:\n  pinned: [\"org/repo\"]\n", nil, []string{`cache.pinned: "org/repo" is not`}},
 		{"bad civitai pin", "", map[string]string{"MODELGATE_CACHE_PINNED": "civitai:abc"}, []string{"cache.pinned:"}},
 		{"mitm host with path", "mitm:\n  hosts: [\"hub.test/x\"]\n", nil, []string{`mitm.hosts: "hub.test/x" is not a host name`}},

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -69,8 +70,19 @@ type Options struct {
 	DialTunnel func(ctx context.Context, addr string) (net.Conn, error)
 	// Transport sends requests the gateway relays on a worker's behalf
 	// without any credential of its own (CDN misses, other intercepted
-	// hosts, plain-HTTP proxy requests to other hosts).
-	Transport http.RoundTripper
+	// hosts, plain-HTTP proxy requests to other hosts). The gateway uses a
+	// clone whose dials are checked against the target policy.
+	Transport *http.Transport
+	// AllowPrivateTargets lets tunnels and relayed requests reach
+	// loopback, link-local and private addresses.
+	AllowPrivateTargets bool
+	// TunnelAllow, when not empty, limits tunnels and plain proxy requests
+	// to hosts matching these patterns.
+	TunnelAllow []string
+
+	// ClientAllow lists the client networks served; MetricsAllow those
+	// that may read /metrics (empty: ClientAllow). /healthz is open.
+	ClientAllow, MetricsAllow []netip.Prefix
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -85,6 +97,9 @@ type Gateway struct {
 	own       http.Handler // /healthz, /metrics, /ca.pem
 	forward   *httputil.ReverseProxy
 	handler   http.Handler // the edge around route
+
+	targets     *targets
+	tunnelAllow hostPatterns
 
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
@@ -111,10 +126,22 @@ func New(opts Options) (*Gateway, error) {
 	for _, h := range opts.CivitAIHosts {
 		g.civHosts[h] = true
 	}
+	if g.tunnelAllow, err = parseHostPatterns(opts.TunnelAllow); err != nil {
+		return nil, err
+	}
+	if len(opts.MetricsAllow) == 0 {
+		opts.MetricsAllow = opts.ClientAllow
+		g.opts.MetricsAllow = opts.ClientAllow
+	}
+	g.targets = newTargets(opts.AllowPrivateTargets)
 	g.own = ownEndpoints(opts)
+	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
+	if opts.Metrics != nil {
+		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" })
+	}
 	g.forward = &httputil.ReverseProxy{
 		Rewrite:      rewriteForward,
-		Transport:    opts.Transport,
+		Transport:    relay,
 		ErrorHandler: g.forwardError,
 	}
 
@@ -156,6 +183,25 @@ func New(opts Options) (*Gateway, error) {
 // ServeHTTP is the listener's handler.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.ServeHTTP(w, r) }
 
+// SetListenAddr tells the gateway its own address, so that tunnels and
+// relayed requests to itself are refused (they would loop).
+func (g *Gateway) SetListenAddr(a net.Addr) { g.targets.setListenAddr(a) }
+
+// clientAllowed reports whether the request's client address is in nets.
+func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Close stops serving intercepted connections.
 func (g *Gateway) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -171,6 +217,17 @@ func (g *Gateway) Close() error {
 // to the gateway's own endpoints and the mirror.
 func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
+	health := r.URL.Path == "/healthz" && !r.URL.IsAbs() && r.Method != http.MethodConnect
+	nets := g.opts.ClientAllow
+	if r.URL.Path == "/metrics" && !r.URL.IsAbs() {
+		nets = g.opts.MetricsAllow
+	}
+	if !health && !clientAllowed(r, nets) {
+		// Logged (with the address) and counted by the edge.
+		info.Route, info.Result = "refused_client", "refused"
+		http.Error(w, "this gateway does not serve your address", http.StatusForbidden)
+		return
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		info.Mode = "proxy"
@@ -188,6 +245,9 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		case g.opts.DenyTunnels || g.opts.Offline:
 			info.Route, info.Result = "proxy", "denied"
 			http.Error(w, "this gateway only proxies the model hubs", http.StatusForbidden)
+		case len(g.tunnelAllow) > 0 && !g.tunnelAllow.match(host, port):
+			info.Route, info.Result = "proxy", "denied"
+			http.Error(w, "this gateway does not proxy "+host, http.StatusForbidden)
 		default:
 			info.Route, info.Result = "proxy", "passthrough"
 			g.relay(w, r)
@@ -260,6 +320,11 @@ func (g *Gateway) forwardError(w http.ResponseWriter, r *http.Request, err error
 	if errors.Is(err, context.Canceled) {
 		return
 	}
+	if errors.Is(err, errPrivateTarget) || errors.Is(err, errSelfTarget) {
+		reqinfo.From(r.Context()).Result = "denied"
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
 	g.log.Warn("relaying request failed", "host", r.Host, "err", err.Error())
 	http.Error(w, "the gateway could not reach "+r.Host, http.StatusBadGateway)
 }
@@ -281,7 +346,16 @@ func (g *Gateway) connectPolicy(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		info.Result, info.Status = "denied", http.StatusForbidden
 		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway only proxies the model hubs\n")
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
+	case len(g.tunnelAllow) > 0 && !g.tunnelAllow.match(host, port):
+		info.Result, info.Status = "denied", http.StatusForbidden
+		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway does not tunnel to "+host+"\n")
+		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
 	default:
+		if _, err := g.targets.resolve(ctx.Req.Context(), host, port); errors.Is(err, errPrivateTarget) || errors.Is(err, errSelfTarget) {
+			info.Result, info.Status = "denied", http.StatusForbidden
+			ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, err.Error()+"\n")
+			return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
+		}
 		info.Result = "tunnel"
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: g.tunnel}, target
 	}
@@ -327,7 +401,8 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 // ways without looking at them.
 func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 	info := reqinfo.From(req.Context())
-	up, err := g.opts.DialTunnel(req.Context(), req.URL.Host)
+	dial := g.targets.guardDial(func(ctx context.Context, _, addr string) (net.Conn, error) { return g.opts.DialTunnel(ctx, addr) })
+	up, err := dial(req.Context(), "tcp", req.URL.Host)
 	if err != nil {
 		info.Result, info.Status = "error", http.StatusBadGateway
 		msg := "the gateway could not connect to " + req.URL.Host + "\n"
