@@ -33,7 +33,9 @@ func connectFrom(t *testing.T, g *gatewayUnderTest, ip, target string) string {
 	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	require.NoError(t, err)
-	return strings.Fields(line)[1]
+	fields := strings.Fields(line)
+	require.GreaterOrEqual(t, len(fields), 2, line)
+	return fields[1]
 }
 
 func TestClientAllowListGatesEveryRouteButHealth(t *testing.T) {

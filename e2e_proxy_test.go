@@ -137,16 +137,7 @@ func TestTunnelsCanBeDenied(t *testing.T) {
 // rawConnect sends a CONNECT with target verbatim and returns the status code.
 func rawConnect(t *testing.T, g *gatewayUnderTest, target string) string {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
-	require.NoError(t, err)
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	require.NoError(t, err)
-	fields := strings.Fields(line)
-	require.GreaterOrEqual(t, len(fields), 2, line)
-	return fields[1]
+	return connectFrom(t, g, "127.0.0.1", target)
 }
 
 func TestBogusConnectTargetsGet400AndTheGatewayKeepsServing(t *testing.T) {
