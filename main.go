@@ -203,7 +203,7 @@ type gateway struct {
 	handler http.Handler
 	// listening tells the edge its own address (to refuse loops).
 	listening func(net.Addr)
-	close   func()
+	close     func()
 	// setSecrets swaps in the upstream credentials of a reloaded config.
 	setSecrets func(config.Config) error
 }
