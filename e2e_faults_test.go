@@ -105,7 +105,7 @@ func TestEvictionKeepsPinnedReposAndRefetchesEvictedBlobsOnDemand(t *testing.T) 
 		require.Equal(t, http.StatusOK, resp.StatusCode, path)
 		require.True(t, bytes.Equal(want, body), path)
 	}
-	get("/org/gated/resolve/main/weights.bin", tr.gatedBin) // 2 MiB, pinned
+	get("/org/gated/resolve/main/weights.bin", tr.gatedBin)  // 2 MiB, pinned
 	get("/org/model/resolve/main/model.safetensors", tr.big) // 1 MiB: over the limit
 	require.Eventually(t, func() bool { return g.metric(t, "modelgate_evictions_total") == 1 }, 5*time.Second, 10*time.Millisecond)
 	assert.True(t, g.hasBlob(t, fakehub.SHA256Hex(tr.gatedBin)), "the pinned blob stays")
