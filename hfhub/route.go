@@ -143,6 +143,14 @@ func parseResolve(segs []string) (Route, error) {
 			if r.Revision, err = parseRevision(segs[n+1]); err != nil {
 				return Route{}, err
 			}
+			// An encoded "resolve" (%72esolve) as the revision of a legacy
+			// id, followed by a nested path, names a file that no resolve
+			// URL can: ResolvePath writes it back as /x/resolve/resolve/a/b,
+			// which is the two-segment repo x/resolve. Refuse it rather
+			// than cache one file under another's name.
+			if n == 1 && r.Revision == "resolve" && len(segs) > 4 {
+				return Route{}, badRequest("ambiguous resolve path")
+			}
 			if r.Path, err = parseFilePath(segs[n+2:]); err != nil {
 				return Route{}, err
 			}
@@ -225,6 +233,12 @@ func parseResolveCache(segs []string) (Route, error) {
 		repo, err := parseRepo(typ, rest[:n])
 		if err != nil {
 			return Route{}, err
+		}
+		// A model id under api/, datasets/ or spaces/ has no resolve URL of
+		// its own: ResolvePath would name another repo (datasets/x is the
+		// dataset x) or an API route.
+		if typ == Model && (rest[0] == "api" || rest[0] == "datasets" || rest[0] == "spaces") {
+			return Route{}, badRequest("invalid repo id %q", repo.ID)
 		}
 		p, err := parseFilePath(rest[n+1:])
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -235,7 +236,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		g.gp.ServeHTTP(w, r)
 	case r.URL.IsAbs():
 		info.Mode = "proxy"
-		host, port := r.URL.Hostname(), r.URL.Port()
+		host, port := strings.TrimSuffix(lowerASCII(r.URL.Hostname()), "."), r.URL.Port()
 		if port == "" {
 			port = "80"
 		}

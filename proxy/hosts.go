@@ -21,7 +21,7 @@ type hostPattern struct {
 func parseHostPatterns(ps []string) (hostPatterns, error) {
 	out := make(hostPatterns, 0, len(ps))
 	for _, p := range ps {
-		hp := hostPattern{name: strings.ToLower(strings.TrimSpace(p))}
+		hp := hostPattern{name: lowerASCII(strings.TrimSpace(p))}
 		if h, port, err := net.SplitHostPort(hp.name); err == nil {
 			if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 				return nil, fmt.Errorf("mitm.hosts: invalid port in %q", p)
@@ -43,7 +43,7 @@ func parseHostPatterns(ps []string) (hostPatterns, error) {
 // Matching is on whole labels: "huggingface.co" does not match
 // "evilhuggingface.co.example", and "*.hf.co" does not match "hf.co".
 func (hs hostPatterns) match(host, port string) bool {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(lowerASCII(host), ".")
 	for _, p := range hs {
 		if p.port != "" && p.port != port {
 			continue
@@ -61,7 +61,7 @@ func (hs hostPatterns) match(host, port string) bool {
 
 // isUnder reports whether host is a strict subdomain of one of domains.
 func isUnder(host string, domains ...string) bool {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(lowerASCII(host), ".")
 	for _, d := range domains {
 		if strings.HasSuffix(host, "."+d) {
 			return true
@@ -84,7 +84,7 @@ func validTarget(target string) (host, port string, ok bool) {
 	if net.ParseIP(h) != nil {
 		return h, p, true
 	}
-	h = strings.TrimSuffix(strings.ToLower(h), ".")
+	h = strings.TrimSuffix(lowerASCII(h), ".")
 	if len(h) > 253 {
 		return "", "", false
 	}
@@ -99,4 +99,19 @@ func validTarget(target string) (host, port string, ok bool) {
 		}
 	}
 	return h, p, true
+}
+
+// lowerASCII lower-cases the ASCII letters of s and leaves every other
+// byte as it is. Host names compare case-insensitively in ASCII only
+// (RFC 4343); strings.ToLower would also fold non-ASCII bytes, turning the
+// Kelvin sign U+212A into "k" and every invalid UTF-8 byte into U+FFFD, so
+// that "\u212a.example" would pass for "k.example" and "\xff" match "\xfe".
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
