@@ -165,6 +165,7 @@ type candidate struct {
 func (s *Store) evict() {
 	need := s.overBy()
 	if need <= 0 {
+		s.evictBlocked.Store(false)
 		return
 	}
 	var cands []candidate
@@ -211,6 +212,7 @@ func (s *Store) evict() {
 			s.onEvict(c.d, c.size)
 		}
 	}
+	s.evictBlocked.Store(need > 0)
 	if need > 0 {
 		s.log.Warn("cache is over its limits, but every remaining blob is pinned or in use", "over_by", need)
 	}

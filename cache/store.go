@@ -127,6 +127,7 @@ type Store struct {
 	diskFree        func() (int64, error)
 	usage           usage
 	evictNow        chan struct{}
+	evictBlocked    atomic.Bool // the last eviction run could not get within the limits
 	// writeAt writes fill bytes to the temp file; a test swaps it to
 	// simulate a full disk.
 	writeAt func(f *os.File, p []byte, off int64) (int, error)
@@ -256,8 +257,8 @@ func (s *Store) track(b *Blob) *Blob {
 	b.release = func() {
 		s.usage.release(b.Digest)
 		// An eviction that had to skip this blob while it was served
-		// can take it now.
-		if s.maxSize > 0 || s.minFree > 0 {
+		// can take it now. Only then: this runs on every served blob.
+		if s.evictBlocked.Load() {
 			s.requestEviction()
 		}
 	}
