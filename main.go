@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/civitai"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
@@ -61,12 +63,16 @@ const usage = `usage:
                                            (created in data_dir/ca if there is none yet)
   modelgate config [-config config.yaml]   print the effective configuration
                                            (secrets shown as ***)
+  modelgate key new NAME                   print a new worker key and its config entry
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
+	}
+	if cmd == "key" {
+		return newKey(args, stdout)
 	}
 	fs := flag.NewFlagSet("modelgate "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -107,6 +113,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	reload := func() (config.Config, error) { return loadConfig(*configPath, isFlagSet(fs, "config")) }
 	return serve(ctx, cfg, log, nil, reload)
+}
+
+// newKey implements `modelgate key new NAME`: a fresh worker key, and the
+// clients.keys entry that holds its sha256 (the key itself is shown once
+// and stored nowhere).
+func newKey(args []string, stdout io.Writer) error {
+	if len(args) != 2 || args[0] != "new" || args[1] == "" {
+		return errors.New("usage: modelgate key new NAME")
+	}
+	key, sha, err := clientauth.Generate()
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n\n# Give the key above to the worker %q (as its HF_TOKEN, ?token=, or\n# HTTPS_PROXY=http://%s:KEY@gate:8080), and add to config.yaml:\nclients:\n  keys:\n    - name: %s\n      key_sha256: %s\n      scopes: [huggingface, civitai]\n", key, args[1], args[1], args[1], sha)
+	return err
 }
 
 // loadConfig reads path; a missing default file falls back to the embedded
@@ -329,6 +350,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Metrics:     m,
 		Logger:      log,
 		Offline:     cfg.Offline,
+		RepoAllow:   cfg.HuggingFace.Repos.Allow,
+		RepoDeny:    cfg.HuggingFace.Repos.Deny,
 	})
 	civ := civitai.New(civitai.Options{
 		Endpoint:    civURL,
@@ -350,7 +373,15 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	keys, err := clientauth.Load(cfg.Clients.Keys, os.ReadFile)
+	if err != nil {
+		return nil, err
+	}
+	var currentKeys atomic.Pointer[clientauth.Keys]
+	currentKeys.Store(keys)
 	gw, err := proxy.New(proxy.Options{
+		Keys:                currentKeys.Load,
+		RequireKey:          cfg.Clients.RequireKey == "all",
 		Hub:                 mirror,
 		CivitAI:             civ,
 		CivitAIRoute:        civitai.IsRoute,
@@ -385,7 +416,12 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		if err != nil {
 			return err
 		}
+		keys, err := clientauth.Load(next.Clients.Keys, os.ReadFile)
+		if err != nil {
+			return err
+		}
 		up.SetCredentials(creds...)
+		currentKeys.Store(keys)
 		return nil
 	}
 	return &gateway{handler: handler, listening: gw.SetListenAddr, close: closeAll, setSecrets: setSecrets}, nil

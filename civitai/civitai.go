@@ -26,6 +26,7 @@ import (
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
 )
@@ -95,6 +96,11 @@ func IsRoute(path string) bool {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
 	path := r.URL.EscapedPath()
+	if k := clientauth.FromContext(r.Context()); k != nil && !k.Allows(clientauth.ScopeCivitAI) {
+		info.Route, info.Result = "civitai", "forbidden"
+		writeJSONError(w, http.StatusForbidden, "Forbidden", "this worker key may not use CivitAI", "")
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		info.Route, info.Result = "civitai", "bad_request"
 		w.Header().Set("Allow", "GET, HEAD")

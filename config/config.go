@@ -75,6 +75,8 @@ type CacheConfig struct {
 
 // HuggingFaceConfig configures the Hugging Face hub upstream.
 type HuggingFaceConfig struct {
+	// Repos limits, for everyone, which repositories the gateway serves.
+	Repos RepoFilter `yaml:"repos"`
 	// Endpoint is the base URL of the hub, an absolute http(s) URL without
 	// query or fragment; a trailing "/" is removed. Default
 	// "https://huggingface.co".
@@ -137,6 +139,14 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
+// RepoFilter is a global allow/deny list of Hugging Face repositories:
+// ids or patterns ("org/*", "datasets/org/*"). Deny wins; a non-empty
+// allow list refuses everything it does not match.
+type RepoFilter struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
 // MITMConfig configures TLS interception in forward-proxy mode.
 type MITMConfig struct {
 	// Hosts are the host names whose CONNECT tunnels are intercepted: an
@@ -185,6 +195,33 @@ type ClientsConfig struct {
 	// MetricsAllow lists who may read /metrics. Default empty: the same
 	// networks as allow.
 	MetricsAllow []string `yaml:"metrics_allow"`
+	// RequireKey is "false" (worker keys are optional: everyone on the
+	// allow-list is served) or "all" (every request needs a known worker
+	// key; /healthz and /ca.pem excepted). Default "false".
+	RequireKey string `yaml:"require_key"`
+	// Keys are the worker keys the gateway knows. A worker presents its
+	// key as its HF_TOKEN (Authorization: Bearer mgw_...), as ?token= on
+	// CivitAI routes, or in HTTPS_PROXY=http://name:key@gate:8080. The
+	// gateway swaps it for the real credential; a key never goes upstream.
+	// Create one with `modelgate key new NAME`. Not settable from the
+	// environment. Default empty.
+	Keys []ClientKey `yaml:"keys"`
+}
+
+// ClientKey is one worker key.
+type ClientKey struct {
+	// Name identifies the worker in logs (never the key itself).
+	Name string `yaml:"name"`
+	// KeySHA256 is the hex sha256 of the key; or KeyFile holds the key
+	// itself (read at start and on SIGHUP). Exactly one of the two.
+	KeySHA256 string `yaml:"key_sha256"`
+	KeyFile   string `yaml:"key_file"`
+	// Scopes are the upstreams the key may use: huggingface, civitai.
+	// Default (empty): both.
+	Scopes []string `yaml:"scopes"`
+	// Repos limits the Hugging Face repositories the key may fetch:
+	// patterns such as "org/*" or exact ids. Empty: any.
+	Repos []string `yaml:"repos"`
 }
 
 // DefaultClientNetworks are the networks served unless clients.allow says
@@ -208,6 +245,7 @@ func Default() Config {
 		},
 		HuggingFace: HuggingFaceConfig{
 			Endpoint: "https://huggingface.co",
+			Repos:    RepoFilter{Allow: []string{}, Deny: []string{}},
 		},
 		CivitAI: CivitAIConfig{
 			Endpoint:    "https://civitai.com",
@@ -229,6 +267,8 @@ func Default() Config {
 		Clients: ClientsConfig{
 			Allow:        slices.Clone(DefaultClientNetworks),
 			MetricsAllow: []string{},
+			RequireKey:   "false",
+			Keys:         []ClientKey{},
 		},
 		Log: LogConfig{
 			Level:  "info",
@@ -236,6 +276,11 @@ func Default() Config {
 		},
 	}
 }
+
+var (
+	sha256Hex   = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	repoPattern = regexp.MustCompile(`^((datasets|spaces)/)?[A-Za-z0-9*?._-]+(/[A-Za-z0-9*?._-]+)?$`)
+)
 
 // pinPattern is the shape of a cache.pinned entry; the Hub part is checked
 // fully when the gateway starts.
@@ -358,6 +403,32 @@ func (c *Config) Validate() error {
 			if _, err := ParseNetwork(n); err != nil {
 				fail(key, "%q is not a CIDR or an IP address", n)
 			}
+		}
+	}
+	if c.Clients.RequireKey != "false" && c.Clients.RequireKey != "all" {
+		fail("clients.require_key", `must be "false" or "all", got %q`, c.Clients.RequireKey)
+	}
+	names := map[string]bool{}
+	for i, k := range c.Clients.Keys {
+		key := fmt.Sprintf("clients.keys[%d]", i)
+		switch {
+		case k.Name == "" || names[k.Name]:
+			fail(key, "needs a unique name")
+		case (k.KeySHA256 == "") == (k.KeyFile == ""):
+			fail(key, "needs exactly one of key_sha256 and key_file")
+		case k.KeySHA256 != "" && !sha256Hex.MatchString(k.KeySHA256):
+			fail(key, "key_sha256 must be 64 hex digits")
+		}
+		names[k.Name] = true
+		for _, sc := range k.Scopes {
+			if sc != "huggingface" && sc != "civitai" {
+				fail(key, "unknown scope %q (huggingface, civitai)", sc)
+			}
+		}
+	}
+	for _, p := range append(slices.Clone(c.HuggingFace.Repos.Allow), c.HuggingFace.Repos.Deny...) {
+		if !repoPattern.MatchString(p) {
+			fail("huggingface.repos", "%q is not a repo id or pattern such as org/*", p)
 		}
 	}
 	if c.Proxy.IdleTimeout.Duration <= 0 {

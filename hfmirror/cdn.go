@@ -5,6 +5,7 @@ import (
 
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/reqinfo"
 )
@@ -17,6 +18,11 @@ import (
 func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.Handler) {
 	info := reqinfo.From(r.Context())
 	info.Route = "cdn"
+	if k := clientauth.FromContext(r.Context()); k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
+		info.Result = "forbidden"
+		writeError(w, http.StatusForbidden, "", "this worker key may not use Hugging Face")
+		return
+	}
 	sha, ok := hfhub.CDNContentSHA256(r.URL.EscapedPath())
 	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		d, _ := cache.NewDigest(cache.SHA256, sha)

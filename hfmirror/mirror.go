@@ -25,6 +25,7 @@ import (
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
@@ -64,6 +65,9 @@ type Options struct {
 	// Offline answers only from the cache and never touches the network
 	// (air-gapped sites): what is not cached is a 504.
 	Offline bool
+	// RepoAllow and RepoDeny filter repositories for everyone
+	// (huggingface.repos); a worker key may narrow them further.
+	RepoAllow, RepoDeny []string
 }
 
 // Mirror is the http.Handler for Hub routes.
@@ -97,6 +101,12 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reqinfo.Set(r.Context(), route.Kind.Name(), "")
+	if msg := m.refusal(r, route); msg != "" {
+		// Refused before any upstream request.
+		reqinfo.From(r.Context()).Result = "forbidden"
+		writeError(w, http.StatusForbidden, "", msg)
+		return
+	}
 	switch route.Kind {
 	case hfhub.Resolve:
 		m.serveResolve(w, r, route)
@@ -105,6 +115,28 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		m.forwardAPI(w, r)
 	}
+}
+
+// refusal says why the worker may not have route ("" when it may): the
+// global repo filter, then its worker key's scope and repo patterns.
+func (m *Mirror) refusal(r *http.Request, route hfhub.Route) string {
+	k := clientauth.FromContext(r.Context())
+	if k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
+		return "this worker key may not use Hugging Face"
+	}
+	if route.Repo.ID == "" {
+		return "" // other API routes name no repo
+	}
+	repo := route.Repo.URLPrefix() + route.Repo.ID
+	switch {
+	case clientauth.MatchRepo(m.RepoDeny, repo):
+		return "the gateway does not serve " + repo
+	case len(m.RepoAllow) > 0 && !clientauth.MatchRepo(m.RepoAllow, repo):
+		return "the gateway does not serve " + repo
+	case k != nil && !k.AllowsRepo(repo):
+		return "this worker key may not fetch " + repo
+	}
+	return ""
 }
 
 // newUpstreamRequest builds a request for path (already escaped) and query

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/reqinfo"
@@ -84,6 +85,10 @@ type Options struct {
 	// ClientAllow lists the client networks served; MetricsAllow those
 	// that may read /metrics (empty: ClientAllow). /healthz is open.
 	ClientAllow, MetricsAllow []netip.Prefix
+	// Keys returns the known worker keys (current after a SIGHUP).
+	Keys func() *clientauth.Keys
+	// RequireKey refuses requests without a known worker key.
+	RequireKey bool
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -104,7 +109,7 @@ type Gateway struct {
 
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
-	innerHosts sync.Map // *tls.Conn -> CONNECT target host
+	innerHosts sync.Map // *tls.Conn -> intercepted: the CONNECT's target and worker key
 }
 
 // New builds the gateway and starts the server for intercepted
@@ -168,8 +173,8 @@ func New(opts Options) (*Gateway, error) {
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			host, _ := g.innerHosts.Load(c)
-			return context.WithValue(ctx, interceptedHostKey{}, host)
+			ic, _ := g.innerHosts.Load(c)
+			return context.WithValue(ctx, interceptedHostKey{}, ic)
 		},
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
@@ -187,6 +192,82 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.
 // SetListenAddr tells the gateway its own address, so that tunnels and
 // relayed requests to itself are refused (they would loop).
 func (g *Gateway) SetListenAddr(a net.Addr) { g.targets.setListenAddr(a) }
+
+// authenticateProxy checks the worker key of a proxy request (CONNECT or
+// absolute URL), given as Proxy-Authorization Basic name:key: an unknown
+// key, or none when one is required, is a 407 asking for one.
+func (g *Gateway) authenticateProxy(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	keys := g.keys()
+	secret, presented := clientauth.FromProxyAuthorization(r.Header.Get("Proxy-Authorization"))
+	r.Header.Del("Proxy-Authorization")
+	var msg string
+	switch k, known := keys.Lookup(secret); {
+	case presented && known:
+		reqinfo.From(r.Context()).Worker = k.Name
+		return r.WithContext(clientauth.WithKey(r.Context(), k)), true
+	case presented:
+		msg = "the worker key is not known to this gateway"
+	case g.opts.RequireKey:
+		msg = "this gateway needs a worker key: HTTPS_PROXY=http://NAME:KEY@gateway"
+	default:
+		return r, true
+	}
+	info := reqinfo.From(r.Context())
+	info.Result, info.Status = "unauthorized", http.StatusProxyAuthRequired
+	if info.Route == "" {
+		info.Route = "proxy"
+	}
+	w.Header().Set("Proxy-Authenticate", `Basic realm="modelgate"`)
+	http.Error(w, msg, http.StatusProxyAuthRequired)
+	return nil, false
+}
+
+// authenticate checks the worker key of a request the gateway answers
+// itself (mirror mode, or decoded from an interception whose CONNECT
+// presented connKey). The key (Authorization: Bearer mgw_..., or
+// ?token=mgw_...) is removed from the request so it never travels on. An
+// unknown key is a 401 — never a silent fall-back to the operator's token.
+func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, connKey *clientauth.Key) (*http.Request, bool) {
+	r = r.Clone(r.Context())
+	secret, presented := clientauth.Take(r)
+	k := connKey
+	var msg string
+	if presented {
+		found, known := g.keys().Lookup(secret)
+		if !known {
+			msg = "the worker key is not known to this gateway"
+		}
+		k = found
+	}
+	if msg == "" && k == nil && g.opts.RequireKey {
+		msg = "this gateway needs a worker key: set HF_TOKEN (or ?token=) to the key the operator gave you"
+	}
+	info := reqinfo.From(r.Context())
+	if msg != "" {
+		info.Result, info.Status = "unauthorized", http.StatusUnauthorized
+		if info.Route == "" {
+			info.Route = "auth"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Error-Message", msg)
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"error":"`+msg+`"}`+"\n")
+		return nil, false
+	}
+	if k == nil {
+		return r, true
+	}
+	info.Worker = k.Name
+	return r.WithContext(clientauth.WithKey(r.Context(), k)), true
+}
+
+// keys returns the current worker keys (they can change on SIGHUP).
+func (g *Gateway) keys() *clientauth.Keys {
+	if g.opts.Keys == nil {
+		return &clientauth.Keys{}
+	}
+	return g.opts.Keys()
+}
 
 // clientAllowed reports whether the request's client address is in nets.
 func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
@@ -229,6 +310,17 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this gateway does not serve your address", http.StatusForbidden)
 		return
 	}
+	if r.Method == http.MethodConnect || r.URL.IsAbs() {
+		var ok bool
+		if r, ok = g.authenticateProxy(w, r); !ok {
+			return
+		}
+	} else if !health && r.URL.Path != "/ca.pem" {
+		var ok bool
+		if r, ok = g.authenticate(w, r, nil); !ok {
+			return
+		}
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		info.Mode = "proxy"
@@ -261,11 +353,23 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 
 type interceptedHostKey struct{}
 
+// intercepted is what the inner server knows of a connection: the
+// CONNECT's target, and the worker key the CONNECT presented.
+type intercepted struct {
+	host string
+	key  *clientauth.Key
+}
+
 // routeIntercepted serves a request decoded from an intercepted CONNECT;
 // the CONNECT's target, not the Host header, says which site it is for.
 func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	reqinfo.From(r.Context()).Mode = "mitm"
-	host, _ := r.Context().Value(interceptedHostKey{}).(string)
+	ic, _ := r.Context().Value(interceptedHostKey{}).(intercepted)
+	r, ok := g.authenticate(w, r, ic.key)
+	if !ok {
+		return
+	}
+	host := ic.host
 	g.serveSite(w, r, host)
 }
 
@@ -391,7 +495,7 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 		tconn.Close()
 		return
 	}
-	g.innerHosts.Store(net.Conn(tconn), host)
+	g.innerHosts.Store(net.Conn(tconn), intercepted{host: host, key: clientauth.FromContext(req.Context())})
 	if !g.innerLn.deliver(tconn) {
 		g.innerHosts.Delete(net.Conn(tconn))
 		tconn.Close()

@@ -99,6 +99,9 @@ func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time
 		slog.Duration("duration", d),
 		slog.String("remote", r.RemoteAddr),
 	}
+	if info.Worker != "" {
+		attrs = append(attrs, slog.String("worker", info.Worker))
+	}
 	if info.Detail != "" {
 		attrs = append(attrs, slog.String("detail", info.Detail))
 	}

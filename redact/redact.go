@@ -34,7 +34,7 @@ var (
 	bearer = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+`)
 	// Credentials that announce themselves by prefix: Hugging Face tokens
 	// and modelgate worker keys.
-	prefixed = regexp.MustCompile(`\b(hf_|mgw_)[A-Za-z0-9]{8,}`)
+	prefixed = regexp.MustCompile(`\b(hf_|mgw_)[A-Za-z0-9_-]{8,}`)
 )
 
 // String masks the secrets inside s.

@@ -16,6 +16,8 @@ type Info struct {
 	// Status is the status answered on a hijacked connection, which the
 	// edge cannot see.
 	Status int
+	// Worker is the name of the worker key the request came with, if any.
+	Worker string
 	// Detail is a short human text for the log line (never a secret).
 	Detail string
 }

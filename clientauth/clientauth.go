@@ -1,0 +1,187 @@
+// Package clientauth knows the worker keys: which ones exist, how a worker
+// presents its key, and what each key may do. A worker key stands in for
+// the operator's real credentials on the worker, so that one worker can be
+// revoked without rotating the Hugging Face token or the CivitAI key.
+//
+// Keys carry the prefix "mgw_", which tells them apart from a worker's own
+// Hub token (hf_...) or CivitAI key. Only their sha256 is configured, and
+// a presented key is compared in constant time against every known one.
+package clientauth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/modelgate/modelgate/config"
+)
+
+// Prefix starts every worker key.
+const Prefix = "mgw_"
+
+// Scopes a key may have.
+const (
+	ScopeHuggingFace = "huggingface"
+	ScopeCivitAI     = "civitai"
+)
+
+// Key is one known worker key (its hash, never the key).
+type Key struct {
+	Name   string
+	hash   [32]byte
+	scopes map[string]bool // empty: every scope
+	repos  []string        // empty: every repo
+}
+
+// Allows reports whether the key may use scope.
+func (k *Key) Allows(scope string) bool { return len(k.scopes) == 0 || k.scopes[scope] }
+
+// AllowsRepo reports whether the key may fetch the Hugging Face repo
+// (as written in URLs: "org/name", "datasets/org/name").
+func (k *Key) AllowsRepo(repo string) bool { return len(k.repos) == 0 || MatchRepo(k.repos, repo) }
+
+// MatchRepo reports whether repo matches one of the patterns ("org/*",
+// exact ids, "datasets/org/*").
+func MatchRepo(patterns []string, repo string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, repo); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Keys is the set of known worker keys.
+type Keys struct {
+	keys []Key
+}
+
+// Load builds the key set from configuration, reading key files with
+// readFile (at start, and again on SIGHUP).
+func Load(cfg []config.ClientKey, readFile func(string) ([]byte, error)) (*Keys, error) {
+	ks := &Keys{}
+	for _, c := range cfg {
+		k := Key{Name: c.Name, repos: c.Repos, scopes: map[string]bool{}}
+		for _, s := range c.Scopes {
+			k.scopes[s] = true
+		}
+		switch {
+		case c.KeyFile != "":
+			b, err := readFile(c.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("clients.keys %s: reading key_file: %w", c.Name, err)
+			}
+			secret := strings.TrimSpace(string(b))
+			if !strings.HasPrefix(secret, Prefix) {
+				return nil, fmt.Errorf("clients.keys %s: the key in key_file must start with %s", c.Name, Prefix)
+			}
+			k.hash = sha256.Sum256([]byte(secret))
+		default:
+			h, err := hex.DecodeString(c.KeySHA256)
+			if err != nil || len(h) != 32 {
+				return nil, fmt.Errorf("clients.keys %s: key_sha256 must be 64 hex digits", c.Name)
+			}
+			copy(k.hash[:], h)
+		}
+		ks.keys = append(ks.keys, k)
+	}
+	return ks, nil
+}
+
+// Lookup returns the key whose secret this is. Every known key is compared
+// (in constant time), so the time taken says nothing about which matched.
+func (ks *Keys) Lookup(secret string) (*Key, bool) {
+	h := sha256.Sum256([]byte(secret))
+	var found *Key
+	for i := range ks.keys {
+		if subtle.ConstantTimeCompare(h[:], ks.keys[i].hash[:]) == 1 {
+			found = &ks.keys[i]
+		}
+	}
+	return found, found != nil
+}
+
+// Empty reports whether no key is configured.
+func (ks *Keys) Empty() bool { return len(ks.keys) == 0 }
+
+// Generate returns a new random worker key and its sha256 (hex).
+func Generate() (key, sha string, err error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", "", fmt.Errorf("generating a key: %w", err)
+	}
+	key = Prefix + hex.EncodeToString(b[:])
+	sum := sha256.Sum256([]byte(key))
+	return key, hex.EncodeToString(sum[:]), nil
+}
+
+// FromBearer returns the worker key in an Authorization header value
+// ("Bearer mgw_..."), if it holds one.
+func FromBearer(v string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, strings.HasPrefix(tok, Prefix)
+}
+
+// FromProxyAuthorization returns the password of a Proxy-Authorization
+// Basic value (HTTPS_PROXY=http://name:key@gate:8080), when it is a worker
+// key.
+func FromProxyAuthorization(v string) (string, bool) {
+	scheme, enc, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
+	if err != nil {
+		return "", false
+	}
+	_, pass, _ := strings.Cut(string(raw), ":")
+	return pass, strings.HasPrefix(pass, Prefix)
+}
+
+// Take finds a worker key in r — Authorization: Bearer mgw_..., or a
+// token=mgw_... query parameter (CivitAI style) — and removes it from r,
+// so that it cannot travel further. It returns the key and whether one
+// was there.
+func Take(r *http.Request) (string, bool) {
+	if key, ok := FromBearer(r.Header.Get("Authorization")); ok {
+		r.Header.Del("Authorization")
+		return key, true
+	}
+	q := r.URL.Query()
+	for name, vals := range q {
+		if !strings.EqualFold(name, "token") {
+			continue
+		}
+		for _, v := range vals {
+			if strings.HasPrefix(v, Prefix) {
+				q.Del(name)
+				r.URL.RawQuery = q.Encode()
+				r.RequestURI = ""
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
+
+type ctxKey struct{}
+
+// WithKey returns ctx carrying the request's worker key.
+func WithKey(ctx context.Context, k *Key) context.Context { return context.WithValue(ctx, ctxKey{}, k) }
+
+// FromContext returns the worker key the request was made with, or nil.
+func FromContext(ctx context.Context) *Key {
+	k, _ := ctx.Value(ctxKey{}).(*Key)
+	return k
+}
