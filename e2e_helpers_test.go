@@ -107,6 +107,10 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	var once sync.Once
 	g.Stop = func() {
 		once.Do(func() {
+			// Every end-to-end test ends with the leak search: nothing the
+			// worker received, the CDN fake received, the logs or the
+			// metrics hold may carry a secret in any encoding.
+			assertNoSecretsLeaked(t, g, hub, true)
 			cancel()
 			select {
 			case err := <-done:

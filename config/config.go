@@ -197,7 +197,8 @@ type ClientsConfig struct {
 	MetricsAllow []string `yaml:"metrics_allow"`
 	// RequireKey is "false" (worker keys are optional: everyone on the
 	// allow-list is served) or "all" (every request needs a known worker
-	// key; /healthz and /ca.pem excepted). Default "false".
+	// key; /healthz, /metrics and /ca.pem excepted: the network allow-lists
+	// govern those). Default "false".
 	RequireKey string `yaml:"require_key"`
 	// Keys are the worker keys the gateway knows. A worker presents its
 	// key as its HF_TOKEN (Authorization: Bearer mgw_...), as ?token= on
