@@ -44,7 +44,7 @@ func newCivitAIFixture(t *testing.T, edit func(*config.Config)) *civitaiFixture 
 	t.Helper()
 	f := &civitaiFixture{
 		civ:      fakecivitai.New(t, fakecivitai.Options{Keys: []string{civitaiKey, civitaiWorkerKey}}),
-		hub:      fakehub.New(t, fakehub.Options{Token: operatorToken}),
+		hub:      fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{workerToken}}),
 		checkpt:  fakehub.RandomData(10, 6<<20),
 		lora:     fakehub.RandomData(11, 1<<20+5),
 		vae:      fakehub.RandomData(12, 300<<10),

@@ -28,7 +28,7 @@ type keyFixture struct {
 	render, hfOnly string // worker keys
 }
 
-func newKeyFixture(t *testing.T, requireAll bool) *keyFixture {
+func newKeyFixture(t *testing.T, requireKey string) *keyFixture {
 	t.Helper()
 	render, renderSHA, err := clientauth.Generate()
 	require.NoError(t, err)
@@ -40,13 +40,11 @@ func newKeyFixture(t *testing.T, requireAll bool) *keyFixture {
 			{Name: "render", KeySHA256: renderSHA, Repos: []string{"org/*"}},
 			{Name: "hf-only", KeySHA256: hfOnlySHA, Scopes: []string{"huggingface"}},
 		}
-		if requireAll {
-			c.Clients.RequireKey = "all"
-		}
+		c.Clients.RequireKey = requireKey
 	})
 	commit := fakehub.Commit("keys")
-	for _, id := range []string{"org/model", "other/model"} {
-		kf.hub.AddRepo(fakehub.Repo{ID: id, Refs: map[string]string{"main": commit},
+	for _, id := range []string{"org/model", "other/model", "org/gated"} {
+		kf.hub.AddRepo(fakehub.Repo{ID: id, Refs: map[string]string{"main": commit}, Gated: id == "org/gated",
 			Commits: map[string][]fakehub.File{commit: {{Path: "config.json", Data: []byte(`{"id":"` + id + `"}`)}}}})
 	}
 	kf.g.Received = newLeakScanner(operatorToken, civitaiKey, render, hfOnly)
@@ -70,7 +68,7 @@ func (kf *keyFixture) proxyClientWithKey(t *testing.T, key string) *http.Client 
 }
 
 func TestWorkerKeysInBothModesForBothUpstreams(t *testing.T) {
-	kf := newKeyFixture(t, false)
+	kf := newKeyFixture(t, "false")
 	bearer := func(k string) http.Header { return http.Header{"Authorization": {"Bearer " + k}} }
 	unknown := clientauth.Prefix + "0000000000000000000000000000000000000000"
 	tests := []struct {
@@ -136,7 +134,7 @@ func TestWorkerKeysInBothModesForBothUpstreams(t *testing.T) {
 }
 
 func TestRequireKeyAllRefusesKeylessRequests(t *testing.T) {
-	kf := newKeyFixture(t, true)
+	kf := newKeyFixture(t, "all")
 	resp, body := kf.g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 	assert.Contains(t, string(body), "worker key")
@@ -167,4 +165,64 @@ func rawConnectWithHeader(t *testing.T, g *gatewayUnderTest, target, proxyAuth s
 	fields := strings.Fields(string(buf[:n]))
 	require.GreaterOrEqual(t, len(fields), 2)
 	return fields[1]
+}
+
+// hubAuthSince returns the Authorization of each Hub request after before.
+func hubAuthSince(kf *keyFixture, before int) []string {
+	var out []string
+	for _, r := range kf.hub.Requests()[before:] {
+		if r.Server == "hub" {
+			out = append(out, r.Header.Get("Authorization"))
+		}
+	}
+	return out
+}
+
+func TestRequireKeyGatedServesKeylessWorkersAnonymously(t *testing.T) {
+	kf := newKeyFixture(t, "gated")
+	gated := "/org/gated/resolve/main/config.json"
+
+	before := len(kf.hub.Requests())
+	resp, _ := kf.g.mustDo(t, http.MethodGet, gated, nil)
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	assert.Equal(t, "GatedRepo", resp.Header.Get("X-Error-Code"))
+	assert.Equal(t, []string{""}, hubAuthSince(kf, before), "asked anonymously")
+
+	resp, _ = kf.g.mustDo(t, http.MethodGet, gated, http.Header{"Authorization": {"Bearer " + kf.render}})
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "a worker key gets the gateway's credential")
+
+	// What the key's request cached does not open the door to keyless ones.
+	resp, _ = kf.g.mustDo(t, http.MethodGet, gated, nil)
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	before = len(kf.hub.Requests())
+	resp, _ = kf.g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "public models need no key")
+	for _, a := range hubAuthSince(kf, before) {
+		assert.Empty(t, a)
+	}
+}
+
+func TestOwnCredentialsPassKeepsEachWorkersAccessCheck(t *testing.T) {
+	kf := newKeyFixture(t, "false")
+	g := startGateway(t, kf.hub, func(c *config.Config) { c.Clients.OwnCredentials = "pass" })
+	gated := "/org/gated/resolve/main/config.json"
+	approved := http.Header{"Authorization": {"Bearer " + operatorToken}} // a worker whose own token has access
+	notApproved := http.Header{"Authorization": {"Bearer " + workerToken}}
+
+	before := len(kf.hub.Requests())
+	resp, _ := g.mustDo(t, http.MethodGet, gated, approved)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, []string{"Bearer " + operatorToken}, hubAuthSince(kf, before)[:1], "the worker's own token went upstream")
+
+	// Another worker's token without access is checked on its own, not
+	// answered from what the first one's check cached.
+	before = len(kf.hub.Requests())
+	resp, _ = g.mustDo(t, http.MethodGet, gated, notApproved)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Equal(t, "GatedRepo", resp.Header.Get("X-Error-Code"))
+	assert.Equal(t, []string{"Bearer " + workerToken}, hubAuthSince(kf, before))
+
+	// A worker without a token of its own gets the gateway's credential.
+	resp, _ = g.mustDo(t, http.MethodGet, gated, nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
 }

@@ -380,8 +380,16 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	var currentKeys atomic.Pointer[clientauth.Keys]
 	currentKeys.Store(keys)
 	gw, err := proxy.New(proxy.Options{
-		Keys:                currentKeys.Load,
-		RequireKey:          cfg.Clients.RequireKey == "all",
+		Keys:               currentKeys.Load,
+		RequireKey:         cfg.Clients.RequireKey == "all",
+		RequireKeyForGated: cfg.Clients.RequireKey == "gated",
+		PassOwnCredentials: cfg.Clients.OwnCredentials == "pass",
+		HasCredential: func(civitai bool) bool {
+			if civitai {
+				return up.HasCredential(civURL)
+			}
+			return up.HasCredential(hfURL)
+		},
 		Hub:                 mirror,
 		CivitAI:             civ,
 		CivitAIRoute:        civitai.IsRoute,

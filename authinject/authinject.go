@@ -10,6 +10,9 @@
 package authinject
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -125,12 +128,13 @@ func (i *Injector) credentialFor(u *url.URL) (Credential, bool) {
 // The returned response's Request is the last hop sent.
 func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) {
 	clientAuth := req.Header.Get("Authorization")
+	mode := PrincipalFrom(req.Context()).Mode
 	out := req.Clone(req.Context())
 	for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
 		out.Header.Del(h)
 	}
 	for hop := 0; ; hop++ {
-		i.attach(out, clientAuth, req.URL)
+		i.attach(out, mode, clientAuth, req.URL)
 		resp, err := i.rt.RoundTrip(out)
 		if err != nil {
 			return nil, err
@@ -163,16 +167,79 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 
 // attach sets the Authorization header for out's host. The worker's own
 // clientAuth only ever goes back to the origin the worker asked (clientURL).
-func (i *Injector) attach(out *http.Request, clientAuth string, clientURL *url.URL) {
+func (i *Injector) attach(out *http.Request, mode Mode, clientAuth string, clientURL *url.URL) {
 	out.Header.Del("Authorization")
 	c, ok := i.credentialFor(out.URL)
+	sameOrigin := strings.EqualFold(out.URL.Scheme, clientURL.Scheme) && CanonicalHost(out.URL) == CanonicalHost(clientURL)
 	switch {
-	case !ok:
+	case !ok, mode == ModeAnonymous:
+	case mode == ModeClient:
+		if clientAuth != "" && sameOrigin {
+			out.Header.Set("Authorization", clientAuth)
+		}
 	case c.header != "":
 		out.Header.Set("Authorization", c.header)
-	case clientAuth != "" && strings.EqualFold(out.URL.Scheme, clientURL.Scheme) && CanonicalHost(out.URL) == CanonicalHost(clientURL):
+	case clientAuth != "" && sameOrigin:
 		out.Header.Set("Authorization", clientAuth)
 	}
+}
+
+// HasCredential reports whether a credential is configured for endpoint's
+// host.
+func (i *Injector) HasCredential(endpoint *url.URL) bool {
+	c, ok := i.credentialFor(endpoint)
+	return ok && c.header != ""
+}
+
+// Mode says which credential a request carries upstream.
+type Mode int
+
+const (
+	// ModeGateway sends the gateway's configured credential for the host
+	// (or, when none is configured, the worker's own, to its origin only).
+	ModeGateway Mode = iota
+	// ModeAnonymous sends no credential at all.
+	ModeAnonymous
+	// ModeClient sends the worker's own credential, to the origin it
+	// asked only, never the gateway's.
+	ModeClient
+)
+
+// Principal is whose identity a request uses upstream. Scope names the
+// slice of the metadata cache its answers belong to: what one credential
+// may see must not decide what another sees ("" is the gateway's own,
+// shared by every worker that uses it).
+type Principal struct {
+	Mode  Mode
+	Scope string
+}
+
+type principalKey struct{}
+
+// WithPrincipal returns ctx carrying p.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the Principal in ctx (the gateway's by default).
+func PrincipalFrom(ctx context.Context) Principal {
+	p, _ := ctx.Value(principalKey{}).(Principal)
+	return p
+}
+
+// Key scopes an index key to p: the gateway's own entries keep their key.
+func (p Principal) Key(key string) string {
+	if p.Scope == "" {
+		return key
+	}
+	return "scope\x00" + p.Scope + "\x00" + key
+}
+
+// ClientScope names the cache scope of a worker's own credential: a hash,
+// so the credential itself appears nowhere.
+func ClientScope(authorization string) string {
+	sum := sha256.Sum256([]byte(authorization))
+	return "cred-" + hex.EncodeToString(sum[:8])
 }
 
 func nextHop(prev *http.Request, status int, target *url.URL) (*http.Request, error) {

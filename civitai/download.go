@@ -86,7 +86,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		h.writeError(w, err)
 		return
 	}
-	key := downloadKey(versionID, params)
+	key := authinject.PrincipalFrom(ctx).Key(downloadKey(versionID, params))
 	info.Result = "miss"
 	if fromIndex {
 		info.Result = "hit"
@@ -105,7 +105,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		}
 		etag = `"` + ref.SHA256 + `"`
 		get = func() (*cache.Blob, cache.Result, error) {
-			return h.Blobs.Get(ctx, digest, ref.Size, h.source(versionID, params, ref, pending))
+			return h.Blobs.Get(ctx, digest, ref.Size, h.source(authinject.PrincipalFrom(ctx), versionID, params, ref, pending))
 		}
 	} else {
 		// CivitAI published no hash (yet): the bytes are cached under the
@@ -113,7 +113,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		// once the fill completes. Until then there is no ETag to give.
 		info.Detail = "no published SHA256; keyed by the computed one"
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(versionID, params, ref, pending), func(d cache.Digest) {
+			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(authinject.PrincipalFrom(ctx), versionID, params, ref, pending), func(d cache.Digest) {
 				computed := ref
 				computed.SHA256, computed.Computed = d.Hex, true
 				h.remember(key, computed)
@@ -131,7 +131,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 // resolving it upstream once for all concurrent requests of the same
 // download.
 func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string, params url.Values) (fileRef, *pendingBody, bool, error) {
-	key := downloadKey(versionID, params)
+	key := authinject.PrincipalFrom(ctx).Key(downloadKey(versionID, params))
 	if ref, ok := h.indexedRef(key); ok {
 		return ref, nil, true, nil
 	}
@@ -311,8 +311,9 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 
 // source fetches a file for the cache: the body the resolution already
 // opened, else a fresh signed URL from the download route.
-func (h *Handler) source(versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
+func (h *Handler) source(principal authinject.Principal, versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+		ctx = authinject.WithPrincipal(ctx, principal) // the fill runs detached, with the same identity
 		if h.Offline {
 			return nil, 0, errOffline
 		}

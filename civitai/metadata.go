@@ -78,7 +78,7 @@ const (
 // it is younger than MetadataTTL, otherwise from upstream with the key.
 // Only 200 answers that are JSON are kept.
 func (h *Handler) cachedAPI(ctx context.Context, in *http.Request, escapedPath string, query url.Values) ([]byte, bool, error) {
-	key := keyAPI + escapedPath + "?" + query.Encode()
+	key := authinject.PrincipalFrom(ctx).Key(keyAPI + escapedPath + "?" + query.Encode())
 	if h.MetadataTTL > 0 {
 		if b, err := h.Index.Get(key); err == nil {
 			return b, true, nil

@@ -196,10 +196,20 @@ type ClientsConfig struct {
 	// networks as allow.
 	MetricsAllow []string `yaml:"metrics_allow"`
 	// RequireKey is "false" (worker keys are optional: everyone on the
-	// allow-list is served) or "all" (every request needs a known worker
-	// key; /healthz, /metrics and /ca.pem excepted: the network allow-lists
-	// govern those). Default "false".
+	// allow-list is served with the gateway's credentials), "gated" (a
+	// request without a worker key is served without the gateway's
+	// credentials: public models only) or "all" (every request needs a
+	// known worker key; /healthz, /metrics and /ca.pem excepted: the
+	// network allow-lists govern those). Default "false".
 	RequireKey string `yaml:"require_key"`
+	// OwnCredentials is what happens to a worker's own upstream credential
+	// (a Hub token that is not a worker key): "replace" (the gateway's is
+	// sent instead) or "pass" (the worker's is forwarded, to its own host
+	// only). Blobs stay shared, but metadata answers obtained with a
+	// worker's own credential are cached under that credential's hash, so
+	// each worker reaches a file only through its own access check.
+	// Default "replace".
+	OwnCredentials string `yaml:"own_credentials"`
 	// Keys are the worker keys the gateway knows. A worker presents its
 	// key as its HF_TOKEN (Authorization: Bearer mgw_...), as ?token= on
 	// CivitAI routes, or in HTTPS_PROXY=http://name:key@gate:8080. The
@@ -266,10 +276,11 @@ func Default() Config {
 			TunnelAllow: []string{},
 		},
 		Clients: ClientsConfig{
-			Allow:        slices.Clone(DefaultClientNetworks),
-			MetricsAllow: []string{},
-			RequireKey:   "false",
-			Keys:         []ClientKey{},
+			Allow:          slices.Clone(DefaultClientNetworks),
+			MetricsAllow:   []string{},
+			RequireKey:     "false",
+			OwnCredentials: "replace",
+			Keys:           []ClientKey{},
 		},
 		Log: LogConfig{
 			Level:  "info",
@@ -406,8 +417,11 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if c.Clients.RequireKey != "false" && c.Clients.RequireKey != "all" {
-		fail("clients.require_key", `must be "false" or "all", got %q`, c.Clients.RequireKey)
+	if !slices.Contains([]string{"false", "gated", "all"}, c.Clients.RequireKey) {
+		fail("clients.require_key", `must be "false", "gated" or "all", got %q`, c.Clients.RequireKey)
+	}
+	if c.Clients.OwnCredentials != "replace" && c.Clients.OwnCredentials != "pass" {
+		fail("clients.own_credentials", `must be "replace" or "pass", got %q`, c.Clients.OwnCredentials)
 	}
 	names := map[string]bool{}
 	for i, k := range c.Clients.Keys {

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 33)
+	assert.Len(t, seen, 34)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -337,7 +337,8 @@ func TestInvalidValues(t *testing.T) {
 		{"bad client network", "clients:\n  allow: [\"10.0.0.0/33\"]\n", nil, []string{`clients.allow: "10.0.0.0/33" is not a CIDR`}},
 		{"bad metrics network", "", map[string]string{"MODELGATE_CLIENTS_METRICS_ALLOW": "nope"}, []string{"clients.metrics_allow:"}},
 		{"bad tunnel pattern", "proxy:\n  tunnel_allow: [\"a/b\"]\n", nil, []string{"proxy.tunnel_allow:"}},
-		{"bad require_key", "clients:\n  require_key: maybe\n", nil, []string{`clients.require_key: must be "false" or "all"`}},
+		{"bad require_key", "clients:\n  require_key: maybe\n", nil, []string{`clients.require_key: must be "false", "gated" or "all"`}},
+		{"bad own_credentials", "clients:\n  own_credentials: keep\n", nil, []string{`clients.own_credentials: must be "replace" or "pass"`}},
 		{"key without hash or file", "clients:\n  keys:\n    - name: a\n", nil, []string{"clients.keys[0]: needs exactly one of key_sha256 and key_file"}},
 		{"key with bad hash", "clients:\n  keys:\n    - name: a\n      key_sha256: xyz\n", nil, []string{"clients.keys[0]: key_sha256 must be 64 hex digits"}},
 		{"key with bad scope", "clients:\n  keys:\n    - name: a\n      key_file: /k\n      scopes: [s3]\n", nil, []string{`unknown scope "s3"`}},

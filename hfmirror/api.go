@@ -57,7 +57,9 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	} else if ttl <= 0 {
 		ttl = -1 // not cached at all
 	}
-	key := hfhub.APIKey(requestDigest(r, reqBody))
+	// Scoped to whose credential answers: what one may see must not
+	// decide what another sees.
+	key := authinject.PrincipalFrom(r.Context()).Key(hfhub.APIKey(requestDigest(r, reqBody)))
 	if ttl >= 0 {
 		if a, ok := m.cachedAPIAnswer(key); ok {
 			info.Result = "hit"

@@ -47,7 +47,7 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
 
 	get := func() (*cache.Blob, cache.Result, error) {
-		return m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r.Header.Get("Authorization")))
+		return m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r))
 	}
 	blobhttp.Answer(w, r, meta.Size, meta.ETag(), get, m.Metrics, func(err error) { m.writeMetaError(w, err) })
 }
@@ -58,13 +58,16 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 // identical concurrent requests. When the upstream is down (or the gateway
 // offline), a branch falls back to the last commit it was known at.
 func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, bool, error) {
+	// Every key is scoped to whose credential the request uses: what one
+	// credential may see must not decide what another sees.
+	p := authinject.PrincipalFrom(ctx)
 	commit := route.Revision
 	if !hfhub.IsCommit(commit) {
-		if b, err := m.Index.Get(hfhub.RevisionKey(route.Repo, route.Revision)); err == nil {
+		if b, err := m.Index.Get(p.Key(hfhub.RevisionKey(route.Repo, route.Revision))); err == nil {
 			commit = string(b)
 		}
 	}
-	if meta, ok := m.indexedMeta(route, commit); ok {
+	if meta, ok := m.indexedMeta(p, route, commit); ok {
 		return meta, true, nil
 	}
 
@@ -79,8 +82,8 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		return meta, false, err
 	}
 	if !hfhub.IsCommit(route.Revision) {
-		if b, lerr := m.Index.Get(hfhub.LastRevisionKey(route.Repo, route.Revision)); lerr == nil {
-			if stale, ok := m.indexedMeta(route, string(b)); ok {
+		if b, lerr := m.Index.Get(p.Key(hfhub.LastRevisionKey(route.Repo, route.Revision))); lerr == nil {
+			if stale, ok := m.indexedMeta(p, route, string(b)); ok {
 				m.countStale("revision")
 				m.Logger.Warn("upstream unavailable; using the last known commit of the revision",
 					"repo", route.Repo.ID, "revision", route.Revision, "commit", stale.Commit, "why", err.Error())
@@ -91,11 +94,11 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 	return meta, false, err
 }
 
-func (m *Mirror) indexedMeta(route hfhub.Route, commit string) (hfhub.FileMeta, bool) {
+func (m *Mirror) indexedMeta(p authinject.Principal, route hfhub.Route, commit string) (hfhub.FileMeta, bool) {
 	if !hfhub.IsCommit(commit) {
 		return hfhub.FileMeta{}, false
 	}
-	b, err := m.Index.Get(hfhub.FileKey(route.Repo, commit, route.Path))
+	b, err := m.Index.Get(p.Key(hfhub.FileKey(route.Repo, commit, route.Path)))
 	if err != nil {
 		return hfhub.FileMeta{}, false
 	}
@@ -106,7 +109,8 @@ func (m *Mirror) indexedMeta(route hfhub.Route, commit string) (hfhub.FileMeta, 
 // headMeta asks the Hub for a file's metadata, once for all identical
 // concurrent requests, and records the answer in the index.
 func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, error) {
-	key := hfhub.FileKey(route.Repo, route.Revision, route.Path)
+	p := authinject.PrincipalFrom(ctx)
+	key := p.Key(hfhub.FileKey(route.Repo, route.Revision, route.Path))
 	// Detached: the answer is shared, so one client leaving must not
 	// cancel it for the others.
 	ctx = context.WithoutCancel(ctx)
@@ -130,16 +134,16 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		if err != nil {
 			return hfhub.FileMeta{}, &badUpstreamError{err: err}
 		}
-		if err := m.Index.Set(hfhub.FileKey(route.Repo, meta.Commit, route.Path), hfhub.MarshalMeta(meta), 0); err != nil {
+		if err := m.Index.Set(p.Key(hfhub.FileKey(route.Repo, meta.Commit, route.Path)), hfhub.MarshalMeta(meta), 0); err != nil {
 			m.Logger.Warn("caching file metadata", "err", err)
 		}
 		if route.Revision != meta.Commit {
 			if m.RevisionTTL > 0 {
-				if err := m.Index.Set(hfhub.RevisionKey(route.Repo, route.Revision), []byte(meta.Commit), m.RevisionTTL); err != nil {
+				if err := m.Index.Set(p.Key(hfhub.RevisionKey(route.Repo, route.Revision)), []byte(meta.Commit), m.RevisionTTL); err != nil {
 					m.Logger.Warn("caching revision", "err", err)
 				}
 			}
-			if err := m.Index.Set(hfhub.LastRevisionKey(route.Repo, route.Revision), []byte(meta.Commit), 0); err != nil {
+			if err := m.Index.Set(p.Key(hfhub.LastRevisionKey(route.Repo, route.Revision)), []byte(meta.Commit), 0); err != nil {
 				m.Logger.Warn("caching revision", "err", err)
 			}
 		}
@@ -152,8 +156,12 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 // at the resolved commit, following every redirect (to the CDN, without any
 // credential). A fresh resolve per fill means a fresh signed CDN URL, never
 // a stale one from an earlier HEAD.
-func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, clientAuth string) cache.Source {
+func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Request) cache.Source {
+	// The fill runs detached from the request, with the same identity.
+	principal := authinject.PrincipalFrom(in.Context())
+	clientAuth := in.Header.Get("Authorization")
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+		ctx = authinject.WithPrincipal(ctx, principal)
 		if m.Offline {
 			return nil, 0, errOffline
 		}

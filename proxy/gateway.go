@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
@@ -89,6 +90,15 @@ type Options struct {
 	Keys func() *clientauth.Keys
 	// RequireKey refuses requests without a known worker key.
 	RequireKey bool
+	// RequireKeyForGated serves requests without a worker key without
+	// the gateway's credentials (anonymously, as the upstream sees them).
+	RequireKeyForGated bool
+	// PassOwnCredentials forwards a worker's own upstream credential
+	// instead of the gateway's (clients.own_credentials: pass).
+	PassOwnCredentials bool
+	// HasCredential reports whether the gateway holds a credential for
+	// the Hub (false) or CivitAI (true).
+	HasCredential func(civitai bool) bool
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -140,7 +150,7 @@ func New(opts Options) (*Gateway, error) {
 		g.opts.MetricsAllow = opts.ClientAllow
 	}
 	g.targets = newTargets(opts.AllowPrivateTargets)
-	g.own = ownEndpoints(opts)
+	g.own = ownEndpoints(opts, g.asPrincipal)
 	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
 	if opts.Metrics != nil {
 		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" })
@@ -261,6 +271,30 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, connKey *
 	return r.WithContext(clientauth.WithKey(r.Context(), k)), true
 }
 
+// asPrincipal decides whose identity r uses upstream (and so which slice
+// of the metadata cache it sees) and records it in r's context:
+//   - the worker's own credential (a non-mgw Authorization), when
+//     clients.own_credentials is "pass" or the gateway has none of its own
+//     for that upstream;
+//   - none at all, for a request without a worker key when
+//     clients.require_key is "gated";
+//   - otherwise the gateway's.
+func (g *Gateway) asPrincipal(r *http.Request, civitai bool) *http.Request {
+	own := r.Header.Get("Authorization")
+	hasGateway := g.opts.HasCredential != nil && g.opts.HasCredential(civitai)
+	var p authinject.Principal
+	switch {
+	case own != "" && (g.opts.PassOwnCredentials || !hasGateway):
+		p = authinject.Principal{Mode: authinject.ModeClient, Scope: authinject.ClientScope(own)}
+	case g.opts.RequireKeyForGated && clientauth.FromContext(r.Context()) == nil:
+		r.Header.Del("Authorization")
+		p = authinject.Principal{Mode: authinject.ModeAnonymous, Scope: "anon"}
+	default:
+		r.Header.Del("Authorization") // replaced by the gateway's
+	}
+	return r.WithContext(authinject.WithPrincipal(r.Context(), p))
+}
+
 // keys returns the current worker keys (they can change on SIGHUP).
 func (g *Gateway) keys() *clientauth.Keys {
 	if g.opts.Keys == nil {
@@ -379,9 +413,9 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string) {
 	switch {
 	case g.hubHosts[host]:
-		g.opts.Hub.ServeHTTP(w, r)
+		g.opts.Hub.ServeHTTP(w, g.asPrincipal(r, false))
 	case g.civHosts[host] && g.opts.CivitAI != nil && g.opts.CivitAIRoute(r.URL.Path):
-		g.opts.CivitAI.ServeHTTP(w, r)
+		g.opts.CivitAI.ServeHTTP(w, g.asPrincipal(r, true))
 	case isUnder(host, g.opts.CDNDomains...):
 		g.opts.Hub.ServeCDN(w, r, http.HandlerFunc(g.forwardWithoutCredentials))
 	default:
@@ -536,7 +570,7 @@ func plainResponse(req *http.Request, status int, body string) *http.Response {
 // to the Hub mirror. Routing is a plain switch rather than an
 // http.ServeMux: the mux answers a path with ".." segments with a redirect
 // to the cleaned path, and the gateway must refuse such a path instead.
-func ownEndpoints(opts Options) http.Handler {
+func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) *http.Request) http.Handler {
 	metricsHandler := promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
@@ -559,9 +593,9 @@ func ownEndpoints(opts Options) http.Handler {
 			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
 			w.Write(opts.CA.PEM)
 		case opts.CivitAI != nil && opts.CivitAIRoute(r.URL.Path):
-			opts.CivitAI.ServeHTTP(w, r)
+			opts.CivitAI.ServeHTTP(w, asPrincipal(r, true))
 		default:
-			opts.Hub.ServeHTTP(w, r)
+			opts.Hub.ServeHTTP(w, asPrincipal(r, false))
 		}
 	})
 }
