@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"crypto/x509"
 	"encoding/base64"
 	"io"
@@ -225,4 +227,30 @@ func TestOwnCredentialsPassKeepsEachWorkersAccessCheck(t *testing.T) {
 	// A worker without a token of its own gets the gateway's credential.
 	resp, _ = g.mustDo(t, http.MethodGet, gated, nil)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+func TestAWorkerKeyNeverGoesUpstreamEvenWhenOwnCredentialsPass(t *testing.T) {
+	kf := newKeyFixture(t, "false")
+	g := startGateway(t, kf.hub, func(c *config.Config) {
+		c.Clients.OwnCredentials = "pass"
+		c.Clients.Keys = []config.ClientKey{{Name: "render", KeySHA256: sha256Hex(kf.render)}}
+	})
+	before := len(kf.hub.Requests())
+	resp, _ := g.mustDo(t, http.MethodGet, "/org/gated/resolve/main/config.json", http.Header{"Authorization": {"Bearer " + kf.render}})
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "the key gets the gateway's credential")
+	// A plain proxy request (absolute URL) with the key as its HF_TOKEN.
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.URL, "http://"), 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	io.WriteString(conn, "GET http://huggingface.co/org/gated/resolve/main/config.json HTTP/1.1\r\nHost: huggingface.co\r\nAuthorization: Bearer "+kf.render+"\r\nConnection: close\r\n\r\n")
+	reply, _ := io.ReadAll(conn)
+	assert.Contains(t, string(reply), " 200 ")
+	for _, a := range hubAuthSince(kf, before) {
+		assert.Equal(t, "Bearer "+operatorToken, a)
+	}
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

@@ -281,6 +281,10 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, connKey *
 //   - otherwise the gateway's.
 func (g *Gateway) asPrincipal(r *http.Request, civitai bool) *http.Request {
 	own := r.Header.Get("Authorization")
+	if _, isKey := clientauth.FromBearer(own); isKey {
+		own = "" // a worker key is never anyone's upstream credential
+		r.Header.Del("Authorization")
+	}
 	hasGateway := g.opts.HasCredential != nil && g.opts.HasCredential(civitai)
 	var p authinject.Principal
 	switch {
@@ -348,6 +352,13 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		var ok bool
 		if r, ok = g.authenticateProxy(w, r); !ok {
 			return
+		}
+		// A plain proxy request may also carry a key the way a mirror
+		// request does (HF_TOKEN=mgw_...); take it off it too.
+		if r.Method != http.MethodConnect {
+			if r, ok = g.authenticate(w, r, clientauth.FromContext(r.Context())); !ok {
+				return
+			}
 		}
 	} else if !health && r.URL.Path != "/ca.pem" && r.URL.Path != "/metrics" {
 		// The gateway's own endpoints answer without a worker key: the
