@@ -3,9 +3,9 @@ package main
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"io"
 	"net"
 	"net/http"
