@@ -120,3 +120,23 @@ func TestTunnelAllowLimitsTunnelsToPatterns(t *testing.T) {
 	assert.Equal(t, "403", connectFrom(t, g, "127.0.0.1", "example.org:443"))
 	assert.Equal(t, "200", connectFrom(t, g, "127.0.0.1", "huggingface.co:443"), "model hosts are not tunnels")
 }
+
+func TestOtherAPICallsAreReadOnlyAndRepoFiltered(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.HuggingFace.Repos.Deny = []string{"org/gated", "datasets/org/*"} })
+	before := len(tr.hub.Requests())
+	for _, tt := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodPost, "/api/repos/create", http.StatusMethodNotAllowed},
+		{http.MethodDelete, "/api/models/org/model/branch/main", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/api/models/org/gated/refs", http.StatusForbidden},
+		{http.MethodGet, "/api/datasets/org/secret/parquet", http.StatusForbidden},
+		{http.MethodGet, "/org/gated/resolve/main/weights.bin", http.StatusForbidden},
+	} {
+		resp, _ := g.mustDo(t, tt.method, tt.path, nil)
+		assert.Equal(t, tt.want, resp.StatusCode, tt.method+" "+tt.path)
+	}
+	assert.Equal(t, before, len(tr.hub.Requests()), "refused before any upstream request")
+}

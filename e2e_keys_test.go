@@ -238,16 +238,27 @@ func TestAWorkerKeyNeverGoesUpstreamEvenWhenOwnCredentialsPass(t *testing.T) {
 	before := len(kf.hub.Requests())
 	resp, _ := g.mustDo(t, http.MethodGet, "/org/gated/resolve/main/config.json", http.Header{"Authorization": {"Bearer " + kf.render}})
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "the key gets the gateway's credential")
-	// A plain proxy request (absolute URL) with the key as its HF_TOKEN.
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.URL, "http://"), 5*time.Second)
-	require.NoError(t, err)
-	defer conn.Close()
-	io.WriteString(conn, "GET http://huggingface.co/org/gated/resolve/main/config.json HTTP/1.1\r\nHost: huggingface.co\r\nAuthorization: Bearer "+kf.render+"\r\nConnection: close\r\n\r\n")
-	reply, _ := io.ReadAll(conn)
-	assert.Contains(t, string(reply), " 200 ")
-	for _, a := range hubAuthSince(kf, before) {
+	// A plain proxy request (absolute URL) with the key as its HF_TOKEN,
+	// for a file not fetched yet, so that it must go upstream.
+	plain := func(path, key string) string {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.URL, "http://"), 5*time.Second)
+		require.NoError(t, err)
+		defer conn.Close()
+		io.WriteString(conn, "GET http://huggingface.co"+path+" HTTP/1.1\r\nHost: huggingface.co\r\nAuthorization: Bearer "+key+"\r\nConnection: close\r\n\r\n")
+		reply, _ := io.ReadAll(conn)
+		return string(reply)
+	}
+	before = len(kf.hub.Requests())
+	assert.Contains(t, plain("/org/model/resolve/main/config.json", kf.render), " 200 ")
+	auth := hubAuthSince(kf, before)
+	require.NotEmpty(t, auth, "the request went upstream")
+	for _, a := range auth {
 		assert.Equal(t, "Bearer "+operatorToken, a)
 	}
+	// An unknown key on a plain proxy request is refused, not forwarded.
+	before = len(kf.hub.Requests())
+	assert.Contains(t, plain("/other/model/resolve/main/config.json", clientauth.Prefix+"feedfacefeedface"), " 401 ")
+	assert.Equal(t, before, len(kf.hub.Requests()))
 }
 
 func sha256Hex(s string) string {

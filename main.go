@@ -279,6 +279,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		MaxSize:  int64(cfg.Cache.MaxSize),
 		MinFree:  int64(cfg.Cache.MinFree),
 		Pinned:   pinned,
+		// A body silent for twice the header timeout is cut and resumed.
+		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
 			m.Evictions.Inc()
 			m.EvictedBytes.Add(float64(size))
@@ -339,6 +341,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)
 	backoff.OnRateLimited = func(r *http.Request) { m.RateLimited.WithLabelValues(classify(r)).Inc() }
+	backoff.Scope = func(r *http.Request) string { return authinject.PrincipalFrom(r.Context()).Scope }
 	up := authinject.New(backoff, creds...)
 
 	mirror := hfmirror.New(hfmirror.Options{
@@ -355,7 +358,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	})
 	civ := civitai.New(civitai.Options{
 		Endpoint:    civURL,
-		HasKey:      cfg.CivitAI.APIKey != "",
+		HasKey:      func() bool { return up.HasCredential(civURL) },
 		MetadataTTL: cfg.CivitAI.MetadataTTL.Duration,
 		DownloadTTL: cfg.CivitAI.DownloadTTL.Duration,
 		Upstream:    up,
@@ -400,7 +403,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
 		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNDomains:          []string{"hf.co", "huggingface.co", "civitai.com"},
+		CDNDomains:          []string{"hf.co", "huggingface.co"},
+		CivitAIDomains:      []string{"civitai.com"},
 		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
 		Offline:             cfg.Offline,
 		IdleTimeout:         cfg.Proxy.IdleTimeout.Duration,

@@ -227,12 +227,28 @@ func PrincipalFrom(ctx context.Context) Principal {
 	return p
 }
 
+// ScopePrefix starts every index key scoped to a principal other than
+// the gateway's own.
+const ScopePrefix = "scope\x00"
+
 // Key scopes an index key to p: the gateway's own entries keep their key.
 func (p Principal) Key(key string) string {
 	if p.Scope == "" {
 		return key
 	}
-	return "scope\x00" + p.Scope + "\x00" + key
+	return ScopePrefix + p.Scope + "\x00" + key
+}
+
+// Unscoped returns the key a scoped index key was made from.
+func Unscoped(key string) string {
+	rest, ok := strings.CutPrefix(key, ScopePrefix)
+	if !ok {
+		return key
+	}
+	if _, k, ok := strings.Cut(rest, "\x00"); ok {
+		return k
+	}
+	return key
 }
 
 // ClientScope names the cache scope of a worker's own credential: a hash,

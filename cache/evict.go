@@ -135,6 +135,18 @@ func (s *Store) requestEviction() {
 	}
 }
 
+// requestEvictionSoon asks for an eviction run at most once a second:
+// releases of served blobs call it while a run is blocked, and a run
+// scans every blob record.
+func (s *Store) requestEvictionSoon() {
+	now := time.Now().UnixMilli()
+	last := s.lastEvictAsk.Load()
+	if now-last < 1000 || !s.lastEvictAsk.CompareAndSwap(last, now) {
+		return
+	}
+	s.requestEviction()
+}
+
 // evictLoop runs eviction after publishes, on a timer, and flushes access
 // times, until the store closes.
 func (s *Store) evictLoop() {
@@ -194,16 +206,25 @@ func (s *Store) evict() {
 		if need <= 0 {
 			break
 		}
-		if pinned[c.d] || s.usage.isOpen(c.d) || s.isFilling(c.d) {
+		if pinned[c.d] || s.usage.isOpen(c.d) {
+			continue
+		}
+		// Under the store lock, so that no fill of this blob can start
+		// (and publish a record this would then delete) in between.
+		s.mu.Lock()
+		if _, filling := s.fills[c.d.String()]; filling {
+			s.mu.Unlock()
 			continue
 		}
 		if err := os.Remove(s.blobPath(c.d)); err != nil && !os.IsNotExist(err) {
+			s.mu.Unlock()
 			s.log.Warn("eviction: removing blob", "digest", c.d.String(), "err", err)
 			continue
 		}
 		if err := s.idx.Delete(blobKey(c.d)); err != nil {
 			s.log.Warn("eviction: dropping blob record", "digest", c.d.String(), "err", err)
 		}
+		s.mu.Unlock()
 		s.blobs.Add(-1)
 		s.bytes.Add(-c.size)
 		need -= c.size
@@ -216,11 +237,4 @@ func (s *Store) evict() {
 	if need > 0 {
 		s.log.Warn("cache is over its limits, but every remaining blob is pinned or in use", "over_by", need)
 	}
-}
-
-func (s *Store) isFilling(d Digest) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.fills[d.String()]
-	return ok
 }

@@ -106,6 +106,9 @@ type Options struct {
 	// AccessFlush is how often access times are written to the index and
 	// the limits checked. Default 30s.
 	AccessFlush time.Duration
+	// StallTimeout cuts (and resumes) an upstream body that delivers no
+	// byte for this long. Default 60s.
+	StallTimeout time.Duration
 	// DiskFree overrides the free-space probe (tests).
 	DiskFree func() (int64, error)
 }
@@ -125,9 +128,11 @@ type Store struct {
 	onEvict         func(Digest, int64)
 	accessFlush     time.Duration
 	diskFree        func() (int64, error)
+	stallTimeout    time.Duration
 	usage           usage
 	evictNow        chan struct{}
 	evictBlocked    atomic.Bool // the last eviction run could not get within the limits
+	lastEvictAsk    atomic.Int64
 	// writeAt writes fill bytes to the temp file; a test swaps it to
 	// simulate a full disk.
 	writeAt func(f *os.File, p []byte, off int64) (int, error)
@@ -169,6 +174,7 @@ func Open(opts Options) (*Store, error) {
 		onEvict:      opts.OnEvict,
 		accessFlush:  opts.AccessFlush,
 		diskFree:     opts.DiskFree,
+		stallTimeout: opts.StallTimeout,
 		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:     make(chan struct{}, 1),
 		writeAt:      (*os.File).WriteAt,
@@ -176,6 +182,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	if s.accessFlush <= 0 {
 		s.accessFlush = 30 * time.Second
+	}
+	if s.stallTimeout <= 0 {
+		s.stallTimeout = 60 * time.Second
 	}
 	switch {
 	case s.retries == 0:
@@ -259,7 +268,7 @@ func (s *Store) track(b *Blob) *Blob {
 		// An eviction that had to skip this blob while it was served
 		// can take it now. Only then: this runs on every served blob.
 		if s.evictBlocked.Load() {
-			s.requestEviction()
+			s.requestEvictionSoon()
 		}
 	}
 	return b
@@ -397,6 +406,27 @@ func (s *Store) copyBody(f *fill, tmp *os.File, body io.Reader, off int64, h has
 	}
 }
 
+// stallGuard cancels an attempt whose body delivers no byte for a while.
+type stallGuard struct {
+	io.Reader
+	timer *time.Timer
+	d     time.Duration
+}
+
+func newStallGuard(r io.Reader, d time.Duration, cancel func()) *stallGuard {
+	return &stallGuard{Reader: r, timer: time.AfterFunc(d, cancel), d: d}
+}
+
+func (g *stallGuard) Read(p []byte) (int, error) {
+	n, err := g.Reader.Read(p)
+	if n > 0 {
+		g.timer.Reset(g.d)
+	}
+	return n, err
+}
+
+func (g *stallGuard) stop() { g.timer.Stop() }
+
 // backoff waits before retry number n (1-based): exponential from
 // retryBackoff, capped at 30 times it, or until the store closes.
 func (s *Store) backoff(n int) error {
@@ -467,8 +497,12 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			body  io.ReadCloser
 			start int64
 		)
-		body, start, err = src(s.ctx, off)
+		// Each attempt has its own context: a body that stalls (a live
+		// peer that stops sending) is cut by the watchdog and resumed.
+		attempt, cancelAttempt := context.WithCancel(s.ctx)
+		body, start, err = src(attempt, off)
 		if err != nil {
+			cancelAttempt()
 			var p interface{ Permanent() bool }
 			if errors.As(err, &p) && p.Permanent() {
 				return fmt.Errorf("fetching upstream: %w", err)
@@ -485,8 +519,11 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			off, h = 0, f.digest.newHash(f.size)
 		}
 		before := off
-		off, err = s.copyBody(f, tmp, body, off, h, buf)
+		guarded := newStallGuard(body, s.stallTimeout, cancelAttempt)
+		off, err = s.copyBody(f, tmp, guarded, off, h, buf)
+		guarded.stop()
 		body.Close()
+		cancelAttempt()
 		var sizeErr *SizeMismatchError
 		if errors.As(err, &sizeErr) || errors.Is(err, ErrStorage) {
 			return err
@@ -556,9 +593,11 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 		return fmt.Errorf("publishing blob: %w", err)
 	}
 	if err := syncDir(dir); err != nil {
+		os.Remove(final) // unrecorded, it would be served yet never counted
 		return err
 	}
 	if err := s.idx.Set(blobKey(f.digest), blobRecord(f.size), 0); err != nil {
+		os.Remove(final)
 		return err
 	}
 	s.blobs.Add(1)

@@ -53,9 +53,9 @@ type Blobs interface {
 type Options struct {
 	// Endpoint is CivitAI's base URL, where requests are really sent.
 	Endpoint *url.URL
-	// HasKey says whether the operator configured an API key; it only
-	// changes the advice in error answers.
-	HasKey      bool
+	// HasKey says whether the operator's API key is configured (it can
+	// change on SIGHUP); it only changes the advice in error answers.
+	HasKey      func() bool
 	MetadataTTL time.Duration
 	DownloadTTL time.Duration
 	Upstream    Upstream

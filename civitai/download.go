@@ -105,7 +105,11 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		}
 		etag = `"` + ref.SHA256 + `"`
 		get = func() (*cache.Blob, cache.Result, error) {
-			return h.Blobs.Get(ctx, digest, ref.Size, h.source(authinject.PrincipalFrom(ctx), versionID, params, ref, pending))
+			b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(r, versionID, params, ref, pending))
+			if res != cache.Miss {
+				pending.discard() // cached, or filled by another request
+			}
+			return b, res, err
 		}
 	} else {
 		// CivitAI published no hash (yet): the bytes are cached under the
@@ -113,7 +117,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		// once the fill completes. Until then there is no ETag to give.
 		info.Detail = "no published SHA256; keyed by the computed one"
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(authinject.PrincipalFrom(ctx), versionID, params, ref, pending), func(d cache.Digest) {
+			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(r, versionID, params, ref, pending), func(d cache.Digest) {
 				computed := ref
 				computed.SHA256, computed.Computed = d.Hex, true
 				h.remember(key, computed)
@@ -298,6 +302,9 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 	if off > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
 	}
+	// Anonymous, whatever the request's principal: not even a redirect
+	// from the storage host may pick up a credential.
+	req = req.WithContext(authinject.WithPrincipal(ctx, authinject.Principal{Mode: authinject.ModeAnonymous}))
 	resp, err := h.Upstream.Do(req, authinject.FollowAll)
 	if err != nil {
 		return nil, &unreachableError{err: upstream.Sanitize(err)}
@@ -311,18 +318,28 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 
 // source fetches a file for the cache: the body the resolution already
 // opened, else a fresh signed URL from the download route.
-func (h *Handler) source(principal authinject.Principal, versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
+func (h *Handler) source(in *http.Request, versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
+	// The fill runs detached, with the request's identity (and, for a
+	// worker's own credential, that credential).
+	principal := authinject.PrincipalFrom(in.Context())
+	auth := in.Header.Get("Authorization")
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-		ctx = authinject.WithPrincipal(ctx, principal) // the fill runs detached, with the same identity
+		ctx = authinject.WithPrincipal(ctx, principal)
 		if h.Offline {
 			return nil, 0, errOffline
 		}
 		if off == 0 {
 			if b := pending.take(); b != nil {
-				return b, 0, nil
+				// Opened on the request's context: close it when the fill
+				// ends, so that shutdown does not wait for the download.
+				return closeOnDone(ctx, b), 0, nil
 			}
 		}
-		loc, err := h.storageLocation(ctx, nil, versionID, params)
+		withAuth, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
+		if auth != "" {
+			withAuth.Header.Set("Authorization", auth)
+		}
+		loc, err := h.storageLocation(ctx, withAuth, versionID, params)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -337,6 +354,22 @@ func (h *Handler) source(principal authinject.Principal, versionID string, param
 		}
 		return resp.Body, start, nil
 	}
+}
+
+// closeOnDone closes body when ctx ends, unless body is closed first.
+func closeOnDone(ctx context.Context, body io.ReadCloser) io.ReadCloser {
+	stop := context.AfterFunc(ctx, func() { body.Close() })
+	return &stoppingBody{ReadCloser: body, stop: stop}
+}
+
+type stoppingBody struct {
+	io.ReadCloser
+	stop func() bool
+}
+
+func (b *stoppingBody) Close() error {
+	b.stop()
+	return b.ReadCloser.Close()
 }
 
 // attachment is the Content-Disposition naming the real file.
@@ -403,13 +436,22 @@ type Scanner interface {
 // map to, for eviction to keep.
 func PinnedDigests(idx Scanner, versionIDs []string) map[cache.Digest]bool {
 	out := map[cache.Digest]bool{}
+	keep := func(_ string, val []byte) error {
+		var ref fileRef
+		if json.Unmarshal(val, &ref) == nil {
+			if d, err := cache.NewDigest(cache.SHA256, ref.SHA256); err == nil {
+				out[d] = true
+			}
+		}
+		return nil
+	}
 	for _, id := range versionIDs {
-		idx.Scan(keyDownload+id+"\x00", func(_ string, val []byte) error {
-			var ref fileRef
-			if json.Unmarshal(val, &ref) == nil {
-				if d, err := cache.NewDigest(cache.SHA256, ref.SHA256); err == nil {
-					out[d] = true
-				}
+		prefix := keyDownload + id + "\x00"
+		idx.Scan(prefix, keep)
+		// The same mappings made under other principals' scopes.
+		idx.Scan(authinject.ScopePrefix, func(key string, val []byte) error {
+			if strings.HasPrefix(authinject.Unscoped(key), prefix) {
+				return keep(key, val)
 			}
 			return nil
 		})

@@ -81,7 +81,7 @@ func newAPIError(resp *http.Response) *apiError {
 func (h *Handler) advice(status int) string {
 	switch status {
 	case http.StatusUnauthorized:
-		if h.HasKey {
+		if h.HasKey != nil && h.HasKey() {
 			return "CivitAI refused the gateway's API key for this file: the configured key is invalid, expired, or lacks access (civitai.api_key)"
 		}
 		return "this file needs a CivitAI API key: configure civitai.api_key (or CIVITAI_API_KEY) on the gateway"

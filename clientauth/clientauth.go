@@ -47,6 +47,9 @@ func (k *Key) Allows(scope string) bool { return len(k.scopes) == 0 || k.scopes[
 // (as written in URLs: "org/name", "datasets/org/name").
 func (k *Key) AllowsRepo(repo string) bool { return len(k.repos) == 0 || MatchRepo(k.repos, repo) }
 
+// HasRepoLimits reports whether the key is limited to some repos.
+func (k *Key) HasRepoLimits() bool { return len(k.repos) > 0 }
+
 // MatchRepo reports whether repo matches one of the patterns ("org/*",
 // exact ids, "datasets/org/*").
 func MatchRepo(patterns []string, repo string) bool {
@@ -108,9 +111,6 @@ func (ks *Keys) Lookup(secret string) (*Key, bool) {
 	return found, found != nil
 }
 
-// Empty reports whether no key is configured.
-func (ks *Keys) Empty() bool { return len(ks.keys) == 0 }
-
 // Generate returns a new random worker key and its sha256 (hex).
 func Generate() (key, sha string, err error) {
 	var b [24]byte
@@ -150,29 +150,43 @@ func FromProxyAuthorization(v string) (string, bool) {
 }
 
 // Take finds a worker key in r — Authorization: Bearer mgw_..., or a
-// token=mgw_... query parameter (CivitAI style) — and removes it from r,
-// so that it cannot travel further. It returns the key and whether one
-// was there.
+// token=mgw_... query parameter (CivitAI style) — and removes every
+// presentation of one from r, so that none can travel further. It
+// returns the key and whether one was there. An Authorization header that
+// holds a worker key in any other form is removed too, and reported as a
+// presented (unusable) key so the caller refuses it.
 func Take(r *http.Request) (string, bool) {
-	if key, ok := FromBearer(r.Header.Get("Authorization")); ok {
+	var key string
+	found := false
+	if v := r.Header.Get("Authorization"); strings.Contains(v, Prefix) {
 		r.Header.Del("Authorization")
-		return key, true
+		key, found = FromBearer(v)
+		if !found {
+			key, found = v, true // not Bearer: cannot match any key
+		}
 	}
 	q := r.URL.Query()
+	changed := false
 	for name, vals := range q {
 		if !strings.EqualFold(name, "token") {
 			continue
 		}
 		for _, v := range vals {
 			if strings.HasPrefix(v, Prefix) {
+				if !found {
+					key, found = v, true
+				}
 				q.Del(name)
-				r.URL.RawQuery = q.Encode()
-				r.RequestURI = ""
-				return v, true
+				changed = true
+				break
 			}
 		}
 	}
-	return "", false
+	if changed {
+		r.URL.RawQuery = q.Encode()
+		r.RequestURI = ""
+	}
+	return key, found
 }
 
 type ctxKey struct{}

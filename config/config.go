@@ -478,12 +478,14 @@ func checkURL(raw, want string, allowUser bool, schemes ...string) string {
 		// The parse error quotes the input, which may hold credentials.
 		return want
 	}
-	got := fmt.Sprintf(", got %q", u.Redacted())
+	// Only scheme, host and path are echoed: a query or user info may hold
+	// a credential.
+	got := fmt.Sprintf(", got %q", (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String())
 	switch {
 	case !slices.Contains(schemes, u.Scheme) || u.Host == "" || u.Opaque != "":
 		return want + got
 	case u.User != nil && !allowUser:
-		return "must not contain credentials; configure the token or API key instead" + fmt.Sprintf(" (got %q)", u.Redacted())
+		return "must not contain credentials; configure the token or API key instead" + got
 	case u.RawQuery != "" || u.ForceQuery:
 		return want + " without a query" + got
 	case u.Fragment != "":

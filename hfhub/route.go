@@ -347,3 +347,30 @@ func CDNContentSHA256(escapedPath string) (string, bool) {
 	}
 	return segs[4], true
 }
+
+// APIRepoCandidates returns the repositories an /api/{type}s/... path may
+// be about (its one- and two-segment readings), for access checks on API
+// routes the gateway does not parse further.
+func APIRepoCandidates(u *url.URL) []Repo {
+	segs := strings.Split(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
+	if len(segs) < 3 || segs[0] != "api" {
+		return nil
+	}
+	typ, ok := apiTypes[segs[1]]
+	if !ok {
+		return nil
+	}
+	var out []Repo
+	for n := 1; n <= 2 && 2+n <= len(segs); n++ {
+		parts := make([]string, n)
+		for i := range n {
+			p, err := url.PathUnescape(segs[2+i])
+			if err != nil {
+				return out
+			}
+			parts[i] = p
+		}
+		out = append(out, Repo{Type: typ, ID: strings.Join(parts, "/")})
+	}
+	return out
+}

@@ -172,7 +172,9 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBod
 		a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
 		copyRelayHeaders(a.Header, resp.Header)
 		if loc := resp.Header.Get("Location"); loc != "" {
-			a.Header.Set("Location", m.gatewayLocation(resp.Request.URL, loc, r))
+			if gl, ok := m.gatewayLocation(resp.Request.URL, loc, r); ok {
+				a.Header.Set("Location", gl)
+			}
 		}
 		return a, nil
 	})
@@ -203,25 +205,28 @@ func (m *Mirror) writeAPIAnswer(w http.ResponseWriter, r *http.Request, a apiAns
 // forwardAPI relays any other /api/ request with the token, uncached.
 func (m *Mirror) forwardAPI(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// The operator's token must not be lent to every worker for
+		// writes (creating, committing to, deleting repositories).
+		info.Result = "forbidden"
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "", "the gateway forwards read-only API calls only")
+		return
+	}
 	if m.Offline {
 		info.Result = "error"
 		m.writeMetaError(w, errOffline)
 		return
 	}
-	var body io.Reader
-	if r.Body != nil && r.Body != http.NoBody && r.Method != http.MethodGet && r.Method != http.MethodHead {
-		body = http.MaxBytesReader(w, r.Body, maxAPIRequestBody)
-	}
-	req, err := m.newUpstreamRequest(r.Context(), r.Method, r.URL.EscapedPath(), r.URL.RawQuery, body, r)
+	req, err := m.newUpstreamRequest(r.Context(), r.Method, r.URL.EscapedPath(), r.URL.RawQuery, nil, r)
 	if err != nil {
 		info.Result = "error"
 		writeError(w, http.StatusBadRequest, "", "invalid request")
 		return
 	}
-	if body != nil {
-		req.ContentLength = r.ContentLength
-	}
-	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+	// Every redirect is followed here (credentials per hop, by host), so
+	// no signed CDN URL is handed to the worker.
+	resp, err := m.Upstream.Do(req, authinject.FollowAll)
 	if err != nil {
 		info.Result = "error"
 		m.Logger.Warn("upstream unreachable", "err", upstream.Sanitize(err))
@@ -241,7 +246,9 @@ func (m *Mirror) relay(w http.ResponseWriter, r *http.Request, resp *http.Respon
 	h := w.Header()
 	copyRelayHeaders(h, resp.Header)
 	if loc := resp.Header.Get("Location"); loc != "" {
-		h.Set("Location", m.gatewayLocation(resp.Request.URL, loc, r))
+		if gl, ok := m.gatewayLocation(resp.Request.URL, loc, r); ok {
+			h.Set("Location", gl)
+		}
 	}
 	hfhub.RewriteNextLink(h, m.Endpoint, gatewayBase(r))
 	if resp.ContentLength >= 0 {
@@ -256,12 +263,13 @@ func (m *Mirror) relay(w http.ResponseWriter, r *http.Request, resp *http.Respon
 }
 
 // gatewayLocation keeps a redirect on the Hub usable through the gateway
-// (e.g. a renamed repo's API route the Hub did not resolve for us).
-func (m *Mirror) gatewayLocation(base *url.URL, loc string, r *http.Request) string {
+// (e.g. a renamed repo's API route the Hub did not resolve for us). A
+// redirect elsewhere (a signed CDN URL) is never passed to a worker.
+func (m *Mirror) gatewayLocation(base *url.URL, loc string, r *http.Request) (string, bool) {
 	if u, err := base.Parse(loc); err == nil && authinject.CanonicalHost(u) == authinject.CanonicalHost(m.Endpoint) {
-		return gatewayBase(r) + u.RequestURI()
+		return gatewayBase(r) + u.RequestURI(), true
 	}
-	return loc
+	return "", false
 }
 
 func (m *Mirror) countUpstreamBytes(n int64) {
@@ -280,8 +288,8 @@ func gatewayBase(r *http.Request) string {
 }
 
 // requestDigest identifies an API request for caching: method, path, query
-// (canonically ordered) and body. Credentials are not part of it: every
-// worker is served with the operator's identity.
+// (canonically ordered) and body. Whose credential asked is not part of
+// it: the caller scopes the key by principal.
 func requestDigest(r *http.Request, body []byte) string {
 	h := sha256.New()
 	io.WriteString(h, r.Method+"\x00"+r.URL.EscapedPath()+"\x00"+r.URL.Query().Encode()+"\x00")

@@ -24,7 +24,10 @@ func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.H
 		return
 	}
 	sha, ok := hfhub.CDNContentSHA256(r.URL.EscapedPath())
-	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	// A blob is handed out by content id only to requests with the
+	// gateway's unrestricted access: anyone narrower goes to the CDN with
+	// the signed URL they hold, which decides for itself.
+	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) && !m.restricted(r) {
 		d, _ := cache.NewDigest(cache.SHA256, sha)
 		b, err := m.Blobs.Open(d)
 		if err == nil {

@@ -124,10 +124,24 @@ func (m *Mirror) refusal(r *http.Request, route hfhub.Route) string {
 	if k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
 		return "this worker key may not use Hugging Face"
 	}
-	if route.Repo.ID == "" {
-		return "" // other API routes name no repo
+	repos := []hfhub.Repo{route.Repo}
+	if route.Kind == hfhub.OtherAPI {
+		// Not parsed further: check every repo the path may name.
+		repos = hfhub.APIRepoCandidates(r.URL)
 	}
-	repo := route.Repo.URLPrefix() + route.Repo.ID
+	for _, repo := range repos {
+		if repo.ID == "" {
+			continue
+		}
+		if msg := m.repoRefusal(k, repo.URLPrefix()+repo.ID); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// repoRefusal applies the global repo filter, then the key's patterns.
+func (m *Mirror) repoRefusal(k *clientauth.Key, repo string) string {
 	switch {
 	case clientauth.MatchRepo(m.RepoDeny, repo):
 		return "the gateway does not serve " + repo
@@ -137,6 +151,15 @@ func (m *Mirror) refusal(r *http.Request, route hfhub.Route) string {
 		return "this worker key may not fetch " + repo
 	}
 	return ""
+}
+
+// restricted reports whether the request's access to repos is narrowed
+// (a global filter, a key's patterns, or no gateway credential): then a
+// blob cannot be handed out by content id alone.
+func (m *Mirror) restricted(r *http.Request) bool {
+	k := clientauth.FromContext(r.Context())
+	return len(m.RepoAllow) > 0 || len(m.RepoDeny) > 0 || (k != nil && k.HasRepoLimits()) ||
+		authinject.PrincipalFrom(r.Context()).Mode != authinject.ModeGateway
 }
 
 // newUpstreamRequest builds a request for path (already escaped) and query

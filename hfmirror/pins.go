@@ -1,6 +1,9 @@
 package hfmirror
 
 import (
+	"strings"
+
+	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
 )
@@ -29,9 +32,18 @@ func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
 				commit = string(b)
 			}
 		}
-		idx.Scan(hfhub.FileKeyPrefix(p.Repo, commit), func(_ string, val []byte) error {
+		prefix := hfhub.FileKeyPrefix(p.Repo, commit)
+		keep := func(_ string, val []byte) error {
 			if meta, err := hfhub.UnmarshalMeta(val); err == nil {
 				out[meta.Digest] = true
+			}
+			return nil
+		}
+		idx.Scan(prefix, keep)
+		// The same records made under other principals' scopes.
+		idx.Scan(authinject.ScopePrefix, func(key string, val []byte) error {
+			if strings.HasPrefix(authinject.Unscoped(key), prefix) {
+				return keep(key, val)
 			}
 			return nil
 		})

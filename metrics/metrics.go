@@ -56,7 +56,6 @@ type Metrics struct {
 
 // Route labels.
 const (
-	RouteResolve = "resolve"
 	RouteHealth  = "healthz"
 	RouteMetrics = "metrics"
 	RouteOther   = "other"

@@ -52,6 +52,11 @@ func Load(certFile, keyFile, dir string) (*CA, error) {
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		return ca, err
 	}
+	if _, cerr := os.Stat(certFile); errors.Is(cerr, os.ErrNotExist) {
+		// A crash between writing the key and the certificate left a key
+		// alone: nothing was ever signed with it, so start over.
+		os.Remove(keyFile)
+	}
 	if err := create(certFile, keyFile); err != nil {
 		return nil, err
 	}

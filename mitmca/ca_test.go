@@ -53,3 +53,11 @@ func TestANonCACertificateIsRefused(t *testing.T) {
 	pool := x509.NewCertPool()
 	assert.True(t, pool.AppendCertsFromPEM(ca.PEM))
 }
+
+func TestAKeyLeftAloneByACrashIsReplaced(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, keyName), []byte("half-written"), 0o600))
+	ca, err := Load("", "", dir)
+	require.NoError(t, err)
+	assert.True(t, ca.TLS.Leaf.IsCA)
+}

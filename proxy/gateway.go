@@ -61,6 +61,9 @@ type Options struct {
 	CivitAI      http.Handler
 	CivitAIRoute func(path string) bool
 	CivitAIHosts []string
+	// CivitAIDomains are domains whose intercepted subdomains are
+	// CivitAI's other hosts, relayed without credentials.
+	CivitAIDomains []string
 	// DenyTunnels refuses CONNECTs to hosts that are not intercepted.
 	DenyTunnels bool
 	// Offline never relays anything to the network: tunnels are refused
@@ -146,7 +149,6 @@ func New(opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	if len(opts.MetricsAllow) == 0 {
-		opts.MetricsAllow = opts.ClientAllow
 		g.opts.MetricsAllow = opts.ClientAllow
 	}
 	g.targets = newTargets(opts.AllowPrivateTargets)
@@ -214,7 +216,10 @@ func (g *Gateway) authenticateProxy(w http.ResponseWriter, r *http.Request) (*ht
 	switch k, known := keys.Lookup(secret); {
 	case presented && known:
 		reqinfo.From(r.Context()).Worker = k.Name
-		return r.WithContext(clientauth.WithKey(r.Context(), k)), true
+		ctx := clientauth.WithKey(r.Context(), k)
+		// An intercepted connection looks the key up again per request.
+		ctx = context.WithValue(ctx, connectSecretKey{}, secret)
+		return r.WithContext(ctx), true
 	case presented:
 		msg = "the worker key is not known to this gateway"
 	case g.opts.RequireKey:
@@ -400,11 +405,16 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 
 type interceptedHostKey struct{}
 
+// connectSecretKey carries a CONNECT's worker key to its interception.
+type connectSecretKey struct{}
+
 // intercepted is what the inner server knows of a connection: the
-// CONNECT's target, and the worker key the CONNECT presented.
+// CONNECT's target, and the worker key the CONNECT presented (kept as the
+// secret and looked up again on every request, so a key revoked by SIGHUP
+// stops working on open connections too).
 type intercepted struct {
-	host string
-	key  *clientauth.Key
+	host, target string
+	secret       string
 }
 
 // routeIntercepted serves a request decoded from an intercepted CONNECT;
@@ -412,11 +422,28 @@ type intercepted struct {
 func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	reqinfo.From(r.Context()).Mode = "mitm"
 	ic, _ := r.Context().Value(interceptedHostKey{}).(intercepted)
-	r, ok := g.authenticate(w, r, ic.key)
+	var connKey *clientauth.Key
+	if ic.secret != "" {
+		k, known := g.keys().Lookup(ic.secret)
+		if !known {
+			info := reqinfo.From(r.Context())
+			info.Route, info.Result = "auth", "unauthorized"
+			http.Error(w, "the worker key is not known to this gateway", http.StatusUnauthorized)
+			return
+		}
+		connKey = k
+	}
+	r, ok := g.authenticate(w, r, connKey)
 	if !ok {
 		return
 	}
+	// The CONNECT's target decides where the request goes, not the Host
+	// header the worker writes inside the tunnel.
 	host := ic.host
+	r.Host = ic.target
+	if strings.HasSuffix(ic.target, ":443") {
+		r.Host = ic.host
+	}
 	g.serveSite(w, r, host)
 }
 
@@ -427,6 +454,15 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 		g.opts.Hub.ServeHTTP(w, g.asPrincipal(r, false))
 	case g.civHosts[host] && g.opts.CivitAI != nil && g.opts.CivitAIRoute(r.URL.Path):
 		g.opts.CivitAI.ServeHTTP(w, g.asPrincipal(r, true))
+	case isUnder(host, g.opts.CivitAIDomains...):
+		// CivitAI's other hosts (images, storage): relayed, never with a
+		// credential, and only for keys that may use CivitAI.
+		if k := clientauth.FromContext(r.Context()); k != nil && !k.Allows(clientauth.ScopeCivitAI) {
+			reqinfo.From(r.Context()).Result = "forbidden"
+			http.Error(w, "this worker key may not use CivitAI", http.StatusForbidden)
+			return
+		}
+		g.forwardWithoutCredentials(w, r)
 	case isUnder(host, g.opts.CDNDomains...):
 		g.opts.Hub.ServeCDN(w, r, http.HandlerFunc(g.forwardWithoutCredentials))
 	default:
@@ -542,7 +578,8 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 		tconn.Close()
 		return
 	}
-	g.innerHosts.Store(net.Conn(tconn), intercepted{host: host, key: clientauth.FromContext(req.Context())})
+	secret, _ := req.Context().Value(connectSecretKey{}).(string)
+	g.innerHosts.Store(net.Conn(tconn), intercepted{host: host, target: req.URL.Host, secret: secret})
 	if !g.innerLn.deliver(tconn) {
 		g.innerHosts.Delete(net.Conn(tconn))
 		tconn.Close()

@@ -174,6 +174,3 @@ func (r *recorder) status() int {
 
 // writerOnly hides ReadFrom to avoid recursion in io.Copy.
 type writerOnly struct{ io.Writer }
-
-// IsClosed reports whether err is the normal end of a server.
-func IsClosed(err error) bool { return errors.Is(err, http.ErrServerClosed) }

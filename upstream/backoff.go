@@ -21,7 +21,10 @@ type Backoff struct {
 	next http.RoundTripper
 	// OnRateLimited, when set, is told each time a host answers 429.
 	OnRateLimited func(r *http.Request)
-	now           func() time.Time
+	// Scope, when set, names the credential a request carries, so that
+	// backoffs are kept per credential.
+	Scope func(r *http.Request) string
+	now   func() time.Time
 
 	mu    sync.Mutex
 	until map[string]time.Time // canonical host -> end of its backoff
@@ -41,7 +44,9 @@ const (
 
 // RoundTrip sends r unless r's host is backing off.
 func (b *Backoff) RoundTrip(r *http.Request) (*http.Response, error) {
-	host := hostKey(r.URL)
+	// Per host and per credential: one credential's penalty must not
+	// silence the gateway for requests made with another.
+	host := hostKey(r.URL) + "\x00" + b.scopeOf(r)
 	b.mu.Lock()
 	until, ok := b.until[host]
 	if ok && !b.now().Before(until) {
@@ -66,6 +71,13 @@ func (b *Backoff) RoundTrip(r *http.Request) (*http.Response, error) {
 		b.OnRateLimited(r)
 	}
 	return resp, nil
+}
+
+func (b *Backoff) scopeOf(r *http.Request) string {
+	if b.Scope == nil {
+		return ""
+	}
+	return b.Scope(r)
 }
 
 func hostKey(u *url.URL) string { return strings.ToLower(u.Scheme + "://" + u.Host) }
