@@ -21,6 +21,8 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+
+	"github.com/modelgate/modelgate/upstream"
 )
 
 // Credential is a secret bound to the single host it may be sent to.
@@ -153,7 +155,7 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 		if !dropsBody(resp.StatusCode, out.Method) && out.GetBody == nil && out.Body != nil && out.Body != http.NoBody {
 			return resp, nil // the body cannot be sent again: the caller sees the redirect
 		}
-		drain(resp.Body)
+		upstream.DrainClose(resp.Body)
 		if hop+1 >= maxRedirects {
 			return nil, errors.New("upstream redirected too many times")
 		}
@@ -302,11 +304,6 @@ func isRedirect(code int) bool {
 	return false
 }
 
-// drain reads a little of a discarded body so the connection can be reused.
-func drain(body io.ReadCloser) {
-	io.CopyN(io.Discard, body, 64<<10)
-	body.Close()
-}
 
 // CanonicalHost returns u's lower-cased host with the scheme's default port
 // made explicit, so that "hub.example" and "hub.example:443" compare equal

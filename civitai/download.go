@@ -268,7 +268,7 @@ func (h *Handler) storageLocation(ctx context.Context, in *http.Request, version
 	if err != nil {
 		return nil, &unreachableError{err: upstream.Sanitize(err)}
 	}
-	defer drainClose(resp.Body)
+	defer upstream.DrainClose(resp.Body)
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		u, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
@@ -310,7 +310,7 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 		return nil, &unreachableError{err: upstream.Sanitize(err)}
 	}
 	if (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent) || isHTML(resp.Header) {
-		drainClose(resp.Body)
+		upstream.DrainClose(resp.Body)
 		return nil, &badUpstreamError{err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
 	}
 	return resp, nil
@@ -349,7 +349,7 @@ func (h *Handler) source(in *http.Request, versionID string, params url.Values, 
 		}
 		start, err := upstream.BodyStart(resp, off, ref.Size)
 		if err != nil {
-			drainClose(resp.Body)
+			upstream.DrainClose(resp.Body)
 			return nil, 0, &badUpstreamError{err: err}
 		}
 		return resp.Body, start, nil
@@ -422,10 +422,6 @@ func isHTML(h http.Header) bool {
 	return strings.HasPrefix(strings.ToLower(h.Get("Content-Type")), "text/html")
 }
 
-func drainClose(rc io.ReadCloser) {
-	io.CopyN(io.Discard, rc, 64<<10)
-	rc.Close()
-}
 
 // Scanner reads index entries by key prefix; cache.Index implements it.
 type Scanner interface {

@@ -126,7 +126,7 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		if err != nil {
 			return hfhub.FileMeta{}, &unreachableError{err: upstream.Sanitize(err)}
 		}
-		defer drainClose(resp.Body)
+		defer upstream.DrainClose(resp.Body)
 		if resp.StatusCode >= 400 {
 			return hfhub.FileMeta{}, &upstreamAnswerError{resp: resp, body: readLimited(resp.Body)}
 		}
@@ -182,7 +182,7 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		start, err := upstream.BodyStart(resp, off, meta.Size)
 		if err != nil {
 			body := readLimited(resp.Body)
-			drainClose(resp.Body)
+			upstream.DrainClose(resp.Body)
 			// A refusal by the Hub itself (token revoked, repo gone) is
 			// relayed; a CDN's is the gateway's problem, not the worker's.
 			if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
@@ -285,10 +285,6 @@ func readLimited(r io.Reader) []byte {
 	return b
 }
 
-func drainClose(rc io.ReadCloser) {
-	io.CopyN(io.Discard, rc, 64<<10)
-	rc.Close()
-}
 
 func jsonString(s string) string {
 	b, _ := json.Marshal(s)

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -140,4 +141,11 @@ func BodyStart(resp *http.Response, offset, size int64) (int64, error) {
 		return 0, fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, size-start)
 	}
 	return start, nil
+}
+
+// DrainClose reads a little of a discarded response body, so that its
+// connection can be reused, and closes it.
+func DrainClose(body io.ReadCloser) {
+	io.CopyN(io.Discard, body, 64<<10)
+	body.Close()
 }
