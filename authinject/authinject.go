@@ -304,7 +304,6 @@ func isRedirect(code int) bool {
 	return false
 }
 
-
 // CanonicalHost returns u's lower-cased host with the scheme's default port
 // made explicit, so that "hub.example" and "hub.example:443" compare equal
 // and "http://hub.example" (port 80) does not match an https credential.

@@ -422,7 +422,6 @@ func isHTML(h http.Header) bool {
 	return strings.HasPrefix(strings.ToLower(h.Get("Content-Type")), "text/html")
 }
 
-
 // Scanner reads index entries by key prefix; cache.Index implements it.
 type Scanner interface {
 	Scan(prefix string, fn func(key string, val []byte) error) error

@@ -285,7 +285,6 @@ func readLimited(r io.Reader) []byte {
 	return b
 }
 
-
 func jsonString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
