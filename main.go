@@ -109,6 +109,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, u := range config.UnknownEnv(os.Environ()) {
+		log.Warn("environment variable names no configuration key; it is ignored",
+			"variable", u.Name, "nearest_key_variable", u.Nearest)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	reload := func() (config.Config, error) { return loadConfig(*configPath, isFlagSet(fs, "config")) }

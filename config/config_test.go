@@ -518,3 +518,19 @@ func TestDumpRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, c, got)
 }
+
+func TestUnknownEnv(t *testing.T) {
+	got := UnknownEnv([]string{
+		"PATH=/usr/bin",
+		"MODELGATE_CACHE_MAX_SIZE=10GiB",   // a key: fine
+		"MODELGATE_CACHE_MAXSIZE=10GiB",    // a typo
+		"MODELGATE_GATEWAY=http://gate:80", // the CLI's own
+		"MODELGATE_ADMIN_KEY=mga_x",        // the CLI's own
+		"MODELGATE_PORT=tcp://10.0.0.1:80", // Kubernetes service variable
+		"HF_TOKEN=hf_x",
+	})
+	require.Len(t, got, 2)
+	assert.Equal(t, EnvNotAKey{Name: "MODELGATE_CACHE_MAXSIZE", Nearest: "MODELGATE_CACHE_MAX_SIZE"}, got[0])
+	assert.Equal(t, "MODELGATE_PORT", got[1].Name)
+	assert.NotEmpty(t, got[1].Nearest)
+}

@@ -145,3 +145,71 @@ func setFromString(f reflect.Value, s string) error {
 	}
 	return nil
 }
+
+// EnvNotAKey is a MODELGATE_* variable that names no configuration key.
+type EnvNotAKey struct {
+	Name    string // the variable, e.g. MODELGATE_CACHE_MAXSIZE
+	Nearest string // the closest known variable, e.g. MODELGATE_CACHE_MAX_SIZE
+}
+
+// nonConfigEnv are MODELGATE_* variables with another reader: the CLI's
+// own settings, which are not configuration keys.
+var nonConfigEnv = map[string]bool{
+	envPrefix + "GATEWAY":   true,
+	envPrefix + "ADMIN_KEY": true,
+}
+
+// UnknownEnv lists the MODELGATE_* variables in environ ("NAME=value"
+// entries, as os.Environ returns) that name no configuration key, each with
+// the nearest known name. They are for a warning, not an error: a typo such
+// as MODELGATE_CACHE_MAXSIZE would otherwise leave the default silently in
+// force, but Kubernetes injects MODELGATE_PORT-style service variables into
+// every pod of a service called modelgate, and those must not stop it.
+func UnknownEnv(environ []string) []EnvNotAKey {
+	var known []string
+	isKnown := map[string]bool{}
+	var c Config
+	_ = walkLeaves(reflect.ValueOf(&c).Elem(), nil, func(path []string, _ reflect.Value) error {
+		n := envName(path)
+		known = append(known, n)
+		isKnown[n] = true
+		return nil
+	})
+	var out []EnvNotAKey
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, envPrefix) || isKnown[name] || nonConfigEnv[name] {
+			continue
+		}
+		best, bestD := "", -1
+		for _, k := range known {
+			if d := editDistance(name, k); bestD < 0 || d < bestD {
+				best, bestD = k, d
+			}
+		}
+		out = append(out, EnvNotAKey{Name: name, Nearest: best})
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance between a and b (byte-wise; the
+// names are ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
