@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -437,6 +438,18 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if r.URL.IsAbs() {
+		// An absolute-form request line inside an interception would
+		// otherwise be relayed to the host it names: an open proxy that
+		// proxy.tunnel and tunnel_allow never see.
+		if !sameTarget(r.URL, ic.target) {
+			info := reqinfo.From(r.Context())
+			info.Route, info.Result = "proxy", "denied"
+			http.Error(w, "requests inside this connection can only go to "+ic.host, http.StatusForbidden)
+			return
+		}
+		r.URL.Scheme, r.URL.Host = "", ""
+	}
 	// The CONNECT's target decides where the request goes, not the Host
 	// header the worker writes inside the tunnel.
 	host := ic.host
@@ -445,6 +458,20 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 		r.Host = ic.host
 	}
 	g.serveSite(w, r, host)
+}
+
+// sameTarget reports whether the absolute URL u names the CONNECT target
+// host:port (a missing port is the scheme's default).
+func sameTarget(u *url.URL, target string) bool {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return false
+	}
+	uport := u.Port()
+	if uport == "" {
+		uport = map[string]string{"http": "80", "https": "443"}[strings.ToLower(u.Scheme)]
+	}
+	return uport == port && strings.EqualFold(strings.TrimSuffix(u.Hostname(), "."), strings.TrimSuffix(host, "."))
 }
 
 // serveSite answers a proxy-mode request for host.
