@@ -4,20 +4,24 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/config"
 )
 
@@ -100,4 +104,150 @@ func TestInterceptionOnlyReachesItsConnectTarget(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, tr.config, body)
+}
+
+// startConfiguredProcess runs the gateway binary with a config file (keys
+// cannot come from the environment), for tests that send it signals.
+func startConfiguredProcess(t *testing.T, bin, configYAML string) *gatewayProcess {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := dir + "/config.yaml"
+	require.NoError(t, os.WriteFile(cfgPath, []byte(configYAML), 0o600))
+	cmd := exec.Command(bin, "-config", cfgPath)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p := &gatewayProcess{cmd: cmd, logs: &syncBuffer{}}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.logs.Write([]byte(line + "\n"))
+			if m := listeningRe.FindStringSubmatch(line); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		p.url = "http://" + a
+	case <-time.After(20 * time.Second):
+		t.Fatalf("gateway did not start: %s", p.logs.String())
+	}
+	return p
+}
+
+// echoServer echoes every line back, until the peer closes.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// openTunnel sends a CONNECT to target through gw with proxyAuth and
+// checks that bytes flow both ways.
+func openTunnel(t *testing.T, gw, target, proxyAuth string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(gw, "http://"), 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", target, target, proxyAuth)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, len("HTTP/1.1 200 Connection established\r\n\r\n"))
+	_, err = io.ReadFull(conn, line)
+	require.NoError(t, err)
+	require.Contains(t, string(line), " 200 ")
+	assertEchoes(t, conn)
+	return conn
+}
+
+func assertEchoes(t *testing.T, conn net.Conn) {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.WriteString(conn, "ping\n")
+	require.NoError(t, err)
+	buf := make([]byte, 5)
+	_, err = io.ReadFull(conn, buf)
+	require.NoError(t, err)
+	require.Equal(t, "ping\n", string(buf))
+}
+
+// closedSoon reports whether the peer closes conn within 10s.
+func closedSoon(conn net.Conn) bool {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := conn.Read(make([]byte, 1))
+	return err == io.EOF || (err != nil && !os.IsTimeout(err))
+}
+
+func basicAuth(name, key string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(name+":"+key))
+}
+
+// Item 9 of the security review: revoking a worker key by SIGHUP left the
+// blind tunnels (and intercepted connections) it had opened running.
+func TestRevokingAKeyBySIGHUPClosesItsTunnels(t *testing.T) {
+	bin := buildGateway(t)
+	tr := newTestHub(t, 1<<10)
+	echo := echoServer(t)
+	dir := t.TempDir()
+	revoked, kept := dir+"/revoked.key", dir+"/kept.key"
+	revokedKey, _, err := clientauth.Generate()
+	require.NoError(t, err)
+	keptKey, _, err := clientauth.Generate()
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(revoked, []byte(revokedKey), 0o600))
+	require.NoError(t, os.WriteFile(kept, []byte(keptKey), 0o600))
+	base := fmt.Sprintf(`listen: 127.0.0.1:0
+data_dir: %s
+cache: {min_free: 0}
+huggingface: {endpoint: %q, token: %q}
+upstream: {ca_file: %q, timeout: 5s}
+proxy: {allow_private_targets: true}
+`, dir+"/data", tr.hub.URL(), operatorToken, tr.hub.CAFile())
+	both := base + fmt.Sprintf("clients:\n  keys:\n    - {name: gone, key_file: %q}\n    - {name: kept, key_file: %q}\n", revoked, kept)
+	p := startConfiguredProcess(t, bin, both)
+	g := &gatewayUnderTest{URL: p.url, DataDir: dir + "/data"}
+
+	gone := openTunnel(t, p.url, echo, basicAuth("gone", revokedKey))
+	stays := openTunnel(t, p.url, echo, basicAuth("kept", keptKey))
+	mitm, br := interceptedConn(t, g, "huggingface.co:443", basicAuth("gone", revokedKey))
+	fmt.Fprintf(mitm, "GET /org/model/resolve/main/config.json HTTP/1.1\r\nHost: huggingface.co\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// Revoke "gone": rewrite the config without it and send SIGHUP.
+	cfgPath := p.cmd.Args[2]
+	require.NoError(t, os.WriteFile(cfgPath, []byte(base+fmt.Sprintf("clients:\n  keys:\n    - {name: kept, key_file: %q}\n", kept)), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.logs.String(), "credentials reloaded") }, 10*time.Second, 10*time.Millisecond)
+
+	assert.True(t, closedSoon(gone), "the revoked key's tunnel is still open")
+	assert.True(t, closedSoon(mitm), "the revoked key's intercepted connection is still open")
+	assertEchoes(t, stays)
+	assert.NotContains(t, p.logs.String(), revokedKey)
+	assert.NotContains(t, p.logs.String(), keptKey)
 }

@@ -434,6 +434,9 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		up.SetCredentials(creds...)
 		currentKeys.Store(keys)
+		if n := gw.CloseRevoked(); n > 0 {
+			log.Info("closed connections opened with a revoked worker key", "connections", n)
+		}
 		return nil
 	}
 	return &gateway{handler: handler, listening: gw.SetListenAddr, close: closeAll, setSecrets: setSecrets}, nil

@@ -124,6 +124,44 @@ type Gateway struct {
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
 	innerHosts sync.Map // *tls.Conn -> intercepted: the CONNECT's target and worker key
+	tunnels    sync.Map // *keyedTunnel -> struct{}: open tunnels opened with a worker key
+}
+
+// keyedTunnel is an open blind tunnel and the worker key whose CONNECT
+// opened it, so that revoking the key can close it.
+type keyedTunnel struct {
+	secret           string
+	client, upstream net.Conn
+}
+
+// CloseRevoked closes every tunnel and intercepted connection whose
+// CONNECT presented a worker key that is no longer known (called after a
+// SIGHUP reloaded the keys). Intercepted connections re-check the key on
+// every request anyway; closing them also cuts a download in flight and
+// an idle keep-alive. It returns how many were closed.
+func (g *Gateway) CloseRevoked() int {
+	keys := g.keys()
+	revoked := func(secret string) bool {
+		_, known := keys.Lookup(secret)
+		return secret != "" && !known
+	}
+	n := 0
+	g.tunnels.Range(func(k, _ any) bool {
+		if t := k.(*keyedTunnel); revoked(t.secret) {
+			t.client.Close()
+			t.upstream.Close()
+			n++
+		}
+		return true
+	})
+	g.innerHosts.Range(func(k, v any) bool {
+		if revoked(v.(intercepted).secret) {
+			k.(net.Conn).Close()
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // New builds the gateway and starts the server for intercepted
@@ -630,6 +668,11 @@ func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx
 		client.Close()
 		up.Close()
 		return
+	}
+	if secret, _ := req.Context().Value(connectSecretKey{}).(string); secret != "" {
+		t := &keyedTunnel{secret: secret, client: client, upstream: up}
+		g.tunnels.Store(t, struct{}{})
+		defer g.tunnels.Delete(t)
 	}
 	sent, received := pipe(client, up, g.opts.IdleTimeout)
 	info.Detail = "tunnel sent=" + strconv.FormatInt(sent, 10) + " received=" + strconv.FormatInt(received, 10)
