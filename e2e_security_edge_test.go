@@ -251,3 +251,114 @@ proxy: {allow_private_targets: true}
 	assert.NotContains(t, p.logs.String(), revokedKey)
 	assert.NotContains(t, p.logs.String(), keptKey)
 }
+
+// rawRequestFrom sends one request line from ip on a fresh connection and
+// returns the status code, or "closed" when the gateway closes the
+// connection without an answer.
+func rawRequestFrom(t *testing.T, g *gatewayUnderTest, ip, request string) string {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	io.WriteString(conn, request)
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		require.False(t, os.IsTimeout(err), "no answer and not closed")
+		return "closed"
+	}
+	return strings.Fields(line)[1]
+}
+
+// tunnelFrom opens a tunnel to target from ip and leaves it open.
+func tunnelFrom(t *testing.T, g *gatewayUnderTest, ip, target string) net.Conn {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, len("HTTP/1.1 200 Connection established\r\n\r\n"))
+	_, err = io.ReadFull(conn, line)
+	require.NoError(t, err)
+	require.Contains(t, string(line), " 200 ")
+	assertEchoes(t, conn)
+	return conn
+}
+
+// Item 10 of the security review: nothing bounded the connections one
+// client (or all of them) could hold open; 1,500 idle tunnels cost 3,000
+// file descriptors.
+func TestConnectionCapsRefuseNewConnectionsBeyondTheLimits(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	echo := echoServer(t)
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Proxy.AllowPrivateTargets = true
+		c.Proxy.MaxConnections = 5
+		c.Proxy.MaxConnectionsPerClient = 3
+	})
+	const health = "GET /healthz HTTP/1.1\r\nHost: gate\r\n\r\n"
+	connect := "CONNECT " + echo + " HTTP/1.1\r\nHost: " + echo + "\r\n\r\n"
+
+	// One client holds its three connections: its fourth is refused, a
+	// request with 503 and a CONNECT by closing it; others are served.
+	var held []net.Conn
+	for range 3 {
+		held = append(held, tunnelFrom(t, g, "127.0.0.1", echo))
+	}
+	assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.1", health))
+	assert.Equal(t, "closed", rawRequestFrom(t, g, "127.0.0.1", connect))
+	assert.Equal(t, "200", rawRequestFrom(t, g, "127.0.0.2", health))
+
+	// Five in all: everyone's next connection is refused.
+	held = append(held, tunnelFrom(t, g, "127.0.0.2", echo), tunnelFrom(t, g, "127.0.0.3", echo))
+	assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.4", health))
+	for _, c := range held {
+		assertEchoes(t, c) // the connections held are untouched
+	}
+
+	// A closed connection frees its slot.
+	held[0].Close()
+	require.Eventually(t, func() bool { return rawRequestFrom(t, g, "127.0.0.1", health) == "200" }, 10*time.Second, 20*time.Millisecond)
+	held[1].Close()
+	// The 503 and the closed CONNECT at least (the wait above may add some).
+	assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="per_client"}`), 2.0)
+	assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="total"}`), 1.0)
+	assert.Contains(t, g.Logs.String(), "route=connection_limit")
+}
+
+// Item 10 of the security review: a request body could be trickled
+// forever, holding a connection and a handler.
+func TestATrickledRequestBodyIsCutAfterBodyReadTimeout(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Proxy.BodyReadTimeout = config.Duration{Duration: time.Second} })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/models/org/model/paths-info/main HTTP/1.1\r\nHost: gate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\npaths=")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// One byte every 100ms: always some progress, never the end.
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				if _, err := conn.Write([]byte("a")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err, "no answer while the body trickles")
+	resp.Body.Close()
+	assert.GreaterOrEqual(t, resp.StatusCode, 400)
+	assert.Less(t, time.Since(start), 10*time.Second)
+	assert.Zero(t, tr.hub.Count("hub", http.MethodPost, "/api/"), "nothing was sent upstream")
+}

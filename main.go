@@ -174,7 +174,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	gw.listening(ln.Addr())
+	ln = gw.listen(ln)
 	srv := proxy.NewServer(cfg.Listen, gw.handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -222,9 +222,10 @@ wait:
 // gateway is the wired set of components.
 type gateway struct {
 	handler http.Handler
-	// listening tells the edge its own address (to refuse loops).
-	listening func(net.Addr)
-	close     func()
+	// listen applies the connection caps to the listener and tells the
+	// edge its own address (to refuse loops).
+	listen func(net.Listener) net.Listener
+	close  func()
 	// setSecrets swaps in the upstream credentials of a reloaded config.
 	setSecrets func(config.Config) error
 }
@@ -412,6 +413,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Transport:           transport,
 		AllowPrivateTargets: cfg.Proxy.AllowPrivateTargets,
 		TunnelAllow:         cfg.Proxy.TunnelAllow,
+		Limits:              proxy.Limits{Max: cfg.Proxy.MaxConnections, PerClient: cfg.Proxy.MaxConnectionsPerClient},
+		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,
 		ClientAllow:         clientNets,
 		MetricsAllow:        metricsNets,
 	})
@@ -439,7 +442,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		return nil
 	}
-	return &gateway{handler: handler, listening: gw.SetListenAddr, close: closeAll, setSecrets: setSecrets}, nil
+	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets}, nil
 }
 
 func parseNetworks(list []string) ([]netip.Prefix, error) {

@@ -183,6 +183,18 @@ type ProxyConfig struct {
 	// requests) to hosts matching these patterns (same form as
 	// mitm.hosts); others get 403. Default empty: any host.
 	TunnelAllow []string `yaml:"tunnel_allow"`
+	// MaxConnections caps the client connections open at once (tunnels,
+	// intercepted and plain connections alike); beyond it a new
+	// connection's request is answered 503 and a CONNECT is closed.
+	// Default 4096.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerClient is the same cap for one client address.
+	// Default 512.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
+	// BodyReadTimeout bounds how long a request body sent to the gateway
+	// itself (paths-info and the like) may take to arrive; relayed
+	// requests stream theirs. Default 30s.
+	BodyReadTimeout Duration `yaml:"body_read_timeout"`
 }
 
 // ClientsConfig says who may use the gateway.
@@ -274,6 +286,10 @@ func Default() Config {
 			Tunnel:      "allow",
 			IdleTimeout: Duration{5 * time.Minute},
 			TunnelAllow: []string{},
+
+			MaxConnections:          4096,
+			MaxConnectionsPerClient: 512,
+			BodyReadTimeout:         Duration{30 * time.Second},
 		},
 		Clients: ClientsConfig{
 			Allow:          slices.Clone(DefaultClientNetworks),
@@ -448,6 +464,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Proxy.IdleTimeout.Duration <= 0 {
 		fail("proxy.idle_timeout", "must be > 0, got %s", c.Proxy.IdleTimeout)
+	}
+	if c.Proxy.MaxConnections <= 0 {
+		fail("proxy.max_connections", "must be > 0, got %d", c.Proxy.MaxConnections)
+	}
+	if c.Proxy.MaxConnectionsPerClient <= 0 || c.Proxy.MaxConnectionsPerClient > c.Proxy.MaxConnections {
+		fail("proxy.max_connections_per_client", "must be from 1 to proxy.max_connections (%d), got %d", c.Proxy.MaxConnections, c.Proxy.MaxConnectionsPerClient)
+	}
+	if c.Proxy.BodyReadTimeout.Duration <= 0 {
+		fail("proxy.body_read_timeout", "must be > 0, got %s", c.Proxy.BodyReadTimeout)
 	}
 	if !slices.Contains(logLevels, c.Log.Level) {
 		fail("log.level", "must be one of %s, got %q", strings.Join(logLevels, ", "), c.Log.Level)

@@ -86,6 +86,12 @@ type Options struct {
 	// TunnelAllow, when not empty, limits tunnels and plain proxy requests
 	// to hosts matching these patterns.
 	TunnelAllow []string
+	// Limits caps the client connections open at once (Listener applies
+	// it).
+	Limits Limits
+	// BodyReadTimeout bounds how long the body of a request the gateway
+	// answers itself may take to arrive (relayed bodies are streamed).
+	BodyReadTimeout time.Duration
 
 	// ClientAllow lists the client networks served; MetricsAllow those
 	// that may read /metrics (empty: ClientAllow). /healthz is open.
@@ -215,10 +221,10 @@ func New(opts Options) (*Gateway, error) {
 	gp.OnRequest().HandleConnectFunc(g.connectPolicy)
 	g.gp = gp
 
-	g.handler = &edge{next: http.HandlerFunc(g.route), log: opts.Logger, m: opts.Metrics}
+	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout}
 	g.innerLn = newChanListener()
 	g.inner = &http.Server{
-		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics},
+		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout},
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -243,6 +249,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.
 // SetListenAddr tells the gateway its own address, so that tunnels and
 // relayed requests to itself are refused (they would loop).
 func (g *Gateway) SetListenAddr(a net.Addr) { g.targets.setListenAddr(a) }
+
+// Listener returns ln with the connection caps applied (serve it with
+// NewServer, whose ConnContext marks the connections beyond them), and
+// tells the gateway its own address.
+func (g *Gateway) Listener(ln net.Listener) net.Listener {
+	g.SetListenAddr(ln.Addr())
+	return newLimitListener(ln, g.opts.Limits, g.opts.Metrics)
+}
 
 // authenticateProxy checks the worker key of a proxy request (CONNECT or
 // absolute URL), given as Proxy-Authorization Basic name:key: an unknown
@@ -544,6 +558,7 @@ func (g *Gateway) relay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the gateway is offline and this is not in its cache", http.StatusGatewayTimeout)
 		return
 	}
+	noBodyDeadline(w, r) // streamed to the upstream, as slow as it is
 	g.forward.ServeHTTP(w, r)
 }
 
