@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -222,9 +223,9 @@ func TestRevokingAKeyBySIGHUPClosesItsTunnels(t *testing.T) {
 data_dir: %s
 cache: {min_free: 0}
 huggingface: {endpoint: %q, token: %q}
-upstream: {ca_file: %q, timeout: 5s}
+upstream: {ca_file: %q, timeout: 5s, private_hosts: [%q]}
 proxy: {allow_private_targets: true}
-`, dir+"/data", tr.hub.URL(), operatorToken, tr.hub.CAFile())
+`, dir+"/data", tr.hub.URL(), operatorToken, tr.hub.CAFile(), hostPort(tr.hub.CDNURL()))
 	both := base + fmt.Sprintf("clients:\n  keys:\n    - {name: gone, key_file: %q}\n    - {name: kept, key_file: %q}\n", revoked, kept)
 	p := startConfiguredProcess(t, bin, both)
 	g := &gatewayUnderTest{URL: p.url, DataDir: dir + "/data"}
@@ -361,4 +362,83 @@ func TestATrickledRequestBodyIsCutAfterBodyReadTimeout(t *testing.T) {
 	assert.GreaterOrEqual(t, resp.StatusCode, 400)
 	assert.Less(t, time.Since(start), 10*time.Second)
 	assert.Zero(t, tr.hub.Count("hub", http.MethodPost, "/api/"), "nothing was sent upstream")
+}
+
+// hostileHub is an upstream that answers every request with a redirect to
+// wherever *to points (set once the target is known).
+func hostileHub(t *testing.T, tlsOn bool, to *atomic.Value) *httptest.Server {
+	t.Helper()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Repo-Commit", strings.Repeat("a", 40))
+		w.Header().Set("X-Linked-Etag", `"`+strings.Repeat("b", 64)+`"`)
+		w.Header().Set("X-Linked-Size", "16")
+		http.Redirect(w, r, to.Load().(string), http.StatusFound)
+	})
+	var srv *httptest.Server
+	if tlsOn {
+		srv = httptest.NewTLSServer(h)
+	} else {
+		srv = httptest.NewServer(h)
+	}
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// httptestCAFile writes the certificate every httptest TLS server presents.
+func httptestCAFile(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	f := t.TempDir() + "/httptest-ca.pem"
+	block := &pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}
+	require.NoError(t, os.WriteFile(f, pem.EncodeToMemory(block), 0o600))
+	return f
+}
+
+// Item 7 of the security review: redirects from an upstream were followed
+// without the private-address guard that only wrapped relays, so a hostile
+// or compromised upstream could make the gateway fetch (and return) what
+// sits on its loopback, its LAN, or its own /metrics; and an https
+// upstream could send it on over plain http.
+func TestUpstreamRedirectsPassTheTargetGuard(t *testing.T) {
+	requests := []string{"/api/models/org/model/refs", "/api/models/org/model", "/org/model/resolve/main/config.json"}
+	internalTLS := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "internal secret\n") }))
+	t.Cleanup(internalTLS.Close)
+	var tlsHits atomic.Int64
+	internalTLS.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			tlsHits.Add(1)
+		}
+	}
+	internalPlain, plainHits := hitCounter(t)
+	tr := newTestHub(t, 1<<10)
+
+	for _, tc := range []struct {
+		name         string
+		tlsUpstream  bool
+		allowPrivate bool
+		target       func(g *gatewayUnderTest) string
+		hits         func() int64
+	}{
+		{"a loopback address", true, false, func(*gatewayUnderTest) string { return internalTLS.URL + "/secret" }, tlsHits.Load},
+		{"the gateway's own metrics", false, true, func(g *gatewayUnderTest) string { return g.URL + "/metrics" }, func() int64 { return 0 }},
+		{"plain http from an https upstream", true, true, func(*gatewayUnderTest) string { return internalPlain.URL + "/secret" }, plainHits.Load},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var to atomic.Value
+			hostile := hostileHub(t, tc.tlsUpstream, &to)
+			g := startGateway(t, tr.hub, func(c *config.Config) {
+				c.HuggingFace.Endpoint = hostile.URL
+				c.Upstream.CAFile = httptestCAFile(t, internalTLS)
+				c.Proxy.AllowPrivateTargets = tc.allowPrivate
+			})
+			to.Store(tc.target(g))
+			before := tc.hits()
+			for _, path := range requests {
+				resp, body := g.mustDo(t, http.MethodGet, path, nil)
+				assert.NotEqual(t, http.StatusOK, resp.StatusCode, "%s: %.200s", path, body)
+				assert.NotContains(t, string(body), "internal secret", path)
+				assert.NotContains(t, string(body), "# HELP modelgate", path)
+			}
+			assert.Equal(t, before, tc.hits(), "the redirect target was reached")
+		})
+	}
 }

@@ -301,10 +301,29 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return s.Blobs, s.Bytes, s.FillsInFlight
 	}, store.DiskFree)
 
+	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
+	}
+	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("civitai.endpoint: %w", err)
+	}
+	// One guard for every outbound dial. The gateway's own requests (and
+	// the redirects they follow) may reach the hosts the operator named
+	// even on private addresses; tunnels and relays, on a worker's behalf,
+	// only the parent proxy they are sent through.
+	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
+	var parent []string
+	if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.Host != "" {
+		parent = append(parent, authinject.CanonicalHost(u))
+	}
 	upOpts := upstream.Options{
 		CAFile:  cfg.Upstream.CAFile,
 		Proxy:   cfg.Upstream.Proxy,
 		Timeout: cfg.Upstream.Timeout.Duration,
+		Guard: guard.Exempting(append(append([]string{authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)},
+			parent...), cfg.Upstream.PrivateHosts...)...),
 	}
 	transport, err := upstream.NewTransport(upOpts)
 	if err != nil {
@@ -314,14 +333,6 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
-	}
-	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
-	}
-	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("civitai.endpoint: %w", err)
 	}
 	creds, err := upstreamCredentials(cfg)
 	if err != nil {
@@ -412,6 +423,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		DialTunnel:          upstream.TunnelDialer(upOpts, transport),
 		Transport:           transport,
 		AllowPrivateTargets: cfg.Proxy.AllowPrivateTargets,
+		Guard:               guard.Exempting(parent...),
 		TunnelAllow:         cfg.Proxy.TunnelAllow,
 		Limits:              proxy.Limits{Max: cfg.Proxy.MaxConnections, PerClient: cfg.Proxy.MaxConnectionsPerClient},
 		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,

@@ -128,6 +128,12 @@ type UpstreamConfig struct {
 	// is cut resumes from the bytes it has (Range: bytes=N-) with
 	// exponential backoff. 0 means no retry. Default 5.
 	Retries int `yaml:"retries"`
+	// PrivateHosts are host:port names the gateway may fetch from although
+	// they resolve to loopback, link-local or private addresses: an
+	// on-premises Hub mirror's storage, say. Every other outbound
+	// connection (redirect hops included) to such an address is refused,
+	// except to the configured endpoints and parent proxy. Default empty.
+	PrivateHosts []string `yaml:"private_hosts"`
 }
 
 // LogConfig configures logging.
@@ -276,8 +282,9 @@ func Default() Config {
 			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
-			Timeout: Duration{30 * time.Second},
-			Retries: 5,
+			Timeout:      Duration{30 * time.Second},
+			Retries:      5,
+			PrivateHosts: []string{},
 		},
 		MITM: MITMConfig{
 			Hosts: slices.Clone(DefaultMITMHosts),
@@ -406,6 +413,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.Retries < 0 || c.Upstream.Retries > 100 {
 		fail("upstream.retries", "must be from 0 to 100, got %d", c.Upstream.Retries)
+	}
+	for _, hp := range c.Upstream.PrivateHosts {
+		host, port, err := net.SplitHostPort(hp)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 || strings.ContainsAny(host, "*/ @") {
+			fail("upstream.private_hosts", "%q is not host:port", hp)
+		}
 	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)

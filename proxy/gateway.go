@@ -26,6 +26,7 @@ import (
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/upstream"
 )
 
 // Hub serves the Hugging Face Hub's routes; hfmirror.Mirror implements it.
@@ -81,8 +82,11 @@ type Options struct {
 	// clone whose dials are checked against the target policy.
 	Transport *http.Transport
 	// AllowPrivateTargets lets tunnels and relayed requests reach
-	// loopback, link-local and private addresses.
+	// loopback, link-local and private addresses (used when Guard is nil).
 	AllowPrivateTargets bool
+	// Guard checks every dial of a tunnel or relayed request: the
+	// outbound guard, with only the parent proxy exempt.
+	Guard *upstream.Guard
 	// TunnelAllow, when not empty, limits tunnels and plain proxy requests
 	// to hosts matching these patterns.
 	TunnelAllow []string
@@ -196,7 +200,7 @@ func New(opts Options) (*Gateway, error) {
 	if len(opts.MetricsAllow) == 0 {
 		g.opts.MetricsAllow = opts.ClientAllow
 	}
-	g.targets = newTargets(opts.AllowPrivateTargets)
+	g.targets = newTargets(opts.Guard, opts.AllowPrivateTargets)
 	g.own = ownEndpoints(opts, g.asPrincipal)
 	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
 	if opts.Metrics != nil {
