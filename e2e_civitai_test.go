@@ -76,6 +76,7 @@ func newCivitAIFixture(t *testing.T, edit func(*config.Config)) *civitaiFixture 
 		c.CivitAI.Endpoint = f.civ.URL()
 		c.CivitAI.APIKey = civitaiKey
 		c.Upstream.CAFile = caFile
+		c.Upstream.PrivateHosts = append(c.Upstream.PrivateHosts, hostPort(f.civ.R2URL()), hostPort(f.civ.B2URL()))
 		if edit != nil {
 			edit(c)
 		}

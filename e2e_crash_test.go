@@ -58,6 +58,7 @@ func startProcess(t *testing.T, bin, dataDir string, hub *fakehub.Hub, extraEnv 
 		"MODELGATE_UPSTREAM_CA_FILE=" + hub.CAFile(),
 		"MODELGATE_UPSTREAM_TIMEOUT=5s",
 		"MODELGATE_CACHE_MIN_FREE=0",
+		"MODELGATE_UPSTREAM_PRIVATE_HOSTS=" + hostPort(hub.CDNURL()),
 	}, extraEnv...)
 	if !slices.ContainsFunc(extraEnv, func(e string) bool { return strings.HasPrefix(e, "MODELGATE_HUGGINGFACE_TOKEN") }) {
 		cmd.Env = append(cmd.Env, "MODELGATE_HUGGINGFACE_TOKEN="+operatorToken)

@@ -77,6 +77,9 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	cfg.Upstream.Timeout = config.Duration{Duration: 5 * time.Second}
 	cfg.Log.Level = "debug"
 	cfg.Cache.MinFree = 0 // the test machine's free space is not the test's business
+	// The fake CDN listens on loopback like everything here; the operator
+	// of such a site would name it the same way.
+	cfg.Upstream.PrivateHosts = []string{hostPort(hub.CDNURL())}
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -374,4 +377,13 @@ func (g *gatewayUnderTest) hasBlob(t *testing.T, sha string) bool {
 	t.Helper()
 	_, err := os.Stat(filepath.Join(g.DataDir, "blobs", "sha256", sha[:2], sha))
 	return err == nil
+}
+
+// hostPort is the host:port of an http(s) URL.
+func hostPort(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		panic(err)
+	}
+	return u.Host
 }

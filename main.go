@@ -178,7 +178,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	gw.listening(ln.Addr())
+	ln = gw.listen(ln)
 	srv := proxy.NewServer(cfg.Listen, gw.handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -226,9 +226,10 @@ wait:
 // gateway is the wired set of components.
 type gateway struct {
 	handler http.Handler
-	// listening tells the edge its own address (to refuse loops).
-	listening func(net.Addr)
-	close     func()
+	// listen applies the connection caps to the listener and tells the
+	// edge its own address (to refuse loops).
+	listen func(net.Listener) net.Listener
+	close  func()
 	// setSecrets swaps in the upstream credentials of a reloaded config.
 	setSecrets func(config.Config) error
 }
@@ -304,10 +305,29 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return s.Blobs, s.Bytes, s.FillsInFlight
 	}, store.DiskFree)
 
+	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
+	}
+	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("civitai.endpoint: %w", err)
+	}
+	// One guard for every outbound dial. The gateway's own requests (and
+	// the redirects they follow) may reach the hosts the operator named
+	// even on private addresses; tunnels and relays, on a worker's behalf,
+	// only the parent proxy they are sent through.
+	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
+	var parent []string
+	if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.Host != "" {
+		parent = append(parent, authinject.CanonicalHost(u))
+	}
 	upOpts := upstream.Options{
 		CAFile:  cfg.Upstream.CAFile,
 		Proxy:   cfg.Upstream.Proxy,
 		Timeout: cfg.Upstream.Timeout.Duration,
+		Guard: guard.Exempting(append(append([]string{authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)},
+			parent...), cfg.Upstream.PrivateHosts...)...),
 	}
 	transport, err := upstream.NewTransport(upOpts)
 	if err != nil {
@@ -317,14 +337,6 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
-	}
-	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
-	}
-	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("civitai.endpoint: %w", err)
 	}
 	creds, err := upstreamCredentials(cfg)
 	if err != nil {
@@ -415,7 +427,10 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		DialTunnel:          upstream.TunnelDialer(upOpts, transport),
 		Transport:           transport,
 		AllowPrivateTargets: cfg.Proxy.AllowPrivateTargets,
+		Guard:               guard.Exempting(parent...),
 		TunnelAllow:         cfg.Proxy.TunnelAllow,
+		Limits:              proxy.Limits{Max: cfg.Proxy.MaxConnections, PerClient: cfg.Proxy.MaxConnectionsPerClient},
+		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,
 		ClientAllow:         clientNets,
 		MetricsAllow:        metricsNets,
 	})
@@ -438,9 +453,12 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		up.SetCredentials(creds...)
 		currentKeys.Store(keys)
+		if n := gw.CloseRevoked(); n > 0 {
+			log.Info("closed connections opened with a revoked worker key", "connections", n)
+		}
 		return nil
 	}
-	return &gateway{handler: handler, listening: gw.SetListenAddr, close: closeAll, setSecrets: setSecrets}, nil
+	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets}, nil
 }
 
 func parseNetworks(list []string) ([]netip.Prefix, error) {

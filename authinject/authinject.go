@@ -73,6 +73,9 @@ const (
 	FollowAll
 )
 
+// ErrDowngrade refuses a redirect from an https: URL to an http: one.
+var ErrDowngrade error = upstream.Refusal("upstream redirected from https to plain http; refused")
+
 // maxRedirects bounds a redirect chain.
 const maxRedirects = 10
 
@@ -151,6 +154,12 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 		}
 		if follow == FollowSameHost && CanonicalHost(target) != CanonicalHost(out.URL) {
 			return resp, nil
+		}
+		if strings.EqualFold(out.URL.Scheme, "https") && target.Scheme == "http" {
+			// What TLS protected would travel in clear (and a signed URL
+			// or a body could be read or changed on the way).
+			upstream.DrainClose(resp.Body)
+			return nil, ErrDowngrade
 		}
 		if !dropsBody(resp.StatusCode, out.Method) && out.GetBody == nil && out.Body != nil && out.Body != http.NoBody {
 			return resp, nil // the body cannot be sent again: the caller sees the redirect

@@ -622,3 +622,20 @@ func TestFormattingNeverPrintsTheSecret(t *testing.T) {
 		assert.NotContains(t, fmt.Sprintf(verb, []Credential{c}), secret, verb)
 	}
 }
+
+func TestDo_AnHTTPSUpstreamCannotRedirectToPlainHTTP(t *testing.T) {
+	plain := newServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "in clear") })
+	tlsUp := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/file", http.StatusFound)
+	}))
+	defer tlsUp.Close()
+	req, _ := http.NewRequest(http.MethodGet, tlsUp.URL+"/x", nil)
+	resp, err := New(tlsUp.Client().Transport).Do(req, FollowAll)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	require.ErrorIs(t, err, ErrDowngrade)
+	plain.mu.Lock()
+	defer plain.mu.Unlock()
+	assert.Empty(t, plain.hits, "the http hop was sent")
+}

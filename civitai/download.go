@@ -275,6 +275,9 @@ func (h *Handler) storageLocation(ctx context.Context, in *http.Request, version
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
 			return nil, &badUpstreamError{err: errors.New("the download redirect has no usable Location")}
 		}
+		if u.Scheme == "http" && resp.Request.URL.Scheme == "https" {
+			return nil, &badUpstreamError{err: authinject.ErrDowngrade}
+		}
 		if authinject.CanonicalHost(u) == authinject.CanonicalHost(h.Endpoint) {
 			return nil, &loginRedirectError{path: u.Path}
 		}

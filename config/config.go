@@ -128,6 +128,12 @@ type UpstreamConfig struct {
 	// is cut resumes from the bytes it has (Range: bytes=N-) with
 	// exponential backoff. 0 means no retry. Default 5.
 	Retries int `yaml:"retries"`
+	// PrivateHosts are host:port names the gateway may fetch from although
+	// they resolve to loopback, link-local or private addresses: an
+	// on-premises Hub mirror's storage, say. Every other outbound
+	// connection (redirect hops included) to such an address is refused,
+	// except to the configured endpoints and parent proxy. Default empty.
+	PrivateHosts []string `yaml:"private_hosts"`
 }
 
 // LogConfig configures logging.
@@ -183,6 +189,18 @@ type ProxyConfig struct {
 	// requests) to hosts matching these patterns (same form as
 	// mitm.hosts); others get 403. Default empty: any host.
 	TunnelAllow []string `yaml:"tunnel_allow"`
+	// MaxConnections caps the client connections open at once (tunnels,
+	// intercepted and plain connections alike); beyond it a new
+	// connection's request is answered 503 and a CONNECT is closed.
+	// Default 4096.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerClient is the same cap for one client address.
+	// Default 512.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
+	// BodyReadTimeout bounds how long a request body sent to the gateway
+	// itself (paths-info and the like) may take to arrive; relayed
+	// requests stream theirs. Default 30s.
+	BodyReadTimeout Duration `yaml:"body_read_timeout"`
 }
 
 // ClientsConfig says who may use the gateway.
@@ -264,8 +282,9 @@ func Default() Config {
 			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
-			Timeout: Duration{30 * time.Second},
-			Retries: 5,
+			Timeout:      Duration{30 * time.Second},
+			Retries:      5,
+			PrivateHosts: []string{},
 		},
 		MITM: MITMConfig{
 			Hosts: slices.Clone(DefaultMITMHosts),
@@ -274,6 +293,10 @@ func Default() Config {
 			Tunnel:      "allow",
 			IdleTimeout: Duration{5 * time.Minute},
 			TunnelAllow: []string{},
+
+			MaxConnections:          4096,
+			MaxConnectionsPerClient: 512,
+			BodyReadTimeout:         Duration{30 * time.Second},
 		},
 		Clients: ClientsConfig{
 			Allow:          slices.Clone(DefaultClientNetworks),
@@ -391,6 +414,12 @@ func (c *Config) Validate() error {
 	if c.Upstream.Retries < 0 || c.Upstream.Retries > 100 {
 		fail("upstream.retries", "must be from 0 to 100, got %d", c.Upstream.Retries)
 	}
+	for _, hp := range c.Upstream.PrivateHosts {
+		host, port, err := net.SplitHostPort(hp)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 || strings.ContainsAny(host, "*/ @") {
+			fail("upstream.private_hosts", "%q is not host:port", hp)
+		}
+	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)
 	}
@@ -448,6 +477,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Proxy.IdleTimeout.Duration <= 0 {
 		fail("proxy.idle_timeout", "must be > 0, got %s", c.Proxy.IdleTimeout)
+	}
+	if c.Proxy.MaxConnections <= 0 {
+		fail("proxy.max_connections", "must be > 0, got %d", c.Proxy.MaxConnections)
+	}
+	if c.Proxy.MaxConnectionsPerClient <= 0 || c.Proxy.MaxConnectionsPerClient > c.Proxy.MaxConnections {
+		fail("proxy.max_connections_per_client", "must be from 1 to proxy.max_connections (%d), got %d", c.Proxy.MaxConnections, c.Proxy.MaxConnectionsPerClient)
+	}
+	if c.Proxy.BodyReadTimeout.Duration <= 0 {
+		fail("proxy.body_read_timeout", "must be > 0, got %s", c.Proxy.BodyReadTimeout)
 	}
 	if !slices.Contains(logLevels, c.Log.Level) {
 		fail("log.level", "must be one of %s, got %q", strings.Join(logLevels, ", "), c.Log.Level)

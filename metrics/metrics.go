@@ -52,6 +52,11 @@ type Metrics struct {
 	// Unverified counts CivitAI fills keyed by the sha256 the gateway
 	// computed, because CivitAI published none for the file.
 	Unverified prometheus.Counter
+	// ConnectionsOpen is the number of client connections open now;
+	// ConnectionsRefused counts those refused by a cap, by limit
+	// (total, per_client).
+	ConnectionsOpen    prometheus.Gauge
+	ConnectionsRefused *prometheus.CounterVec
 }
 
 // Route labels.
@@ -125,6 +130,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "evicted_bytes_total",
 		Help: "Bytes of the blobs evicted.",
 	})
+	m.ConnectionsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "connections_open",
+		Help: "Client connections open (tunnels and intercepted connections included).",
+	})
+	m.ConnectionsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "connections_refused_total",
+		Help: "Client connections refused by proxy.max_connections (total) or proxy.max_connections_per_client (per_client).",
+	}, []string{"limit"})
+	reg.MustRegister(m.ConnectionsOpen, m.ConnectionsRefused)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/upstream"
 )
 
 // Hub serves the Hugging Face Hub's routes; hfmirror.Mirror implements it.
@@ -80,11 +82,20 @@ type Options struct {
 	// clone whose dials are checked against the target policy.
 	Transport *http.Transport
 	// AllowPrivateTargets lets tunnels and relayed requests reach
-	// loopback, link-local and private addresses.
+	// loopback, link-local and private addresses (used when Guard is nil).
 	AllowPrivateTargets bool
+	// Guard checks every dial of a tunnel or relayed request: the
+	// outbound guard, with only the parent proxy exempt.
+	Guard *upstream.Guard
 	// TunnelAllow, when not empty, limits tunnels and plain proxy requests
 	// to hosts matching these patterns.
 	TunnelAllow []string
+	// Limits caps the client connections open at once (Listener applies
+	// it).
+	Limits Limits
+	// BodyReadTimeout bounds how long the body of a request the gateway
+	// answers itself may take to arrive (relayed bodies are streamed).
+	BodyReadTimeout time.Duration
 
 	// ClientAllow lists the client networks served; MetricsAllow those
 	// that may read /metrics (empty: ClientAllow). /healthz is open.
@@ -123,6 +134,44 @@ type Gateway struct {
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
 	innerHosts sync.Map // *tls.Conn -> intercepted: the CONNECT's target and worker key
+	tunnels    sync.Map // *keyedTunnel -> struct{}: open tunnels opened with a worker key
+}
+
+// keyedTunnel is an open blind tunnel and the worker key whose CONNECT
+// opened it, so that revoking the key can close it.
+type keyedTunnel struct {
+	secret           string
+	client, upstream net.Conn
+}
+
+// CloseRevoked closes every tunnel and intercepted connection whose
+// CONNECT presented a worker key that is no longer known (called after a
+// SIGHUP reloaded the keys). Intercepted connections re-check the key on
+// every request anyway; closing them also cuts a download in flight and
+// an idle keep-alive. It returns how many were closed.
+func (g *Gateway) CloseRevoked() int {
+	keys := g.keys()
+	revoked := func(secret string) bool {
+		_, known := keys.Lookup(secret)
+		return secret != "" && !known
+	}
+	n := 0
+	g.tunnels.Range(func(k, _ any) bool {
+		if t := k.(*keyedTunnel); revoked(t.secret) {
+			t.client.Close()
+			t.upstream.Close()
+			n++
+		}
+		return true
+	})
+	g.innerHosts.Range(func(k, v any) bool {
+		if revoked(v.(intercepted).secret) {
+			k.(net.Conn).Close()
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // New builds the gateway and starts the server for intercepted
@@ -151,7 +200,7 @@ func New(opts Options) (*Gateway, error) {
 	if len(opts.MetricsAllow) == 0 {
 		g.opts.MetricsAllow = opts.ClientAllow
 	}
-	g.targets = newTargets(opts.AllowPrivateTargets)
+	g.targets = newTargets(opts.Guard, opts.AllowPrivateTargets)
 	g.own = ownEndpoints(opts, g.asPrincipal)
 	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
 	if opts.Metrics != nil {
@@ -176,10 +225,10 @@ func New(opts Options) (*Gateway, error) {
 	gp.OnRequest().HandleConnectFunc(g.connectPolicy)
 	g.gp = gp
 
-	g.handler = &edge{next: http.HandlerFunc(g.route), log: opts.Logger, m: opts.Metrics}
+	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout}
 	g.innerLn = newChanListener()
 	g.inner = &http.Server{
-		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics},
+		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout},
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -204,6 +253,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.
 // SetListenAddr tells the gateway its own address, so that tunnels and
 // relayed requests to itself are refused (they would loop).
 func (g *Gateway) SetListenAddr(a net.Addr) { g.targets.setListenAddr(a) }
+
+// Listener returns ln with the connection caps applied (serve it with
+// NewServer, whose ConnContext marks the connections beyond them), and
+// tells the gateway its own address.
+func (g *Gateway) Listener(ln net.Listener) net.Listener {
+	g.SetListenAddr(ln.Addr())
+	return newLimitListener(ln, g.opts.Limits, g.opts.Metrics)
+}
 
 // authenticateProxy checks the worker key of a proxy request (CONNECT or
 // absolute URL), given as Proxy-Authorization Basic name:key: an unknown
@@ -437,6 +494,18 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if r.URL.IsAbs() {
+		// An absolute-form request line inside an interception would
+		// otherwise be relayed to the host it names: an open proxy that
+		// proxy.tunnel and tunnel_allow never see.
+		if !sameTarget(r.URL, ic.target) {
+			info := reqinfo.From(r.Context())
+			info.Route, info.Result = "proxy", "denied"
+			http.Error(w, "requests inside this connection can only go to "+ic.host, http.StatusForbidden)
+			return
+		}
+		r.URL.Scheme, r.URL.Host = "", ""
+	}
 	// The CONNECT's target decides where the request goes, not the Host
 	// header the worker writes inside the tunnel.
 	host := ic.host
@@ -445,6 +514,20 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 		r.Host = ic.host
 	}
 	g.serveSite(w, r, host)
+}
+
+// sameTarget reports whether the absolute URL u names the CONNECT target
+// host:port (a missing port is the scheme's default).
+func sameTarget(u *url.URL, target string) bool {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return false
+	}
+	uport := u.Port()
+	if uport == "" {
+		uport = map[string]string{"http": "80", "https": "443"}[strings.ToLower(u.Scheme)]
+	}
+	return uport == port && strings.EqualFold(strings.TrimSuffix(u.Hostname(), "."), strings.TrimSuffix(host, "."))
 }
 
 // serveSite answers a proxy-mode request for host.
@@ -479,6 +562,7 @@ func (g *Gateway) relay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the gateway is offline and this is not in its cache", http.StatusGatewayTimeout)
 		return
 	}
+	noBodyDeadline(w, r) // streamed to the upstream, as slow as it is
 	g.forward.ServeHTTP(w, r)
 }
 
@@ -603,6 +687,11 @@ func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx
 		client.Close()
 		up.Close()
 		return
+	}
+	if secret, _ := req.Context().Value(connectSecretKey{}).(string); secret != "" {
+		t := &keyedTunnel{secret: secret, client: client, upstream: up}
+		g.tunnels.Store(t, struct{}{})
+		defer g.tunnels.Delete(t)
 	}
 	sent, received := pipe(client, up, g.opts.IdleTimeout)
 	info.Detail = "tunnel sent=" + strconv.FormatInt(sent, 10) + " received=" + strconv.FormatInt(received, 10)

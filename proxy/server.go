@@ -36,6 +36,7 @@ func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.Background() },
+		ConnContext:       connContext,
 	}
 }
 
@@ -44,6 +45,8 @@ type edge struct {
 	next http.Handler
 	log  *slog.Logger
 	m    *metrics.Metrics
+	// bodyTimeout bounds the arrival of a request body (see bodyDeadline).
+	bodyTimeout time.Duration
 }
 
 func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -65,7 +68,7 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			panic(p)
 		}
 	}()
-	e.next.ServeHTTP(rec, r.WithContext(ctx))
+	e.next.ServeHTTP(rec, bodyDeadline(w, r.WithContext(ctx), e.bodyTimeout))
 }
 
 func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time.Duration) {

@@ -2,126 +2,45 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
-	"sync/atomic"
-	"time"
+
+	"github.com/modelgate/modelgate/upstream"
 )
 
-// errPrivateTarget refuses a tunnel or relayed request to an address the
-// gateway must not be used to reach.
-var errPrivateTarget = errors.New("refusing to connect to a loopback, link-local or private address")
+// The guard refusals, as the edge reports them.
+var (
+	errPrivateTarget = upstream.ErrPrivateTarget
+	errSelfTarget    = upstream.ErrSelfTarget
+)
 
-// errSelfTarget refuses a tunnel or relayed request to the gateway itself.
-var errSelfTarget = errors.New("refusing to connect to the gateway's own listener")
+// targets decides which addresses tunnels and relayed requests may reach
+// on a worker's behalf: the outbound guard (upstream.Guard), in the view
+// main gives the proxy (only the parent proxy exempt).
+type targets struct{ guard *upstream.Guard }
 
-// privateAddr reports whether a is an address a worker must not reach
-// through the gateway unless proxy.allow_private_targets says so:
-// loopback, link-local (cloud metadata services live at 169.254.169.254),
-// private (RFC 1918, fc00::/7), unspecified, multicast, and carrier-grade
-// NAT space.
-func privateAddr(a netip.Addr) bool {
-	a = a.Unmap()
-	return a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsPrivate() ||
-		a.IsUnspecified() || a.IsMulticast() || cgnat.Contains(a)
-}
-
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
-
-// targets decides which addresses tunnels and relayed requests may reach.
-type targets struct {
-	allowPrivate bool
-	listenPort   atomic.Value // string: the gateway's own port, once listening
-	local        map[netip.Addr]bool
-}
-
-func newTargets(allowPrivate bool) *targets {
-	t := &targets{allowPrivate: allowPrivate, local: map[netip.Addr]bool{}}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				t.local[p.Addr().Unmap()] = true
-			}
-		}
+func newTargets(guard *upstream.Guard, allowPrivate bool) *targets {
+	if guard == nil {
+		guard = upstream.NewGuard(allowPrivate)
 	}
-	t.listenPort.Store("")
-	return t
+	return &targets{guard: guard}
 }
 
-// check says whether ip:port may be dialled for a worker.
-func (t *targets) check(ip netip.Addr, port string) error {
-	ip = ip.Unmap()
-	if port == t.listenPort.Load().(string) && (ip.IsLoopback() || ip.IsUnspecified() || t.local[ip]) {
-		return errSelfTarget
-	}
-	if !t.allowPrivate && privateAddr(ip) {
-		return errPrivateTarget
-	}
-	return nil
-}
-
-// resolve looks host up and returns the first address check allows, so
-// that the dial goes to the very address that was checked (a DNS answer
-// that changes between check and dial cannot redirect it).
 func (t *targets) resolve(ctx context.Context, host, port string) (netip.Addr, error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip, t.check(ip, port)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("resolving %s: %w", host, err)
-	}
-	var first error
-	for _, ip := range ips {
-		if err := t.check(ip, port); err != nil {
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		return ip, nil
-	}
-	if first == nil {
-		first = fmt.Errorf("%s has no address", host)
-	}
-	return netip.Addr{}, first
+	return t.guard.Resolve(ctx, host, port)
 }
 
-// guardDial wraps a dial function so that it only reaches allowed
-// addresses.
 func (t *targets) guardDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		ip, err := t.resolve(ctx, host, port)
-		if err != nil {
-			return nil, err
-		}
-		return dial(ctx, network, net.JoinHostPort(ip.String(), port))
-	}
+	return t.guard.Dial(dial)
 }
 
 // relayTransport is tr for worker-directed requests: every dial is
 // checked. With a parent proxy the dial goes to the parent, which decides.
 func (t *targets) relayTransport(tr *http.Transport) *http.Transport {
 	rt := tr.Clone()
-	if rt.Proxy == nil {
-		rt.DialContext = t.guardDial(tr.DialContext)
-	}
+	rt.DialContext = t.guard.Dial(tr.DialContext)
 	return rt
 }
 
-// setListenAddr records the gateway's own port once it listens.
-func (t *targets) setListenAddr(a net.Addr) {
-	if tcp, ok := a.(*net.TCPAddr); ok {
-		t.listenPort.Store(strconv.Itoa(tcp.Port))
-	}
-}
+func (t *targets) setListenAddr(a net.Addr) { t.guard.SetListenAddr(a) }

@@ -28,6 +28,9 @@ type Options struct {
 	// Timeout bounds the dial, the TLS handshake and the wait for response
 	// headers; never a whole body, which for a model can take an hour.
 	Timeout time.Duration
+	// Guard, when set, checks every dial (redirect hops included) against
+	// the private-address policy; exempt it the hosts the operator named.
+	Guard *Guard
 }
 
 // NewTransport returns a transport with explicit timeouts, no transparent
@@ -59,9 +62,13 @@ func NewTransport(opts Options) (*http.Transport, error) {
 		proxy = http.ProxyURL(u)
 	}
 	dialer := &net.Dialer{Timeout: opts.Timeout, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	if opts.Guard != nil {
+		dial = opts.Guard.Dial(dial)
+	}
 	return &http.Transport{
 		Proxy:                 proxy,
-		DialContext:           dialer.DialContext,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   opts.Timeout,
 		ResponseHeaderTimeout: opts.Timeout,

@@ -1,0 +1,164 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// ErrPrivateTarget refuses a connection to an address the gateway must
+// not be used to reach.
+var ErrPrivateTarget error = Refusal("refusing to connect to a loopback, link-local or private address")
+
+// ErrSelfTarget refuses a connection to the gateway's own listener.
+var ErrSelfTarget error = Refusal("refusing to connect to the gateway's own listener")
+
+// Refusal is a connection the gateway's policy refuses. It is permanent:
+// a fill does not retry it.
+type Refusal string
+
+func (r Refusal) Error() string   { return string(r) }
+func (r Refusal) Permanent() bool { return true }
+
+// PrivateAddr reports whether a is an address the gateway must not reach
+// unless told to: loopback, link-local (cloud metadata services live at
+// 169.254.169.254), private (RFC 1918, fc00::/7), unspecified, multicast,
+// and carrier-grade NAT space.
+func PrivateAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsPrivate() ||
+		a.IsUnspecified() || a.IsMulticast() || cgnat.Contains(a)
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// Guard decides which addresses outbound connections may reach. Every
+// dial the gateway makes passes one: the transport's (upstream requests,
+// every redirect hop included), and the relays' and tunnels' on a
+// worker's behalf. A name is resolved once and the very address checked
+// is dialled, so a DNS answer that changes in between cannot redirect it.
+//
+// Hosts named as exempt (the configured endpoints, the parent proxy,
+// upstream.private_hosts; later, cluster peers) are dialled as named
+// without the private-address check: the operator chose them. The
+// gateway's own listener is never reachable.
+type Guard struct {
+	state  *guardState
+	exempt map[string]bool // lower-case host:port
+}
+
+// guardState is what every view of a Guard shares.
+type guardState struct {
+	allowPrivate bool
+	listenPort   atomic.Value // string: the gateway's own port, once listening
+	local        map[netip.Addr]bool
+}
+
+// NewGuard returns a guard with no exemptions; allowPrivate lets it reach
+// private addresses (proxy.allow_private_targets).
+func NewGuard(allowPrivate bool) *Guard {
+	s := &guardState{allowPrivate: allowPrivate, local: map[netip.Addr]bool{}}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				s.local[p.Addr().Unmap()] = true
+			}
+		}
+	}
+	s.listenPort.Store("")
+	return &Guard{state: s, exempt: map[string]bool{}}
+}
+
+// Exempting returns a view of g (same policy, same own address) under
+// which the given host:port names are dialled without the private-address
+// check. Names without a port are ignored.
+func (g *Guard) Exempting(hostports ...string) *Guard {
+	v := &Guard{state: g.state, exempt: map[string]bool{}}
+	for _, hp := range hostports {
+		if host, port, err := net.SplitHostPort(hp); err == nil && host != "" {
+			v.exempt[exemptKey(host, port)] = true
+		}
+	}
+	return v
+}
+
+func exemptKey(host, port string) string {
+	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
+}
+
+// SetListenAddr records the gateway's own port once it listens.
+func (g *Guard) SetListenAddr(a net.Addr) {
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		g.state.listenPort.Store(strconv.Itoa(tcp.Port))
+	}
+}
+
+// Check says whether ip:port may be dialled.
+func (g *Guard) Check(ip netip.Addr, port string) error {
+	ip = ip.Unmap()
+	s := g.state
+	if port == s.listenPort.Load().(string) && (ip.IsLoopback() || ip.IsUnspecified() || s.local[ip]) {
+		return ErrSelfTarget
+	}
+	if !s.allowPrivate && PrivateAddr(ip) {
+		return ErrPrivateTarget
+	}
+	return nil
+}
+
+// Resolve looks host up and returns the first address Check allows.
+func (g *Guard) Resolve(ctx context.Context, host, port string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip, g.Check(ip, port)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("resolving %s: %w", host, err)
+	}
+	var first error
+	for _, ip := range ips {
+		if err := g.Check(ip, port); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		return ip, nil
+	}
+	if first == nil {
+		first = fmt.Errorf("%s has no address", host)
+	}
+	return netip.Addr{}, first
+}
+
+// DialFunc is the shape of net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Dial wraps dial so that it reaches only addresses the guard allows.
+func (g *Guard) Dial(dial DialFunc) DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		if g.exempt[exemptKey(host, port)] {
+			// Still never the gateway itself, even when an endpoint says so.
+			if ip, err := netip.ParseAddr(host); err == nil && g.Check(ip, port) == ErrSelfTarget {
+				return nil, ErrSelfTarget
+			}
+			return dial(ctx, network, addr)
+		}
+		ip, err := g.Resolve(ctx, host, port)
+		if err != nil {
+			return nil, fmt.Errorf("dialling %s: %w", addr, err)
+		}
+		return dial(ctx, network, net.JoinHostPort(ip.String(), port))
+	}
+}
