@@ -181,6 +181,9 @@ func (m *Mirror) restricted(r *http.Request) bool {
 // the Upstream replaces with the operator's token, or forwards only to the
 // Hub when none is configured) and the headers the Hub needs.
 func (m *Mirror) newUpstreamRequest(ctx context.Context, method, escapedPath, rawQuery string, body io.Reader, in *http.Request) (*http.Request, error) {
+	// Wherever the Hub redirects this request, the worker's access
+	// policy goes along.
+	ctx = m.withRedirectPolicy(ctx, clientauth.FromContext(ctx))
 	// The endpoint may carry a path prefix (a corporate mirror); keep it.
 	target := strings.TrimSuffix(m.Endpoint.String(), "/") + escapedPath
 	if rawQuery != "" {
