@@ -42,6 +42,7 @@ type Upstream interface {
 type Index interface {
 	Get(key string) ([]byte, error)
 	Set(key string, val []byte, ttl time.Duration) error
+	Scan(prefix string, fn func(key string, val []byte) error) error
 }
 
 // Blobs is the content-addressed store; cache.Store implements it.
@@ -167,13 +168,26 @@ func (m *Mirror) repoRefusal(k *clientauth.Key, repo string) string {
 	return ""
 }
 
-// restricted reports whether the request's access to repos is narrowed
-// (a global filter, a key's patterns, or no gateway credential): then a
-// blob cannot be handed out by content id alone.
-func (m *Mirror) restricted(r *http.Request) bool {
+// errFound stops an index scan at the first match.
+var errFound = errors.New("found")
+
+// maySeeByDigest reports whether the request may have blob d by its
+// content id alone: only when the gateway saw, under the request's own
+// principal, a repo holding d that the request may read. Knowing a
+// digest (public metadata, even for gated files) proves nothing.
+func (m *Mirror) maySeeByDigest(r *http.Request, d cache.Digest) bool {
 	k := clientauth.FromContext(r.Context())
-	return len(m.RepoAllow) > 0 || len(m.RepoDeny) > 0 || (k != nil && k.HasRepoLimits()) ||
-		authinject.PrincipalFrom(r.Context()).Mode != authinject.ModeGateway
+	if k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
+		return false
+	}
+	prefix := authinject.PrincipalFrom(r.Context()).Key(hfhub.SeenPrefix(d))
+	err := m.Index.Scan(prefix, func(key string, _ []byte) error {
+		if m.repoRefusal(k, strings.TrimPrefix(key, prefix)) == "" {
+			return errFound
+		}
+		return nil
+	})
+	return errors.Is(err, errFound)
 }
 
 // newUpstreamRequest builds a request for path (already escaped) and query

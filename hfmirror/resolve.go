@@ -141,6 +141,11 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		if err := m.Index.Set(p.Key(hfhub.FileKey(repo, meta.Commit, route.Path)), hfhub.MarshalMeta(meta), 0); err != nil {
 			m.Logger.Warn("caching file metadata", "err", err)
 		}
+		// Who may later have this blob by its content id alone (the CDN
+		// path): callers of this principal that may read this repo.
+		if err := m.Index.Set(p.Key(hfhub.SeenKey(meta.Digest, repo)), []byte{1}, 0); err != nil {
+			m.Logger.Warn("caching file metadata", "err", err)
+		}
 		if route.Revision != meta.Commit {
 			if m.RevisionTTL > 0 {
 				if err := m.Index.Set(p.Key(hfhub.RevisionKey(repo, route.Revision)), []byte(meta.Commit), m.RevisionTTL); err != nil {
