@@ -184,8 +184,10 @@ func parseAPI(method string, segs []string) (Route, error) {
 		return Route{Kind: OtherAPI}, nil
 	}
 	rest := segs[1:]
+	// HEAD reads like GET (clients probe existence with it).
+	get := method == http.MethodGet || method == http.MethodHead
 	// /api/{type}s/{repo} with a one- or two-segment id.
-	if method == http.MethodGet && (len(rest) == 1 || len(rest) == 2) {
+	if get && (len(rest) == 1 || len(rest) == 2) {
 		repo, err := parseRepo(typ, rest)
 		if err != nil {
 			return Route{}, err
@@ -198,17 +200,17 @@ func parseAPI(method string, segs []string) (Route, error) {
 		}
 		var kind Kind
 		switch {
-		case rest[n] == "refs" && method == http.MethodGet && len(rest) == n+1:
+		case rest[n] == "refs" && get && len(rest) == n+1:
 			repo, err := parseRepo(typ, rest[:n])
 			if err != nil {
 				return Route{}, err
 			}
 			return Route{Kind: RepoAPI, Repo: repo}, nil
-		case rest[n] == "commits" && method == http.MethodGet && len(rest) == n+2:
+		case rest[n] == "commits" && get && len(rest) == n+2:
 			kind = RepoAPI
-		case rest[n] == "revision" && method == http.MethodGet && len(rest) == n+2:
+		case rest[n] == "revision" && get && len(rest) == n+2:
 			kind = RepoInfo
-		case rest[n] == "tree" && method == http.MethodGet && len(rest) >= n+2:
+		case rest[n] == "tree" && get && len(rest) >= n+2:
 			kind = Tree
 		case rest[n] == "paths-info" && method == http.MethodPost && len(rest) == n+2:
 			kind = PathsInfo

@@ -127,6 +127,10 @@ func TestParseRoute_AcceptsHubRoutesAndDecodesTheirParts(t *testing.T) {
 		// The other repository reads clients make (issue 10 item 3).
 		{"refs", "GET", "/api/models/org/model/refs",
 			Route{Kind: RepoAPI, Repo: model("org/model")}},
+		{"HEAD on a repo", "HEAD", "/api/models/org/model",
+			Route{Kind: RepoInfo, Repo: model("org/model")}},
+		{"HEAD on a tree", "HEAD", "/api/models/org/model/tree/main",
+			Route{Kind: Tree, Repo: model("org/model"), Revision: "main"}},
 		{"commits at an encoded PR", "GET", "/api/models/org/model/commits/refs%2Fpr%2F1",
 			Route{Kind: RepoAPI, Repo: model("org/model"), Revision: "refs/pr/1"}},
 
@@ -137,7 +141,6 @@ func TestParseRoute_AcceptsHubRoutesAndDecodesTheirParts(t *testing.T) {
 		{"unknown repo type", "GET", "/api/kernels/org/k", Route{Kind: OtherAPI}},
 		{"xet read token", "GET", "/api/models/org/model/xet-read-token/" + testCommit, Route{Kind: OtherAPI}},
 		{"POST on a repo", "POST", "/api/models/org/model", Route{Kind: OtherAPI}},
-		{"HEAD on a repo", "HEAD", "/api/models/org/model", Route{Kind: OtherAPI}},
 		{"tree with POST", "POST", "/api/models/org/model/tree/main", Route{Kind: OtherAPI}},
 		{"paths-info with GET", "GET", "/api/models/org/model/paths-info/main", Route{Kind: OtherAPI}},
 		{"paths-info with a trailing path", "POST", "/api/models/org/model/paths-info/main/x", Route{Kind: OtherAPI}},
