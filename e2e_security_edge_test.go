@@ -295,39 +295,67 @@ func tunnelFrom(t *testing.T, g *gatewayUnderTest, ip, target string) net.Conn {
 func TestConnectionCapsRefuseNewConnectionsBeyondTheLimits(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	echo := echoServer(t)
-	g := startGateway(t, tr.hub, func(c *config.Config) {
-		c.Proxy.AllowPrivateTargets = true
-		c.Proxy.MaxConnections = 5
-		c.Proxy.MaxConnectionsPerClient = 3
-	})
 	const health = "GET /healthz HTTP/1.1\r\nHost: gate\r\n\r\n"
 	connect := "CONNECT " + echo + " HTTP/1.1\r\nHost: " + echo + "\r\n\r\n"
-
-	// One client holds its three connections: its fourth is refused, a
-	// request with 503 and a CONNECT by closing it; others are served.
-	var held []net.Conn
-	for range 3 {
-		held = append(held, tunnelFrom(t, g, "127.0.0.1", echo))
-	}
-	assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.1", health))
-	assert.Equal(t, "closed", rawRequestFrom(t, g, "127.0.0.1", connect))
-	assert.Equal(t, "200", rawRequestFrom(t, g, "127.0.0.2", health))
-
-	// Five in all: everyone's next connection is refused.
-	held = append(held, tunnelFrom(t, g, "127.0.0.2", echo), tunnelFrom(t, g, "127.0.0.3", echo))
-	assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.4", health))
-	for _, c := range held {
-		assertEchoes(t, c) // the connections held are untouched
+	// A refused connection holds its slot until the gateway has closed its
+	// side, so each phase checks the cap it is about with the other one
+	// far away, and waits (rather than races) where a slot must come back.
+	served := func(g *gatewayUnderTest, ip string) func() bool {
+		return func() bool { return rawRequestFrom(t, g, ip, health) == "200" }
 	}
 
-	// A closed connection frees its slot.
-	held[0].Close()
-	require.Eventually(t, func() bool { return rawRequestFrom(t, g, "127.0.0.1", health) == "200" }, 10*time.Second, 20*time.Millisecond)
-	held[1].Close()
-	// The 503 and the closed CONNECT at least (the wait above may add some).
-	assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="per_client"}`), 2.0)
-	assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="total"}`), 1.0)
-	assert.Contains(t, g.Logs.String(), "route=connection_limit")
+	t.Run("per client", func(t *testing.T) {
+		g := startGateway(t, tr.hub, func(c *config.Config) {
+			c.Proxy.AllowPrivateTargets = true
+			c.Proxy.MaxConnections = 100
+			c.Proxy.MaxConnectionsPerClient = 3
+		})
+		// One client holds its three connections: its fourth is refused,
+		// a request with 503 and a CONNECT by closing it; others are served.
+		var held []net.Conn
+		for range 3 {
+			held = append(held, tunnelFrom(t, g, "127.0.0.1", echo))
+		}
+		assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.1", health))
+		assert.Equal(t, "closed", rawRequestFrom(t, g, "127.0.0.1", connect))
+		assert.Equal(t, "200", rawRequestFrom(t, g, "127.0.0.2", health))
+		for _, c := range held {
+			assertEchoes(t, c) // the connections held are untouched
+		}
+		// A closed connection frees its slot.
+		held[0].Close()
+		require.Eventually(t, served(g, "127.0.0.1"), 10*time.Second, 20*time.Millisecond)
+		held[1].Close()
+		// The 503 and the closed CONNECT at least (the wait may add some).
+		assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="per_client"}`), 2.0)
+		assert.Contains(t, g.Logs.String(), "route=connection_limit")
+	})
+
+	t.Run("total", func(t *testing.T) {
+		g := startGateway(t, tr.hub, func(c *config.Config) {
+			c.Proxy.AllowPrivateTargets = true
+			c.Proxy.MaxConnections = 5
+			c.Proxy.MaxConnectionsPerClient = 5
+		})
+		// Five in all, from three clients: everyone's next one is refused.
+		var held []net.Conn
+		for _, ip := range []string{"127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3"} {
+			held = append(held, tunnelFrom(t, g, ip, echo))
+		}
+		assert.Equal(t, "503", rawRequestFrom(t, g, "127.0.0.4", health))
+		assert.Equal(t, "closed", rawRequestFrom(t, g, "127.0.0.3", connect))
+		for _, c := range held {
+			assertEchoes(t, c)
+		}
+		held[0].Close()
+		require.Eventually(t, served(g, "127.0.0.4"), 10*time.Second, 20*time.Millisecond)
+		for _, c := range held[1:] {
+			c.Close()
+		}
+		require.Eventually(t, served(g, "127.0.0.1"), 10*time.Second, 20*time.Millisecond)
+		assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="total"}`), 2.0)
+		assert.Contains(t, g.Logs.String(), "route=connection_limit")
+	})
 }
 
 // Item 10 of the security review: a request body could be trickled

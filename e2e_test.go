@@ -405,7 +405,7 @@ func TestUnreachableUpstreamIsA504NotA404(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, nil)
 	tr.hub.SetDown(true)
-	for _, path := range []string{"/org/model/resolve/main/config.json", "/api/models/org/model", "/api/whoami-v2"} {
+	for _, path := range []string{"/org/model/resolve/main/config.json", "/api/models/org/model", "/api/models/org/model/refs"} {
 		resp, body := g.mustDo(t, http.MethodGet, path, nil)
 		assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, path)
 		assert.Contains(t, string(body), "unreachable")
@@ -471,7 +471,7 @@ func TestOfflineGatewayAnswersFromItsCacheOnly(t *testing.T) {
 	assert.True(t, bytes.Equal(tr.big, body))
 	resp, _ = offline.mustDo(t, http.MethodGet, "/api/models/org/model/tree/"+tr.main, nil)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	for _, p := range []string{"/org/model/resolve/main/config.json", "/api/models/org/other", "/api/whoami-v2"} {
+	for _, p := range []string{"/org/model/resolve/main/config.json", "/api/models/org/other", "/api/models/org/model/refs"} {
 		resp, body = offline.mustDo(t, http.MethodGet, p, nil)
 		assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, p)
 		assert.Contains(t, string(body), "offline", p)

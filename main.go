@@ -419,7 +419,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
 		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNDomains:          []string{"hf.co", "huggingface.co"},
+		CDNHosts:            []string{"*.hf.co", "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs-eu-1.huggingface.co"},
 		CivitAIDomains:      []string{"civitai.com"},
 		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
 		Offline:             cfg.Offline,

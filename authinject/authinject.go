@@ -172,6 +172,11 @@ func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) 
 		if err != nil {
 			return nil, err
 		}
+		if check := redirectCheckFrom(req.Context()); check != nil {
+			if err := check(next); err != nil {
+				return nil, err
+			}
+		}
 		out = next
 	}
 }
@@ -226,6 +231,22 @@ type Principal struct {
 }
 
 type principalKey struct{}
+
+type redirectCheckKey struct{}
+
+// WithRedirectCheck returns ctx carrying check, which Do calls with the
+// request for every redirect hop before sending it: an error stops the
+// chain there and is returned as is. The caller's access policy thus applies to where
+// the upstream sends a request too (a renamed repo's new name), not only
+// to what the worker asked for.
+func WithRedirectCheck(ctx context.Context, check func(next *http.Request) error) context.Context {
+	return context.WithValue(ctx, redirectCheckKey{}, check)
+}
+
+func redirectCheckFrom(ctx context.Context) func(*http.Request) error {
+	check, _ := ctx.Value(redirectCheckKey{}).(func(*http.Request) error)
+	return check
+}
 
 // WithPrincipal returns ctx carrying p.
 func WithPrincipal(ctx context.Context, p Principal) context.Context {

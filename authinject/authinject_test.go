@@ -639,3 +639,34 @@ func TestDo_AnHTTPSUpstreamCannotRedirectToPlainHTTP(t *testing.T) {
 	defer plain.mu.Unlock()
 	assert.Empty(t, plain.hits, "the http hop was sent")
 }
+
+func TestDo_ARedirectCheckStopsTheChainBeforeTheRefusedHop(t *testing.T) {
+	hub := newServer(t, routes(map[string]http.HandlerFunc{
+		"/old/resolve": redirectTo(http.StatusTemporaryRedirect, "/new/resolve"),
+		"/new/resolve": ok("the renamed repo's file"),
+		"/a":           redirectTo(http.StatusTemporaryRedirect, "/b"),
+		"/b":           ok("b"),
+	}))
+	inj := New(newTransport(t), bearer(t, hub.URL, hubToken))
+	refused := fmt.Errorf("refused")
+	var checked []string
+	ctx := WithRedirectCheck(t.Context(), func(next *http.Request) error {
+		checked = append(checked, next.Method+" "+next.URL.Path)
+		if strings.HasPrefix(next.URL.Path, "/new/") {
+			return refused
+		}
+		return nil
+	})
+	for _, follow := range []Follow{FollowSameHost, FollowAll} {
+		req := workerRequest(t, http.MethodGet, hub.URL+"/old/resolve", nil, "").WithContext(ctx)
+		_, err := inj.Do(req, follow)
+		require.ErrorIs(t, err, refused)
+	}
+	for _, h := range hub.Hits() {
+		assert.NotEqual(t, "/new/resolve", h.Path, "the refused hop was never sent")
+	}
+	// A target the check allows is followed.
+	resp := do(t, inj, workerRequest(t, http.MethodGet, hub.URL+"/a", nil, "").WithContext(ctx), FollowSameHost)
+	assert.Equal(t, "b", readBody(t, resp))
+	assert.Equal(t, []string{"GET /new/resolve", "GET /new/resolve", "GET /b"}, checked)
+}

@@ -148,7 +148,7 @@ func checkRoute(t *testing.T, r Route) {
 			t.Fatalf("OtherAPI route with parts: %+v", r)
 		}
 		return
-	case Resolve, RepoInfo, Tree, PathsInfo:
+	case Resolve, RepoInfo, Tree, PathsInfo, RepoAPI:
 	default:
 		t.Fatalf("unknown kind in %+v", r)
 	}

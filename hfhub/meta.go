@@ -110,7 +110,19 @@ const (
 	keyRev     = "hf/rev\x00"
 	keyLastRev = "hf/rev-last\x00"
 	keyAPI     = "hf/api\x00"
+	keySeen    = "hf/seen\x00"
 )
+
+// SeenKey is the index key recording that the gateway saw repo hold a
+// file with content d (a resolve answer named it); scoped by principal,
+// it says who may have the blob by its content id alone.
+func SeenKey(d cache.Digest, repo Repo) string {
+	return SeenPrefix(d) + repo.URLPrefix() + repo.ID
+}
+
+// SeenPrefix starts every SeenKey of d; what follows it is the repo as
+// written in URLs ("org/name", "datasets/org/name").
+func SeenPrefix(d cache.Digest) string { return keySeen + d.String() + "\x00" }
 
 // FileKey is the index key of a file at a commit.
 func FileKey(repo Repo, commit, path string) string {

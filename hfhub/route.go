@@ -56,7 +56,12 @@ const (
 	Tree
 	// PathsInfo is POST /api/{type}s/{repo}/paths-info/{rev}.
 	PathsInfo
-	// OtherAPI is any other /api/ route: forwarded, never cached.
+	// RepoAPI is one of the other repository reads clients make:
+	// GET /api/{type}s/{repo}/refs and /api/{type}s/{repo}/commits/{rev}.
+	// Forwarded, never cached.
+	RepoAPI
+	// OtherAPI is any other /api/ route (account-level calls, listings,
+	// Xet tokens, writes): never forwarded with the operator's token.
 	OtherAPI
 )
 
@@ -164,6 +169,13 @@ func parseAPI(method string, segs []string) (Route, error) {
 	if len(segs) == 0 {
 		return Route{}, ErrNotHubRoute
 	}
+	// A dot segment, even encoded, would make the upstream (or anything in
+	// between) resolve the path to another route than the one checked.
+	for _, s := range segs {
+		if d, err := url.PathUnescape(s); err != nil || d == "." || d == ".." {
+			return Route{}, badRequest("dot segments are not allowed in API paths")
+		}
+	}
 	if segs[0] == "resolve-cache" {
 		return parseResolveCache(segs[1:])
 	}
@@ -172,8 +184,10 @@ func parseAPI(method string, segs []string) (Route, error) {
 		return Route{Kind: OtherAPI}, nil
 	}
 	rest := segs[1:]
+	// HEAD reads like GET (clients probe existence with it).
+	get := method == http.MethodGet || method == http.MethodHead
 	// /api/{type}s/{repo} with a one- or two-segment id.
-	if method == http.MethodGet && (len(rest) == 1 || len(rest) == 2) {
+	if get && (len(rest) == 1 || len(rest) == 2) {
 		repo, err := parseRepo(typ, rest)
 		if err != nil {
 			return Route{}, err
@@ -181,14 +195,22 @@ func parseAPI(method string, segs []string) (Route, error) {
 		return Route{Kind: RepoInfo, Repo: repo}, nil
 	}
 	for _, n := range []int{2, 1} {
-		if len(rest) < n+2 {
+		if len(rest) < n+1 {
 			continue
 		}
 		var kind Kind
 		switch {
-		case rest[n] == "revision" && method == http.MethodGet && len(rest) == n+2:
+		case rest[n] == "refs" && get && len(rest) == n+1:
+			repo, err := parseRepo(typ, rest[:n])
+			if err != nil {
+				return Route{}, err
+			}
+			return Route{Kind: RepoAPI, Repo: repo}, nil
+		case rest[n] == "commits" && get && len(rest) == n+2:
+			kind = RepoAPI
+		case rest[n] == "revision" && get && len(rest) == n+2:
 			kind = RepoInfo
-		case rest[n] == "tree" && method == http.MethodGet:
+		case rest[n] == "tree" && get && len(rest) >= n+2:
 			kind = Tree
 		case rest[n] == "paths-info" && method == http.MethodPost && len(rest) == n+2:
 			kind = PathsInfo
@@ -346,31 +368,4 @@ func CDNContentSHA256(escapedPath string) (string, bool) {
 		return "", false
 	}
 	return segs[4], true
-}
-
-// APIRepoCandidates returns the repositories an /api/{type}s/... path may
-// be about (its one- and two-segment readings), for access checks on API
-// routes the gateway does not parse further.
-func APIRepoCandidates(u *url.URL) []Repo {
-	segs := strings.Split(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
-	if len(segs) < 3 || segs[0] != "api" {
-		return nil
-	}
-	typ, ok := apiTypes[segs[1]]
-	if !ok {
-		return nil
-	}
-	var out []Repo
-	for n := 1; n <= 2 && 2+n <= len(segs); n++ {
-		parts := make([]string, n)
-		for i := range n {
-			p, err := url.PathUnescape(segs[2+i])
-			if err != nil {
-				return out
-			}
-			parts[i] = p
-		}
-		out = append(out, Repo{Type: typ, ID: strings.Join(parts, "/")})
-	}
-	return out
 }

@@ -124,19 +124,30 @@ func TestParseRoute_AcceptsHubRoutesAndDecodesTheirParts(t *testing.T) {
 		{"paths-info at an encoded PR", "POST", "/api/models/org/model/paths-info/refs%2Fpr%2F3",
 			Route{Kind: PathsInfo, Repo: model("org/model"), Revision: "refs/pr/3"}},
 
-		// Everything else under /api/ is forwarded.
+		// The other repository reads clients make (issue 10 item 3).
+		{"refs", "GET", "/api/models/org/model/refs",
+			Route{Kind: RepoAPI, Repo: model("org/model")}},
+		{"HEAD on a repo", "HEAD", "/api/models/org/model",
+			Route{Kind: RepoInfo, Repo: model("org/model")}},
+		{"HEAD on a tree", "HEAD", "/api/models/org/model/tree/main",
+			Route{Kind: Tree, Repo: model("org/model"), Revision: "main"}},
+		{"commits at an encoded PR", "GET", "/api/models/org/model/commits/refs%2Fpr%2F1",
+			Route{Kind: RepoAPI, Repo: model("org/model"), Revision: "refs/pr/1"}},
+
+		// Everything else under /api/ is refused by the mirror.
 		{"whoami", "GET", "/api/whoami-v2", Route{Kind: OtherAPI}},
 		{"model search", "GET", "/api/models", Route{Kind: OtherAPI}},
 		{"tags endpoint", "GET", "/api/models-tags-by-type", Route{Kind: OtherAPI}},
 		{"unknown repo type", "GET", "/api/kernels/org/k", Route{Kind: OtherAPI}},
 		{"xet read token", "GET", "/api/models/org/model/xet-read-token/" + testCommit, Route{Kind: OtherAPI}},
 		{"POST on a repo", "POST", "/api/models/org/model", Route{Kind: OtherAPI}},
-		{"HEAD on a repo", "HEAD", "/api/models/org/model", Route{Kind: OtherAPI}},
 		{"tree with POST", "POST", "/api/models/org/model/tree/main", Route{Kind: OtherAPI}},
 		{"paths-info with GET", "GET", "/api/models/org/model/paths-info/main", Route{Kind: OtherAPI}},
 		{"paths-info with a trailing path", "POST", "/api/models/org/model/paths-info/main/x", Route{Kind: OtherAPI}},
 		{"revision with a trailing path", "GET", "/api/models/org/model/revision/main/x", Route{Kind: OtherAPI}},
 		{"commit creation", "POST", "/api/models/org/model/commit/main", Route{Kind: OtherAPI}},
+		{"xet write token", "GET", "/api/models/org/model/xet-write-token/main", Route{Kind: OtherAPI}},
+		{"refs with a trailing path", "GET", "/api/models/org/model/refs/x/y", Route{Kind: OtherAPI}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -255,6 +266,10 @@ func TestParseRoute_RejectsInvalidPartsWithBadRequestError(t *testing.T) {
 		{"bad legacy repo id in repo info", "GET", "/api/models/.hidden"},
 		{"bad repo id in a tree", "GET", "/api/datasets/org--x/data/tree/main"},
 		{"bad repo id in resolve-cache", "GET", "/api/resolve-cache/models/org/.m/" + testCommit + "/a"},
+		{"dot-dot in an API path", "GET", "/api/models/org/model/refs/../../../whoami-v2"},
+		{"encoded dot-dot in an API path", "GET", "/api/models/org/model/commits/%2e%2e/x"},
+		{"dot in an API path", "GET", "/api/./whoami-v2"},
+		{"bad repo id in refs", "GET", "/api/models/org/mo..del/refs"},
 
 		// resolve-cache only ever names a commit.
 		{"resolve-cache with a branch", "GET", "/api/resolve-cache/models/org/model/main/config.json"},

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/hfhub"
@@ -59,7 +61,8 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	}
 	// Scoped to whose credential answers: what one may see must not
 	// decide what another sees.
-	key := authinject.PrincipalFrom(r.Context()).Key(hfhub.APIKey(requestDigest(r, reqBody)))
+	p := authinject.PrincipalFrom(r.Context())
+	key := p.Key(hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), r.URL.Query(), reqBody)))
 	if ttl >= 0 {
 		if a, ok := m.cachedAPIAnswer(key); ok {
 			info.Result = "hit"
@@ -77,14 +80,21 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	}
 	if err == nil && a.Status == http.StatusOK {
 		info.Result = "miss"
+		// Kept under the route the Hub really answered (a renamed repo's
+		// new name), never under an alias: the alias must always meet
+		// the policy for the new name upstream.
+		store := key
+		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
+			store = p.Key(hfhub.APIKey(requestDigest(r.Method, a.finalPath, r.URL.Query(), reqBody)))
+		}
 		if ttl >= 0 {
 			enc, _ := json.Marshal(a)
-			if err := m.Index.Set(key, enc, ttl); err != nil {
+			if err := m.Index.Set(store, enc, ttl); err != nil {
 				m.Logger.Warn("caching API answer", "err", err)
 			}
 		}
 		enc, _ := json.Marshal(a)
-		if err := m.Index.Set(key+lastKnownSuffix, enc, 0); err != nil {
+		if err := m.Index.Set(store+lastKnownSuffix, enc, 0); err != nil {
 			m.Logger.Warn("caching API answer", "err", err)
 		}
 		m.writeAPIAnswer(w, r, a)
@@ -118,6 +128,9 @@ type apiAnswer struct {
 	Status int         `json:"status"`
 	Header http.Header `json:"header"`
 	Body   []byte      `json:"body"`
+	// finalPath is the escaped path (on the Hub endpoint) of the hop
+	// that answered, when it was a Hub route; not stored.
+	finalPath string
 }
 
 // lastKnownSuffix marks the index copy of the last good answer, kept
@@ -145,7 +158,7 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBod
 	// Detached: the answer is shared, so one client leaving must not
 	// cancel it for the others.
 	ctx := context.WithoutCancel(r.Context())
-	v, err, _ := m.flight.Do(key, func() (any, error) {
+	v, err, _ := m.flight.Do(flightKey(ctx, key), func() (any, error) {
 		var body io.Reader
 		if r.Method == http.MethodPost {
 			body = bytes.NewReader(reqBody)
@@ -156,7 +169,7 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBod
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
 		if err != nil {
-			return apiAnswer{}, &unreachableError{err: upstream.Sanitize(err)}
+			return apiAnswer{}, upstreamError(err)
 		}
 		defer resp.Body.Close()
 		data, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedAPIBody+1))
@@ -170,6 +183,9 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBod
 			data = hfhub.StripXetFromEntries(data)
 		}
 		a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
+		if final, onHub := m.hubRoute(resp.Request.Method, resp.Request.URL); onHub && final.err == nil && final.Kind == route.Kind {
+			a.finalPath = strings.TrimPrefix(resp.Request.URL.EscapedPath(), strings.TrimSuffix(m.Endpoint.EscapedPath(), "/"))
+		}
 		copyRelayHeaders(a.Header, resp.Header)
 		if loc := resp.Header.Get("Location"); loc != "" {
 			if gl, ok := m.gatewayLocation(resp.Request.URL, loc, r); ok {
@@ -227,6 +243,12 @@ func (m *Mirror) forwardAPI(w http.ResponseWriter, r *http.Request) {
 	// Every redirect is followed here (credentials per hop, by host), so
 	// no signed CDN URL is handed to the worker.
 	resp, err := m.Upstream.Do(req, authinject.FollowAll)
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		info.Result = "forbidden"
+		writeError(w, http.StatusForbidden, "", refused.msg)
+		return
+	}
 	if err != nil {
 		info.Result = "error"
 		m.Logger.Warn("upstream unreachable", "err", upstream.Sanitize(err))
@@ -290,9 +312,9 @@ func gatewayBase(r *http.Request) string {
 // requestDigest identifies an API request for caching: method, path, query
 // (canonically ordered) and body. Whose credential asked is not part of
 // it: the caller scopes the key by principal.
-func requestDigest(r *http.Request, body []byte) string {
+func requestDigest(method, escapedPath string, query url.Values, body []byte) string {
 	h := sha256.New()
-	io.WriteString(h, r.Method+"\x00"+r.URL.EscapedPath()+"\x00"+r.URL.Query().Encode()+"\x00")
+	io.WriteString(h, method+"\x00"+escapedPath+"\x00"+query.Encode()+"\x00")
 	h.Write(body)
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -12,9 +12,11 @@ import (
 
 // ServeCDN answers a request that a worker sent straight to one of the
 // Hub's CDN hosts (forward-proxy mode, with a signed URL it got elsewhere).
-// When the path names content the cache holds, it is served from disk,
-// whatever the signature says; otherwise the request goes to forward,
-// which sends it on without any credential.
+// The request's principal must already be decided (as for the Hub's own
+// routes). When the path names content the cache holds and the caller may
+// have it (maySeeByDigest), it is served from disk, whatever the signature
+// says; otherwise the request goes to forward, which sends it on without
+// any credential.
 func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.Handler) {
 	info := reqinfo.From(r.Context())
 	info.Route = "cdn"
@@ -24,11 +26,12 @@ func (m *Mirror) ServeCDN(w http.ResponseWriter, r *http.Request, forward http.H
 		return
 	}
 	sha, ok := hfhub.CDNContentSHA256(r.URL.EscapedPath())
-	// A blob is handed out by content id only to requests with the
-	// gateway's unrestricted access: anyone narrower goes to the CDN with
-	// the signed URL they hold, which decides for itself.
-	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) && !m.restricted(r) {
-		d, _ := cache.NewDigest(cache.SHA256, sha)
+	d, _ := cache.NewDigest(cache.SHA256, sha)
+	// A blob is handed out by content id only to a caller that may read a
+	// repo the gateway saw holding it under the caller's own principal;
+	// anyone else goes to the CDN with the signed URL they hold (without
+	// any credential), which decides for itself.
+	if ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) && m.maySeeByDigest(r, d) {
 		b, err := m.Blobs.Open(d)
 		if err == nil {
 			info.Result = "hit"

@@ -42,6 +42,7 @@ type Upstream interface {
 type Index interface {
 	Get(key string) ([]byte, error)
 	Set(key string, val []byte, ttl time.Duration) error
+	Scan(prefix string, fn func(key string, val []byte) error) error
 }
 
 // Blobs is the content-addressed store; cache.Store implements it.
@@ -101,7 +102,11 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reqinfo.Set(r.Context(), route.Kind.Name(), "")
-	if msg := m.refusal(r, route); msg != "" {
+	if route.Kind == hfhub.OtherAPI {
+		m.refuseAPI(w, r)
+		return
+	}
+	if msg := m.refusal(clientauth.FromContext(r.Context()), route); msg != "" {
 		// Refused before any upstream request.
 		reqinfo.From(r.Context()).Result = "forbidden"
 		writeError(w, http.StatusForbidden, "", msg)
@@ -117,27 +122,37 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// refusal says why the worker may not have route ("" when it may): the
-// global repo filter, then its worker key's scope and repo patterns.
-func (m *Mirror) refusal(r *http.Request, route hfhub.Route) string {
-	k := clientauth.FromContext(r.Context())
+// refuseAPI answers an /api/ route that is not on the allow-list of
+// repository reads: the operator's token is not lent to account-level
+// calls (whoami, listings that include private repos, settings), to
+// writes, or to minting Xet tokens, which would outlive a worker key.
+func (m *Mirror) refuseAPI(w http.ResponseWriter, r *http.Request) {
+	info := reqinfo.From(r.Context())
+	info.Result = "forbidden"
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "", "the gateway forwards read-only API calls only")
+		return
+	}
+	if strings.Contains(r.URL.Path, "/xet-read-token/") || strings.Contains(r.URL.Path, "/xet-write-token/") {
+		writeError(w, http.StatusForbidden, "", "the gateway does not hand out Xet tokens: files download over plain HTTP from the gateway")
+		return
+	}
+	writeError(w, http.StatusForbidden, "", "the gateway does not forward this API call: it lends its token to repository reads only "+
+		"(files, repo info, revision, tree, paths-info, refs, commits), never to account-level calls")
+}
+
+// refusal says why a worker with key k (nil: none) may not have route
+// ("" when it may): its key's scope, the global repo filter, then its
+// key's repo patterns.
+func (m *Mirror) refusal(k *clientauth.Key, route hfhub.Route) string {
 	if k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
 		return "this worker key may not use Hugging Face"
 	}
-	repos := []hfhub.Repo{route.Repo}
-	if route.Kind == hfhub.OtherAPI {
-		// Not parsed further: check every repo the path may name.
-		repos = hfhub.APIRepoCandidates(r.URL)
+	if route.Repo.ID == "" {
+		return ""
 	}
-	for _, repo := range repos {
-		if repo.ID == "" {
-			continue
-		}
-		if msg := m.repoRefusal(k, repo.URLPrefix()+repo.ID); msg != "" {
-			return msg
-		}
-	}
-	return ""
+	return m.repoRefusal(k, route.Repo.URLPrefix()+route.Repo.ID)
 }
 
 // repoRefusal applies the global repo filter, then the key's patterns.
@@ -153,13 +168,26 @@ func (m *Mirror) repoRefusal(k *clientauth.Key, repo string) string {
 	return ""
 }
 
-// restricted reports whether the request's access to repos is narrowed
-// (a global filter, a key's patterns, or no gateway credential): then a
-// blob cannot be handed out by content id alone.
-func (m *Mirror) restricted(r *http.Request) bool {
+// errFound stops an index scan at the first match.
+var errFound = errors.New("found")
+
+// maySeeByDigest reports whether the request may have blob d by its
+// content id alone: only when the gateway saw, under the request's own
+// principal, a repo holding d that the request may read. Knowing a
+// digest (public metadata, even for gated files) proves nothing.
+func (m *Mirror) maySeeByDigest(r *http.Request, d cache.Digest) bool {
 	k := clientauth.FromContext(r.Context())
-	return len(m.RepoAllow) > 0 || len(m.RepoDeny) > 0 || (k != nil && k.HasRepoLimits()) ||
-		authinject.PrincipalFrom(r.Context()).Mode != authinject.ModeGateway
+	if k != nil && !k.Allows(clientauth.ScopeHuggingFace) {
+		return false
+	}
+	prefix := authinject.PrincipalFrom(r.Context()).Key(hfhub.SeenPrefix(d))
+	err := m.Index.Scan(prefix, func(key string, _ []byte) error {
+		if m.repoRefusal(k, strings.TrimPrefix(key, prefix)) == "" {
+			return errFound
+		}
+		return nil
+	})
+	return errors.Is(err, errFound)
 }
 
 // newUpstreamRequest builds a request for path (already escaped) and query
@@ -167,6 +195,9 @@ func (m *Mirror) restricted(r *http.Request) bool {
 // the Upstream replaces with the operator's token, or forwards only to the
 // Hub when none is configured) and the headers the Hub needs.
 func (m *Mirror) newUpstreamRequest(ctx context.Context, method, escapedPath, rawQuery string, body io.Reader, in *http.Request) (*http.Request, error) {
+	// Wherever the Hub redirects this request, the worker's access
+	// policy goes along.
+	ctx = m.withRedirectPolicy(ctx, clientauth.FromContext(ctx))
 	// The endpoint may carry a path prefix (a corporate mirror); keep it.
 	target := strings.TrimSuffix(m.Endpoint.String(), "/") + escapedPath
 	if rawQuery != "" {

@@ -14,6 +14,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
@@ -114,7 +115,7 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 	// Detached: the answer is shared, so one client leaving must not
 	// cancel it for the others.
 	ctx = context.WithoutCancel(ctx)
-	v, err, _ := m.flight.Do(key, func() (any, error) {
+	v, err, _ := m.flight.Do(flightKey(ctx, key), func() (any, error) {
 		req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, route.Revision, route.Path), "", nil, r)
 		if err != nil {
 			return hfhub.FileMeta{}, err
@@ -124,7 +125,7 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		// X-Linked-Etag/-Size.
 		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
 		if err != nil {
-			return hfhub.FileMeta{}, &unreachableError{err: upstream.Sanitize(err)}
+			return hfhub.FileMeta{}, upstreamError(err)
 		}
 		defer upstream.DrainClose(resp.Body)
 		if resp.StatusCode >= 400 {
@@ -134,16 +135,24 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		if err != nil {
 			return hfhub.FileMeta{}, &badUpstreamError{err: err}
 		}
-		if err := m.Index.Set(p.Key(hfhub.FileKey(route.Repo, meta.Commit, route.Path)), hfhub.MarshalMeta(meta), 0); err != nil {
+		// Kept under the repo the Hub really answered for (a renamed
+		// repo's new name), never under an alias.
+		repo := m.canonicalRepo(route.Repo, resp)
+		if err := m.Index.Set(p.Key(hfhub.FileKey(repo, meta.Commit, route.Path)), hfhub.MarshalMeta(meta), 0); err != nil {
+			m.Logger.Warn("caching file metadata", "err", err)
+		}
+		// Who may later have this blob by its content id alone (the CDN
+		// path): callers of this principal that may read this repo.
+		if err := m.Index.Set(p.Key(hfhub.SeenKey(meta.Digest, repo)), []byte{1}, 0); err != nil {
 			m.Logger.Warn("caching file metadata", "err", err)
 		}
 		if route.Revision != meta.Commit {
 			if m.RevisionTTL > 0 {
-				if err := m.Index.Set(p.Key(hfhub.RevisionKey(route.Repo, route.Revision)), []byte(meta.Commit), m.RevisionTTL); err != nil {
+				if err := m.Index.Set(p.Key(hfhub.RevisionKey(repo, route.Revision)), []byte(meta.Commit), m.RevisionTTL); err != nil {
 					m.Logger.Warn("caching revision", "err", err)
 				}
 			}
-			if err := m.Index.Set(p.Key(hfhub.LastRevisionKey(route.Repo, route.Revision)), []byte(meta.Commit), 0); err != nil {
+			if err := m.Index.Set(p.Key(hfhub.LastRevisionKey(repo, route.Revision)), []byte(meta.Commit), 0); err != nil {
 				m.Logger.Warn("caching revision", "err", err)
 			}
 		}
@@ -159,9 +168,11 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Request) cache.Source {
 	// The fill runs detached from the request, with the same identity.
 	principal := authinject.PrincipalFrom(in.Context())
+	key := clientauth.FromContext(in.Context())
 	clientAuth := in.Header.Get("Authorization")
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
 		ctx = authinject.WithPrincipal(ctx, principal)
+		ctx = clientauth.WithKey(ctx, key) // for the redirect policy
 		if m.Offline {
 			return nil, 0, errOffline
 		}
@@ -177,7 +188,7 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowAll)
 		if err != nil {
-			return nil, 0, &unreachableError{err: upstream.Sanitize(err)}
+			return nil, 0, upstreamError(err)
 		}
 		start, err := upstream.BodyStart(resp, off, meta.Size)
 		if err != nil {
@@ -192,6 +203,16 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		}
 		return resp.Body, start, nil
 	}
+}
+
+// upstreamError classifies an error of Upstream.Do: a refusal by the
+// redirect policy stays one; anything else means no usable answer.
+func upstreamError(err error) error {
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		return refused
+	}
+	return &unreachableError{err: upstream.Sanitize(err)}
 }
 
 // Errors of the metadata and fill steps, mapped to answers in one place.
@@ -228,7 +249,10 @@ func (m *Mirror) writeMetaError(w http.ResponseWriter, err error) {
 		answer      *upstreamAnswerError
 		bad         *badUpstreamError
 	)
+	var refused *refusedError
 	switch {
+	case errors.As(err, &refused):
+		writeError(w, http.StatusForbidden, "", refused.msg)
 	case errors.Is(err, errOffline):
 		if m.Metrics != nil {
 			m.Metrics.OfflineRefusals.Inc()

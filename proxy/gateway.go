@@ -54,9 +54,12 @@ type Options struct {
 	Intercept []string
 	// HubHosts are the intercepted names answered as the Hub itself.
 	HubHosts []string
-	// CDNDomains are domains whose intercepted subdomains are the Hub's
-	// CDN (served from the cache by content id when possible).
-	CDNDomains []string
+	// CDNHosts are host patterns (as in mitm.hosts) of the Hub's CDN and
+	// Xet hosts: served from the cache by content id when the caller may
+	// have it, otherwise relayed without any credential. Other intercepted
+	// hosts under the model domains (the inference router, ...) are
+	// relayed with the worker's own headers.
+	CDNHosts []string
 	// CivitAI answers CivitAI's download and metadata routes, the paths
 	// CivitAIRoute accepts: on the gateway itself in mirror mode, and on
 	// CivitAIHosts in proxy mode.
@@ -123,6 +126,7 @@ type Gateway struct {
 	intercept hostPatterns
 	hubHosts  map[string]bool
 	civHosts  map[string]bool
+	cdnHosts  hostPatterns
 	gp        *goproxy.ProxyHttpServer
 	own       http.Handler // /healthz, /metrics, /ca.pem
 	forward   *httputil.ReverseProxy
@@ -193,6 +197,9 @@ func New(opts Options) (*Gateway, error) {
 	}
 	for _, h := range opts.CivitAIHosts {
 		g.civHosts[h] = true
+	}
+	if g.cdnHosts, err = parseHostPatterns(opts.CDNHosts); err != nil {
+		return nil, err
 	}
 	if g.tunnelAllow, err = parseHostPatterns(opts.TunnelAllow); err != nil {
 		return nil, err
@@ -546,9 +553,15 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 			return
 		}
 		g.forwardWithoutCredentials(w, r)
-	case isUnder(host, g.opts.CDNDomains...):
-		g.opts.Hub.ServeCDN(w, r, http.HandlerFunc(g.forwardWithoutCredentials))
+	case g.cdnHosts.match(host, ""):
+		// Whose principal the request carries decides which cached blobs
+		// it may have by content id: decided here as for the Hub itself.
+		g.opts.Hub.ServeCDN(w, g.asPrincipal(r, false), http.HandlerFunc(g.forwardWithoutCredentials))
 	default:
+		// Any other host (another host under the model domains, such as
+		// the inference router, or a plain proxy request): relayed with
+		// the worker's own headers, which its API needs, and never with a
+		// credential of the gateway's.
 		info := reqinfo.From(r.Context())
 		info.Route, info.Result = "proxy", "passthrough"
 		g.relay(w, r)

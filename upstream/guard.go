@@ -28,14 +28,32 @@ func (r Refusal) Permanent() bool { return true }
 // PrivateAddr reports whether a is an address the gateway must not reach
 // unless told to: loopback, link-local (cloud metadata services live at
 // 169.254.169.254), private (RFC 1918, fc00::/7), unspecified, multicast,
-// and carrier-grade NAT space.
+// and the special-purpose ranges that reach internal or undefined places.
 func PrivateAddr(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsPrivate() ||
-		a.IsUnspecified() || a.IsMulticast() || cgnat.Contains(a)
+	if a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsPrivate() ||
+		a.IsUnspecified() || a.IsMulticast() {
+		return true
+	}
+	for _, p := range specialRanges {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+// specialRanges are IANA special-purpose ranges that the netip predicates
+// do not cover.
+var specialRanges = []netip.Prefix{
+	netip.MustParsePrefix("100.64.0.0/10"), // carrier-grade NAT
+	netip.MustParsePrefix("192.0.0.0/24"),  // IETF protocol assignments
+	netip.MustParsePrefix("198.18.0.0/15"), // benchmarking, often lab-internal
+	netip.MustParsePrefix("240.0.0.0/4"),   // reserved, and broadcast
+	// NAT64: the well-known prefix embeds any IPv4 address, private ones
+	// included, and a NAT64 gateway on the LAN would dial it.
+	netip.MustParsePrefix("64:ff9b::/96"),
+}
 
 // Guard decides which addresses outbound connections may reach. Every
 // dial the gateway makes passes one: the transport's (upstream requests,
