@@ -109,6 +109,10 @@ type Options struct {
 	// StallTimeout cuts (and resumes) an upstream body that delivers no
 	// byte for this long. Default 60s.
 	StallTimeout time.Duration
+	// IndexSize, when set, returns the index's size on disk, which counts
+	// against MaxSize with the blobs: the metadata lives on the same disk
+	// and must not be a way around the budget.
+	IndexSize func() int64
 	// DiskFree overrides the free-space probe (tests).
 	DiskFree func() (int64, error)
 }
@@ -128,6 +132,7 @@ type Store struct {
 	onEvict         func(Digest, int64)
 	accessFlush     time.Duration
 	diskFree        func() (int64, error)
+	indexSize       func() int64
 	stallTimeout    time.Duration
 	usage           usage
 	evictNow        chan struct{}
@@ -174,6 +179,7 @@ func Open(opts Options) (*Store, error) {
 		onEvict:      opts.OnEvict,
 		accessFlush:  opts.AccessFlush,
 		diskFree:     opts.DiskFree,
+		indexSize:    opts.IndexSize,
 		stallTimeout: opts.StallTimeout,
 		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:     make(chan struct{}, 1),
