@@ -262,6 +262,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, idx.Close)
+	idx.StartMaintenance(cache.IndexLimits{
+		Classify:   classifyIndexKey,
+		MaxBytes:   int64(cfg.Cache.IndexMaxSize),
+		MaxCounted: maxLastRevisions,
+	}, indexMaintenanceEvery)
 	retries := cfg.Upstream.Retries
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
@@ -279,6 +284,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		MaxSize:  int64(cfg.Cache.MaxSize),
 		MinFree:  int64(cfg.Cache.MinFree),
 		Pinned:   pinned,
+		// The index shares the disk and the budget with the blobs.
+		IndexSize: idx.DiskSize,
 		// A body silent for twice the header timeout is cut and resumed.
 		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
@@ -345,28 +352,30 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	up := authinject.New(backoff, creds...)
 
 	mirror := hfmirror.New(hfmirror.Options{
-		Endpoint:    hfURL,
-		RevisionTTL: cfg.Cache.RevisionTTL.Duration,
-		Upstream:    up,
-		Index:       idx,
-		Blobs:       store,
-		Metrics:     m,
-		Logger:      log,
-		Offline:     cfg.Offline,
-		RepoAllow:   cfg.HuggingFace.Repos.Allow,
-		RepoDeny:    cfg.HuggingFace.Repos.Deny,
+		Endpoint:     hfURL,
+		RevisionTTL:  cfg.Cache.RevisionTTL.Duration,
+		LastKnownTTL: cfg.Cache.LastKnownTTL.Duration,
+		Upstream:     up,
+		Index:        idx,
+		Blobs:        store,
+		Metrics:      m,
+		Logger:       log,
+		Offline:      cfg.Offline,
+		RepoAllow:    cfg.HuggingFace.Repos.Allow,
+		RepoDeny:     cfg.HuggingFace.Repos.Deny,
 	})
 	civ := civitai.New(civitai.Options{
-		Endpoint:    civURL,
-		HasKey:      func() bool { return up.HasCredential(civURL) },
-		MetadataTTL: cfg.CivitAI.MetadataTTL.Duration,
-		DownloadTTL: cfg.CivitAI.DownloadTTL.Duration,
-		Upstream:    up,
-		Index:       idx,
-		Blobs:       store,
-		Metrics:     m,
-		Logger:      log,
-		Offline:     cfg.Offline,
+		Endpoint:     civURL,
+		HasKey:       func() bool { return up.HasCredential(civURL) },
+		MetadataTTL:  cfg.CivitAI.MetadataTTL.Duration,
+		DownloadTTL:  cfg.CivitAI.DownloadTTL.Duration,
+		LastKnownTTL: cfg.Cache.LastKnownTTL.Duration,
+		Upstream:     up,
+		Index:        idx,
+		Blobs:        store,
+		Metrics:      m,
+		Logger:       log,
+		Offline:      cfg.Offline,
 	})
 	clientNets, err := parseNetworks(cfg.Clients.Allow)
 	if err != nil {
@@ -511,4 +520,28 @@ func fillFailureReason(err error) string {
 		return "shutdown"
 	}
 	return "upstream"
+}
+
+const (
+	// indexMaintenanceEvery is how often the index is trimmed to its
+	// limits and its freed space given back.
+	indexMaintenanceEvery = 10 * time.Minute
+	// maxLastRevisions bounds the branch -> commit mappings kept for
+	// offline use (~150 bytes each).
+	maxLastRevisions = 100_000
+)
+
+// classifyIndexKey says which index entries maintenance may drop: copies
+// of upstream answers (bounded by cache.index_max_size), and the last
+// commit of each revision (bounded by count); blob records and file
+// metadata stay.
+func classifyIndexKey(key []byte) cache.KeyClass {
+	k := authinject.Unscoped(string(key))
+	switch {
+	case hfhub.IsLastRevisionKey(k):
+		return cache.Counted
+	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k):
+		return cache.Reclaimable
+	}
+	return cache.Kept
 }
