@@ -3,7 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +17,8 @@ import (
 
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/internal/fakecivitai"
+	"github.com/modelgate/modelgate/internal/fakehub"
+	"github.com/modelgate/modelgate/mitmca"
 )
 
 // Issue 10, item 5: every distinct API query used to become its own index
@@ -107,4 +113,64 @@ func TestLastKnownAPIAnswersExpire(t *testing.T) {
 		resp, _ := g.mustDo(t, http.MethodGet, path, nil)
 		return resp.StatusCode == http.StatusGatewayTimeout
 	}, 10*time.Second, 100*time.Millisecond, "after last_known_ttl the copy is gone")
+}
+
+// Issue 10, item 11: cached model bytes were readable by every local user
+// (0444 files in 0755 directories). Everything under data_dir is the
+// gateway user's alone, including what an older version left there.
+func TestDataDirIsPrivateToTheGatewayUser(t *testing.T) {
+	tr := newTestHub(t, 64<<10)
+	dataDir := t.TempDir()
+	// A data_dir as the previous version left it.
+	old := filepath.Join(dataDir, "blobs", "sha256", "ab")
+	require.NoError(t, os.MkdirAll(old, 0o755))
+	oldBlob := filepath.Join(old, "ab"+strings.Repeat("0", 62))
+	require.NoError(t, os.WriteFile(oldBlob, []byte("old"), 0o444))
+	require.NoError(t, os.Chmod(oldBlob, 0o444))
+	require.NoError(t, os.Chmod(dataDir, 0o755))
+
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.DataDir = dataDir })
+	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, tr.big, body)
+	// The interception CA is created in data_dir/ca too.
+	resp, _ = g.mustDo(t, http.MethodGet, "/ca.pem", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, g.hasBlob(t, fakehub.SHA256Hex(tr.big)))
+
+	var files int
+	require.NoError(t, filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		fi, err := os.Lstat(p)
+		require.NoError(t, err)
+		if d.IsDir() {
+			assert.Equal(t, fs.FileMode(0o700), fi.Mode().Perm(), "directory %s", p)
+			return nil
+		}
+		files++
+		assert.Zero(t, fi.Mode().Perm()&0o077, "%s is mode %v: readable by others", p, fi.Mode().Perm())
+		return nil
+	}))
+	assert.Greater(t, files, 5, "blobs, index and CA files were checked")
+}
+
+// A configured CA key that others may read is refused at start.
+func TestALooseCAKeyIsRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	_, err := mitmca.Load("", "", dir, mitmca.Options{})
+	require.NoError(t, err)
+	cert, key := filepath.Join(dir, "modelgate-ca.pem"), filepath.Join(dir, "modelgate-ca-key.pem")
+	require.NoError(t, os.Chmod(key, 0o640))
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.MITM.CACert, cfg.MITM.CAKey = cert, key
+	_, err = build(cfg, slog.New(slog.DiscardHandler))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "mitm.ca_key")
+	assert.Contains(t, err.Error(), "0640")
+
+	require.NoError(t, os.Chmod(key, 0o600))
+	gw, err := build(cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	gw.close()
 }

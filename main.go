@@ -88,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 	case "ca":
-		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), mitmca.Options{})
 		if err != nil {
 			return err
 		}
@@ -230,7 +230,14 @@ type gateway struct {
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	// Cached weights may be gated or private: nothing the gateway writes
+	// is for other local users. The umask covers the files badger and
+	// the libraries create; MakePrivate what earlier versions left.
+	syscall.Umask(0o077)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if err := cache.MakePrivate(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	var closers []func() error
@@ -317,7 +324,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() error { transport.CloseIdleConnections(); return nil })
-	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), mitmca.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
 	}

@@ -202,7 +202,7 @@ func Open(opts Options) (*Store, error) {
 		s.retryBackoff = 200 * time.Millisecond
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("cache: creating %s: %w", d, err)
 		}
 	}
@@ -578,7 +578,7 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("syncing temp file: %w", err)
 	}
-	if err := tmp.Chmod(0o444); err != nil {
+	if err := tmp.Chmod(0o400); err != nil { // read-only, and the gateway user's alone
 		return fmt.Errorf("making blob read-only: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -586,7 +586,7 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	}
 	final := s.blobPath(f.digest)
 	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	f.mu.Lock()

@@ -23,6 +23,9 @@ import (
 	"time"
 )
 
+// Options says how a CA is created and used.
+type Options struct{}
+
 // CA is a loaded certificate authority.
 type CA struct {
 	// TLS is the CA as a tls.Certificate with Leaf set, as goproxy's signer
@@ -40,9 +43,12 @@ const (
 
 // Load returns the CA from certFile and keyFile when both are set;
 // otherwise the CA in dir, created there on first use (key mode 0600).
-func Load(certFile, keyFile, dir string) (*CA, error) {
+func Load(certFile, keyFile, dir string, opts Options) (*CA, error) {
 	switch {
 	case certFile != "" && keyFile != "":
+		if err := checkKeyMode(keyFile); err != nil {
+			return nil, err
+		}
 		return loadFiles(certFile, keyFile)
 	case certFile != "" || keyFile != "":
 		return nil, errors.New("mitm.ca_cert and mitm.ca_key must be set together")
@@ -61,6 +67,19 @@ func Load(certFile, keyFile, dir string) (*CA, error) {
 		return nil, err
 	}
 	return loadFiles(certFile, keyFile)
+}
+
+// checkKeyMode refuses a configured CA key that other local users may
+// read: whoever reads it can impersonate the model hosts to every worker.
+func checkKeyMode(keyFile string) error {
+	fi, err := os.Stat(keyFile)
+	if err != nil {
+		return fmt.Errorf("reading CA key: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("mitm.ca_key %s has mode %#o: other users can read it; run chmod 600 on it", keyFile, perm)
+	}
+	return nil
 }
 
 func loadFiles(certFile, keyFile string) (*CA, error) {
@@ -93,7 +112,7 @@ func loadFiles(certFile, keyFile string) (*CA, error) {
 // created exclusively with mode 0600, so an existing key is never
 // overwritten and never readable by others.
 func create(certFile, keyFile string) error {
-	if err := os.MkdirAll(filepath.Dir(certFile), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
 		return fmt.Errorf("creating CA directory: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -136,7 +155,7 @@ func create(certFile, keyFile string) error {
 		return fmt.Errorf("writing CA key: %w", err)
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
 		return fmt.Errorf("writing CA certificate: %w", err)
 	}
 	return nil
