@@ -59,8 +59,10 @@ func main() {
 const usage = `usage:
   modelgate [-config config.yaml]          run the gateway (SIGHUP re-reads the
                                            credentials: token, token_file, api_key)
-  modelgate ca [-config config.yaml]       print the CA certificate workers must trust
+  modelgate ca [-config config.yaml]       print the CA certificate(s) workers must trust
                                            (created in data_dir/ca if there is none yet)
+  modelgate ca --new [-config config.yaml] create the next CA: /ca.pem serves both for
+                                           mitm.ca_overlap, then the new one signs
   modelgate config [-config config.yaml]   print the effective configuration
                                            (secrets shown as ***)
   modelgate key new NAME                   print a new worker key and its config entry
@@ -78,6 +80,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { io.WriteString(stderr, usage) }
 	configPath := fs.String("config", "config.yaml", "path of the YAML configuration file")
+	newCA := new(bool)
+	if cmd == "ca" {
+		newCA = fs.Bool("new", false, "create the next CA (announced for mitm.ca_overlap before it signs)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -88,11 +94,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 	case "ca":
-		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), mitmca.Options{})
+		if *newCA {
+			return rotateCA(cfg, stdout, stderr)
+		}
+		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 		if err != nil {
 			return err
 		}
-		_, err = stdout.Write(ca.PEM)
+		_, err = stdout.Write(ca.Bundle(time.Now()))
 		return err
 	case "config":
 		// The effective configuration; secrets print as ***, and so does
@@ -324,7 +333,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() error { transport.CloseIdleConnections(); return nil })
-	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), mitmca.Options{})
+	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
 	}
@@ -551,4 +560,25 @@ func classifyIndexKey(key []byte) cache.KeyClass {
 		return cache.Reclaimable
 	}
 	return cache.Kept
+}
+
+// caOptions is how the interception CA is created and rotated.
+func caOptions(cfg config.Config) mitmca.Options {
+	return mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+}
+
+// rotateCA implements `modelgate ca --new`: the next CA, printed with the
+// current one (what workers must trust during the overlap).
+func rotateCA(cfg config.Config, stdout, stderr io.Writer) error {
+	if cfg.MITM.CACert != "" {
+		return errors.New("mitm.ca_cert is set: rotate that CA by replacing its files")
+	}
+	ca, err := mitmca.Rotate(filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "new CA created; GET /ca.pem serves both certificates until %s, when the new one starts signing (restart or not). Have every worker trust the output below before then.\n",
+		ca.NextFrom().Format(time.RFC3339))
+	_, err = stdout.Write(ca.Bundle(time.Now()))
+	return err
 }

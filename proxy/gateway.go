@@ -113,6 +113,7 @@ type Gateway struct {
 	hubHosts  map[string]bool
 	civHosts  map[string]bool
 	gp        *goproxy.ProxyHttpServer
+	certs     *certStore   // leaves for intercepted hosts, from opts.CA
 	own       http.Handler // /healthz, /metrics, /ca.pem
 	forward   *httputil.ReverseProxy
 	handler   http.Handler // the edge around route
@@ -172,9 +173,11 @@ func New(opts Options) (*Gateway, error) {
 	gp.Logger = goproxyLogger{opts.Logger}
 	gp.Tr = nil
 	gp.ConnectDial = nil // never the process's own HTTPS_PROXY
-	gp.CertStore = newCertStore(1024)
 	gp.OnRequest().HandleConnectFunc(g.connectPolicy)
 	g.gp = gp
+	if opts.CA != nil {
+		g.certs = newCertStore(opts.CA, 1024, nil)
+	}
 
 	g.handler = &edge{next: http.HandlerFunc(g.route), log: opts.Logger, m: opts.Metrics}
 	g.innerLn = newChanListener()
@@ -561,15 +564,19 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 		client.Close()
 		return
 	}
-	cfg, err := goproxy.TLSConfigFromCA(&g.opts.CA.TLS)(host, ctx)
+	cert, err := g.certs.get(host)
 	if err != nil {
 		g.log.Error("signing certificate for intercepted host", "host", host, "err", err)
 		client.Close()
 		return
 	}
-	// HTTP/1.1 only: a download is one long stream, which h2 does not
-	// speed up, and net/http would need h2 wired onto this listener.
-	cfg.NextProtos = []string{"http/1.1"}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		MinVersion:   tls.VersionTLS12,
+		// HTTP/1.1 only: a download is one long stream, which h2 does not
+		// speed up, and net/http would need h2 wired onto this listener.
+		NextProtos: []string{"http/1.1"},
+	}
 	tconn := tls.Server(client, cfg)
 	hctx, cancel := context.WithTimeout(req.Context(), handshakeTimeout)
 	defer cancel()
@@ -639,7 +646,8 @@ func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) 
 			reqinfo.Set(r.Context(), "ca", "ok")
 			w.Header().Set("Content-Type", "application/x-pem-file")
 			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
-			w.Write(opts.CA.PEM)
+			// During a CA rotation's overlap, both certificates.
+			w.Write(opts.CA.Bundle(time.Now()))
 		case opts.CivitAI != nil && opts.CivitAIRoute(r.URL.Path):
 			opts.CivitAI.ServeHTTP(w, asPrincipal(r, true))
 		default:
