@@ -174,3 +174,24 @@ func TestALooseCAKeyIsRefusedAtStart(t *testing.T) {
 	require.NoError(t, err)
 	gw.close()
 }
+
+// `modelgate ca --new` makes /ca.pem serve both certificates for the
+// overlap, so workers can trust the new CA before it signs anything.
+func TestCANewIsAnnouncedBesideTheCurrentCA(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	dataDir := t.TempDir()
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(cfgFile, []byte("data_dir: "+dataDir+"\n"), 0o600))
+	var cur, both, stderr strings.Builder
+	require.NoError(t, run([]string{"ca", "-config", cfgFile}, &cur, &stderr))
+	require.NoError(t, run([]string{"ca", "--new", "-config", cfgFile}, &both, &stderr))
+	assert.Equal(t, 1, strings.Count(cur.String(), "BEGIN CERTIFICATE"))
+	assert.Equal(t, 2, strings.Count(both.String(), "BEGIN CERTIFICATE"))
+	assert.True(t, strings.HasPrefix(both.String(), cur.String()), "the current CA is still the first")
+	assert.Error(t, run([]string{"ca", "--new", "-config", cfgFile}, &strings.Builder{}, &stderr), "one rotation at a time")
+
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.DataDir = dataDir })
+	resp, body := g.mustDo(t, http.MethodGet, "/ca.pem", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, both.String(), string(body))
+}
