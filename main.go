@@ -59,8 +59,10 @@ func main() {
 const usage = `usage:
   modelgate [-config config.yaml]          run the gateway (SIGHUP re-reads the
                                            credentials: token, token_file, api_key)
-  modelgate ca [-config config.yaml]       print the CA certificate workers must trust
+  modelgate ca [-config config.yaml]       print the CA certificate(s) workers must trust
                                            (created in data_dir/ca if there is none yet)
+  modelgate ca --new [-config config.yaml] create the next CA: /ca.pem serves both for
+                                           mitm.ca_overlap, then the new one signs
   modelgate config [-config config.yaml]   print the effective configuration
                                            (secrets shown as ***)
   modelgate key new NAME                   print a new worker key and its config entry
@@ -78,6 +80,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { io.WriteString(stderr, usage) }
 	configPath := fs.String("config", "config.yaml", "path of the YAML configuration file")
+	newCA := new(bool)
+	if cmd == "ca" {
+		newCA = fs.Bool("new", false, "create the next CA (announced for mitm.ca_overlap before it signs)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -88,11 +94,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 	case "ca":
-		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+		if *newCA {
+			return rotateCA(cfg, stdout, stderr)
+		}
+		ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 		if err != nil {
 			return err
 		}
-		_, err = stdout.Write(ca.PEM)
+		_, err = stdout.Write(ca.Bundle(time.Now()))
 		return err
 	case "config":
 		// The effective configuration; secrets print as ***, and so does
@@ -235,7 +244,14 @@ type gateway struct {
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	// Cached weights may be gated or private: nothing the gateway writes
+	// is for other local users. The umask covers the files badger and
+	// the libraries create; MakePrivate what earlier versions left.
+	syscall.Umask(0o077)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if err := cache.MakePrivate(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	var closers []func() error
@@ -267,6 +283,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, idx.Close)
+	idx.StartMaintenance(cache.IndexLimits{
+		Classify:   classifyIndexKey,
+		MaxBytes:   int64(cfg.Cache.IndexMaxSize),
+		MaxCounted: maxLastRevisions,
+	}, indexMaintenanceEvery)
 	retries := cfg.Upstream.Retries
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
@@ -284,6 +305,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		MaxSize:  int64(cfg.Cache.MaxSize),
 		MinFree:  int64(cfg.Cache.MinFree),
 		Pinned:   pinned,
+		// The index shares the disk and the budget with the blobs.
+		IndexSize: idx.DiskSize,
 		// A body silent for twice the header timeout is cut and resumed.
 		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
@@ -334,7 +357,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() error { transport.CloseIdleConnections(); return nil })
-	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"))
+	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
 	}
@@ -361,28 +384,30 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	up := authinject.New(backoff, creds...)
 
 	mirror := hfmirror.New(hfmirror.Options{
-		Endpoint:    hfURL,
-		RevisionTTL: cfg.Cache.RevisionTTL.Duration,
-		Upstream:    up,
-		Index:       idx,
-		Blobs:       store,
-		Metrics:     m,
-		Logger:      log,
-		Offline:     cfg.Offline,
-		RepoAllow:   cfg.HuggingFace.Repos.Allow,
-		RepoDeny:    cfg.HuggingFace.Repos.Deny,
+		Endpoint:     hfURL,
+		RevisionTTL:  cfg.Cache.RevisionTTL.Duration,
+		LastKnownTTL: cfg.Cache.LastKnownTTL.Duration,
+		Upstream:     up,
+		Index:        idx,
+		Blobs:        store,
+		Metrics:      m,
+		Logger:       log,
+		Offline:      cfg.Offline,
+		RepoAllow:    cfg.HuggingFace.Repos.Allow,
+		RepoDeny:     cfg.HuggingFace.Repos.Deny,
 	})
 	civ := civitai.New(civitai.Options{
-		Endpoint:    civURL,
-		HasKey:      func() bool { return up.HasCredential(civURL) },
-		MetadataTTL: cfg.CivitAI.MetadataTTL.Duration,
-		DownloadTTL: cfg.CivitAI.DownloadTTL.Duration,
-		Upstream:    up,
-		Index:       idx,
-		Blobs:       store,
-		Metrics:     m,
-		Logger:      log,
-		Offline:     cfg.Offline,
+		Endpoint:     civURL,
+		HasKey:       func() bool { return up.HasCredential(civURL) },
+		MetadataTTL:  cfg.CivitAI.MetadataTTL.Duration,
+		DownloadTTL:  cfg.CivitAI.DownloadTTL.Duration,
+		LastKnownTTL: cfg.Cache.LastKnownTTL.Duration,
+		Upstream:     up,
+		Index:        idx,
+		Blobs:        store,
+		Metrics:      m,
+		Logger:       log,
+		Offline:      cfg.Offline,
 	})
 	clientNets, err := parseNetworks(cfg.Clients.Allow)
 	if err != nil {
@@ -533,4 +558,49 @@ func fillFailureReason(err error) string {
 		return "shutdown"
 	}
 	return "upstream"
+}
+
+const (
+	// indexMaintenanceEvery is how often the index is trimmed to its
+	// limits and its freed space given back.
+	indexMaintenanceEvery = 10 * time.Minute
+	// maxLastRevisions bounds the branch -> commit mappings kept for
+	// offline use (~150 bytes each).
+	maxLastRevisions = 100_000
+)
+
+// classifyIndexKey says which index entries maintenance may drop: copies
+// of upstream answers (bounded by cache.index_max_size), and the last
+// commit of each revision (bounded by count); blob records and file
+// metadata stay.
+func classifyIndexKey(key []byte) cache.KeyClass {
+	k := authinject.Unscoped(string(key))
+	switch {
+	case hfhub.IsLastRevisionKey(k):
+		return cache.Counted
+	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k):
+		return cache.Reclaimable
+	}
+	return cache.Kept
+}
+
+// caOptions is how the interception CA is created and rotated.
+func caOptions(cfg config.Config) mitmca.Options {
+	return mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+}
+
+// rotateCA implements `modelgate ca --new`: the next CA, printed with the
+// current one (what workers must trust during the overlap).
+func rotateCA(cfg config.Config, stdout, stderr io.Writer) error {
+	if cfg.MITM.CACert != "" {
+		return errors.New("mitm.ca_cert is set: rotate that CA by replacing its files")
+	}
+	ca, err := mitmca.Rotate(filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "new CA created; GET /ca.pem serves both certificates until %s, when the new one starts signing (restart or not). Have every worker trust the output below before then.\n",
+		ca.NextFrom().Format(time.RFC3339))
+	_, err = stdout.Write(ca.Bundle(time.Now()))
+	return err
 }

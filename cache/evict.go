@@ -113,11 +113,15 @@ func (s *Store) DiskFree() (int64, error) {
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
-// overBy returns how many bytes must go to satisfy MaxSize and MinFree.
+// overBy returns how many bytes must go to satisfy MaxSize (blobs and the
+// index together) and MinFree.
 func (s *Store) overBy() int64 {
 	var need int64
 	if s.maxSize > 0 {
 		need = s.bytes.Load() - s.maxSize
+		if s.indexSize != nil {
+			need += s.indexSize()
+		}
 	}
 	if s.minFree > 0 {
 		if free, err := s.DiskFree(); err == nil {

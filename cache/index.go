@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -21,7 +22,18 @@ var ErrNotFound = errors.New("not found")
 // Values are expected to be small (metadata, not content), which is why the
 // options below are tuned for a low memory footprint rather than throughput.
 type Index struct {
-	db *badger.DB
+	db  *badger.DB
+	dir string
+	log *slog.Logger
+	// writeMu lets maintenance flush the memtable (which makes badger
+	// refuse writes for its duration) without a concurrent write failing:
+	// writers hold it shared and wait instead.
+	writeMu sync.RWMutex
+
+	limits   IndexLimits
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
 }
 
 // OpenIndex opens (creating if needed) the index stored in dir.
@@ -50,11 +62,14 @@ func OpenIndex(dir string, logger *slog.Logger) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening index in %s: %w", dir, err)
 	}
-	return &Index{db: db}, nil
+	return &Index{db: db, dir: dir, log: logger, stop: make(chan struct{})}, nil
 }
 
-// Close flushes and closes the index. Call it exactly once.
+// Close stops maintenance, flushes and closes the index. Call it exactly
+// once.
 func (x *Index) Close() error {
+	x.stopOnce.Do(func() { close(x.stop) })
+	x.wg.Wait()
 	if err := x.db.Close(); err != nil {
 		return fmt.Errorf("closing index: %w", err)
 	}
@@ -89,6 +104,8 @@ func (x *Index) Set(key string, val []byte, ttl time.Duration) error {
 	if ttl > 0 {
 		e = e.WithTTL(ttl)
 	}
+	x.writeMu.RLock()
+	defer x.writeMu.RUnlock()
 	if err := x.db.Update(func(txn *badger.Txn) error { return txn.SetEntry(e) }); err != nil {
 		return fmt.Errorf("index set: %w", err)
 	}
@@ -97,6 +114,8 @@ func (x *Index) Set(key string, val []byte, ttl time.Duration) error {
 
 // Delete removes key; deleting a missing key is not an error.
 func (x *Index) Delete(key string) error {
+	x.writeMu.RLock()
+	defer x.writeMu.RUnlock()
 	if err := x.db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(key)) }); err != nil {
 		return fmt.Errorf("index delete: %w", err)
 	}

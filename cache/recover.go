@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,11 +17,11 @@ import (
 // gateways cannot share one data directory by accident: they would delete
 // each other's temp files and race on the index.
 func LockDir(dir string) (*os.File, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, ".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
@@ -35,6 +36,38 @@ func LockDir(dir string) (*os.File, error) {
 	f.Truncate(0)
 	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return f, nil
+}
+
+// MakePrivate makes dir and everything under it the owner's alone:
+// directories 0700, files without group or other permissions (a
+// published blob stays read-only: 0400). Cached model weights may be
+// gated or private, and data directories made by earlier versions had
+// 0755 directories and 0444 blobs. Only what is looser is changed, so a
+// start over many blobs costs a stat each, not a chmod.
+func MakePrivate(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("making %s private: %w", dir, err)
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil // the link's own mode means nothing; its target is not ours
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return fmt.Errorf("making %s private: %w", dir, err)
+		}
+		perm := fi.Mode().Perm()
+		want := perm &^ 0o077
+		if d.IsDir() {
+			want = 0o700
+		}
+		if perm != want {
+			if err := os.Chmod(p, want); err != nil {
+				return fmt.Errorf("making %s private: %w", dir, err)
+			}
+		}
+		return nil
+	})
 }
 
 // tempName is the name of the temp file of a fill of d. It is fixed, so
@@ -148,7 +181,7 @@ func (s *Store) reconcile() error {
 // verified with the rest at the end) and announced to readers, and the
 // offset to continue from is returned.
 func (s *Store) resumeTemp(f *fill, h io.Writer) (*os.File, int64, error) {
-	tmp, err := os.OpenFile(filepath.Join(s.tmpDir, tempName(f.digest)), os.O_RDWR|os.O_CREATE, 0o644)
+	tmp, err := os.OpenFile(filepath.Join(s.tmpDir, tempName(f.digest)), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: opening temp file: %w", ErrStorage, err)
 	}

@@ -109,6 +109,10 @@ type Options struct {
 	// StallTimeout cuts (and resumes) an upstream body that delivers no
 	// byte for this long. Default 60s.
 	StallTimeout time.Duration
+	// IndexSize, when set, returns the index's size on disk, which counts
+	// against MaxSize with the blobs: the metadata lives on the same disk
+	// and must not be a way around the budget.
+	IndexSize func() int64
 	// DiskFree overrides the free-space probe (tests).
 	DiskFree func() (int64, error)
 }
@@ -128,6 +132,7 @@ type Store struct {
 	onEvict         func(Digest, int64)
 	accessFlush     time.Duration
 	diskFree        func() (int64, error)
+	indexSize       func() int64
 	stallTimeout    time.Duration
 	usage           usage
 	evictNow        chan struct{}
@@ -174,6 +179,7 @@ func Open(opts Options) (*Store, error) {
 		onEvict:      opts.OnEvict,
 		accessFlush:  opts.AccessFlush,
 		diskFree:     opts.DiskFree,
+		indexSize:    opts.IndexSize,
 		stallTimeout: opts.StallTimeout,
 		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:     make(chan struct{}, 1),
@@ -196,7 +202,7 @@ func Open(opts Options) (*Store, error) {
 		s.retryBackoff = 200 * time.Millisecond
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("cache: creating %s: %w", d, err)
 		}
 	}
@@ -572,7 +578,7 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("syncing temp file: %w", err)
 	}
-	if err := tmp.Chmod(0o444); err != nil {
+	if err := tmp.Chmod(0o400); err != nil { // read-only, and the gateway user's alone
 		return fmt.Errorf("making blob read-only: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -580,7 +586,7 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	}
 	final := s.blobPath(f.digest)
 	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	f.mu.Lock()

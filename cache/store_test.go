@@ -206,7 +206,7 @@ func TestColdThenWarmFetchesUpstreamOnce(t *testing.T) {
 
 	fi, err := os.Stat(s.blobPath(d))
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o444), fi.Mode().Perm(), "published blobs are read-only")
+	assert.Equal(t, os.FileMode(0o400), fi.Mode().Perm(), "published blobs are read-only, and the owner's alone")
 }
 
 func TestConcurrentColdRequestsShareOneFill(t *testing.T) {

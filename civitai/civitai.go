@@ -58,11 +58,14 @@ type Options struct {
 	HasKey      func() bool
 	MetadataTTL time.Duration
 	DownloadTTL time.Duration
-	Upstream    Upstream
-	Index       Index
-	Blobs       Blobs
-	Metrics     *metrics.Metrics
-	Logger      *slog.Logger
+	// LastKnownTTL is how long the last file a download mapped to is kept
+	// for when CivitAI is down; 0 keeps it until index maintenance trims it.
+	LastKnownTTL time.Duration
+	Upstream     Upstream
+	Index        Index
+	Blobs        Blobs
+	Metrics      *metrics.Metrics
+	Logger       *slog.Logger
 	// Offline answers only from the cache and never touches the network.
 	Offline bool
 }

@@ -185,7 +185,7 @@ func (h *Handler) lastKnownRef(key string, err error) (fileRef, bool) {
 	return ref, ok
 }
 
-// lastKnownSuffix marks the copy of a mapping kept without expiry.
+// lastKnownSuffix marks the copy of a mapping kept for LastKnownTTL.
 const lastKnownSuffix = "\x00last"
 
 // remember maps a download to its file for DownloadTTL.
@@ -197,7 +197,7 @@ func (h *Handler) remember(key string, ref fileRef) {
 	if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
-	if err := h.Index.Set(key+lastKnownSuffix, b, 0); err != nil {
+	if err := h.Index.Set(key+lastKnownSuffix, b, h.LastKnownTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
 }
@@ -455,4 +455,11 @@ func PinnedDigests(idx Scanner, versionIDs []string) map[cache.Digest]bool {
 		})
 	}
 	return out
+}
+
+// IsCopyKey reports whether an index key (unscoped) holds a copy of a
+// CivitAI answer that may be dropped and asked for again: metadata and
+// download mappings (and their last-known copies).
+func IsCopyKey(key string) bool {
+	return strings.HasPrefix(key, keyAPI) || strings.HasPrefix(key, keyDownload)
 }

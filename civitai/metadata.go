@@ -123,7 +123,10 @@ func (h *Handler) cachedAPI(ctx context.Context, in *http.Request, escapedPath s
 // comes through the gateway too.
 func (h *Handler) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
-	body, cached, err := h.cachedAPI(r.Context(), r, r.URL.EscapedPath(), withoutToken(r.URL.Query()))
+	// The metadata routes the gateway serves take no parameters: any
+	// query is dropped, so it neither reaches CivitAI nor splits the
+	// cache into one entry per junk parameter.
+	body, cached, err := h.cachedAPI(r.Context(), r, r.URL.EscapedPath(), nil)
 	if err != nil {
 		info.Result = "error"
 		h.writeError(w, err)

@@ -34,14 +34,3 @@ func normalizeDownloadQuery(q url.Values) (url.Values, error) {
 	}
 	return out, nil
 }
-
-// withoutToken returns q without the token parameter a worker may send.
-func withoutToken(q url.Values) url.Values {
-	out := url.Values{}
-	for k, vs := range q {
-		if !strings.EqualFold(k, "token") {
-			out[k] = vs
-		}
-	}
-	return out
-}

@@ -71,6 +71,17 @@ type CacheConfig struct {
 	// is trusted before the upstream is asked again. 0 means always ask.
 	// Default 60s.
 	RevisionTTL Duration `yaml:"revision_ttl"`
+	// LastKnownTTL is how long the last good copy of an upstream answer
+	// (API answers, CivitAI download mappings) is kept to be served while
+	// the upstream is down or the gateway offline. The branch → commit
+	// mappings offline mode relies on are kept regardless of age (the
+	// newest 100 000). Must be > 0. Default 7d (168h).
+	LastKnownTTL Duration `yaml:"last_known_ttl"`
+	// IndexMaxSize bounds the metadata index's copies of upstream answers,
+	// in bytes or with a unit; beyond it the least recently written go.
+	// The index's size on disk also counts against max_size. Must be > 0.
+	// Default 1GiB.
+	IndexMaxSize ByteSize `yaml:"index_max_size"`
 }
 
 // HuggingFaceConfig configures the Hugging Face hub upstream.
@@ -168,6 +179,11 @@ type MITMConfig struct {
 	// is generated on first start into data_dir/ca and reused. Default empty.
 	CACert string `yaml:"ca_cert"`
 	CAKey  string `yaml:"ca_key"`
+	// CAOverlap is how long after `modelgate ca --new` the new CA is only
+	// announced (GET /ca.pem serves both certificates) before it starts
+	// signing, so that workers can trust it first. Must be >= 0.
+	// Default 14d (336h).
+	CAOverlap Duration `yaml:"ca_overlap"`
 }
 
 // ProxyConfig configures forward-proxy mode for hosts that are not
@@ -267,10 +283,12 @@ func Default() Config {
 		Listen:  ":8080",
 		DataDir: "./data",
 		Cache: CacheConfig{
-			MaxSize:     0,
-			MinFree:     5 << 30,
-			Pinned:      []string{},
-			RevisionTTL: Duration{60 * time.Second},
+			MaxSize:      0,
+			MinFree:      5 << 30,
+			Pinned:       []string{},
+			RevisionTTL:  Duration{60 * time.Second},
+			LastKnownTTL: Duration{7 * 24 * time.Hour},
+			IndexMaxSize: 1 << 30,
 		},
 		HuggingFace: HuggingFaceConfig{
 			Endpoint: "https://huggingface.co",
@@ -287,7 +305,8 @@ func Default() Config {
 			PrivateHosts: []string{},
 		},
 		MITM: MITMConfig{
-			Hosts: slices.Clone(DefaultMITMHosts),
+			Hosts:     slices.Clone(DefaultMITMHosts),
+			CAOverlap: Duration{14 * 24 * time.Hour},
 		},
 		Proxy: ProxyConfig{
 			Tunnel:      "allow",
@@ -385,6 +404,12 @@ func (c *Config) Validate() error {
 	if c.Cache.RevisionTTL.Duration < 0 {
 		fail("cache.revision_ttl", "must be >= 0, got %s", c.Cache.RevisionTTL)
 	}
+	if c.Cache.LastKnownTTL.Duration <= 0 {
+		fail("cache.last_known_ttl", "must be > 0, got %s", c.Cache.LastKnownTTL)
+	}
+	if c.Cache.IndexMaxSize <= 0 {
+		fail("cache.index_max_size", "must be > 0, got %d", int64(c.Cache.IndexMaxSize))
+	}
 	if msg := checkURL(c.HuggingFace.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
 		fail("huggingface.endpoint", "%s", msg)
 	}
@@ -430,6 +455,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.MITM.CACert == "") != (c.MITM.CAKey == "") {
 		fail("mitm.ca_cert", "mitm.ca_cert and mitm.ca_key must be set together")
+	}
+	if c.MITM.CAOverlap.Duration < 0 {
+		fail("mitm.ca_overlap", "must be >= 0, got %s", c.MITM.CAOverlap)
 	}
 	if !slices.Contains(tunnelPolicies, c.Proxy.Tunnel) {
 		fail("proxy.tunnel", "must be one of %s, got %q", strings.Join(tunnelPolicies, ", "), c.Proxy.Tunnel)

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 38)
+	assert.Len(t, seen, 41)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -203,7 +203,7 @@ func TestYAMLStructureErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown top-level key", "lsiten: :9000\n", []string{"line 1: lsiten: unknown key", "listen, data_dir"}},
-		{"unknown nested key", "cache:\n  max_sise: 1GiB\n", []string{"line 2: cache.max_sise: unknown key", "under cache: max_size, min_free, pinned, revision_ttl"}},
+		{"unknown nested key", "cache:\n  max_sise: 1GiB\n", []string{"line 2: cache.max_sise: unknown key", "under cache: max_size, min_free, pinned, revision_ttl, last_known_ttl, index_max_size"}},
 		{"unknown section", "metrics:\n  enabled: true\n", []string{"metrics: unknown key"}},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n", []string{"line 3: log.level: duplicate key (first set on line 2)"}},
 		{"section not a mapping", "cache: 5\n", []string{"cache: must be a mapping"}},

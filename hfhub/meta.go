@@ -188,3 +188,14 @@ func FileKeyPrefix(repo Repo, commit string) string {
 	}
 	return p
 }
+
+// IsCopyKey reports whether an index key (unscoped) holds a copy of an
+// upstream answer that may be dropped and asked for again: API answers
+// (and their last-known copies) and branch lookups.
+func IsCopyKey(key string) bool {
+	return strings.HasPrefix(key, keyAPI) || strings.HasPrefix(key, keyRev)
+}
+
+// IsLastRevisionKey reports whether an index key (unscoped) is the last
+// commit a revision was seen at, which offline mode relies on.
+func IsLastRevisionKey(key string) bool { return strings.HasPrefix(key, keyLastRev) }

@@ -34,7 +34,7 @@ const (
 // upstream with the token (one upstream call for identical concurrent
 // requests), keeping a 200 answer — forever when it is about a commit, for
 // RevisionTTL when about a branch or tag. The last good answer is also
-// kept without expiry, to be served (marked stale) while the upstream is
+// kept for LastKnownTTL, to be served (marked stale) while the upstream is
 // down or the gateway is offline.
 func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hfhub.Route) {
 	info := reqinfo.From(r.Context())
@@ -53,6 +53,18 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 		}
 		reqBody = b
 	}
+	// Only what the gateway understands goes upstream and into the key:
+	// junk parameters or reordered paths must not each cost an index entry.
+	query := hfhub.APIQuery(route.Kind, r.URL.Query()).Encode()
+	if route.Kind == hfhub.PathsInfo {
+		canon, err := hfhub.PathsInfoBody(r.Header.Get("Content-Type"), reqBody)
+		if err != nil {
+			info.Result = "bad_request"
+			writeError(w, http.StatusBadRequest, "", err.Error())
+			return
+		}
+		reqBody = canon
+	}
 	ttl := m.RevisionTTL
 	if hfhub.IsCommit(route.Revision) {
 		ttl = 0 // immutable
@@ -62,7 +74,7 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	// Scoped to whose credential answers: what one may see must not
 	// decide what another sees.
 	p := authinject.PrincipalFrom(r.Context())
-	key := p.Key(hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), r.URL.Query(), reqBody)))
+	key := p.Key(hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody)))
 	if ttl >= 0 {
 		if a, ok := m.cachedAPIAnswer(key); ok {
 			info.Result = "hit"
@@ -76,7 +88,7 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	if m.Offline {
 		err = errOffline
 	} else {
-		a, err = m.fetchAPI(r, route, key, reqBody)
+		a, err = m.fetchAPI(r, route, key, query, reqBody)
 	}
 	if err == nil && a.Status == http.StatusOK {
 		info.Result = "miss"
@@ -85,7 +97,7 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 		// the policy for the new name upstream.
 		store := key
 		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
-			store = p.Key(hfhub.APIKey(requestDigest(r.Method, a.finalPath, r.URL.Query(), reqBody)))
+			store = p.Key(hfhub.APIKey(requestDigest(r.Method, a.finalPath, query, reqBody)))
 		}
 		if ttl >= 0 {
 			enc, _ := json.Marshal(a)
@@ -94,7 +106,8 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 			}
 		}
 		enc, _ := json.Marshal(a)
-		if err := m.Index.Set(store+lastKnownSuffix, enc, 0); err != nil {
+		// Bounded in age (and, by index maintenance, in total size).
+		if err := m.Index.Set(store+lastKnownSuffix, enc, m.LastKnownTTL); err != nil {
 			m.Logger.Warn("caching API answer", "err", err)
 		}
 		m.writeAPIAnswer(w, r, a)
@@ -134,7 +147,7 @@ type apiAnswer struct {
 }
 
 // lastKnownSuffix marks the index copy of the last good answer, kept
-// without expiry for when the upstream is down.
+// for LastKnownTTL for when the upstream is down.
 const lastKnownSuffix = "\x00last"
 
 func (m *Mirror) cachedAPIAnswer(key string) (apiAnswer, bool) {
@@ -154,7 +167,7 @@ func (m *Mirror) cachedAPIAnswer(key string) (apiAnswer, bool) {
 
 // fetchAPI asks upstream once for all identical concurrent requests and
 // returns the buffered answer, with Xet hints removed.
-func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBody []byte) (apiAnswer, error) {
+func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key, query string, reqBody []byte) (apiAnswer, error) {
 	// Detached: the answer is shared, so one client leaving must not
 	// cancel it for the others.
 	ctx := context.WithoutCancel(r.Context())
@@ -163,9 +176,12 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key string, reqBod
 		if r.Method == http.MethodPost {
 			body = bytes.NewReader(reqBody)
 		}
-		req, err := m.newUpstreamRequest(ctx, r.Method, r.URL.EscapedPath(), r.URL.RawQuery, body, r)
+		req, err := m.newUpstreamRequest(ctx, r.Method, r.URL.EscapedPath(), query, body, r)
 		if err != nil {
 			return apiAnswer{}, err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded") // PathsInfoBody's form
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
 		if err != nil {
@@ -309,12 +325,12 @@ func gatewayBase(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
-// requestDigest identifies an API request for caching: method, path, query
-// (canonically ordered) and body. Whose credential asked is not part of
-// it: the caller scopes the key by principal.
-func requestDigest(method, escapedPath string, query url.Values, body []byte) string {
+// requestDigest identifies an API request for caching: method, path, the
+// canonical query and body. Whose credential asked is not part of it: the
+// caller scopes the key by principal.
+func requestDigest(method, escapedPath, query string, body []byte) string {
 	h := sha256.New()
-	io.WriteString(h, method+"\x00"+escapedPath+"\x00"+query.Encode()+"\x00")
+	io.WriteString(h, method+"\x00"+escapedPath+"\x00"+query+"\x00")
 	h.Write(body)
 	return hex.EncodeToString(h.Sum(nil))
 }

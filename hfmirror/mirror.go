@@ -58,11 +58,14 @@ type Options struct {
 	// RevisionTTL is how long a branch or tag's commit, and API answers
 	// about it, are trusted.
 	RevisionTTL time.Duration
-	Upstream    Upstream
-	Index       Index
-	Blobs       Blobs
-	Metrics     *metrics.Metrics
-	Logger      *slog.Logger
+	// LastKnownTTL is how long the last good API answer is kept for
+	// stale fallbacks; 0 keeps it until index maintenance trims it.
+	LastKnownTTL time.Duration
+	Upstream     Upstream
+	Index        Index
+	Blobs        Blobs
+	Metrics      *metrics.Metrics
+	Logger       *slog.Logger
 	// Offline answers only from the cache and never touches the network
 	// (air-gapped sites): what is not cached is a 504.
 	Offline bool

@@ -128,6 +128,7 @@ type Gateway struct {
 	civHosts  map[string]bool
 	cdnHosts  hostPatterns
 	gp        *goproxy.ProxyHttpServer
+	certs     *certStore   // leaves for intercepted hosts, from opts.CA
 	own       http.Handler // /healthz, /metrics, /ca.pem
 	forward   *httputil.ReverseProxy
 	handler   http.Handler // the edge around route
@@ -228,9 +229,11 @@ func New(opts Options) (*Gateway, error) {
 	gp.Logger = goproxyLogger{opts.Logger}
 	gp.Tr = nil
 	gp.ConnectDial = nil // never the process's own HTTPS_PROXY
-	gp.CertStore = newCertStore(1024)
 	gp.OnRequest().HandleConnectFunc(g.connectPolicy)
 	g.gp = gp
+	if opts.CA != nil {
+		g.certs = newCertStore(opts.CA, 1024, nil)
+	}
 
 	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout}
 	g.innerLn = newChanListener()
@@ -658,15 +661,19 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 		client.Close()
 		return
 	}
-	cfg, err := goproxy.TLSConfigFromCA(&g.opts.CA.TLS)(host, ctx)
+	cert, err := g.certs.get(host)
 	if err != nil {
 		g.log.Error("signing certificate for intercepted host", "host", host, "err", err)
 		client.Close()
 		return
 	}
-	// HTTP/1.1 only: a download is one long stream, which h2 does not
-	// speed up, and net/http would need h2 wired onto this listener.
-	cfg.NextProtos = []string{"http/1.1"}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		MinVersion:   tls.VersionTLS12,
+		// HTTP/1.1 only: a download is one long stream, which h2 does not
+		// speed up, and net/http would need h2 wired onto this listener.
+		NextProtos: []string{"http/1.1"},
+	}
 	tconn := tls.Server(client, cfg)
 	hctx, cancel := context.WithTimeout(req.Context(), handshakeTimeout)
 	defer cancel()
@@ -741,7 +748,8 @@ func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) 
 			reqinfo.Set(r.Context(), "ca", "ok")
 			w.Header().Set("Content-Type", "application/x-pem-file")
 			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
-			w.Write(opts.CA.PEM)
+			// During a CA rotation's overlap, both certificates.
+			w.Write(opts.CA.Bundle(time.Now()))
 		case opts.CivitAI != nil && opts.CivitAIRoute(r.URL.Path):
 			opts.CivitAI.ServeHTTP(w, asPrincipal(r, true))
 		default:
