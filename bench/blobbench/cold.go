@@ -557,4 +557,3 @@ func fmtListPrec(xs []float64, prec int) string {
 	}
 	return strings.Join(parts, " ")
 }
-
