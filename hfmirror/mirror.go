@@ -80,6 +80,8 @@ type Mirror struct {
 	// flight coalesces identical concurrent metadata requests (file HEADs,
 	// API calls) into one upstream call.
 	flight singleflight.Group
+	// metas keeps file metadata read from the index (immutable per commit).
+	metas metaCache
 }
 
 // New returns a Mirror.

@@ -99,12 +99,20 @@ func (m *Mirror) indexedMeta(p authinject.Principal, route hfhub.Route, commit s
 	if !hfhub.IsCommit(commit) {
 		return hfhub.FileMeta{}, false
 	}
-	b, err := m.Index.Get(p.Key(hfhub.FileKey(route.Repo, commit, route.Path)))
+	key := p.Key(hfhub.FileKey(route.Repo, commit, route.Path))
+	if meta, ok := m.metas.get(key); ok {
+		return meta, true
+	}
+	b, err := m.Index.Get(key)
 	if err != nil {
 		return hfhub.FileMeta{}, false
 	}
 	meta, err := hfhub.UnmarshalMeta(b)
-	return meta, err == nil
+	if err != nil {
+		return hfhub.FileMeta{}, false
+	}
+	m.metas.put(key, meta)
+	return meta, true
 }
 
 // headMeta asks the Hub for a file's metadata, once for all identical

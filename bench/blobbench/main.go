@@ -67,7 +67,6 @@ const (
 	mib = 1 << 20
 	gib = 1 << 30
 
-	repo     = "bench/model"
 	fileName = "blob.bin"
 
 	// hubHost is the Hub's public name. The https section asks the gateway
@@ -85,19 +84,27 @@ const (
 const (
 	modeHTTP  = "http"
 	modeHTTPS = "https"
+	modeCold  = "cold"
 )
 
 func main() {
 	var (
 		sizeFlag    = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
-		rounds      = flag.Int("rounds", 3, "measurements per target and stream count; the median is reported")
+		rounds      = flag.Int("rounds", 5, "measurements per target and stream count; the median is reported")
 		httpsRounds = flag.Int("https-rounds", 0, "rounds for the https section (default: --rounds)")
-		modesFl     = flag.String("modes", "http,https", "comma-separated sections: http (mirror mode vs nginx over HTTP), https (CONNECT interception vs nginx over TLS)")
+		modesFl     = flag.String("modes", "cold,http,https", "comma-separated sections: cold (cold gateway vs direct to a throttled fake CDN, and the uncapped first fill), http (warm, mirror mode vs nginx over HTTP), https (warm, CONNECT interception vs nginx over TLS)")
 		gateway     = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
 		nginxBin    = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
 		tmpBase     = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
 		keep        = flag.Bool("keep", false, "keep the temporary directory (and print its path)")
-		streamsFl   = flag.String("streams", "1,8", "comma-separated parallel stream counts")
+		streamsFl   = flag.String("streams", "1,8,8r", "comma-separated warm measurements: N parallel whole-file streams, or Nr for N-way ranges (--range-part parts, N in flight)")
+		coldSizeFl  = flag.String("cold-size", "256MiB", "file size of the throttled cold scenarios (at most --size)")
+		coldRateFl  = flag.String("cold-rate", "50MiB", "the fake CDN's throttle per response in the throttled cold scenarios, per second")
+		coldClients = flag.Int("cold-clients", 32, "concurrent single-stream clients on one cold blob")
+		partFl      = flag.String("range-part", "10MiB", "part size of the N-way ranged downloads (hf_transfer uses 10 MiB)")
+		fillConns   = flag.String("fill-connections", "", "upstream.fill_connections for the gateway (default: the gateway's own default; ignored with a note if its config has no such key)")
+		fillPiece   = flag.String("fill-piece-size", "", "upstream.fill_piece_size for the gateway (as above)")
+		maxPerHost  = flag.String("max-connections-per-host", "", "upstream.max_connections_per_host for the gateway (as above)")
 		ngWorkers   = flag.Int("nginx-workers", 1, "nginx worker processes; 1 runs nginx as one process (master_process off), more adds a master")
 	)
 	flag.Parse()
@@ -115,19 +122,36 @@ func main() {
 	if *httpsRounds == 0 {
 		*httpsRounds = *rounds
 	}
-	var streamCounts []int
+	var streamCounts []streamSpec
 	for _, s := range strings.Split(*streamsFl, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
+		s = strings.TrimSpace(s)
+		num, ranged := strings.CutSuffix(s, "r")
+		n, err := strconv.Atoi(num)
 		if err != nil || n < 1 {
 			fatalf("--streams: bad count %q", s)
 		}
-		streamCounts = append(streamCounts, n)
+		streamCounts = append(streamCounts, streamSpec{n: n, ranged: ranged})
+	}
+	coldSize, err := parseSize(*coldSizeFl)
+	if err != nil {
+		fatalf("--cold-size: %v", err)
+	}
+	coldRate, err := parseSize(strings.TrimSuffix(*coldRateFl, "/s"))
+	if err != nil {
+		fatalf("--cold-rate: %v", err)
+	}
+	part, err := parseSize(*partFl)
+	if err != nil {
+		fatalf("--range-part: %v", err)
+	}
+	if *coldClients < 1 {
+		fatalf("--cold-clients must be at least 1")
 	}
 	var modes []string
 	for _, m := range strings.Split(*modesFl, ",") {
 		m = strings.ToLower(strings.TrimSpace(m))
-		if m != modeHTTP && m != modeHTTPS {
-			fatalf("--modes: unknown section %q (want http, https or both)", m)
+		if m != modeHTTP && m != modeHTTPS && m != modeCold {
+			fatalf("--modes: unknown section %q (want cold, http, https)", m)
 		}
 		if !slices.Contains(modes, m) {
 			modes = append(modes, m)
@@ -152,6 +176,11 @@ func main() {
 	b := &bench{
 		size: size, rounds: *rounds, httpsRounds: *httpsRounds, modes: modes,
 		keep: *keep, nginxWorkers: *ngWorkers,
+		coldSize: min(coldSize, size), coldRate: coldRate, coldClients: *coldClients, part: part,
+		fillKeys: map[string]string{
+			"fill_connections": *fillConns, "fill_piece_size": *fillPiece,
+			"max_connections_per_host": *maxPerHost,
+		},
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -178,9 +207,24 @@ type bench struct {
 	keep         bool
 	nginxWorkers int
 
-	dir     string
-	srcPath string
-	sha     string
+	coldSize    int64 // size of the throttled cold scenarios' file (a prefix of the test file)
+	coldRate    int64 // the fake CDN's throttle per response there, bytes/s
+	coldClients int
+	part        int64 // part size of ranged downloads
+	// fillKeys are upstream.* keys to pass to the gateway (empty: its
+	// default), if its configuration has them.
+	fillKeys map[string]string
+	gwEnv    []string // MODELGATE_* settings every gateway start gets
+	gwNotes  []string // what was (not) passed, for the report
+
+	dir      string
+	srcPath  string
+	sha      string // of the whole test file
+	coldSHA  string // of its first coldSize bytes
+	data     []byte // the test file, mapped read-only; the fake CDN serves it
+	cdn      *fakeCDN
+	hubURL   string
+	nGateway int // gateways started so far (each gets its own data dir)
 
 	mu    sync.Mutex
 	procs []*proc
@@ -277,9 +321,23 @@ func (b *bench) start(name, logPath string, cmd *exec.Cmd) (*proc, error) {
 	return p, nil
 }
 
+// streamSpec is one warm measurement: n whole-file streams in parallel,
+// or with ranged, the file in --range-part parts, n of them in flight.
+type streamSpec struct {
+	n      int
+	ranged bool
+}
+
+func (s streamSpec) String() string {
+	if s.ranged {
+		return fmt.Sprintf("%d ranges", s.n)
+	}
+	return strconv.Itoa(s.n)
+}
+
 // row is one stream count's result in a section.
 type row struct {
-	streams  int
+	streams  streamSpec
 	mibps    [2]float64 // median per target
 	cpuPerG  [2]float64 // median server CPU s per GiB
 	cliPerG  [2]float64 // median client CPU s per GiB
@@ -319,7 +377,7 @@ func (s *section) target() string {
 	return "1.0"
 }
 
-func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) error {
+func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []streamSpec) error {
 	dir, err := os.MkdirTemp(tmpBase, "blobbench-")
 	if err != nil {
 		return err
@@ -332,31 +390,48 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	b.srcPath = filepath.Join(dir, "src", fileName)
 	t0 := time.Now()
 	logf("writing %s test file %s", fmtSize(b.size), b.srcPath)
-	if b.sha, err = writeTestFile(b.srcPath, b.size); err != nil {
+	if b.sha, b.coldSHA, err = writeTestFile(b.srcPath, b.size, b.coldSize); err != nil {
 		return err
 	}
-	logf("  done in %v, sha256 %s", time.Since(t0).Round(time.Millisecond), b.sha)
+	logf("  done in %v, sha256 %s (first %s: %s)", time.Since(t0).Round(time.Millisecond), b.sha,
+		fmtSize(b.coldSize), b.coldSHA)
+	if b.data, err = mapFile(b.srcPath); err != nil {
+		return err
+	}
 
 	// 2. The fake Hub and its CDN.
-	hubURL, err := b.startFakeHub()
-	if err != nil {
+	if b.hubURL, err = b.startFakeHub(); err != nil {
+		return err
+	}
+	if err := b.gatewaySettings(gatewayBin); err != nil {
 		return err
 	}
 
-	// 3. The gateway.
-	gw, gwURL, caPEM, err := b.startGateway(gatewayBin, hubURL)
+	// 3. The cold scenarios, each round on a fresh gateway.
+	var cold *coldResult
+	if b.hasMode(modeCold) {
+		if cold, err = b.runCold(gatewayBin); err != nil {
+			return err
+		}
+	}
+	if !b.hasMode(modeHTTP) && !b.hasMode(modeHTTPS) {
+		b.printCold(cold)
+		return nil
+	}
+
+	// 4. The gateway for the warm sections, filled with one GET (CDN
+	// uncapped), checked end to end.
+	gw, gwURL, caPEM, err := b.startGateway(gatewayBin)
 	if err != nil {
 		return err
 	}
 	fileURL := gwURL + "/" + repo + "/resolve/main/" + fileName
-
-	// 4. Cold fill: one GET through the gateway, checked end to end.
 	logf("cold fill through the gateway")
 	coldMiBps, err := b.coldFill(fileURL)
 	if err != nil {
 		return err
 	}
-	blobPath := filepath.Join(dir, "gwdata", "blobs", "sha256", b.sha[:2], b.sha)
+	blobPath := filepath.Join(b.gwDataDir(b.nGateway), "blobs", "sha256", b.sha[:2], b.sha)
 	if err := waitFor(5*time.Second, func() error { _, err := os.Stat(blobPath); return err }); err != nil {
 		return fmt.Errorf("published blob missing after the fill: %w", err)
 	}
@@ -379,6 +454,9 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 
 	// The source file is no longer needed; drop it so that only the one
 	// served inode occupies the page cache.
+	if err := b.cdn.unmap(); err != nil {
+		return err
+	}
 	if err := os.Remove(b.srcPath); err != nil {
 		return err
 	}
@@ -386,6 +464,9 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	// 6. Warm measurements, one section per mode.
 	var sections []*section
 	for _, mode := range b.modes {
+		if mode == modeCold {
+			continue
+		}
 		sec := &section{mode: mode, rounds: b.rounds}
 		var targets [2]target
 		switch mode {
@@ -464,20 +545,21 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	}
 
 	// 8. Report.
-	fmt.Printf("\nfile %s, %d CPUs, nginx %s with %d worker process(es)\n",
+	b.printCold(cold)
+	fmt.Printf("\nWARM: file %s, %d CPUs, nginx %s with %d worker process(es)\n",
 		fmtSize(b.size), numCPU(), nginxVersion(nginxBin), b.nginxWorkers)
 	for _, sec := range sections {
 		fmt.Printf("\n%s, rounds %d, target ratio >= %s\n", sec.title(), sec.rounds, sec.target())
-		fmt.Printf("%-8s %14s %12s %6s %13s %16s %17s\n",
+		fmt.Printf("%-9s %14s %12s %6s %13s %16s %17s\n",
 			"streams", "gateway MiB/s", "nginx MiB/s", "ratio", "gw CPU s/GiB", "nginx CPU s/GiB", "client CPU s/GiB")
 		for _, rw := range sec.rows {
-			fmt.Printf("%-8d %14.0f %12.0f %6.2f %13.3f %16.3f %8.3f / %.3f\n",
+			fmt.Printf("%-9s %14.0f %12.0f %6.2f %13.3f %16.3f %8.3f / %.3f\n",
 				rw.streams, rw.mibps[0], rw.mibps[1], rw.mibps[0]/rw.mibps[1],
 				rw.cpuPerG[0], rw.cpuPerG[1], rw.cliPerG[0], rw.cliPerG[1])
 		}
 		fmt.Println()
 		for _, rw := range sec.rows {
-			fmt.Printf("streams %d, MiB/s per round: gateway %s; nginx %s\n",
+			fmt.Printf("streams %s, MiB/s per round: gateway %s; nginx %s\n",
 				rw.streams, fmtList(rw.allMiBps[0]), fmtList(rw.allMiBps[1]))
 		}
 		if sec.mode == modeHTTPS {
@@ -508,12 +590,13 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []int) er
 	}
 	fmt.Printf("nginx peak RSS (VmHWM, summed over its processes): %.1f MiB\n", kib2mib(ngHWM))
 	fmt.Println("client CPU s/GiB is the benchmark's own download loop (gateway / nginx measurements).")
+	b.printTargets(cold, sections)
 	return nil
 }
 
 // measureSection measures both targets for each stream count, sec.rounds
 // times, alternating which goes first, and fills sec.rows and sec.conns.
-func (b *bench) measureSection(sec *section, targets [2]target, streamCounts []int) error {
+func (b *bench) measureSection(sec *section, targets [2]target, streamCounts []streamSpec) error {
 	sec.conns = [2]map[string]int{{}, {}}
 	for _, streams := range streamCounts {
 		var samples [2][]sample
@@ -526,9 +609,9 @@ func (b *bench) measureSection(sec *section, targets [2]target, streamCounts []i
 				if err := targets[i].p.alive(); err != nil {
 					return err
 				}
-				s, err := measure(targets[i], streams, b.size)
+				s, err := measure(targets[i], streams, b.size, b.part)
 				if err != nil {
-					return fmt.Errorf("%s: %s, %d streams: %w", sec.mode, targets[i].name, streams, err)
+					return fmt.Errorf("%s: %s, %s streams: %w", sec.mode, targets[i].name, streams, err)
 				}
 				samples[i] = append(samples[i], s)
 				for k, n := range s.conns {
@@ -538,7 +621,7 @@ func (b *bench) measureSection(sec *section, targets [2]target, streamCounts []i
 					sec.servedGiB += s.gib
 				}
 			}
-			logf("%s streams %d round %d: gateway %.0f MiB/s, nginx %.0f MiB/s", sec.mode,
+			logf("%s streams %s round %d: gateway %.0f MiB/s, nginx %.0f MiB/s", sec.mode,
 				streams, r+1, samples[0][len(samples[0])-1].mibps, samples[1][len(samples[1])-1].mibps)
 		}
 		rw := row{streams: streams}
@@ -602,15 +685,32 @@ func fmtConns(m map[string]int) string {
 	return strings.Join(parts, "; ")
 }
 
+// drain reads r to its end in large reads (the client's syscall count
+// should not be what limits a measurement) and returns the byte count.
+func drain(r io.Reader) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		m, err := r.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
 // writeTestFile streams size pseudo-random bytes (ChaCha8, fixed seed) to
-// path and returns their sha256.
-func writeTestFile(path string, size int64) (string, error) {
+// path and returns their sha256 and that of their first prefix bytes.
+func writeTestFile(path string, size, prefix int64) (string, string, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", err
+		return "", "", err
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer f.Close()
 	var seed [32]byte
@@ -619,129 +719,31 @@ func writeTestFile(path string, size int64) (string, error) {
 	h := sha256.New()
 	bw := bufio.NewWriterSize(f, 1*mib)
 	buf := make([]byte, 1*mib)
-	for left := size; left > 0; {
-		chunk := buf[:min(left, int64(len(buf)))]
+	prefixSHA := ""
+	for done := int64(0); done < size; {
+		// Chunks end at prefix, so the prefix's hash can be taken there.
+		limit := size
+		if done < prefix {
+			limit = prefix
+		}
+		chunk := buf[:min(limit-done, int64(len(buf)))]
 		_, _ = rng.Read(chunk) // never fails
 		h.Write(chunk)
 		if _, err := bw.Write(chunk); err != nil {
-			return "", err
+			return "", "", err
 		}
-		left -= int64(len(chunk))
+		done += int64(len(chunk))
+		if done == prefix {
+			prefixSHA = hex.EncodeToString(h.Sum(nil))
+		}
 	}
 	if err := bw.Flush(); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := f.Close(); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// startFakeHub serves the Hub's /resolve/ answer for the one file (at main
-// and at its commit) as a 302 to a CDN listener on another port: the
-// gateway's metadata HEAD follows same-host redirects and must stop at the
-// CDN hop, whose headers carry the content identity.
-func (b *bench) startFakeHub() (string, error) {
-	hubLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	cdnLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		hubLn.Close()
-		return "", err
-	}
-	hubURL := "http://" + hubLn.Addr().String()
-	cdnURL := "http://" + cdnLn.Addr().String()
-	sum := sha256.Sum256([]byte("blobbench commit " + b.sha))
-	commit := hex.EncodeToString(sum[:20])
-	size := strconv.FormatInt(b.size, 10)
-
-	hub := http.NewServeMux()
-	hub.HandleFunc("/"+repo+"/resolve/{rev}/"+fileName, func(w http.ResponseWriter, r *http.Request) {
-		if rev := r.PathValue("rev"); rev != "main" && rev != commit {
-			w.Header().Set("X-Error-Code", "RevisionNotFound")
-			http.Error(w, "Invalid rev id: "+rev, http.StatusNotFound)
-			return
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		h := w.Header()
-		h.Set("X-Repo-Commit", commit)
-		h.Set("X-Linked-Etag", `"`+b.sha+`"`)
-		h.Set("X-Linked-Size", size)
-		h.Set("ETag", `"`+b.sha+`"`)
-		h.Set("Location", cdnURL+"/cdn/"+fileName)
-		w.WriteHeader(http.StatusFound)
-	})
-	hub.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Error-Code", "EntryNotFound")
-		http.NotFound(w, r)
-	})
-	cdn := http.NewServeMux()
-	cdn.HandleFunc("GET /cdn/"+fileName, func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFile(w, r, b.srcPath)
-	})
-	go func() { _ = http.Serve(hubLn, hub) }()
-	go func() { _ = http.Serve(cdnLn, cdn) }()
-	return hubURL, nil
-}
-
-// startGateway starts the gateway and returns it, its base URL and its CA
-// certificate (PEM), read from the data dir and checked against GET /ca.pem.
-func (b *bench) startGateway(bin, hubURL string) (*proc, string, []byte, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, "", nil, err
-	}
-	cwd := filepath.Join(b.dir, "gwcwd") // empty: no ./config.yaml, embedded defaults
-	if err := os.MkdirAll(cwd, 0o755); err != nil {
-		return nil, "", nil, err
-	}
-	dataDir := filepath.Join(b.dir, "gwdata")
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(bin)
-	cmd.Dir = cwd
-	cmd.Env = append(cleanEnv(),
-		"MODELGATE_LISTEN="+addr,
-		"MODELGATE_DATA_DIR="+dataDir,
-		"MODELGATE_HUGGINGFACE_ENDPOINT="+hubURL,
-		"MODELGATE_LOG_LEVEL=warn",
-		// Refuse blind tunnels: a CONNECT the gateway does not intercept
-		// would reach a real host, and this benchmark never wants that.
-		"MODELGATE_PROXY_TUNNEL=deny",
-	)
-	p, err := b.start("gateway", filepath.Join(b.dir, "gateway.log"), cmd)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	base := "http://" + addr
-	err = waitFor(20*time.Second, func() error {
-		if err := p.alive(); err != nil {
-			return err
-		}
-		return probe(base + "/healthz")
-	})
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("gateway did not become healthy: %w\n%s", err, tail(p.log))
-	}
-	logf("gateway pid %d on %s", p.pid(), base)
-
-	caPath := filepath.Join(dataDir, "ca", "modelgate-ca.pem")
-	caPEM, err := os.ReadFile(caPath)
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("gateway CA: %w", err)
-	}
-	served, err := getBody(base + "/ca.pem")
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("gateway CA: %w", err)
-	}
-	if !bytes.Equal(bytes.TrimSpace(served), bytes.TrimSpace(caPEM)) {
-		return nil, "", nil, fmt.Errorf("GET /ca.pem differs from %s", caPath)
-	}
-	return p, base, caPEM, nil
+	return hex.EncodeToString(h.Sum(nil)), prefixSHA, nil
 }
 
 // coldFill downloads the file once through the gateway (a miss: the gateway
@@ -970,56 +972,115 @@ type sample struct {
 	conns     map[string]int
 }
 
-// measure downloads the whole file on streams parallel connections (a
-// fresh Transport each time: every stream opens its own connection, and
-// over https its own CONNECT and TLS handshake) and returns the aggregate
-// throughput.
-func measure(t target, streams int, size int64) (sample, error) {
-	tr := t.transport(streams)
+// measure downloads the file as spec says (a fresh Transport each time:
+// every stream opens its own connection, and over https its own CONNECT and
+// TLS handshake) and returns the aggregate throughput.
+func measure(t target, spec streamSpec, size, part int64) (sample, error) {
+	tr := t.transport(spec.n)
 	defer tr.CloseIdleConnections()
 	client := newClient(tr)
 
-	ready := make(chan struct{})
-	var wg sync.WaitGroup
-	errs := make([]error, streams)
-	descs := make([]string, streams)
 	srv0, err := procTreeCPU(t.p.pid())
 	if err != nil {
 		return sample{}, err
 	}
 	cli0, _ := procCPU(os.Getpid())
-	for i := range streams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-ready
-			descs[i], errs[i] = fetch(client, t.url, size)
-		}()
-	}
 	t0 := time.Now()
-	close(ready)
-	wg.Wait()
+	total, conns, err := download(client, t.url, size, spec, part)
 	el := time.Since(t0)
+	if err != nil {
+		return sample{}, err
+	}
 	srv1, err := procTreeCPU(t.p.pid())
 	if err != nil {
 		return sample{}, err
 	}
 	cli1, _ := procCPU(os.Getpid())
-	if err := errors.Join(errs...); err != nil {
-		return sample{}, err
-	}
-	conns := map[string]int{}
-	for _, d := range descs {
-		conns[d]++
-	}
-	total := float64(size) * float64(streams)
 	return sample{
-		mibps:     total / mib / el.Seconds(),
-		gib:       total / gib,
+		mibps:     float64(total) / mib / el.Seconds(),
+		gib:       float64(total) / gib,
 		serverCPU: srv1 - srv0,
 		clientCPU: cli1 - cli0,
 		conns:     conns,
 	}, nil
+}
+
+// download fetches url (a file of size bytes) as spec says: spec.n whole-
+// file GETs in parallel, or with spec.ranged the file once in part-sized
+// ranges, spec.n of them in flight (as hf_transfer and aria2c do). It
+// returns the bytes received and what the responses' connections
+// negotiated.
+func download(client *http.Client, url string, size int64, spec streamSpec, part int64) (int64, map[string]int, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[string]int{}
+		total int64
+		next  int64 // next part's offset (ranged)
+		errs  = make([]error, spec.n)
+	)
+	for i := range spec.n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !spec.ranged {
+				d, err := fetch(client, url, size)
+				errs[i] = err
+				mu.Lock()
+				conns[d]++
+				total += size
+				mu.Unlock()
+				return
+			}
+			for {
+				mu.Lock()
+				off := next
+				next += part
+				mu.Unlock()
+				if off >= size {
+					return
+				}
+				end := min(off+part, size) - 1
+				d, err := fetchRange(client, url, off, end, size)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				mu.Lock()
+				conns[d]++
+				total += end - off + 1
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return total, conns, errors.Join(errs...)
+}
+
+// fetchRange GETs bytes off..end of url and checks the 206 answer.
+func fetchRange(client *http.Client, url string, off, end, size int64) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end))
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	want := fmt.Sprintf("bytes %d-%d/%d", off, end, size)
+	if resp.StatusCode != http.StatusPartialContent || resp.Header.Get("Content-Range") != want {
+		return "", fmt.Errorf("GET %s range %d-%d: %s, Content-Range %q", url, off, end, resp.Status, resp.Header.Get("Content-Range"))
+	}
+	n, err := drain(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("GET %s range %d-%d: after %d bytes: %w", url, off, end, n, err)
+	}
+	if n != end-off+1 {
+		return "", fmt.Errorf("GET %s range %d-%d: %d bytes", url, off, end, n)
+	}
+	return describeConn(resp), nil
 }
 
 // fetch GETs url and discards the body with large reads (the client's
@@ -1034,17 +1095,9 @@ func fetch(client *http.Client, url string, size int64) (string, error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	buf := make([]byte, 256<<10)
-	var n int64
-	for {
-		m, err := resp.Body.Read(buf)
-		n += int64(m)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return "", fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
-		}
+	n, err := drain(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
 	}
 	if n != size {
 		return "", fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)

@@ -230,10 +230,18 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // throttleWriter paces body writes to the body's current throttle rate.
+// It paces against a clock started when the rate was last seen to change,
+// not by sleeping a chunk's worth after each write: http.ServeContent
+// writes 32 KiB at a time, and at tens of MiB/s each sleep is under a
+// millisecond, so timer overshoot alone would halve the rate.
 type throttleWriter struct {
 	http.ResponseWriter
 	ctx  context.Context
 	rate func() int
+
+	paceRate  int       // the rate the clock runs at
+	paceStart time.Time // when it started
+	paceSent  int64     // bytes written since
 }
 
 func (t *throttleWriter) Write(p []byte) (int, error) {
@@ -241,13 +249,18 @@ func (t *throttleWriter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		rate := t.rate()
 		if rate <= 0 {
+			t.paceRate = 0
 			m, err := t.ResponseWriter.Write(p)
 			return n + m, err
+		}
+		if rate != t.paceRate {
+			t.paceRate, t.paceStart, t.paceSent = rate, time.Now(), 0
 		}
 		// ~20 chunks per second keeps progress smooth without tiny writes.
 		chunk := min(len(p), max(1, min(rate/20, 64<<10)))
 		m, err := t.ResponseWriter.Write(p[:chunk])
 		n += m
+		t.paceSent += int64(m)
 		if err != nil {
 			return n, err
 		}
@@ -255,8 +268,11 @@ func (t *throttleWriter) Write(p []byte) (int, error) {
 			return n, err
 		}
 		p = p[chunk:]
-		if err := sleepCtx(t.ctx, time.Duration(chunk)*time.Second/time.Duration(rate)); err != nil {
-			return n, err
+		due := t.paceStart.Add(time.Duration(float64(t.paceSent) / float64(rate) * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			if err := sleepCtx(t.ctx, d); err != nil {
+				return n, err
+			}
 		}
 	}
 	return n, nil
