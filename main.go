@@ -29,6 +29,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/buildinfo"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/civitai"
 	"github.com/modelgate/modelgate/clientauth"
@@ -66,6 +67,11 @@ const usage = `usage:
   modelgate config [-config config.yaml]   print the effective configuration
                                            (secrets shown as ***)
   modelgate key new NAME                   print a new worker key and its config entry
+  modelgate version                        print the module version, commit and build time
+  modelgate healthcheck [-config config.yaml] [-url URL]
+                                           exit 0 when the gateway at the configured
+                                           listen address (or URL) answers /readyz with
+                                           200, 1 otherwise (a container's HEALTHCHECK)
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -73,8 +79,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
-	if cmd == "key" {
+	switch cmd {
+	case "key":
 		return newKey(args, stdout)
+	case "version":
+		_, err := fmt.Fprintln(stdout, buildinfo.Read())
+		return err
+	case "healthcheck":
+		return healthcheck(args, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("modelgate "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -141,6 +153,59 @@ func newKey(args []string, stdout io.Writer) error {
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n\n# Give the key above to the worker %q (as its HF_TOKEN, ?token=, or\n# HTTPS_PROXY=http://%s:KEY@gate:8080), and add to config.yaml:\nclients:\n  keys:\n    - name: %s\n      key_sha256: %s\n      scopes: [huggingface, civitai]\n", key, args[1], args[1], args[1], sha)
 	return err
+}
+
+// healthcheck implements `modelgate healthcheck`: GET /readyz on the
+// gateway this configuration describes (or -url), so that an image without
+// curl can still have a HEALTHCHECK. Not ready (draining, or not up yet)
+// and unreachable both fail.
+func healthcheck(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("modelgate healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "config.yaml", "path of the YAML configuration file (for listen)")
+	base := fs.String("url", "", "the gateway's base URL (default: from the configuration's listen address)")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *base == "" {
+		cfg, err := loadConfig(*configPath, isFlagSet(fs, "config"))
+		if err != nil {
+			return err
+		}
+		*base, err = localURL(cfg.Listen)
+		if err != nil {
+			return err
+		}
+	}
+	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get(strings.TrimSuffix(*base, "/") + "/readyz")
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: not ready: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	_, err = stdout.Write(body)
+	return err
+}
+
+// localURL is the URL this host reaches a listen address at: the wildcard
+// host becomes loopback.
+func localURL(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("listen: %w", err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
 }
 
 // loadConfig reads path; a missing default file falls back to the embedded
@@ -222,13 +287,27 @@ wait:
 			log.Info("credentials reloaded", "hf_token", next.HuggingFace.Token != "", "civitai_key", next.CivitAI.APIKey != "")
 		}
 	}
-	log.Info("shutting down")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Draining: /readyz says 503 (for a balancer that still asks on a
+	// kept-alive connection), the listener closes so new connections are
+	// refused, and the answers in flight, plain and intercepted, get
+	// shutdown_timeout to finish.
+	gw.drain()
+	log.Info("shutting down: draining the downloads in flight", "timeout", cfg.ShutdownTimeout.String())
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
+	inner := make(chan error, 1)
+	go func() { inner <- gw.shutdown(shutCtx) }()
+	err = srv.Shutdown(shutCtx)
+	if ierr := <-inner; err == nil {
+		err = ierr
+	}
+	if err != nil {
 		// Long downloads are still running; cut them.
 		srv.Close()
+		log.Warn("shutdown_timeout passed; cut the downloads still running")
+		return nil
 	}
+	log.Info("drained; exiting")
 	return nil
 }
 
@@ -241,6 +320,11 @@ type gateway struct {
 	close  func()
 	// setSecrets swaps in the upstream credentials of a reloaded config.
 	setSecrets func(config.Config) error
+	// drain marks the gateway not ready (/readyz answers 503).
+	drain func()
+	// shutdown stops serving intercepted connections once their requests
+	// in flight are done, or ctx ends.
+	shutdown func(ctx context.Context) error
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
@@ -277,6 +361,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	bi := buildinfo.Read()
+	metrics.RegisterBuildInfo(reg, bi.Version, bi.Commit, bi.GoVersion)
+	// The index is open and crash recovery done by the time build returns
+	// (both are synchronous), so the gateway is ready until it drains.
+	var draining atomic.Bool
 
 	idx, err := cache.OpenIndex(filepath.Join(cfg.DataDir, "index"), log)
 	if err != nil {
@@ -313,10 +402,14 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 			m.Evictions.Inc()
 			m.EvictedBytes.Add(float64(size))
 		},
-		OnFillDone: func(_ cache.Digest, _ int64, err error) {
+		OnFillDone: func(_ cache.Digest, size int64, err error) {
 			if err != nil {
+				m.Fills.WithLabelValues("failed").Inc()
 				m.FillFailures.WithLabelValues(fillFailureReason(err)).Inc()
+				return
 			}
+			m.Fills.WithLabelValues("ok").Inc()
+			m.FillBytes.Add(float64(size))
 		},
 	})
 	if err != nil {
@@ -327,6 +420,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		s := store.Stats()
 		return s.Blobs, s.Bytes, s.FillsInFlight
 	}, store.DiskFree)
+	metrics.RegisterCacheLimits(reg, int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree))
 
 	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
 	if err != nil {
@@ -366,8 +460,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	hfHost, civHost := authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)
-	classify := func(r *http.Request) string {
-		switch authinject.CanonicalHost(r.URL) {
+	classifyURL := func(u *url.URL) string {
+		switch authinject.CanonicalHost(u) {
 		case hfHost:
 			return "huggingface"
 		case civHost:
@@ -375,6 +469,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		return "other" // CDNs and storage: never sent a credential
 	}
+	classify := func(r *http.Request) string { return classifyURL(r.URL) }
 	counted := m.InstrumentUpstream(transport, classify)
 	// A 429 makes the gateway back off that host for everyone; its own 429s
 	// in the meantime are not upstream requests, so they are not counted.
@@ -382,6 +477,16 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	backoff.OnRateLimited = func(r *http.Request) { m.RateLimited.WithLabelValues(classify(r)).Inc() }
 	backoff.Scope = func(r *http.Request) string { return authinject.PrincipalFrom(r.Context()).Scope }
 	up := authinject.New(backoff, creds...)
+	metrics.RegisterBackoff(reg, func() map[string]float64 {
+		out := map[string]float64{}
+		for host, left := range backoff.Remaining() {
+			if u, err := url.Parse(host); err == nil {
+				c := classifyURL(u)
+				out[c] = max(out[c], left.Seconds())
+			}
+		}
+		return out
+	})
 
 	mirror := hfmirror.New(hfmirror.Options{
 		Endpoint:     hfURL,
@@ -458,6 +563,13 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,
 		ClientAllow:         clientNets,
 		MetricsAllow:        metricsNets,
+		Build:               bi,
+		Ready: func() error {
+			if draining.Load() {
+				return errors.New("draining")
+			}
+			return nil
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -483,7 +595,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		return nil
 	}
-	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets}, nil
+	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets,
+		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown}, nil
 }
 
 func parseNetworks(list []string) ([]netip.Prefix, error) {

@@ -34,6 +34,10 @@ type Config struct {
 	// touching the network (air-gapped sites); what is not cached is a
 	// 504. Default false.
 	Offline bool `yaml:"offline"`
+	// ShutdownTimeout is how long a stopping gateway (SIGTERM, SIGINT)
+	// lets downloads in flight finish after it stopped accepting new
+	// connections; then it cuts them and exits. Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// Cache controls the local blob cache.
 	Cache CacheConfig `yaml:"cache"`
 	// HuggingFace configures the Hugging Face hub upstream.
@@ -280,8 +284,9 @@ var DefaultMITMHosts = []string{"huggingface.co", "hf.co", "*.hf.co", "*.hugging
 // documents the same values and must load to exactly this.
 func Default() Config {
 	return Config{
-		Listen:  ":8080",
-		DataDir: "./data",
+		Listen:          ":8080",
+		DataDir:         "./data",
+		ShutdownTimeout: Duration{30 * time.Second},
 		Cache: CacheConfig{
 			MaxSize:      0,
 			MinFree:      5 << 30,
@@ -392,6 +397,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MaxSize < 0 {
 		fail("cache.max_size", "must be >= 0 (0 means unbounded), got %d", int64(c.Cache.MaxSize))
+	}
+	if c.ShutdownTimeout.Duration <= 0 {
+		fail("shutdown_timeout", "must be > 0, got %s", c.ShutdownTimeout)
 	}
 	if c.Cache.MinFree < 0 {
 		fail("cache.min_free", "must be >= 0 (0 means no floor), got %d", int64(c.Cache.MinFree))

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 41)
+	assert.Len(t, seen, 42)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -341,6 +341,7 @@ func TestInvalidValues(t *testing.T) {
 		{"no connections", "proxy:\n  max_connections: 0\n", nil, []string{"proxy.max_connections: must be > 0"}},
 		{"per-client cap above the total", "proxy:\n  max_connections: 10\n  max_connections_per_client: 11\n", nil, []string{"proxy.max_connections_per_client: must be from 1 to proxy.max_connections (10)"}},
 		{"no body read time", "", map[string]string{"MODELGATE_PROXY_BODY_READ_TIMEOUT": "0s"}, []string{"proxy.body_read_timeout: must be > 0"}},
+		{"no shutdown time", "", map[string]string{"MODELGATE_SHUTDOWN_TIMEOUT": "0s"}, []string{"shutdown_timeout: must be > 0"}},
 		{"bad require_key", "clients:\n  require_key: maybe\n", nil, []string{`clients.require_key: must be "false", "gated" or "all"`}},
 		{"bad own_credentials", "clients:\n  own_credentials: keep\n", nil, []string{`clients.own_credentials: must be "replace" or "pass"`}},
 		{"key without hash or file", "clients:\n  keys:\n    - name: a\n", nil, []string{"clients.keys[0]: needs exactly one of key_sha256 and key_file"}},

@@ -6,6 +6,7 @@
 package metrics
 
 import (
+	"io"
 	"net/http"
 	"strconv"
 
@@ -57,6 +58,18 @@ type Metrics struct {
 	// (total, per_client).
 	ConnectionsOpen    prometheus.Gauge
 	ConnectionsRefused *prometheus.CounterVec
+	// UpstreamAuthFailures counts 401 and 403 answers from upstream, by
+	// host class, status code and whether the gateway had put a credential
+	// on the request: with one, the operator's token was rejected (revoked,
+	// expired, or lacking access to a gated repo).
+	UpstreamAuthFailures *prometheus.CounterVec
+	// UpstreamBytes counts body bytes received from upstream, by host
+	// class: the throughput of fills and relayed answers.
+	UpstreamBytes *prometheus.CounterVec
+	// Fills counts blob fills that ended, by result (ok, failed); FillBytes
+	// the bytes of those that published.
+	Fills     *prometheus.CounterVec
+	FillBytes prometheus.Counter
 }
 
 // Route labels.
@@ -138,10 +151,79 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "connections_refused_total",
 		Help: "Client connections refused by proxy.max_connections (total) or proxy.max_connections_per_client (per_client).",
 	}, []string{"limit"})
+	m.UpstreamAuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_auth_failures_total",
+		Help: "401 and 403 answers from upstream, by host class, code, and whether the gateway sent a credential (credential=\"true\": the operator's token was refused).",
+	}, []string{"host", "code", "credential"})
+	m.UpstreamBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_received_bytes_total",
+		Help: "Body bytes received from upstream, by host class.",
+	}, []string{"host"})
+	m.Fills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fills_total",
+		Help: "Blob fills that ended, by result (ok, failed).",
+	}, []string{"result"})
+	m.FillBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fill_bytes_total",
+		Help: "Bytes of the blobs fills published.",
+	})
+	reg.MustRegister(m.UpstreamAuthFailures, m.UpstreamBytes, m.Fills, m.FillBytes)
 	reg.MustRegister(m.ConnectionsOpen, m.ConnectionsRefused)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
+	m.initSeries()
 	return m
+}
+
+// initSeries creates the series of the known label values at zero, so that
+// they are exported from the first scrape: an alert on increase() then
+// sees the first failure (a series born at 1 has no increase), and a
+// dashboard query finds the metric before anything went wrong.
+func (m *Metrics) initSeries() {
+	for _, host := range HostClasses {
+		m.RateLimited.WithLabelValues(host)
+		m.UpstreamBytes.WithLabelValues(host)
+		for _, code := range []string{"2xx", "3xx", "4xx", "5xx", "error"} {
+			m.UpstreamRequests.WithLabelValues(host, code)
+		}
+		for _, code := range []string{"401", "403"} {
+			for _, sent := range []string{"true", "false"} {
+				m.UpstreamAuthFailures.WithLabelValues(host, code, sent)
+			}
+		}
+	}
+	for _, reason := range []string{"verify", "upstream", "io", "shutdown"} {
+		m.FillFailures.WithLabelValues(reason)
+	}
+	for _, result := range []string{"ok", "failed"} {
+		m.Fills.WithLabelValues(result)
+	}
+	for _, source := range []string{SourceCache, SourceFill, SourceUpstream} {
+		m.ServedBytes.WithLabelValues(source)
+	}
+	for _, kind := range []string{"revision", "api", "download"} {
+		m.StaleAnswers.WithLabelValues(kind)
+	}
+	for _, limit := range []string{"total", "per_client"} {
+		m.ConnectionsRefused.WithLabelValues(limit)
+	}
+}
+
+// RegisterCacheLimits exports the configured cache.max_size and
+// cache.min_free, so that alerts and dashboards compare the disk against
+// the operator's own numbers rather than copies of them.
+func RegisterCacheLimits(reg prometheus.Registerer, maxSize, minFree int64) {
+	for _, g := range []struct {
+		name, help string
+		v          int64
+	}{
+		{"cache_max_size_bytes", "cache.max_size: the most the published blobs may take (0: unbounded).", maxSize},
+		{"cache_min_free_bytes", "cache.min_free: the free space eviction keeps on the data directory's file system (0: no floor).", minFree},
+	} {
+		gauge := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: g.name, Help: g.help})
+		gauge.Set(float64(g.v))
+		reg.MustRegister(gauge)
+	}
 }
 
 // RegisterCache exports the cache's blob count, bytes and fills in flight,
@@ -168,18 +250,89 @@ func RegisterCache(reg prometheus.Registerer, stats func() (blobs, bytes, fills 
 	)
 }
 
+// RegisterBuildInfo exports modelgate_build_info, a constant 1 whose labels
+// say which build runs (the usual Prometheus idiom: join it on instance to
+// annotate other series, or alert on mixed versions in a fleet).
+func RegisterBuildInfo(reg prometheus.Registerer, version, commit, goVersion string) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "A constant 1 labelled with the running build's module version, VCS commit and Go version.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "goversion": goVersion},
+	})
+	g.Set(1)
+	reg.MustRegister(g)
+}
+
+// RegisterBackoff exports, at scrape time, how many seconds each host
+// class still has to wait after a 429 (0 when it is not backing off).
+// remaining is asked on every scrape.
+func RegisterBackoff(reg prometheus.Registerer, remaining func() map[string]float64) {
+	reg.MustRegister(&backoffCollector{remaining: remaining, desc: prometheus.NewDesc(
+		namespace+"_upstream_backoff_seconds",
+		"Seconds left before the gateway sends to this host class again after a 429 (0: not backing off).",
+		[]string{"host"}, nil)})
+}
+
+type backoffCollector struct {
+	remaining func() map[string]float64
+	desc      *prometheus.Desc
+}
+
+func (c *backoffCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *backoffCollector) Collect(ch chan<- prometheus.Metric) {
+	// Every class is always exported, so that "for: 15m" on an alert sees
+	// a continuous series rather than one that appears and vanishes.
+	left := c.remaining()
+	for _, host := range HostClasses {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, left[host], host)
+	}
+}
+
+// HostClasses are the values of the host label on upstream metrics.
+var HostClasses = []string{"huggingface", "civitai", "other"}
+
 // InstrumentUpstream wraps rt so that every request it sends is counted by
-// the host class classify gives it and by status class.
+// the host class classify gives it and by status class, its body bytes as
+// they are read, and 401/403 answers separately by exact code (the status
+// class alone cannot tell a refused token from a missing file).
 func (m *Metrics) InstrumentUpstream(rt http.RoundTripper, classify func(*http.Request) string) http.RoundTripper {
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		resp, err := rt.RoundTrip(r)
+		host := classify(r)
 		code := "error"
 		if err == nil {
 			code = strconv.Itoa(resp.StatusCode/100) + "xx"
 		}
-		m.UpstreamRequests.WithLabelValues(classify(r), code).Inc()
-		return resp, err
+		m.UpstreamRequests.WithLabelValues(host, code).Inc()
+		if err != nil {
+			return resp, err
+		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			// Whether a credential went out, never which one.
+			sent := strconv.FormatBool(r.Header.Get("Authorization") != "")
+			m.UpstreamAuthFailures.WithLabelValues(host, strconv.Itoa(resp.StatusCode), sent).Inc()
+		}
+		if resp.Body != nil && resp.Body != http.NoBody {
+			resp.Body = &countingBody{ReadCloser: resp.Body, c: m.UpstreamBytes.WithLabelValues(host)}
+		}
+		return resp, nil
 	})
+}
+
+// countingBody adds the bytes read through it to a counter as they arrive,
+// so that throughput shows while a multi-GB fill is still running.
+type countingBody struct {
+	io.ReadCloser
+	c prometheus.Counter
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.c.Add(float64(n))
+	}
+	return n, err
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/buildinfo"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
@@ -116,6 +118,13 @@ type Options struct {
 	// HasCredential reports whether the gateway holds a credential for
 	// the Hub (false) or CivitAI (true).
 	HasCredential func(civitai bool) bool
+
+	// Ready reports whether the gateway should get new work: nil when it
+	// should, the reason when not (draining for shutdown). /readyz
+	// answers 503 while it is not nil; nil Ready means always ready.
+	Ready func() error
+	// Build is shown by /healthz to clients that ask for JSON.
+	Build buildinfo.Info
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -398,6 +407,14 @@ func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
 func (g *Gateway) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	return g.Shutdown(ctx)
+}
+
+// Shutdown stops serving intercepted connections, letting the requests in
+// flight on them finish until ctx ends; then it cuts them. It is the
+// intercepted half of a graceful stop (http.Server.Shutdown does not see
+// connections hijacked by CONNECT).
+func (g *Gateway) Shutdown(ctx context.Context) error {
 	if err := g.inner.Shutdown(ctx); err != nil {
 		return g.inner.Close()
 	}
@@ -409,7 +426,8 @@ func (g *Gateway) Close() error {
 // to the gateway's own endpoints and the mirror.
 func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
-	health := r.URL.Path == "/healthz" && !r.URL.IsAbs() && r.Method != http.MethodConnect
+	// Probes are open to every network, like a load balancer expects.
+	health := (r.URL.Path == "/healthz" || r.URL.Path == "/readyz") && !r.URL.IsAbs() && r.Method != http.MethodConnect
 	nets := g.opts.ClientAllow
 	if r.URL.Path == "/metrics" && !r.URL.IsAbs() {
 		nets = g.opts.MetricsAllow
@@ -738,9 +756,19 @@ func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) 
 		get := r.Method == http.MethodGet || r.Method == http.MethodHead
 		switch {
 		case r.URL.Path == "/healthz" && get:
+			// Alive: the process answers. The plain "ok" stays the
+			// default body (scripts grep it); JSON with the build on ask.
 			reqinfo.Set(r.Context(), metrics.RouteHealth, "ok")
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			io.WriteString(w, "ok\n")
+			probeAnswer(w, r, http.StatusOK, "ok", &opts.Build)
+		case r.URL.Path == "/readyz" && get:
+			reqinfo.Set(r.Context(), metrics.RouteHealth, "ok")
+			if opts.Ready != nil {
+				if err := opts.Ready(); err != nil {
+					probeAnswer(w, r, http.StatusServiceUnavailable, err.Error(), nil)
+					return
+				}
+			}
+			probeAnswer(w, r, http.StatusOK, "ready", nil)
 		case r.URL.Path == "/metrics" && get:
 			reqinfo.Set(r.Context(), metrics.RouteMetrics, "ok")
 			metricsHandler.ServeHTTP(w, r)
@@ -756,6 +784,26 @@ func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) 
 			opts.Hub.ServeHTTP(w, asPrincipal(r, false))
 		}
 	})
+}
+
+// probeAnswer writes a probe's status: "<status>\n" as plain text, or as
+// JSON ({"status": ..., and the build when given}) to a client whose
+// Accept asks for application/json.
+func probeAnswer(w http.ResponseWriter, r *http.Request, code int, status string, build *buildinfo.Info) {
+	w.Header().Set("Cache-Control", "no-store")
+	if !strings.Contains(r.Header.Get("Accept"), "application/json") {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(code)
+		io.WriteString(w, status+"\n")
+		return
+	}
+	body := struct {
+		Status string `json:"status"`
+		*buildinfo.Info
+	}{status, build}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(body)
 }
 
 // chanListener is a net.Listener whose connections are handed to it, so

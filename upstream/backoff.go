@@ -73,6 +73,23 @@ func (b *Backoff) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// Remaining returns, for each host ("scheme://host") still backing off, the
+// time left, the longest over the credentials that share the host. It is
+// what an operator's dashboard shows while the gateway answers 429 itself.
+func (b *Backoff) Remaining() map[string]time.Duration {
+	now := b.now()
+	out := map[string]time.Duration{}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for key, until := range b.until {
+		host, _, _ := strings.Cut(key, "\x00")
+		if left := until.Sub(now); left > 0 && left > out[host] {
+			out[host] = left
+		}
+	}
+	return out
+}
+
 func (b *Backoff) scopeOf(r *http.Request) string {
 	if b.Scope == nil {
 		return ""

@@ -3,6 +3,7 @@ package upstream
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -69,4 +70,37 @@ func TestBackoffStopsSendingToARateLimitedHost(t *testing.T) {
 	now = now.Add(31 * time.Second)
 	assert.Equal(t, http.StatusOK, get().StatusCode)
 	assert.Equal(t, int32(2), hits.Load())
+}
+
+func TestBackoffRemainingReportsTheLongestWaitPerHost(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", r.URL.Query().Get("wait"))
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer srv.Close()
+	now := time.Now()
+	b := NewBackoff(&http.Transport{})
+	b.now = func() time.Time { return now }
+	b.Scope = func(r *http.Request) string { return r.Header.Get("X-Scope") }
+	assert.Empty(t, b.Remaining())
+	for _, c := range []struct{ scope, wait string }{{"a", "30"}, {"b", "90"}} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/x?wait="+c.wait, nil)
+		req.Header.Set("X-Scope", c.scope)
+		resp, err := b.RoundTrip(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+	}
+	host := hostKey(mustURL(t, srv.URL))
+	assert.Equal(t, map[string]time.Duration{host: 90 * time.Second}, b.Remaining())
+	now = now.Add(60 * time.Second)
+	assert.Equal(t, map[string]time.Duration{host: 30 * time.Second}, b.Remaining())
+	now = now.Add(31 * time.Second)
+	assert.Empty(t, b.Remaining())
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	require.NoError(t, err)
+	return u
 }
