@@ -101,7 +101,7 @@ func (f *civitaiFixture) assertNoKeyLeaked(t *testing.T) {
 	leaks, scanned := f.g.Received.Leaks()
 	assert.Empty(t, leaks, "worker traffic carries a secret")
 	assert.Positive(t, scanned)
-	secrets := []string{civitaiKey, civitaiWorkerKey, operatorToken}
+	secrets := f.g.Received.secrets()
 	assertNoLeak(t, "storage traffic", f.storageTraffic(), secrets...)
 	assertNoLeak(t, "logs", []byte(f.g.Logs.String()), secrets...)
 	assertNoLeak(t, "metrics", []byte(f.g.metrics(t)), secrets...)
