@@ -234,7 +234,7 @@ func TestCivitAIErrorsKeepTheirStatusAndSayWhatToDo(t *testing.T) {
 		{"no file for these parameters", f.g, "/api/download/models/200?format=GGUF", 404, "no file matching"},
 		{"login required and no key configured", noKey.g, "/api/download/models/100", 401, "configure civitai.api_key"},
 		{"bad parameter", f.g, "/api/download/models/100?fileId=x", 400, "fileId"},
-		{"bad version id", f.g, "/api/download/models/12ab", 404, ""},
+		{"bad version id", f.g, "/api/download/models/12ab", 404, "not served by the gateway"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,6 +243,7 @@ func TestCivitAIErrorsKeepTheirStatusAndSayWhatToDo(t *testing.T) {
 			assert.Contains(t, resp.Header.Get("Content-Type"), "application/json")
 			var e struct{ Error, Message string }
 			require.NoError(t, json.Unmarshal(body, &e), string(body))
+			require.NotEmpty(t, tt.message, "every case names the message it expects")
 			assert.Contains(t, e.Message, tt.message)
 		})
 	}

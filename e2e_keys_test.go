@@ -126,6 +126,8 @@ func TestWorkerKeysInBothModesForBothUpstreams(t *testing.T) {
 	}
 	// No worker key ever reached an upstream; the operator's credentials
 	// went only to their own hosts.
+	require.NotEmpty(t, kf.hub.Requests())
+	require.NotEmpty(t, kf.civ.Requests())
 	for _, r := range kf.hub.Requests() {
 		assert.NotContains(t, r.Header.Get("Authorization")+r.RequestURI, clientauth.Prefix)
 	}
@@ -201,7 +203,9 @@ func TestRequireKeyGatedServesKeylessWorkersAnonymously(t *testing.T) {
 	before = len(kf.hub.Requests())
 	resp, _ = kf.g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "public models need no key")
-	for _, a := range hubAuthSince(kf, before) {
+	auth := hubAuthSince(kf, before)
+	require.NotEmpty(t, auth, "the public file was fetched upstream")
+	for _, a := range auth {
 		assert.Empty(t, a)
 	}
 }

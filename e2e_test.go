@@ -206,10 +206,24 @@ func TestRangeIsServedWhileTheFillRuns(t *testing.T) {
 	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha), "the range did not go upstream")
 	assert.Equal(t, 1.0, g.metric(t, "modelgate_fills_in_flight"), "the fill is still running")
 
+	// The final byte is held back while the fill cannot finish: a reader
+	// waiting for it gets nothing (a window is the only way to see an
+	// absence; a gateway that sent the byte early fails well inside it).
+	rest := make(chan []byte, 1)
+	go func() {
+		b, err := io.ReadAll(resp.Body)
+		assert.NoError(t, err)
+		rest <- b
+	}()
+	select {
+	case b := <-rest:
+		t.Fatalf("the range's final byte (%d bytes) arrived before the blob was verified", len(b))
+	case <-time.After(300 * time.Millisecond):
+	}
+	assert.Equal(t, 1.0, g.metric(t, "modelgate_fills_in_flight"), "the fill is still held")
+
 	release()
-	rest, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	assert.Equal(t, tr.big[1999:2000], rest)
+	assert.Equal(t, tr.big[1999:2000], <-rest)
 	assert.True(t, bytes.Equal(tr.big, <-full))
 	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
 }
