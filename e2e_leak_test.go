@@ -69,7 +69,9 @@ func TestLeakSearchCatchesAGatewayThatEchoesTheWorkerKey(t *testing.T) {
 	}{
 		{"raw", func(a string) string { return a }},
 		{"url-encoded", url.QueryEscape},
-		{"base64", func(a string) string { return base64.StdEncoding.EncodeToString([]byte(strings.TrimPrefix(a, "Bearer "))) }},
+		{"base64", func(a string) string {
+			return base64.StdEncoding.EncodeToString([]byte(strings.TrimPrefix(a, "Bearer ")))
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
