@@ -165,19 +165,20 @@ func TestCivitAIConcurrentColdWorkersShareOneStorageFetch(t *testing.T) {
 	f := newCivitAIFixture(t, nil)
 	release := f.civ.GateFile(2001, 256<<10)
 	var eg errgroup.Group
+	answered := make(chan struct{}, 8)
 	for i := range 8 {
 		eg.Go(func() error {
-			resp, body, err := f.g.do(t, http.MethodGet, "/api/download/models/200", nil)
+			status, body, err := getAnswered(f.g.Client, f.g.URL+"/api/download/models/200", answered)
 			if err != nil {
 				return err
 			}
-			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, f.lora) {
-				return fmt.Errorf("worker %d: status %d, %d bytes", i, resp.StatusCode, len(body))
+			if status != http.StatusOK || !bytes.Equal(body, f.lora) {
+				return fmt.Errorf("worker %d: status %d, %d bytes", i, status, len(body))
 			}
 			return nil
 		})
 	}
-	require.Eventually(t, func() bool { return f.g.metric(t, "modelgate_requests_in_flight") >= 9 }, 10*time.Second, 10*time.Millisecond)
+	waitAnswered(t, answered, 8) // all joined the held fill
 	release()
 	require.NoError(t, eg.Wait())
 	assert.Equal(t, 1, f.civ.StorageFetches(2001))

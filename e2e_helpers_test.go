@@ -546,3 +546,30 @@ func (g *gatewayUnderTest) hasBlob(t *testing.T, sha string) bool {
 	_, err := os.Stat(filepath.Join(g.DataDir, "blobs", "sha256", sha[:2], sha))
 	return err == nil
 }
+
+// getAnswered GETs url with client, signals on answered as soon as the
+// response headers arrived (the client has joined whatever serves it), and
+// returns the status and the whole body.
+func getAnswered(client *http.Client, url string, answered chan<- struct{}) (int, []byte, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	answered <- struct{}{}
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// waitAnswered waits until n clients signalled on answered.
+func waitAnswered(t *testing.T, answered <-chan struct{}, n int) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for i := range n {
+		select {
+		case <-answered:
+		case <-timeout:
+			t.Fatalf("only %d of %d clients were answered", i, n)
+		}
+	}
+}

@@ -192,23 +192,17 @@ func TestConcurrentProxyClientsShareOneUpstreamFetch(t *testing.T) {
 	sha := fakehub.SHA256Hex(tr.big)
 	release := tr.hub.GateBlob(sha, 1<<20)
 	var eg errgroup.Group
+	answered := make(chan struct{}, 16)
 	for i := range 16 {
 		eg.Go(func() error {
-			resp, err := g.proxyClient(t).Get("https://" + hubHost + "/org/model/resolve/main/model.safetensors")
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, tr.big) {
-				return fmt.Errorf("client %d: status %d, %d bytes, err %v", i, resp.StatusCode, len(body), err)
+			status, body, err := getAnswered(g.proxyClient(t), "https://"+hubHost+"/org/model/resolve/main/model.safetensors", answered)
+			if err != nil || status != http.StatusOK || !bytes.Equal(body, tr.big) {
+				return fmt.Errorf("client %d: status %d, %d bytes, err %v", i, status, len(body), err)
 			}
 			return nil
 		})
 	}
-	require.Eventually(t, func() bool {
-		return g.metric(t, `modelgate_requests_in_flight`) >= 17
-	}, 10*time.Second, 10*time.Millisecond)
+	waitAnswered(t, answered, 16) // all joined the held fill
 	release()
 	require.NoError(t, eg.Wait())
 	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))

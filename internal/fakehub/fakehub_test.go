@@ -591,11 +591,29 @@ func TestThrottleBlob(t *testing.T) {
 	assert.Equal(t, f.prLFS, body)
 	assert.GreaterOrEqual(t, time.Since(start), 400*time.Millisecond)
 
+	// Switching the throttle off releases an answer in flight, which at
+	// 100 B/s would take 100 s; the bound is a tenth of that.
+	f.h.ThrottleBlob(sha, 100)
+	done := make(chan []byte, 1)
+	go func() {
+		resp, err := f.c.Get(loc)
+		if !assert.NoError(t, err) {
+			done <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		done <- b
+	}()
+	n := f.h.Count("cdn", http.MethodGet, "/")
+	require.Eventually(t, func() bool { return f.h.Count("cdn", http.MethodGet, "/") == n+1 }, 5*time.Second, time.Millisecond)
 	f.h.ThrottleBlob(sha, 0)
-	start = time.Now()
-	_, body = f.do(t, http.MethodGet, loc, nil)
-	assert.Equal(t, f.prLFS, body)
-	assert.Less(t, time.Since(start), 400*time.Millisecond)
+	select {
+	case body = <-done:
+		assert.Equal(t, f.prLFS, body)
+	case <-time.After(10 * time.Second):
+		t.Fatal("switching the throttle off did not release the answer in flight")
+	}
 }
 
 func TestSetDown(t *testing.T) {
