@@ -108,6 +108,7 @@ func (p *gatewayProcess) metric(t *testing.T, series string) float64 {
 }
 
 func TestKill9DuringFillsThenRestartServesOnlyVerifiedBlobs(t *testing.T) {
+	skipIfShort(t, "builds and runs the gateway binary")
 	bin := buildGateway(t)
 	hub := fakehub.New(t, fakehub.Options{Token: operatorToken})
 	commit := fakehub.Commit("crash")
@@ -195,6 +196,7 @@ func TestKill9DuringFillsThenRestartServesOnlyVerifiedBlobs(t *testing.T) {
 }
 
 func TestSIGHUPRotatesTheTokenWhileDownloadsContinue(t *testing.T) {
+	skipIfShort(t, "builds and runs the gateway binary")
 	bin := buildGateway(t)
 	const rotated = "hf_ROTATEDtoken0123456789abcdefghij"
 	hub := fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{rotated}})

@@ -573,3 +573,12 @@ func waitAnswered(t *testing.T, answered <-chan struct{}, n int) {
 		}
 	}
 }
+
+// skipIfShort skips a slow test under `go test -short` (for quick local
+// runs); CI runs without -short, so every test runs there.
+func skipIfShort(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("slow (%s): skipped with -short; CI runs it", why)
+	}
+}

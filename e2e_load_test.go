@@ -32,6 +32,7 @@ import (
 // received, and no goroutine may outlive the gateway. The throughput and
 // time to first byte are logged, not asserted (speed is for benchmarks).
 func TestLoadMixedHitsMissesAndRanges(t *testing.T) {
+	skipIfShort(t, "200 clients for 10 s")
 	seconds := 10
 	if v, err := strconv.Atoi(os.Getenv("MODELGATE_LOAD_SECONDS")); err == nil && v > 0 {
 		seconds = min(v, 60)

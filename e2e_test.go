@@ -69,6 +69,7 @@ func newTestHub(t *testing.T, bigSize int) *testRepos {
 }
 
 func TestColdThenWarmDownloadFetchesUpstreamOnce(t *testing.T) {
+	skipIfShort(t, "a 64 MiB blob")
 	tr := newTestHub(t, 64<<20)
 	g := startGateway(t, tr.hub, nil)
 	sha := fakehub.SHA256Hex(tr.big)
