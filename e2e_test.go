@@ -337,6 +337,29 @@ func TestCorruptUpstreamBytesAreNeverPublished(t *testing.T) {
 	assert.True(t, bytes.Equal(tr.big, body))
 }
 
+// Small files are identified by their git blob id and verified against it
+// like LFS blobs against their sha256.
+func TestCorruptSmallFilesAreNeverPublished(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	tr.hub.CorruptSmallFile(fakehub.GitBlobSHA1(tr.config), true)
+	path := "/org/model/resolve/main/config.json"
+
+	resp, body, err := g.do(t, http.MethodGet, path, nil)
+	if err == nil {
+		assert.NotEqual(t, http.StatusOK, resp.StatusCode, "a corrupt small file must not complete a 200")
+	}
+	assert.Less(t, len(body), len(tr.config))
+	require.Eventually(t, func() bool { return g.metric(t, "modelgate_fills_in_flight") == 0 }, 5*time.Second, 10*time.Millisecond)
+	assert.Empty(t, g.blobFiles(t), "nothing is published, no temp file is left")
+	assert.Equal(t, 1.0, g.metric(t, `modelgate_fill_failures_total{reason="verify"}`))
+
+	tr.hub.CorruptSmallFile(fakehub.GitBlobSHA1(tr.config), false)
+	resp, body = g.mustDo(t, http.MethodGet, path, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, tr.config, body)
+}
+
 func TestPullRequestRevisionResolves(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, nil)

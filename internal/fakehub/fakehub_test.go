@@ -534,6 +534,26 @@ func TestRename(t *testing.T) {
 	}
 }
 
+func TestCorruptSmallFile(t *testing.T) {
+	f := newFixture(t)
+	path := "/api/resolve-cache/models/org/model/" + f.mainC + "/config.json"
+	f.h.CorruptSmallFile(GitBlobSHA1(f.config), true)
+	resp, body := f.do(t, http.MethodGet, path, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, body, len(f.config))
+	assert.Equal(t, `"`+GitBlobSHA1(f.config)+`"`, resp.Header.Get("ETag"), "the etag still names the good content")
+	for i := range body {
+		require.NotEqual(t, f.config[i], body[i], "byte %d", i)
+	}
+	resp, body = f.do(t, http.MethodGet, path, nil, "Range", "bytes=0-1")
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	assert.NotEqual(t, f.config[:2], body, "ranges are corrupted too")
+
+	f.h.CorruptSmallFile(GitBlobSHA1(f.config), false)
+	_, body = f.do(t, http.MethodGet, path, nil)
+	assert.Equal(t, f.config, body)
+}
+
 func TestCorruptBlob(t *testing.T) {
 	f := newFixture(t)
 	sha := SHA256Hex(f.lfs)

@@ -17,8 +17,8 @@
 //
 // Every request to both servers is recorded (Requests, Count, ...) so tests
 // can assert what the code under test sent, e.g. that no Authorization header
-// ever reached the CDN. Fault knobs (CorruptBlob, ThrottleBlob, GateBlob,
-// SetDown) simulate misbehaving upstreams.
+// ever reached the CDN. Fault knobs (CorruptBlob, CorruptSmallFile,
+// ThrottleBlob, GateBlob, FailHub, SetDown) simulate misbehaving upstreams.
 //
 // The listeners, the request log and the fault machinery come from
 // internal/fakeserver, shared with the other fakes; this package holds what
@@ -60,6 +60,9 @@ type Hub struct {
 	srv     fakeserver.Servers        // the Hub and CDN listeners and their request log
 	signKey []byte                    // HMAC key for CDN URL signatures, private to this fake
 	faults  fakeserver.Faults[string] // sha256 -> CDN fault knobs
+	// small holds the fault knobs of small files' bodies on
+	// /api/resolve-cache, keyed by their git blob id.
+	small fakeserver.Faults[string]
 
 	cdnFetches   fakeserver.Counter[string]   // sha256 -> 2xx GETs on the CDN
 	smallFetches fakeserver.Counter[smallKey] // 2xx GETs on /api/resolve-cache

@@ -1,7 +1,6 @@
 package fakehub
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -89,7 +88,7 @@ func (h *Hub) serveSmall(w http.ResponseWriter, r *http.Request, commit string, 
 	hd.Set("Accept-Ranges", "bytes")
 	hd.Set("Content-Type", contentTypeFor(f.Path))
 	out := h.smallFetches.CountGET(w, r, smallKey{commit, f.Path})
-	http.ServeContent(out, r, "", time.Time{}, bytes.NewReader(f.Data))
+	h.small.ServeContent(out, r, f.etag, f.Data, time.Time{})
 }
 
 func contentTypeFor(p string) string {
