@@ -110,3 +110,25 @@ func TestLeakSearchCatchesAGatewayThatEchoesTheWorkerKey(t *testing.T) {
 		})
 	}
 }
+
+// The log redactor sits on the serve path, so a secret a worker put where
+// the gateway logs it (a token pasted into a repo id, a worker key as a
+// file name) never reaches the logs. The request log names the path. (The
+// secrets here are the worker's own, which answers may echo back to it, so
+// they are not among the ones the worker's traffic is searched for.)
+func TestSecretsInLoggedRequestPartsAreRedacted(t *testing.T) {
+	const pastedToken = "hf_PASTEDintoAPATHabcdef0123456789"
+	const pastedKey = "mgw_PASTEDasAFILEname0123456789abcdef"
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	for _, path := range []string{
+		"/api/models/org/" + pastedToken,                 // a token where the repo name goes
+		"/org/model/resolve/main/" + pastedKey + ".json", // a worker key as a file name
+	} {
+		resp, _ := g.mustDo(t, http.MethodGet, path, nil)
+		assert.NotEqual(t, http.StatusOK, resp.StatusCode, path)
+	}
+	logs := g.Logs.String()
+	require.Contains(t, logs, "path=/api/models/org/", "the request was logged")
+	assert.Empty(t, findLeaks("logs", []byte(logs), pastedToken, pastedKey))
+}
