@@ -261,6 +261,14 @@ func TestRangesAndConditionalRequests(t *testing.T) {
 				if tt.body != nil {
 					assert.True(t, bytes.Equal(tt.body, body), "body differs")
 				}
+				// HEAD answers what GET would, Range and all (clients
+				// probe a range's length with it).
+				head, _ := g.mustDo(t, http.MethodHead, path, tt.header)
+				assert.Equal(t, tt.status, head.StatusCode, "HEAD")
+				assert.Equal(t, tt.contentRange, head.Header.Get("Content-Range"), "HEAD")
+				if tt.body != nil {
+					assert.Equal(t, strconv.Itoa(len(tt.body)), head.Header.Get("Content-Length"), "HEAD")
+				}
 			})
 		}
 	}
