@@ -634,3 +634,65 @@ func TestXetFileInfoAcceptIsNotForwarded(t *testing.T) {
 	assert.Equal(t, fmt.Sprintf("bytes 0-0/%d", len(tr.xet)), resp.Header.Get("Content-Range"))
 	assert.NotContains(t, resp.Header.Get("Content-Type"), "xet")
 }
+
+// Datasets, spaces and private repos go the same way as models, in both
+// modes; a private repo stays invisible to a gateway without the token.
+func TestDatasetSpaceAndPrivateReposAreServed(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	commit := fakehub.Commit("types")
+	parquet := fakehub.RandomData(60, 1<<20+1)
+	app := []byte("import gradio as gr\n")
+	private := fakehub.RandomData(61, 300<<10)
+	tr.hub.AddRepo(fakehub.Repo{Type: fakehub.TypeDataset, ID: "org/data", Refs: map[string]string{"main": commit},
+		Commits: map[string][]fakehub.File{commit: {{Path: "data/train.parquet", Data: parquet, LFS: true}}}})
+	tr.hub.AddRepo(fakehub.Repo{Type: fakehub.TypeSpace, ID: "org/app", Refs: map[string]string{"main": commit},
+		Commits: map[string][]fakehub.File{commit: {{Path: "app.py", Data: app}}}})
+	tr.hub.AddRepo(fakehub.Repo{ID: "org/private", Private: true, Refs: map[string]string{"main": commit},
+		Commits: map[string][]fakehub.File{commit: {{Path: "w.bin", Data: private, LFS: true}}}})
+	tr.hub.AddRename("org/old-app", "org/app")
+	g := startGateway(t, tr.hub, nil)
+	proxy := g.proxyClient(t)
+
+	files := []struct {
+		path string
+		want []byte
+	}{
+		{"/datasets/org/data/resolve/main/data/train.parquet", parquet},
+		{"/spaces/org/app/resolve/main/app.py", app},
+		{"/org/private/resolve/main/w.bin", private},
+	}
+	for _, f := range files {
+		resp, body := g.mustDo(t, http.MethodGet, f.path, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, f.path)
+		assert.True(t, bytes.Equal(f.want, body), f.path)
+		assert.Equal(t, commit, resp.Header.Get("X-Repo-Commit"), f.path)
+
+		presp, err := proxy.Get("https://" + hubHost + f.path)
+		require.NoError(t, err)
+		pbody, err := io.ReadAll(presp.Body)
+		presp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, presp.StatusCode, "proxy "+f.path)
+		assert.True(t, bytes.Equal(f.want, pbody), "proxy "+f.path)
+	}
+	for _, p := range []string{"/api/datasets/org/data/tree/main/data", "/api/spaces/org/app", "/api/models/org/private"} {
+		resp, body := g.mustDo(t, http.MethodGet, p, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, p)
+		assert.Contains(t, string(body), `"`, p)
+	}
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(parquet)), "both modes share the cache")
+	assert.Equal(t, 1, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(private)))
+
+	// A renamed repo: the Hub answers a relative 307 to the new name, and
+	// the worker still gets the file (from the gateway, not a redirect).
+	resp, body := g.mustDo(t, http.MethodGet, "/spaces/org/old-app/resolve/main/app.py", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, app, body)
+	assert.Positive(t, tr.hub.Count("hub", "", "/spaces/org/old-app/"), "the old name was asked")
+
+	// Without the operator's token the private repo does not exist.
+	anon := startGateway(t, tr.hub, func(c *config.Config) { c.HuggingFace.Token = "" })
+	resp, _ = anon.mustDo(t, http.MethodGet, "/org/private/resolve/main/w.bin", nil)
+	assert.Contains(t, []int{http.StatusUnauthorized, http.StatusNotFound}, resp.StatusCode)
+	assert.Equal(t, "RepoNotFound", resp.Header.Get("X-Error-Code"))
+}
