@@ -345,6 +345,20 @@ func TestCorruptUpstreamBytesAreNeverPublished(t *testing.T) {
 	assert.True(t, bytes.Equal(tr.big, body))
 }
 
+// The Hub gzips small text files for clients that accept it; the gateway
+// fetches and verifies the plain bytes whatever the worker accepts.
+func TestSmallTextFilesArriveIntactForWorkersThatAcceptGzip(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, nil)
+	for range 2 { // cold, then from the cache
+		resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", http.Header{"Accept-Encoding": {"gzip"}})
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Empty(t, resp.Header.Get("Content-Encoding"))
+		assert.Equal(t, tr.config, body)
+	}
+	assert.Equal(t, 1, tr.hub.SmallBodyFetches(tr.main, "config.json"))
+}
+
 // Small files are identified by their git blob id and verified against it
 // like LFS blobs against their sha256.
 func TestCorruptSmallFilesAreNeverPublished(t *testing.T) {

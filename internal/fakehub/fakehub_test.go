@@ -2,6 +2,7 @@ package fakehub
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -531,6 +532,26 @@ func TestRename(t *testing.T) {
 		assert.Equal(t, "Temporary Redirect. Redirecting to "+tc.want, string(body))
 		resp, _ = f.do(t, http.MethodGet, tc.want, nil)
 		assert.Contains(t, []int{200, 302, 307}, resp.StatusCode, tc.want)
+	}
+}
+
+func TestSmallTextFilesAreGzippedForClientsThatAcceptIt(t *testing.T) {
+	f := newFixture(t)
+	path := "/api/resolve-cache/models/org/model/" + f.mainC + "/config.json"
+	resp, body := f.do(t, http.MethodGet, path, nil, "Accept-Encoding", "gzip, deflate")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "gzip", resp.Header.Get("Content-Encoding"))
+	assert.Equal(t, `"`+GitBlobSHA1(f.config)+`"`, resp.Header.Get("ETag"))
+	zr, err := gzip.NewReader(bytes.NewReader(body))
+	require.NoError(t, err)
+	plain, err := io.ReadAll(zr)
+	require.NoError(t, err)
+	assert.Equal(t, f.config, plain)
+
+	for _, hdr := range [][]string{nil, {"Accept-Encoding", "identity"}, {"Accept-Encoding", "gzip", "Range", "bytes=0-3"}} {
+		resp, body = f.do(t, http.MethodGet, path, nil, hdr...)
+		assert.Empty(t, resp.Header.Get("Content-Encoding"), "%v", hdr)
+		assert.True(t, bytes.HasPrefix(f.config, body), "%v", hdr)
 	}
 }
 
