@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -286,4 +288,50 @@ func TestIdleTunnelsAreClosedButOneWayStreamsSurvive(t *testing.T) {
 	got, err := io.ReadAll(br)
 	require.NoError(t, err)
 	assert.Equal(t, strings.Repeat("x", 10), string(got))
+}
+
+// A worker's request to a CDN or storage host that the gateway cannot
+// answer from its cache is relayed without any credential: neither the
+// worker's Authorization nor its cookies may reach the CDN. The gateway's
+// parent proxy (upstream.proxy) stands in for the CDN and records what
+// arrived; plain-HTTP proxy requests reach it as they left the gateway.
+func TestCDNAndStorageRelaysCarryNoCredentials(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	var mu sync.Mutex
+	var got []*http.Request
+	parent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Clone(context.Background()))
+		mu.Unlock()
+		io.WriteString(w, "object bytes")
+	}))
+	defer parent.Close()
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.Proxy = parent.URL })
+
+	for _, target := range []string{
+		"http://cdn.fake.hf.co/repos/aa/bb/" + strings.Repeat("ab", 32) + "/" + strings.Repeat("cd", 32) + "?Signature=x",
+		"http://images.fake.civitai.com/a/some.jpeg",
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+		require.NoError(t, err)
+		u, _ := url.Parse(target)
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nCookie: session=%s\r\nConnection: close\r\n\r\n",
+			target, u.Host, workerToken, civitaiWorkerKey)
+		reply, err := io.ReadAll(conn)
+		conn.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(reply), " 200 ", target)
+		require.Contains(t, string(reply), "object bytes", target)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, got, 2, "both requests were relayed")
+	for _, r := range got {
+		assert.Empty(t, r.Header.Values("Authorization"), r.URL.String())
+		assert.Empty(t, r.Header.Values("Cookie"), r.URL.String())
+		var b bytes.Buffer
+		r.Header.Write(&b)
+		assert.Empty(t, findLeaks("relayed request to "+r.Host, append([]byte(r.URL.String()), b.Bytes()...),
+			operatorToken, workerToken, civitaiKey, civitaiWorkerKey))
+	}
 }
