@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,6 +120,7 @@ func TestHuggingFaceJSSnapshotDownloadInBothModes(t *testing.T) {
 			assert.Equal(t, 1, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(f.Data)), "%s crossed the upstream once", f.Path)
 		}
 	}
+	assert.Positive(t, tr.hub.Count("cdn", http.MethodGet, "/xet-bridge-us/"), "the Xet file came through the Xet bridge")
 	for _, a := range hubAuthHeaders(tr.hub) {
 		assert.Equal(t, "Bearer "+operatorToken, a, "the Hub saw only the operator's token")
 	}

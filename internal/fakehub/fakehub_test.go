@@ -204,9 +204,18 @@ func TestXetResolve(t *testing.T) {
 		"<"+f.h.URL()+"/api/models/org/model/xet-read-token/"+f.mainC+`>; rel="xet-auth", <`+
 			f.h.CDNURL()+"/v1/reconstructions/"+xh+`>; rel="xet-reconstruction-info"`,
 		resp.Header.Get("Link"))
-	resp, body := f.do(t, http.MethodGet, resp.Header.Get("Location"), nil)
+	// Like the Hub, a Xet file's plain download goes to the Xet bridge,
+	// which names it by its Xet hash.
+	loc := resp.Header.Get("Location")
+	assert.True(t, strings.HasPrefix(loc, f.h.CDNURL()+"/xet-bridge-us/"), loc)
+	assert.Contains(t, loc, "/"+xh+"?")
+	resp, body := f.do(t, http.MethodGet, loc, nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, f.xet, body)
+	assert.Equal(t, 1, f.h.CDNBodyFetches(sha), "counted under the file's sha256")
+	u, _ := url.Parse(loc)
+	resp, _ = f.do(t, http.MethodGet, f.h.CDNURL()+u.Path+"?"+strings.Replace(u.RawQuery, "Signature=", "Signature=0", 1), nil)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "the bridge URL is signed")
 
 	resp, body = f.do(t, http.MethodGet, "/api/models/org/model/xet-read-token/main", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)

@@ -5,7 +5,8 @@
 // Both servers are real TLS listeners on 127.0.0.1 (httptest), so the code
 // under test exercises the same redirect, TLS and header handling it meets in
 // production. Behaviour follows /work/shared/UPSTREAMS.md sections 1, 2 and
-// 6.4: LFS files answer a 302 with X-Linked-* headers to a signed CDN URL,
+// 6.4: LFS files answer a 302 with X-Linked-* headers to a signed CDN URL
+// (Xet files to the Xet bridge, /xet-bridge-us/..., named by their Xet hash),
 // small files a relative 307 to /api/resolve-cache/..., errors carry
 // X-Error-Code/X-Error-Message, and the status matrix for auth is:
 //
@@ -71,6 +72,7 @@ type Hub struct {
 	repos   map[string]*repoState // "type/id" -> repo
 	renames map[string]string     // old id -> new id
 	blobs   map[string]*fileState // sha256 -> LFS file (content served by the CDN)
+	xet     map[string]string     // Xet hash -> sha256, for the Xet bridge
 	down    bool
 	hubFail hubFault // armed by FailHub / RateLimitHub
 }
@@ -87,6 +89,7 @@ func New(t testing.TB, opts Options) *Hub {
 		repos:   map[string]*repoState{},
 		renames: map[string]string{},
 		blobs:   map[string]*fileState{},
+		xet:     map[string]string{},
 	}
 	if _, err := rand.Read(h.signKey); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
@@ -126,6 +129,9 @@ func (h *Hub) AddRepo(r Repo) {
 		for _, f := range files {
 			if f.LFS {
 				h.blobs[f.sha256] = f
+			}
+			if f.Xet {
+				h.xet[f.xetHash] = f.sha256
 			}
 		}
 	}
@@ -173,6 +179,13 @@ func (h *Hub) lookupRepo(typ, id string) (rs *repoState, renamedTo string) {
 func (h *Hub) knownRepoID(typ, id string) bool {
 	rs, renamed := h.lookupRepo(typ, id)
 	return rs != nil || renamed != ""
+}
+
+// xetSHA256 maps a Xet hash to the sha256 of its file ("" if unknown).
+func (h *Hub) xetSHA256(xetHash string) string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.xet[xetHash]
 }
 
 func (h *Hub) blob(sha string) *fileState {

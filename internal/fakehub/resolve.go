@@ -59,6 +59,9 @@ func (h *Hub) redirectLFS(w http.ResponseWriter, r *http.Request, rs *repoState,
 		return
 	}
 	loc := h.signedCDNURL(rs, f)
+	if f.Xet {
+		loc = h.signedXetBridgeURL(rs, f)
+	}
 	hd.Set("Location", loc)
 	writeText(w, r, http.StatusFound, "Found. Redirecting to "+loc)
 }
@@ -168,6 +171,20 @@ func contentTypeFor(p string) string {
 // expiry and a signature the CDN verifies.
 func (h *Hub) signedCDNURL(rs *repoState, f *fileState) string {
 	p := "/repos/" + rs.key[:2] + "/" + rs.key[2:4] + "/" + rs.key + "/" + f.sha256
+	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
+	return h.CDNURL() + p +
+		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
+		"&Expires=" + expires +
+		"&Signature=" + h.sign(p, expires) +
+		"&Key-Pair-Id=K1"
+}
+
+// signedXetBridgeURL is where the Hub sends a plain-HTTP download of a Xet
+// file: the Xet bridge, /xet-bridge-us/<24-hex repo id>/<xet hash>, which
+// names the file by its Xet hash, not its sha256. It is signed like the
+// LFS URLs and served by the same CDN listener.
+func (h *Hub) signedXetBridgeURL(rs *repoState, f *fileState) string {
+	p := "/xet-bridge-us/" + rs.key[:24] + "/" + f.xetHash
 	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
 	return h.CDNURL() + p +
 		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
