@@ -85,15 +85,14 @@ func TestTunnelsCannotReachPrivateAddressesOrTheGatewayItself(t *testing.T) {
 	origin, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer origin.Close()
-	self := strings.TrimPrefix(g.URL, "http://")
-	for _, target := range []string{origin.Addr().String(), "localhost:22", "169.254.169.254:80", "10.1.2.3:443", "[::1]:443", self} {
+	for _, target := range []string{origin.Addr().String(), "localhost:22", "169.254.169.254:80", "10.1.2.3:443", "[::1]:443", g.Addr} {
 		t.Run(target, func(t *testing.T) {
 			assert.Equal(t, "403", connectFrom(t, g, "127.0.0.1", target))
 		})
 	}
 	// A plain-HTTP proxy request (absolute form, sent to the gateway) to
 	// the metadata service is refused too; nothing is dialled.
-	conn, err := net.Dial("tcp", self)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
 	require.NoError(t, err)
 	defer conn.Close()
 	fmt.Fprintf(conn, "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
@@ -103,7 +102,7 @@ func TestTunnelsCannotReachPrivateAddressesOrTheGatewayItself(t *testing.T) {
 
 	// With private targets allowed, the gateway's own listener is still refused.
 	g2 := startGateway(t, tr.hub, func(c *config.Config) { c.Proxy.AllowPrivateTargets = true })
-	assert.Equal(t, "403", connectFrom(t, g2, "127.0.0.1", strings.TrimPrefix(g2.URL, "http://")))
+	assert.Equal(t, "403", connectFrom(t, g2, "127.0.0.1", g2.Addr))
 	assert.Equal(t, "200", connectFrom(t, g2, "127.0.0.1", origin.Addr().String()))
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -116,4 +117,71 @@ func TestEvictionKeepsPinnedReposAndRefetchesEvictedBlobsOnDemand(t *testing.T) 
 	get("/org/model/resolve/main/model.safetensors", tr.big)
 	assert.Equal(t, 2, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(tr.big)))
 	assert.Positive(t, g.metric(t, "modelgate_disk_free_bytes"))
+}
+
+// The README promises "the Hub is unreachable or answers 5xx → cached blobs
+// are served, a branch falls back to its last commit, API answers to their
+// last good copy; anything uncached is a 504, never a 401/404". The Hub
+// here answers every metadata request with a 5xx (the CDN is fine).
+func TestHub5xxServesTheCacheStaleAndA504ForTheRest(t *testing.T) {
+	for _, status := range []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			tr := newTestHub(t, 1<<20)
+			// revision_ttl 0: every request asks the Hub for the branch.
+			g := startGateway(t, tr.hub, func(c *config.Config) { c.Cache.RevisionTTL = config.Duration{} })
+			warm := map[string][]byte{
+				"/org/model/resolve/main/config.json":       tr.config,
+				"/org/model/resolve/main/model.safetensors": tr.big,
+				"/api/models/org/model/revision/main":       nil,
+			}
+			for p := range warm {
+				resp, _ := g.mustDo(t, http.MethodGet, p, nil)
+				require.Equal(t, http.StatusOK, resp.StatusCode, p)
+			}
+			tr.hub.FailHub(status, 1<<20)
+			before := tr.hub.Count("hub", "", "/")
+
+			for p, want := range warm {
+				resp, body := g.mustDo(t, http.MethodGet, p, nil)
+				require.Equal(t, http.StatusOK, resp.StatusCode, p)
+				if want != nil {
+					assert.True(t, bytes.Equal(want, body), p)
+					assert.Equal(t, tr.main, resp.Header.Get("X-Repo-Commit"), p)
+				} else {
+					assert.Contains(t, resp.Header.Get("Warning"), "110", "an API answer says it is stale")
+				}
+			}
+			assert.Greater(t, tr.hub.Count("hub", "", "/"), before, "the gateway did ask the failing Hub")
+			assert.Positive(t, g.metric(t, `modelgate_stale_answers_total{kind="revision"}`))
+
+			for _, p := range []string{"/org/model/resolve/main/xet.bin", "/api/models/org/gated", "/org/gated/resolve/main/weights.bin"} {
+				resp, body := g.mustDo(t, http.MethodGet, p, nil)
+				assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "%s: %s", p, body)
+			}
+			assert.Empty(t, filesExcept(g.blobFiles(t), fakehub.SHA256Hex(tr.big), fakehub.GitBlobSHA1(tr.config)), "nothing new on disk")
+
+			// Once the Hub is healthy again, the same requests work.
+			tr.hub.FailHub(0, 0)
+			resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/xet.bin", nil)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.True(t, bytes.Equal(tr.xet, body))
+		})
+	}
+}
+
+// filesExcept drops the files whose names end in one of names.
+func filesExcept(files []string, names ...string) []string {
+	var out []string
+	for _, f := range files {
+		keep := true
+		for _, n := range names {
+			if strings.HasSuffix(f, n) {
+				keep = false
+			}
+		}
+		if keep {
+			out = append(out, f)
+		}
+	}
+	return out
 }

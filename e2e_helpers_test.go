@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -54,12 +56,20 @@ func (b *syncBuffer) String() string {
 // gatewayUnderTest is a real gateway (real listener, badger, files) wired
 // exactly as main wires it, pointed at a fake Hub.
 type gatewayUnderTest struct {
-	URL     string
+	// URL is where workers reach the gateway: a relay in front of its
+	// listener that scans every byte the gateway sends (see scanningRelay),
+	// so no client of any kind (Go, curl, aria2c, Node, a raw connection)
+	// can receive a secret unseen.
+	URL string
+	// Addr is the gateway's own listener, for tests about the listener
+	// itself (a CONNECT to the gateway's own address).
+	Addr    string
 	DataDir string
 	Logs    *syncBuffer
 	Client  *http.Client
 	// Received scans every byte the worker received (status lines,
-	// headers, bodies) for the test secrets as it streams by.
+	// headers, bodies) for the test secrets as it streams by: the relay's
+	// plaintext, and what clients decrypted from intercepted TLS.
 	Received *leakScanner
 	// Stop shuts the gateway down and waits for it (also run at cleanup).
 	Stop func()
@@ -99,8 +109,9 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway did not start in time")
 	}
-	g := &gatewayUnderTest{URL: "http://" + addr, DataDir: cfg.DataDir, Logs: logs,
-		Received: newLeakScanner(operatorToken, workerToken, civitaiKey, civitaiWorkerKey)}
+	scanner := newLeakScanner(operatorToken, workerToken, civitaiKey, civitaiWorkerKey)
+	relay, stopRelay := startScanningRelay(t, addr, scanner)
+	g := &gatewayUnderTest{URL: "http://" + relay, Addr: addr, DataDir: cfg.DataDir, Logs: logs, Received: scanner}
 	g.Client = &http.Client{
 		Transport: &recordingTransport{rt: &http.Transport{DisableCompression: true}, sink: g.Received},
 		// Workers in these tests follow nothing: the gateway itself must
@@ -121,10 +132,100 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 			case <-time.After(40 * time.Second):
 				t.Error("gateway did not shut down")
 			}
+			stopRelay()
 		})
 	}
 	t.Cleanup(g.Stop)
 	return g
+}
+
+// addSecrets makes the leak search look for more secrets (worker keys made
+// by the test): in the logs, metrics and CDN traffic at the end, and in what
+// the worker receives from now on, so call it before the first request.
+func (g *gatewayUnderTest) addSecrets(secrets ...string) {
+	g.Received.AddSecrets(secrets...)
+}
+
+// startScanningRelay listens on loopback and relays each connection to
+// target, dialled from the client's own address (so the gateway's client
+// allow-list sees the real client), writing every byte target sends back
+// through scanner. A client's half-close is passed on; when target closes,
+// the client's connection is closed, as target's own close would. stop
+// closes the listener and every connection still open (run it after the
+// gateway shut down: what is left then are tunnels nobody closed) and waits
+// for the relay's goroutines; it also runs at cleanup.
+func startScanningRelay(t *testing.T, target string, scanner *leakScanner) (addr string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+		once  sync.Once
+	)
+	track := func(c net.Conn, open bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if open {
+			conns[c] = true
+		} else {
+			delete(conns, c)
+		}
+	}
+	stop = func() {
+		once.Do(func() {
+			ln.Close()
+			mu.Lock()
+			for c := range conns {
+				c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				relayConn(c.(*net.TCPConn), target, scanner, track)
+			}()
+		}
+	}()
+	return ln.Addr().String(), stop
+}
+
+func relayConn(client *net.TCPConn, target string, scanner *leakScanner, track func(net.Conn, bool)) {
+	track(client, true)
+	defer track(client, false)
+	defer client.Close()
+	from := client.RemoteAddr().(*net.TCPAddr)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from.IP}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	up := c.(*net.TCPConn)
+	track(up, true)
+	defer track(up, false)
+	defer up.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(up, client)
+		up.CloseWrite()
+	}()
+	io.Copy(io.MultiWriter(client, scanner.stream()), up)
+	client.Close()
+	<-done
 }
 
 // recordingTransport passes everything the worker receives through a
@@ -142,14 +243,15 @@ func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	var head bytes.Buffer
 	head.WriteString(resp.Status + "\n")
 	resp.Header.Write(&head)
-	r.sink.Write(head.Bytes())
-	resp.Body = &teeBody{rc: resp.Body, sink: r.sink}
+	stream := r.sink.stream()
+	stream.Write(head.Bytes())
+	resp.Body = &teeBody{rc: resp.Body, sink: stream}
 	return resp, nil
 }
 
 type teeBody struct {
 	rc   io.ReadCloser
-	sink *leakScanner
+	sink io.Writer
 }
 
 func (t *teeBody) Read(p []byte) (int, error) {
@@ -159,34 +261,56 @@ func (t *teeBody) Read(p []byte) (int, error) {
 }
 func (t *teeBody) Close() error { return t.rc.Close() }
 
-// leakScanner searches a byte stream for every encoded form of a set of
-// secrets without keeping the stream: it carries over just enough of the
-// previous write to find a secret split across two writes.
+// leakScanner searches byte streams for every encoded form of a set of
+// secrets without keeping them. Each stream (a connection, a response)
+// carries over just enough of its previous write to find a secret split
+// across two writes; writing to the scanner itself is one more stream.
 type leakScanner struct {
 	mu     sync.Mutex
 	forms  []string
-	carry  []byte
 	keep   int
 	found  map[string]bool
 	nbytes int64
+	own    *scanStream
+}
+
+// scanStream is one ordered byte stream of a leakScanner.
+type scanStream struct {
+	s     *leakScanner
+	carry []byte
 }
 
 func newLeakScanner(secrets ...string) *leakScanner {
 	s := &leakScanner{found: map[string]bool{}}
+	s.own = &scanStream{s: s}
+	s.AddSecrets(secrets...)
+	return s
+}
+
+// AddSecrets makes the scanner look for more secrets in what it is given
+// from now on.
+func (s *leakScanner) AddSecrets(secrets ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, sec := range secrets {
 		for _, f := range secretForms(sec) {
 			s.forms = append(s.forms, f)
 			s.keep = max(s.keep, len(f)-1)
 		}
 	}
-	return s
 }
 
-func (s *leakScanner) Write(p []byte) (int, error) {
+// stream returns a writer for one more ordered stream.
+func (s *leakScanner) stream() io.Writer { return &scanStream{s: s} }
+
+func (s *leakScanner) Write(p []byte) (int, error) { return s.own.Write(p) }
+
+func (st *scanStream) Write(p []byte) (int, error) {
+	s := st.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nbytes += int64(len(p))
-	buf := append(s.carry, p...)
+	buf := append(st.carry, p...)
 	for _, f := range s.forms {
 		if bytes.Contains(buf, []byte(f)) {
 			s.found[f] = true
@@ -195,7 +319,7 @@ func (s *leakScanner) Write(p []byte) (int, error) {
 	if len(buf) > s.keep {
 		buf = buf[len(buf)-s.keep:]
 	}
-	s.carry = bytes.Clone(buf)
+	st.carry = bytes.Clone(buf)
 	return len(p), nil
 }
 
@@ -209,6 +333,17 @@ func (s *leakScanner) Leaks() ([]string, int64) {
 		out = append(out, f[:min(8, len(f))]+"…")
 	}
 	return out, s.nbytes
+}
+
+// secrets returns every secret the scanner looks for, in their raw form.
+func (s *leakScanner) secrets() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for i := 0; i < len(s.forms); i += len(secretForms("")) {
+		out = append(out, s.forms[i])
+	}
+	return out
 }
 
 // get sends a request and returns the answer with its body read.
@@ -285,16 +420,52 @@ func secretForms(secret string) []string {
 	}
 }
 
+// assertNoSecretsLeaked searches everything the worker, the CDN, the logs
+// and (while the gateway runs) the metrics saw for every test secret, raw,
+// URL-encoded and base64.
+func assertNoSecretsLeaked(t *testing.T, g *gatewayUnderTest, hub *fakehub.Hub, running bool) {
+	t.Helper()
+	leaks, _ := leakFindings(t, g, hub, running)
+	assert.Empty(t, leaks, "secrets leaked")
+}
+
+// leakFindings is the leak search of assertNoSecretsLeaked: where each
+// secret form was found, and how many bytes of worker traffic were scanned.
+func leakFindings(t *testing.T, g *gatewayUnderTest, hub *fakehub.Hub, running bool) ([]string, int64) {
+	t.Helper()
+	secrets := g.Received.secrets()
+	leaks, scanned := g.Received.Leaks()
+	var out []string
+	for _, l := range leaks {
+		out = append(out, "worker traffic: "+l)
+	}
+	out = append(out, findLeaks("CDN traffic", cdnTraffic(hub), secrets...)...)
+	out = append(out, findLeaks("logs", []byte(g.Logs.String()), secrets...)...)
+	if running {
+		out = append(out, findLeaks("metrics", []byte(g.metrics(t)), secrets...)...)
+	}
+	return out, scanned
+}
+
 // assertNoLeak searches haystack for every form of every secret.
 func assertNoLeak(t *testing.T, where string, haystack []byte, secrets ...string) {
 	t.Helper()
+	for _, l := range findLeaks(where, haystack, secrets...) {
+		t.Error(l)
+	}
+}
+
+// findLeaks lists the forms of secrets found in haystack, shortened.
+func findLeaks(where string, haystack []byte, secrets ...string) []string {
+	var out []string
 	for _, s := range secrets {
 		for _, form := range secretForms(s) {
 			if bytes.Contains(haystack, []byte(form)) {
-				t.Errorf("%s contains a secret (form %q…)", where, form[:min(8, len(form))])
+				out = append(out, fmt.Sprintf("%s contains a secret (form %q…)", where, form[:min(8, len(form))]))
 			}
 		}
 	}
+	return out
 }
 
 // cdnTraffic renders every request the fake CDN received, headers and all.
@@ -386,4 +557,40 @@ func hostPort(raw string) string {
 		panic(err)
 	}
 	return u.Host
+}
+
+// getAnswered GETs url with client, signals on answered as soon as the
+// response headers arrived (the client has joined whatever serves it), and
+// returns the status and the whole body.
+func getAnswered(client *http.Client, url string, answered chan<- struct{}) (int, []byte, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	answered <- struct{}{}
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// waitAnswered waits until n clients signalled on answered.
+func waitAnswered(t *testing.T, answered <-chan struct{}, n int) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for i := range n {
+		select {
+		case <-answered:
+		case <-timeout:
+			t.Fatalf("only %d of %d clients were answered", i, n)
+		}
+	}
+}
+
+// skipIfShort skips a slow test under `go test -short` (for quick local
+// runs); CI runs without -short, so every test runs there.
+func skipIfShort(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("slow (%s): skipped with -short; CI runs it", why)
+	}
 }

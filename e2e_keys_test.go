@@ -49,7 +49,9 @@ func newKeyFixture(t *testing.T, requireKey string) *keyFixture {
 		kf.hub.AddRepo(fakehub.Repo{ID: id, Refs: map[string]string{"main": commit}, Gated: id == "org/gated",
 			Commits: map[string][]fakehub.File{commit: {{Path: "config.json", Data: []byte(`{"id":"` + id + `"}`)}}}})
 	}
-	kf.g.Received = newLeakScanner(operatorToken, civitaiKey, render, hfOnly)
+	// The fixture's gateway searches for the keys too, in the same scanner
+	// every client of it writes to.
+	kf.g.addSecrets(render, hfOnly)
 	return kf
 }
 
@@ -124,6 +126,8 @@ func TestWorkerKeysInBothModesForBothUpstreams(t *testing.T) {
 	}
 	// No worker key ever reached an upstream; the operator's credentials
 	// went only to their own hosts.
+	require.NotEmpty(t, kf.hub.Requests())
+	require.NotEmpty(t, kf.civ.Requests())
 	for _, r := range kf.hub.Requests() {
 		assert.NotContains(t, r.Header.Get("Authorization")+r.RequestURI, clientauth.Prefix)
 	}
@@ -199,7 +203,9 @@ func TestRequireKeyGatedServesKeylessWorkersAnonymously(t *testing.T) {
 	before = len(kf.hub.Requests())
 	resp, _ = kf.g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "public models need no key")
-	for _, a := range hubAuthSince(kf, before) {
+	auth := hubAuthSince(kf, before)
+	require.NotEmpty(t, auth, "the public file was fetched upstream")
+	for _, a := range auth {
 		assert.Empty(t, a)
 	}
 }
@@ -207,6 +213,7 @@ func TestRequireKeyGatedServesKeylessWorkersAnonymously(t *testing.T) {
 func TestOwnCredentialsPassKeepsEachWorkersAccessCheck(t *testing.T) {
 	kf := newKeyFixture(t, "false")
 	g := startGateway(t, kf.hub, func(c *config.Config) { c.Clients.OwnCredentials = "pass" })
+	g.addSecrets(kf.render, kf.hfOnly)
 	gated := "/org/gated/resolve/main/config.json"
 	approved := http.Header{"Authorization": {"Bearer " + operatorToken}} // a worker whose own token has access
 	notApproved := http.Header{"Authorization": {"Bearer " + workerToken}}
@@ -235,6 +242,7 @@ func TestAWorkerKeyNeverGoesUpstreamEvenWhenOwnCredentialsPass(t *testing.T) {
 		c.Clients.OwnCredentials = "pass"
 		c.Clients.Keys = []config.ClientKey{{Name: "render", KeySHA256: sha256Hex(kf.render)}}
 	})
+	g.addSecrets(kf.render, kf.hfOnly)
 	before := len(kf.hub.Requests())
 	resp, _ := g.mustDo(t, http.MethodGet, "/org/gated/resolve/main/config.json", http.Header{"Authorization": {"Bearer " + kf.render}})
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "the key gets the gateway's credential")

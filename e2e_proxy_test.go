@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,23 +194,17 @@ func TestConcurrentProxyClientsShareOneUpstreamFetch(t *testing.T) {
 	sha := fakehub.SHA256Hex(tr.big)
 	release := tr.hub.GateBlob(sha, 1<<20)
 	var eg errgroup.Group
+	answered := make(chan struct{}, 16)
 	for i := range 16 {
 		eg.Go(func() error {
-			resp, err := g.proxyClient(t).Get("https://" + hubHost + "/org/model/resolve/main/model.safetensors")
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, tr.big) {
-				return fmt.Errorf("client %d: status %d, %d bytes, err %v", i, resp.StatusCode, len(body), err)
+			status, body, err := getAnswered(g.proxyClient(t), "https://"+hubHost+"/org/model/resolve/main/model.safetensors", answered)
+			if err != nil || status != http.StatusOK || !bytes.Equal(body, tr.big) {
+				return fmt.Errorf("client %d: status %d, %d bytes, err %v", i, status, len(body), err)
 			}
 			return nil
 		})
 	}
-	require.Eventually(t, func() bool {
-		return g.metric(t, `modelgate_requests_in_flight`) >= 17
-	}, 10*time.Second, 10*time.Millisecond)
+	waitAnswered(t, answered, 16) // all joined the held fill
 	release()
 	require.NoError(t, eg.Wait())
 	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
@@ -226,21 +222,6 @@ func TestKeepAliveWorksInsideTheInterception(t *testing.T) {
 		resp.Body.Close()
 	}
 	assert.Equal(t, 1, strings.Count(g.Logs.String(), "result=intercept"), "three requests, one CONNECT")
-}
-
-// assertNoSecretsLeaked searches everything the worker, the CDN, the logs
-// and (while the gateway runs) the metrics saw for every test secret, raw,
-// URL-encoded and base64.
-func assertNoSecretsLeaked(t *testing.T, g *gatewayUnderTest, hub *fakehub.Hub, running bool) {
-	t.Helper()
-	secrets := []string{operatorToken, workerToken, civitaiKey, civitaiWorkerKey}
-	leaks, _ := g.Received.Leaks()
-	assert.Empty(t, leaks, "worker traffic carries a secret")
-	assertNoLeak(t, "CDN traffic", cdnTraffic(hub), secrets...)
-	assertNoLeak(t, "logs", []byte(g.Logs.String()), secrets...)
-	if running {
-		assertNoLeak(t, "metrics", []byte(g.metrics(t)), secrets...)
-	}
 }
 
 func TestIdleTunnelsAreClosedButOneWayStreamsSurvive(t *testing.T) {
@@ -307,4 +288,50 @@ func TestIdleTunnelsAreClosedButOneWayStreamsSurvive(t *testing.T) {
 	got, err := io.ReadAll(br)
 	require.NoError(t, err)
 	assert.Equal(t, strings.Repeat("x", 10), string(got))
+}
+
+// A worker's request to a CDN or storage host that the gateway cannot
+// answer from its cache is relayed without any credential: neither the
+// worker's Authorization nor its cookies may reach the CDN. The gateway's
+// parent proxy (upstream.proxy) stands in for the CDN and records what
+// arrived; plain-HTTP proxy requests reach it as they left the gateway.
+func TestCDNAndStorageRelaysCarryNoCredentials(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	var mu sync.Mutex
+	var got []*http.Request
+	parent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Clone(context.Background()))
+		mu.Unlock()
+		io.WriteString(w, "object bytes")
+	}))
+	defer parent.Close()
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.Proxy = parent.URL })
+
+	for _, target := range []string{
+		"http://cdn.fake.hf.co/repos/aa/bb/" + strings.Repeat("ab", 32) + "/" + strings.Repeat("cd", 32) + "?Signature=x",
+		"http://images.fake.civitai.com/a/some.jpeg",
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+		require.NoError(t, err)
+		u, _ := url.Parse(target)
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nCookie: session=%s\r\nConnection: close\r\n\r\n",
+			target, u.Host, workerToken, civitaiWorkerKey)
+		reply, err := io.ReadAll(conn)
+		conn.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(reply), " 200 ", target)
+		require.Contains(t, string(reply), "object bytes", target)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, got, 2, "both requests were relayed")
+	for _, r := range got {
+		assert.Empty(t, r.Header.Values("Authorization"), r.URL.String())
+		assert.Empty(t, r.Header.Values("Cookie"), r.URL.String())
+		var b bytes.Buffer
+		r.Header.Write(&b)
+		assert.Empty(t, findLeaks("relayed request to "+r.Host, append([]byte(r.URL.String()), b.Bytes()...),
+			operatorToken, workerToken, civitaiKey, civitaiWorkerKey))
+	}
 }

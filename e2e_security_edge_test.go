@@ -447,7 +447,7 @@ func TestUpstreamRedirectsPassTheTargetGuard(t *testing.T) {
 		hits         func() int64
 	}{
 		{"a loopback address", true, false, func(*gatewayUnderTest) string { return internalTLS.URL + "/secret" }, tlsHits.Load},
-		{"the gateway's own metrics", false, true, func(g *gatewayUnderTest) string { return g.URL + "/metrics" }, func() int64 { return 0 }},
+		{"the gateway's own metrics", false, true, func(g *gatewayUnderTest) string { return "http://" + g.Addr + "/metrics" }, func() int64 { return 0 }},
 		{"plain http from an https upstream", true, true, func(*gatewayUnderTest) string { return internalPlain.URL + "/secret" }, plainHits.Load},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -469,9 +469,11 @@ func TestUnverifiedContentIsPublishedUnderItsComputedHash(t *testing.T) {
 	published := make(chan Digest, 4)
 
 	var eg errgroup.Group
+	joined := make(chan struct{}, 3)
 	for range 3 {
 		eg.Go(func() error {
 			b, _, err := s.GetUnverified(context.Background(), "civitai:1", int64(len(data)), src.source, func(d Digest) { published <- d })
+			joined <- struct{}{}
 			if err != nil {
 				return err
 			}
@@ -483,7 +485,10 @@ func TestUnverifiedContentIsPublishedUnderItsComputedHash(t *testing.T) {
 			return err
 		})
 	}
-	time.Sleep(50 * time.Millisecond)
+	// All three joined the fill while it was held: they must share it.
+	for range 3 {
+		<-joined
+	}
 	close(src.gate)
 	require.NoError(t, eg.Wait())
 	assert.Equal(t, int32(1), src.calls.Load(), "one fill for one key")
@@ -491,12 +496,31 @@ func TestUnverifiedContentIsPublishedUnderItsComputedHash(t *testing.T) {
 	assert.Equal(t, sha256Digest(t, data), d)
 	assert.True(t, s.Has(d))
 
-	// A short body is still refused: the size is checked.
+	// A short body is still refused: the size is checked. Whether the
+	// refusal comes from GetUnverified or from reading the blob, no reader
+	// gets a whole body and nothing is published.
 	short := &countingSource{data: data[:len(data)-1]}
-	_, _, err := s.GetUnverified(t.Context(), "civitai:2", int64(len(data)), short.source, func(Digest) { t.Error("published a short body") })
+	shortPublished := make(chan Digest, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // a mutant must fail, not hang
+	defer cancel()
+	b, _, err := s.GetUnverified(ctx, "civitai:2", int64(len(data)), short.source, func(d Digest) { shortPublished <- d })
 	if err == nil {
-		require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 5*time.Second, time.Millisecond)
+		var r io.ReadCloser
+		if r, err = b.NewReader(ctx, 0, b.Size); err == nil {
+			_, err = io.ReadAll(r)
+			r.Close()
+		}
+		b.Close()
 	}
+	require.Error(t, err, "a short body was served as complete")
+	require.NotErrorIs(t, err, context.DeadlineExceeded, "a short body left its reader waiting")
+	require.Eventually(t, func() bool { return s.Stats().FillsInFlight == 0 }, 10*time.Second, time.Millisecond)
+	select {
+	case d := <-shortPublished:
+		t.Fatalf("published a short body as %s", d)
+	default:
+	}
+	assert.False(t, s.Has(sha256Digest(t, short.data)), "the short body is not on disk")
 }
 
 // permanentError is an upstream refusal: not worth retrying.

@@ -81,7 +81,11 @@ func FuzzParseRoute(f *testing.F) {
 		{get, "/x/resolve/%72esolve/a/b"},
 		{get, "/org/model/resolve/main/a%C2%85b"},
 		{get, "/org/model/resolve/main/%FF"},
-		{get, "/org/model/resolve/main/%zz"},
+		// A file literally named "%zz": an invalid escape ("%zz" on the
+		// wire) never reaches the router (net/http refuses the request
+		// line, and the fuzz body skips what url.ParseRequestURI refuses),
+		// so the seed is its valid spelling.
+		{get, "/org/model/resolve/main/%25zz"},
 		{post, "/api/models/org/model"},
 		{get, "*"},
 	}

@@ -377,18 +377,34 @@ func TestNewTransport_UsesTheConfiguredProxy(t *testing.T) {
 }
 
 func TestNewTransport_TimeoutNeverBoundsABody(t *testing.T) {
-	const timeout = 100 * time.Millisecond
+	// A timeout long enough that the headers always arrive within it, and
+	// a pause in the body that starts only once the client has the first
+	// bytes and lasts twice the timeout: the pause is what is tested.
+	const timeout = time.Second
+	gotFirst := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "first ")
 		http.NewResponseController(w).Flush()
-		time.Sleep(3 * timeout)
+		select {
+		case <-gotFirst:
+		case <-r.Context().Done():
+			return
+		}
+		time.Sleep(2 * timeout)
 		io.WriteString(w, "second")
 	}))
 	t.Cleanup(srv.Close)
 	tr := newTransport(t, Options{Timeout: timeout})
 	resp, err := get(t, tr, srv.URL)
 	require.NoError(t, err)
-	assert.Equal(t, "first second", body(t, resp))
+	defer resp.Body.Close()
+	first := make([]byte, len("first "))
+	_, err = io.ReadFull(resp.Body, first)
+	require.NoError(t, err)
+	close(gotFirst)
+	rest, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, "first second", string(first)+string(rest))
 }
 
 func TestIsTimeout_DistinguishesSlowFromUnreachableUpstreams(t *testing.T) {

@@ -25,7 +25,7 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 		writeCDNError(w, r, http.StatusMethodNotAllowed, "MethodNotAllowed", "The specified method is not allowed against this resource.")
 		return
 	}
-	sha, ok := parseCDNPath(r.URL.Path)
+	sha, xetHash, ok := parseCDNPath(r.URL.Path)
 	if !ok {
 		writeCDNError(w, r, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
 		return
@@ -33,6 +33,9 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 	if !h.validSignature(r) {
 		writeCDNError(w, r, http.StatusForbidden, "AccessDenied", "Access denied")
 		return
+	}
+	if xetHash != "" {
+		sha = h.xetSHA256(xetHash)
 	}
 	f := h.blob(sha)
 	if f == nil {
@@ -51,18 +54,23 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 	h.faults.ServeContent(h.cdnFetches.CountGET(w, r, sha), r, sha, f.Data, time.Time{})
 }
 
-// parseCDNPath checks /repos/<2hex>/<2hex>/<64hex repo key>/<64hex sha256>
-// (the two short segments being the key's prefix) and returns the sha256.
-func parseCDNPath(p string) (string, bool) {
+// parseCDNPath checks an LFS path, /repos/<2hex>/<2hex>/<64hex repo
+// key>/<64hex sha256> (the two short segments being the key's prefix), and
+// returns the sha256; or a Xet bridge path, /xet-bridge-us/<24hex repo
+// id>/<64hex xet hash>, and returns the Xet hash.
+func parseCDNPath(p string) (sha, xetHash string, ok bool) {
 	segs := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	if len(segs) == 3 && segs[0] == "xet-bridge-us" && isHex(segs[1], 24) && isHex(segs[2], 64) {
+		return "", segs[2], true
+	}
 	if len(segs) != 5 || segs[0] != "repos" {
-		return "", false
+		return "", "", false
 	}
 	key, sha := segs[3], segs[4]
 	if !isHex(key, 64) || !isHex(sha, 64) || segs[1] != key[:2] || segs[2] != key[2:4] {
-		return "", false
+		return "", "", false
 	}
-	return sha, true
+	return sha, "", true
 }
 
 // validSignature verifies Expires, Key-Pair-Id and the HMAC the Hub put in

@@ -2,6 +2,7 @@ package fakehub
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -203,9 +204,18 @@ func TestXetResolve(t *testing.T) {
 		"<"+f.h.URL()+"/api/models/org/model/xet-read-token/"+f.mainC+`>; rel="xet-auth", <`+
 			f.h.CDNURL()+"/v1/reconstructions/"+xh+`>; rel="xet-reconstruction-info"`,
 		resp.Header.Get("Link"))
-	resp, body := f.do(t, http.MethodGet, resp.Header.Get("Location"), nil)
+	// Like the Hub, a Xet file's plain download goes to the Xet bridge,
+	// which names it by its Xet hash.
+	loc := resp.Header.Get("Location")
+	assert.True(t, strings.HasPrefix(loc, f.h.CDNURL()+"/xet-bridge-us/"), loc)
+	assert.Contains(t, loc, "/"+xh+"?")
+	resp, body := f.do(t, http.MethodGet, loc, nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, f.xet, body)
+	assert.Equal(t, 1, f.h.CDNBodyFetches(sha), "counted under the file's sha256")
+	u, _ := url.Parse(loc)
+	resp, _ = f.do(t, http.MethodGet, f.h.CDNURL()+u.Path+"?"+strings.Replace(u.RawQuery, "Signature=", "Signature=0", 1), nil)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "the bridge URL is signed")
 
 	resp, body = f.do(t, http.MethodGet, "/api/models/org/model/xet-read-token/main", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -534,6 +544,46 @@ func TestRename(t *testing.T) {
 	}
 }
 
+func TestSmallTextFilesAreGzippedForClientsThatAcceptIt(t *testing.T) {
+	f := newFixture(t)
+	path := "/api/resolve-cache/models/org/model/" + f.mainC + "/config.json"
+	resp, body := f.do(t, http.MethodGet, path, nil, "Accept-Encoding", "gzip, deflate")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "gzip", resp.Header.Get("Content-Encoding"))
+	assert.Equal(t, `"`+GitBlobSHA1(f.config)+`"`, resp.Header.Get("ETag"))
+	zr, err := gzip.NewReader(bytes.NewReader(body))
+	require.NoError(t, err)
+	plain, err := io.ReadAll(zr)
+	require.NoError(t, err)
+	assert.Equal(t, f.config, plain)
+
+	for _, hdr := range [][]string{nil, {"Accept-Encoding", "identity"}, {"Accept-Encoding", "gzip", "Range", "bytes=0-3"}} {
+		resp, body = f.do(t, http.MethodGet, path, nil, hdr...)
+		assert.Empty(t, resp.Header.Get("Content-Encoding"), "%v", hdr)
+		assert.True(t, bytes.HasPrefix(f.config, body), "%v", hdr)
+	}
+}
+
+func TestCorruptSmallFile(t *testing.T) {
+	f := newFixture(t)
+	path := "/api/resolve-cache/models/org/model/" + f.mainC + "/config.json"
+	f.h.CorruptSmallFile(GitBlobSHA1(f.config), true)
+	resp, body := f.do(t, http.MethodGet, path, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, body, len(f.config))
+	assert.Equal(t, `"`+GitBlobSHA1(f.config)+`"`, resp.Header.Get("ETag"), "the etag still names the good content")
+	for i := range body {
+		require.NotEqual(t, f.config[i], body[i], "byte %d", i)
+	}
+	resp, body = f.do(t, http.MethodGet, path, nil, "Range", "bytes=0-1")
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	assert.NotEqual(t, f.config[:2], body, "ranges are corrupted too")
+
+	f.h.CorruptSmallFile(GitBlobSHA1(f.config), false)
+	_, body = f.do(t, http.MethodGet, path, nil)
+	assert.Equal(t, f.config, body)
+}
+
 func TestCorruptBlob(t *testing.T) {
 	f := newFixture(t)
 	sha := SHA256Hex(f.lfs)
@@ -591,11 +641,29 @@ func TestThrottleBlob(t *testing.T) {
 	assert.Equal(t, f.prLFS, body)
 	assert.GreaterOrEqual(t, time.Since(start), 400*time.Millisecond)
 
+	// Switching the throttle off releases an answer in flight, which at
+	// 100 B/s would take 100 s; the bound is a tenth of that.
+	f.h.ThrottleBlob(sha, 100)
+	done := make(chan []byte, 1)
+	go func() {
+		resp, err := f.c.Get(loc)
+		if !assert.NoError(t, err) {
+			done <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		done <- b
+	}()
+	n := f.h.Count("cdn", http.MethodGet, "/")
+	require.Eventually(t, func() bool { return f.h.Count("cdn", http.MethodGet, "/") == n+1 }, 5*time.Second, time.Millisecond)
 	f.h.ThrottleBlob(sha, 0)
-	start = time.Now()
-	_, body = f.do(t, http.MethodGet, loc, nil)
-	assert.Equal(t, f.prLFS, body)
-	assert.Less(t, time.Since(start), 400*time.Millisecond)
+	select {
+	case body = <-done:
+		assert.Equal(t, f.prLFS, body)
+	case <-time.After(10 * time.Second):
+		t.Fatal("switching the throttle off did not release the answer in flight")
+	}
 }
 
 func TestSetDown(t *testing.T) {

@@ -5,7 +5,8 @@
 // Both servers are real TLS listeners on 127.0.0.1 (httptest), so the code
 // under test exercises the same redirect, TLS and header handling it meets in
 // production. Behaviour follows /work/shared/UPSTREAMS.md sections 1, 2 and
-// 6.4: LFS files answer a 302 with X-Linked-* headers to a signed CDN URL,
+// 6.4: LFS files answer a 302 with X-Linked-* headers to a signed CDN URL
+// (Xet files to the Xet bridge, /xet-bridge-us/..., named by their Xet hash),
 // small files a relative 307 to /api/resolve-cache/..., errors carry
 // X-Error-Code/X-Error-Message, and the status matrix for auth is:
 //
@@ -17,8 +18,8 @@
 //
 // Every request to both servers is recorded (Requests, Count, ...) so tests
 // can assert what the code under test sent, e.g. that no Authorization header
-// ever reached the CDN. Fault knobs (CorruptBlob, ThrottleBlob, GateBlob,
-// SetDown) simulate misbehaving upstreams.
+// ever reached the CDN. Fault knobs (CorruptBlob, CorruptSmallFile,
+// ThrottleBlob, GateBlob, FailHub, SetDown) simulate misbehaving upstreams.
 //
 // The listeners, the request log and the fault machinery come from
 // internal/fakeserver, shared with the other fakes; this package holds what
@@ -60,6 +61,9 @@ type Hub struct {
 	srv     fakeserver.Servers        // the Hub and CDN listeners and their request log
 	signKey []byte                    // HMAC key for CDN URL signatures, private to this fake
 	faults  fakeserver.Faults[string] // sha256 -> CDN fault knobs
+	// small holds the fault knobs of small files' bodies on
+	// /api/resolve-cache, keyed by their git blob id.
+	small fakeserver.Faults[string]
 
 	cdnFetches   fakeserver.Counter[string]   // sha256 -> 2xx GETs on the CDN
 	smallFetches fakeserver.Counter[smallKey] // 2xx GETs on /api/resolve-cache
@@ -68,6 +72,7 @@ type Hub struct {
 	repos   map[string]*repoState // "type/id" -> repo
 	renames map[string]string     // old id -> new id
 	blobs   map[string]*fileState // sha256 -> LFS file (content served by the CDN)
+	xet     map[string]string     // Xet hash -> sha256, for the Xet bridge
 	down    bool
 	hubFail hubFault // armed by FailHub / RateLimitHub
 }
@@ -84,6 +89,7 @@ func New(t testing.TB, opts Options) *Hub {
 		repos:   map[string]*repoState{},
 		renames: map[string]string{},
 		blobs:   map[string]*fileState{},
+		xet:     map[string]string{},
 	}
 	if _, err := rand.Read(h.signKey); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
@@ -123,6 +129,9 @@ func (h *Hub) AddRepo(r Repo) {
 		for _, f := range files {
 			if f.LFS {
 				h.blobs[f.sha256] = f
+			}
+			if f.Xet {
+				h.xet[f.xetHash] = f.sha256
 			}
 		}
 	}
@@ -170,6 +179,13 @@ func (h *Hub) lookupRepo(typ, id string) (rs *repoState, renamedTo string) {
 func (h *Hub) knownRepoID(typ, id string) bool {
 	rs, renamed := h.lookupRepo(typ, id)
 	return rs != nil || renamed != ""
+}
+
+// xetSHA256 maps a Xet hash to the sha256 of its file ("" if unknown).
+func (h *Hub) xetSHA256(xetHash string) string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.xet[xetHash]
 }
 
 func (h *Hub) blob(sha string) *fileState {

@@ -11,6 +11,12 @@ import (
 // 4 KiB flipped, on full and ranged requests, until switched off.
 func (h *Hub) CorruptBlob(sha256hex string, on bool) { h.faults.Corrupt(sha256hex, on) }
 
+// CorruptSmallFile makes /api/resolve-cache serve the small (non-LFS) file
+// whose git blob id is gitOID with the same length but its bytes inverted
+// (its last 4 KiB, which for a small file is usually all of it), on full
+// and ranged requests, until switched off. Only a git-sha1 check notices.
+func (h *Hub) CorruptSmallFile(gitOID string, on bool) { h.small.Corrupt(gitOID, on) }
+
 // ThrottleBlob limits CDN bodies of the blob to about bytesPerSec, written in
 // small flushed chunks so clients see steady progress; 0 removes the limit.
 // The rate is re-read per chunk, so it also affects responses in flight.

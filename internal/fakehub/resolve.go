@@ -1,7 +1,7 @@
 package fakehub
 
 import (
-	"bytes"
+	"compress/gzip"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -59,6 +59,9 @@ func (h *Hub) redirectLFS(w http.ResponseWriter, r *http.Request, rs *repoState,
 		return
 	}
 	loc := h.signedCDNURL(rs, f)
+	if f.Xet {
+		loc = h.signedXetBridgeURL(rs, f)
+	}
 	hd.Set("Location", loc)
 	writeText(w, r, http.StatusFound, "Found. Redirecting to "+loc)
 }
@@ -89,8 +92,71 @@ func (h *Hub) serveSmall(w http.ResponseWriter, r *http.Request, commit string, 
 	hd.Set("Accept-Ranges", "bytes")
 	hd.Set("Content-Type", contentTypeFor(f.Path))
 	out := h.smallFetches.CountGET(w, r, smallKey{commit, f.Path})
-	http.ServeContent(out, r, "", time.Time{}, bytes.NewReader(f.Data))
+	if wantsGzip(r, f.Path) {
+		// Like the Hub's CDN, small text files are compressed for clients
+		// that accept it (whole answers only); the ETag stays the git blob
+		// id of the uncompressed content.
+		gz := &gzipWriter{ResponseWriter: out}
+		defer gz.close()
+		out = gz
+	}
+	h.small.ServeContent(out, r, f.etag, f.Data, time.Time{})
 }
+
+// wantsGzip reports whether the answer for p is gzip-compressed: a text
+// file, a whole-file GET or HEAD, and a client that accepts gzip.
+func wantsGzip(r *http.Request, p string) bool {
+	if r.Header.Get("Range") != "" || strings.HasPrefix(contentTypeFor(p), "application/octet-stream") {
+		return false
+	}
+	for _, enc := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		name, q, _ := strings.Cut(strings.TrimSpace(enc), ";")
+		if strings.EqualFold(strings.TrimSpace(name), "gzip") && strings.TrimSpace(q) != "q=0" {
+			return true
+		}
+	}
+	return false
+}
+
+// gzipWriter compresses a 200 answer's body on the fly; other answers
+// (304, 416, errors) pass unchanged.
+type gzipWriter struct {
+	http.ResponseWriter
+	zw      *gzip.Writer
+	decided bool
+}
+
+func (g *gzipWriter) WriteHeader(code int) {
+	if !g.decided {
+		g.decided = true
+		g.Header().Add("Vary", "Accept-Encoding")
+		if code == http.StatusOK {
+			g.Header().Del("Content-Length")
+			g.Header().Set("Content-Encoding", "gzip")
+			g.zw = gzip.NewWriter(g.ResponseWriter)
+		}
+	}
+	g.ResponseWriter.WriteHeader(code)
+}
+
+func (g *gzipWriter) Write(p []byte) (int, error) {
+	if !g.decided {
+		g.WriteHeader(http.StatusOK)
+	}
+	if g.zw == nil {
+		return g.ResponseWriter.Write(p)
+	}
+	return g.zw.Write(p)
+}
+
+func (g *gzipWriter) close() {
+	if g.zw != nil {
+		_ = g.zw.Close()
+	}
+}
+
+// Unwrap exposes the underlying writer to http.ResponseController.
+func (g *gzipWriter) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
 func contentTypeFor(p string) string {
 	switch strings.ToLower(path.Ext(p)) {
@@ -105,6 +171,20 @@ func contentTypeFor(p string) string {
 // expiry and a signature the CDN verifies.
 func (h *Hub) signedCDNURL(rs *repoState, f *fileState) string {
 	p := "/repos/" + rs.key[:2] + "/" + rs.key[2:4] + "/" + rs.key + "/" + f.sha256
+	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
+	return h.CDNURL() + p +
+		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
+		"&Expires=" + expires +
+		"&Signature=" + h.sign(p, expires) +
+		"&Key-Pair-Id=K1"
+}
+
+// signedXetBridgeURL is where the Hub sends a plain-HTTP download of a Xet
+// file: the Xet bridge, /xet-bridge-us/<24-hex repo id>/<xet hash>, which
+// names the file by its Xet hash, not its sha256. It is signed like the
+// LFS URLs and served by the same CDN listener.
+func (h *Hub) signedXetBridgeURL(rs *repoState, f *fileState) string {
+	p := "/xet-bridge-us/" + rs.key[:24] + "/" + f.xetHash
 	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
 	return h.CDNURL() + p +
 		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +

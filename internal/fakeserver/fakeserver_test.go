@@ -237,11 +237,30 @@ func TestThrottle(t *testing.T) {
 	assert.Equal(t, body, got)
 	assert.GreaterOrEqual(t, time.Since(start), 400*time.Millisecond)
 
+	// The rate is re-read per chunk: switching the throttle off lets an
+	// answer in flight finish. At 100 B/s the body would take 100 s; the
+	// bound below is a tenth of that, which no scheduler hiccup reaches.
+	rg.faults.Throttle("/a", 100)
+	done := make(chan []byte, 1)
+	go func() {
+		resp, err := rg.c.Get(u)
+		if !assert.NoError(t, err) {
+			done <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		done <- b
+	}()
+	n := len(rg.srv.Requests())
+	require.Eventually(t, func() bool { return len(rg.srv.Requests()) == n+1 }, 5*time.Second, time.Millisecond)
 	rg.faults.Throttle("/a", 0)
-	start = time.Now()
-	_, got = rg.get(t, http.MethodGet, u, "")
-	assert.Equal(t, body, got)
-	assert.Less(t, time.Since(start), 400*time.Millisecond)
+	select {
+	case got = <-done:
+		assert.Equal(t, body, got)
+	case <-time.After(10 * time.Second):
+		t.Fatal("switching the throttle off did not release the answer in flight")
+	}
 }
 
 // TestCleanupEndsHeldBodies: a gate nobody releases and a crawling throttle
