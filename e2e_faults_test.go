@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -58,6 +59,37 @@ func TestAnUpstreamThatIgnoresRangesRestartsTheFillCleanly(t *testing.T) {
 	assert.True(t, g.hasBlob(t, sha))
 	assert.Equal(t, 1.0, g.metric(t, "modelgate_fill_resumes_total"), "the resume was answered with the whole body")
 	assert.Equal(t, 2, tr.hub.CDNBodyFetches(sha))
+}
+
+// Issue 10 item 6: an upstream that cuts every transfer and ignores Range
+// used to make the fill restart from zero forever (each restart counted as
+// progress), hanging the client and hitting the CDN several times a second.
+func TestAnUpstreamThatCutsEveryTransferAndIgnoresRangesIsGivenUpOn(t *testing.T) {
+	tr := newTestHub(t, 4<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.Retries = 2 })
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.CutBlob(sha, 1<<20, 1000)
+	tr.hub.IgnoreRangeBlob(sha, true)
+	done := make(chan error, 1)
+	go func() {
+		resp, body, err := g.do(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+		if err == nil && resp.StatusCode == http.StatusOK && len(body) == len(tr.big) {
+			err = errors.New("a complete body was served")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err, "the client's answer is aborted, not completed")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the download never ended")
+	}
+	assert.False(t, g.hasBlob(t, sha))
+	require.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_fill_failures_total{reason="upstream"}`) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	// The attempt that reached 1 MiB, then two retries that got no further.
+	assert.Equal(t, 3, tr.hub.CDNBodyFetches(sha))
 }
 
 func TestTransientUpstreamErrorsAreRetriedAndPersistentOnesGiveUp(t *testing.T) {

@@ -271,14 +271,16 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	store, err := cache.Open(cache.Options{
-		Dir:      cfg.DataDir,
-		Index:    idx,
-		Logger:   log,
-		Retries:  retries,
-		OnResume: m.FillResumes.Inc,
-		MaxSize:  int64(cfg.Cache.MaxSize),
-		MinFree:  int64(cfg.Cache.MinFree),
-		Pinned:   pinned,
+		Dir:             cfg.DataDir,
+		Index:           idx,
+		Logger:          log,
+		Retries:         retries,
+		MaxFillAttempts: cfg.Upstream.MaxFillAttempts,
+		MaxFillTime:     cfg.Upstream.MaxFillTime.Duration,
+		OnResume:        m.FillResumes.Inc,
+		MaxSize:         int64(cfg.Cache.MaxSize),
+		MinFree:         int64(cfg.Cache.MinFree),
+		Pinned:          pinned,
 		// A body silent for twice the header timeout is cut and resumed.
 		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
@@ -501,7 +503,7 @@ func fillFailureReason(err error) string {
 	var dm *cache.DigestMismatchError
 	var sm *cache.SizeMismatchError
 	switch {
-	case errors.Is(err, cache.ErrRetriesExhausted):
+	case errors.Is(err, cache.ErrRetriesExhausted), errors.Is(err, cache.ErrFillTimeout):
 		return "upstream"
 	case errors.As(err, &dm), errors.As(err, &sm):
 		return "verify"

@@ -44,8 +44,13 @@ var ErrStorage = errors.New("local storage")
 // and a body that ends early, is retried with backoff.
 type Source func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
 
-// ErrRetriesExhausted ends a fill whose upstream kept failing.
+// ErrRetriesExhausted ends a fill whose upstream kept failing: too many
+// attempts in a row that got no further than the fill had already been, or
+// too many attempts in total.
 var ErrRetriesExhausted = errors.New("upstream retries exhausted")
+
+// ErrFillTimeout ends a fill that took longer than its time cap.
+var ErrFillTimeout = errors.New("fill took too long")
 
 // Result says how a Get was satisfied.
 type Result int
@@ -89,6 +94,13 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry; it doubles for each
 	// further one. Default 200ms.
 	RetryBackoff time.Duration
+	// MaxFillAttempts caps the upstream requests of one fill in total,
+	// progress or not, so an upstream that always cuts a transfer cannot
+	// keep a fill alive forever. Default 20.
+	MaxFillAttempts int
+	// MaxFillTime caps how long one fill may take from start to end.
+	// Default 6h.
+	MaxFillTime time.Duration
 	// OnResume, when set, is called before every retry of a fill (a resume
 	// from the bytes it has, or a new first attempt).
 	OnResume func()
@@ -122,6 +134,8 @@ type Store struct {
 	onResume        func()
 	retries         int
 	retryBackoff    time.Duration
+	maxAttempts     int
+	maxFillTime     time.Duration
 	maxSize         int64
 	minFree         int64
 	pinned          func() map[Digest]bool
@@ -168,6 +182,8 @@ func Open(opts Options) (*Store, error) {
 		onResume:     opts.OnResume,
 		retries:      opts.Retries,
 		retryBackoff: opts.RetryBackoff,
+		maxAttempts:  opts.MaxFillAttempts,
+		maxFillTime:  opts.MaxFillTime,
 		maxSize:      opts.MaxSize,
 		minFree:      opts.MinFree,
 		pinned:       opts.Pinned,
@@ -191,6 +207,12 @@ func Open(opts Options) (*Store, error) {
 		s.retries = 5
 	case s.retries < 0:
 		s.retries = 0
+	}
+	if s.maxAttempts <= 0 {
+		s.maxAttempts = 20
+	}
+	if s.maxFillTime <= 0 {
+		s.maxFillTime = 6 * time.Hour
 	}
 	if s.retryBackoff <= 0 {
 		s.retryBackoff = 200 * time.Millisecond
@@ -428,16 +450,16 @@ func (g *stallGuard) Read(p []byte) (int, error) {
 func (g *stallGuard) stop() { g.timer.Stop() }
 
 // backoff waits before retry number n (1-based): exponential from
-// retryBackoff, capped at 30 times it, or until the store closes.
-func (s *Store) backoff(n int) error {
+// retryBackoff, capped at 32 times it, or until ctx ends.
+func (s *Store) backoff(ctx context.Context, n int) error {
 	d := s.retryBackoff << min(n-1, 5)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return nil
-	case <-s.ctx.Done():
-		return s.ctx.Err()
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
 }
 
@@ -479,27 +501,48 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	f.path = tmpPath
 	f.mu.Unlock()
 
+	// The whole fill has a deadline: a live upstream that never finishes
+	// (too slow, or cutting every transfer) must not hold a fill forever.
+	fillCtx, cancelFill := context.WithTimeoutCause(s.ctx, s.maxFillTime, ErrFillTimeout)
+	defer cancelFill()
+	defer func() {
+		if err != nil && s.ctx.Err() == nil && errors.Is(context.Cause(fillCtx), ErrFillTimeout) {
+			err = fmt.Errorf("%w (%s, at byte %d of %d)", ErrFillTimeout, s.maxFillTime, off, f.size)
+		}
+	}()
+
 	buf := make([]byte, fillBufSize)
-	failures := 0 // consecutive attempts that brought no byte
+	// Progress is measured against the furthest byte any attempt reached,
+	// not against this attempt's start: an upstream that ignores Range
+	// restarts from zero, and re-landing bytes the fill already had is no
+	// progress. Without this, a cut at the same place every time would
+	// count as progress forever.
+	var highWater int64 = off
+	failures := 0 // consecutive attempts that got no further than highWater
+	attempts := 0
 	for off < f.size {
 		if failures > 0 {
 			if failures > s.retries {
-				return fmt.Errorf("%w (%d attempts, at byte %d): %w", ErrRetriesExhausted, failures, off, err)
+				return fmt.Errorf("%w (%d attempts without progress, at byte %d): %w", ErrRetriesExhausted, failures, highWater, err)
 			}
-			if werr := s.backoff(failures); werr != nil {
+			if werr := s.backoff(fillCtx, failures); werr != nil {
 				return werr
 			}
 			if s.onResume != nil {
 				s.onResume()
 			}
 		}
+		if attempts >= s.maxAttempts {
+			return fmt.Errorf("%w (%d attempts in total, at byte %d): %w", ErrRetriesExhausted, attempts, highWater, err)
+		}
+		attempts++
 		var (
 			body  io.ReadCloser
 			start int64
 		)
 		// Each attempt has its own context: a body that stalls (a live
 		// peer that stops sending) is cut by the watchdog and resumed.
-		attempt, cancelAttempt := context.WithCancel(s.ctx)
+		attempt, cancelAttempt := context.WithCancel(fillCtx)
 		body, start, err = src(attempt, off)
 		if err != nil {
 			cancelAttempt()
@@ -518,7 +561,6 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			// at the end decides.
 			off, h = 0, f.digest.newHash(f.size)
 		}
-		before := off
 		guarded := newStallGuard(body, s.stallTimeout, cancelAttempt)
 		off, err = s.copyBody(f, tmp, guarded, off, h, buf)
 		guarded.stop()
@@ -528,10 +570,11 @@ func (s *Store) download(f *fill, src Source) (err error) {
 		if errors.As(err, &sizeErr) || errors.Is(err, ErrStorage) {
 			return err
 		}
+		if off > highWater {
+			highWater = off
+			failures = 0
+		}
 		if off < f.size {
-			if off > before {
-				failures = 0
-			}
 			failures++
 			if err == nil {
 				err = &SizeMismatchError{Want: f.size, Got: off}

@@ -128,6 +128,13 @@ type UpstreamConfig struct {
 	// is cut resumes from the bytes it has (Range: bytes=N-) with
 	// exponential backoff. 0 means no retry. Default 5.
 	Retries int `yaml:"retries"`
+	// MaxFillAttempts caps the upstream requests one blob download may make
+	// in total, progress or not, so an upstream that cuts every transfer
+	// cannot keep a download alive forever. Default 20.
+	MaxFillAttempts int `yaml:"max_fill_attempts"`
+	// MaxFillTime caps how long one blob download may take from start to
+	// end. Default 6h.
+	MaxFillTime Duration `yaml:"max_fill_time"`
 }
 
 // LogConfig configures logging.
@@ -264,8 +271,10 @@ func Default() Config {
 			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
-			Timeout: Duration{30 * time.Second},
-			Retries: 5,
+			Timeout:         Duration{30 * time.Second},
+			Retries:         5,
+			MaxFillAttempts: 20,
+			MaxFillTime:     Duration{6 * time.Hour},
 		},
 		MITM: MITMConfig{
 			Hosts: slices.Clone(DefaultMITMHosts),
@@ -390,6 +399,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.Retries < 0 || c.Upstream.Retries > 100 {
 		fail("upstream.retries", "must be from 0 to 100, got %d", c.Upstream.Retries)
+	}
+	if c.Upstream.MaxFillAttempts < 1 || c.Upstream.MaxFillAttempts > 10000 {
+		fail("upstream.max_fill_attempts", "must be from 1 to 10000, got %d", c.Upstream.MaxFillAttempts)
+	}
+	if c.Upstream.MaxFillTime.Duration <= 0 {
+		fail("upstream.max_fill_time", "must be > 0, got %s", c.Upstream.MaxFillTime)
 	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)
