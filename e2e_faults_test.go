@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"errors"
 	"net/http"
 	"strings"
@@ -90,6 +92,44 @@ func TestAnUpstreamThatCutsEveryTransferAndIgnoresRangesIsGivenUpOn(t *testing.T
 	}, 10*time.Second, 10*time.Millisecond)
 	// The attempt that reached 1 MiB, then two retries that got no further.
 	assert.Equal(t, 3, tr.hub.CDNBodyFetches(sha))
+}
+
+// Issue 10 item 8: a `Range: bytes=0-0` abandoned after 0.3 s used to make
+// the gateway download the whole file. The fill nobody reads stops after
+// cache.orphan_fill_timeout and keeps what it has; the next request resumes.
+func TestAnAbandonedProbeDoesNotDownloadTheWholeBlob(t *testing.T) {
+	tr := newTestHub(t, 8<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Cache.OrphanFillTimeout = config.Duration{Duration: 300 * time.Millisecond}
+	})
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.ThrottleBlob(sha, 2<<20) // the whole blob would take 4 s
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.URL+"/org/model/resolve/main/model.safetensors", nil)
+	require.NoError(t, err)
+	req.Header.Set("Range", "bytes=0-0")
+	resp, err := g.Client.Do(req)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body) // its one byte waits for verification
+		resp.Body.Close()
+	}
+	cancel()
+	require.Error(t, err, "the probe was abandoned")
+
+	require.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_fill_failures_total{reason="abandoned"}`) == 1
+	}, 10*time.Second, 10*time.Millisecond, "the fill nobody reads stops")
+	fetched := tr.hub.CDNBodyBytes(sha)
+	assert.Less(t, fetched, int64(len(tr.big))/2, "only what arrived before it stopped")
+	assert.False(t, g.hasBlob(t, sha))
+
+	tr.hub.ThrottleBlob(sha, 0)
+	resp2, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp2.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+	assert.LessOrEqual(t, tr.hub.CDNBodyBytes(sha), int64(len(tr.big))+fetched/4+(256<<10),
+		"the next request resumed from the kept bytes")
 }
 
 func TestTransientUpstreamErrorsAreRetriedAndPersistentOnesGiveUp(t *testing.T) {

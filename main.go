@@ -271,16 +271,19 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	store, err := cache.Open(cache.Options{
-		Dir:             cfg.DataDir,
-		Index:           idx,
-		Logger:          log,
-		Retries:         retries,
-		MaxFillAttempts: cfg.Upstream.MaxFillAttempts,
-		MaxFillTime:     cfg.Upstream.MaxFillTime.Duration,
-		OnResume:        m.FillResumes.Inc,
-		MaxSize:         int64(cfg.Cache.MaxSize),
-		MinFree:         int64(cfg.Cache.MinFree),
-		Pinned:          pinned,
+		Dir:               cfg.DataDir,
+		Index:             idx,
+		Logger:            log,
+		Retries:           retries,
+		MaxFillAttempts:   cfg.Upstream.MaxFillAttempts,
+		MaxFillTime:       cfg.Upstream.MaxFillTime.Duration,
+		MaxFills:          cfg.Cache.MaxFills,
+		MaxFillsPerClient: cfg.Cache.MaxFillsPerClient,
+		OrphanFillTimeout: cfg.Cache.OrphanFillTimeout.Duration,
+		OnResume:          m.FillResumes.Inc,
+		MaxSize:           int64(cfg.Cache.MaxSize),
+		MinFree:           int64(cfg.Cache.MinFree),
+		Pinned:            pinned,
 		// A body silent for twice the header timeout is cut and resumed.
 		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
@@ -503,6 +506,8 @@ func fillFailureReason(err error) string {
 	var dm *cache.DigestMismatchError
 	var sm *cache.SizeMismatchError
 	switch {
+	case errors.Is(err, cache.ErrOrphaned):
+		return "abandoned"
 	case errors.Is(err, cache.ErrRetriesExhausted), errors.Is(err, cache.ErrFillTimeout):
 		return "upstream"
 	case errors.As(err, &dm), errors.As(err, &sm):

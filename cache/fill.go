@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 )
 
 // errFillFailed is the cause readers see when the fill they were streaming
@@ -32,6 +33,19 @@ type fill struct {
 	src Source
 
 	ready chan struct{} // closed once the upstream has answered, or the fill failed
+	done  chan struct{} // closed once the fill ended and left Store.fills
+
+	// ctx ends the fill (shutdown, or cancel(ErrOrphaned)); client is the
+	// host the first request came from, for the per-client cap.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	client string
+
+	// Guarded by Store.mu: the callers between join and Blob.Close, and
+	// the timer that stops the fill when there are none.
+	interest    int
+	orphanTimer *time.Timer
+	orphaned    bool
 
 	mu        sync.Mutex
 	path      string // temp file while filling, final path once published
@@ -42,7 +56,7 @@ type fill struct {
 }
 
 func newFill(d Digest, size int64) *fill {
-	return &fill{digest: d, size: size, ready: make(chan struct{}), wake: make(chan struct{})}
+	return &fill{digest: d, size: size, ready: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{})}
 }
 
 // changedLocked wakes every waiter. Caller holds f.mu.

@@ -101,6 +101,16 @@ type Options struct {
 	// MaxFillTime caps how long one fill may take from start to end.
 	// Default 6h.
 	MaxFillTime time.Duration
+	// MaxFills caps the fills running at once; a fill beyond it waits for
+	// a slot. Default 32.
+	MaxFills int
+	// MaxFillsPerClient caps the fills running at once for one client
+	// (see WithClient). Default 8.
+	MaxFillsPerClient int
+	// OrphanFillTimeout stops a fill that nobody has read for this long
+	// and that is not pinned; its bytes are kept for a later resume.
+	// Default 10s.
+	OrphanFillTimeout time.Duration
 	// OnResume, when set, is called before every retry of a fill (a resume
 	// from the bytes it has, or a new first attempt).
 	OnResume func()
@@ -136,6 +146,8 @@ type Store struct {
 	retryBackoff    time.Duration
 	maxAttempts     int
 	maxFillTime     time.Duration
+	slots           *fillSlots
+	orphanTimeout   time.Duration
 	maxSize         int64
 	minFree         int64
 	pinned          func() map[Digest]bool
@@ -174,27 +186,28 @@ func Open(opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		blobDir:      filepath.Join(opts.Dir, "blobs"),
-		tmpDir:       filepath.Join(opts.Dir, "tmp"),
-		idx:          opts.Index,
-		log:          log,
-		onFillDone:   opts.OnFillDone,
-		onResume:     opts.OnResume,
-		retries:      opts.Retries,
-		retryBackoff: opts.RetryBackoff,
-		maxAttempts:  opts.MaxFillAttempts,
-		maxFillTime:  opts.MaxFillTime,
-		maxSize:      opts.MaxSize,
-		minFree:      opts.MinFree,
-		pinned:       opts.Pinned,
-		onEvict:      opts.OnEvict,
-		accessFlush:  opts.AccessFlush,
-		diskFree:     opts.DiskFree,
-		stallTimeout: opts.StallTimeout,
-		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
-		evictNow:     make(chan struct{}, 1),
-		writeAt:      (*os.File).WriteAt,
-		fills:        make(map[string]*fill),
+		blobDir:       filepath.Join(opts.Dir, "blobs"),
+		tmpDir:        filepath.Join(opts.Dir, "tmp"),
+		idx:           opts.Index,
+		log:           log,
+		onFillDone:    opts.OnFillDone,
+		onResume:      opts.OnResume,
+		retries:       opts.Retries,
+		retryBackoff:  opts.RetryBackoff,
+		maxAttempts:   opts.MaxFillAttempts,
+		maxFillTime:   opts.MaxFillTime,
+		orphanTimeout: opts.OrphanFillTimeout,
+		maxSize:       opts.MaxSize,
+		minFree:       opts.MinFree,
+		pinned:        opts.Pinned,
+		onEvict:       opts.OnEvict,
+		accessFlush:   opts.AccessFlush,
+		diskFree:      opts.DiskFree,
+		stallTimeout:  opts.StallTimeout,
+		usage:         usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
+		evictNow:      make(chan struct{}, 1),
+		writeAt:       (*os.File).WriteAt,
+		fills:         make(map[string]*fill),
 	}
 	if s.accessFlush <= 0 {
 		s.accessFlush = 30 * time.Second
@@ -214,6 +227,16 @@ func Open(opts Options) (*Store, error) {
 	if s.maxFillTime <= 0 {
 		s.maxFillTime = 6 * time.Hour
 	}
+	if s.orphanTimeout <= 0 {
+		s.orphanTimeout = 10 * time.Second
+	}
+	if opts.MaxFills <= 0 {
+		opts.MaxFills = 32
+	}
+	if opts.MaxFillsPerClient <= 0 {
+		opts.MaxFillsPerClient = 8
+	}
+	s.slots = newFillSlots(opts.MaxFills, opts.MaxFillsPerClient)
 	if s.retryBackoff <= 0 {
 		s.retryBackoff = 200 * time.Millisecond
 	}
@@ -324,9 +347,30 @@ func (s *Store) GetUnverified(ctx context.Context, key string, size int64, src S
 // join joins the fill registered under key, or — unless published finds
 // the blob on disk (checked again under the lock: a fill may have
 // published and left the map since the caller looked) — starts a new one.
+//
+// Every caller between join and the Blob's Close counts as interest in the
+// fill; a fill without interest for the orphan timeout stops.
 func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src Source, published func() (*Blob, error), start func() *fill) (*Blob, Result, error) {
-	s.mu.Lock()
-	f, joined := s.fills[key]
+	var (
+		f      *fill
+		joined bool
+	)
+	for {
+		s.mu.Lock()
+		f, joined = s.fills[key]
+		if joined && f.orphaned {
+			// Stopping: wait until it has let go of its temp file, then
+			// start afresh from what it kept.
+			s.mu.Unlock()
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return nil, Miss, ctx.Err()
+			}
+		}
+		break
+	}
 	if !joined {
 		if published != nil {
 			if b, err := published(); err == nil || !errors.Is(err, fs.ErrNotExist) {
@@ -337,11 +381,14 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		f = start()
 		f.key = key
 		f.src = src
+		f.client = clientFrom(ctx)
+		f.ctx, f.cancel = context.WithCancelCause(s.ctx)
 		s.fills[key] = f
 		s.filling.Add(1)
 		s.wg.Add(1)
 		go s.run(f, src)
 	}
+	s.addInterestLocked(f)
 	s.mu.Unlock()
 
 	res := Miss
@@ -349,13 +396,58 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		res = Coalesced
 	}
 	if err := f.waitReady(ctx); err != nil {
+		s.dropInterest(f)
 		return nil, res, err
 	}
 	b := &Blob{Digest: d, Size: size, fill: f}
 	if !d.IsZero() {
 		s.track(b) // served from the fill, and from the file once published
 	}
+	tracked := b.release
+	b.release = func() {
+		if tracked != nil {
+			tracked()
+		}
+		s.dropInterest(f)
+	}
 	return b, res, nil
+}
+
+// addInterestLocked counts one more caller of f and stops its orphan
+// timer. Caller holds s.mu.
+func (s *Store) addInterestLocked(f *fill) {
+	f.interest++
+	if f.orphanTimer != nil {
+		f.orphanTimer.Stop()
+		f.orphanTimer = nil
+	}
+}
+
+// dropInterest counts one caller of f less; the last one starts the
+// orphan timer.
+func (s *Store) dropInterest(f *fill) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f.interest--
+	if f.interest == 0 && s.fills[f.key] == f && !f.orphaned {
+		f.orphanTimer = time.AfterFunc(s.orphanTimeout, func() { s.orphanCheck(f) })
+	}
+}
+
+// orphanCheck stops f if still nobody is interested and it is not pinned.
+func (s *Store) orphanCheck(f *fill) {
+	if s.pinned != nil && !f.digest.IsZero() && s.pinned()[f.digest] {
+		return // eviction keeps it, so the fill finishes it
+	}
+	s.mu.Lock()
+	if f.interest > 0 || f.orphaned || s.fills[f.key] != f {
+		s.mu.Unlock()
+		return
+	}
+	f.orphaned = true
+	s.mu.Unlock()
+	s.log.Info("stopping a fill nobody reads", "fill", f.key, "size", f.size)
+	f.cancel(ErrOrphaned)
 }
 
 func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
@@ -378,7 +470,16 @@ func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
 // run performs one fill and removes it from the registry when it ends.
 func (s *Store) run(f *fill, src Source) {
 	defer s.wg.Done()
-	err := s.download(f, src)
+	defer close(f.done)
+	defer f.cancel(nil)
+	// A fill beyond the caps waits here; its callers wait for ready.
+	release, err := s.slots.acquire(f.ctx, f.client)
+	if err == nil {
+		err = s.download(f, src)
+		release()
+	} else {
+		err = fmt.Errorf("waiting for a fill slot: %w", err)
+	}
 	if errors.Is(err, ErrStorage) {
 		s.requestEviction() // a full disk is the likely cause
 	}
@@ -492,7 +593,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			tmp.Close()
 			// A fill stopped by shutdown keeps its bytes for the next run
 			// to resume; any other failure leaves nothing worth keeping.
-			if !(verify && s.ctx.Err() != nil) {
+			if !(verify && (s.ctx.Err() != nil || errors.Is(context.Cause(f.ctx), ErrOrphaned))) {
 				os.Remove(tmpPath)
 			}
 		}
@@ -503,7 +604,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 
 	// The whole fill has a deadline: a live upstream that never finishes
 	// (too slow, or cutting every transfer) must not hold a fill forever.
-	fillCtx, cancelFill := context.WithTimeoutCause(s.ctx, s.maxFillTime, ErrFillTimeout)
+	fillCtx, cancelFill := context.WithTimeoutCause(f.ctx, s.maxFillTime, ErrFillTimeout)
 	defer cancelFill()
 	defer func() {
 		if err != nil && s.ctx.Err() == nil && errors.Is(context.Cause(fillCtx), ErrFillTimeout) {
@@ -521,6 +622,9 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	failures := 0 // consecutive attempts that got no further than highWater
 	attempts := 0
 	for off < f.size {
+		if fillCtx.Err() != nil {
+			return context.Cause(fillCtx)
+		}
 		if failures > 0 {
 			if failures > s.retries {
 				return fmt.Errorf("%w (%d attempts without progress, at byte %d): %w", ErrRetriesExhausted, failures, highWater, err)

@@ -105,7 +105,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		}
 		etag = `"` + ref.SHA256 + `"`
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(r, versionID, params, ref, pending))
+			b, res, err := h.Blobs.Get(cache.WithClient(ctx, r.RemoteAddr), digest, ref.Size, h.source(r, versionID, params, ref, pending))
 			if res != cache.Miss {
 				pending.discard() // cached, or filled by another request
 			}
@@ -117,7 +117,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		// once the fill completes. Until then there is no ETag to give.
 		info.Detail = "no published SHA256; keyed by the computed one"
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(r, versionID, params, ref, pending), func(d cache.Digest) {
+			b, res, err := h.Blobs.GetUnverified(cache.WithClient(ctx, r.RemoteAddr), key, ref.Size, h.source(r, versionID, params, ref, pending), func(d cache.Digest) {
 				computed := ref
 				computed.SHA256, computed.Computed = d.Hex, true
 				h.remember(key, computed)

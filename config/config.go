@@ -71,6 +71,17 @@ type CacheConfig struct {
 	// is trusted before the upstream is asked again. 0 means always ask.
 	// Default 60s.
 	RevisionTTL Duration `yaml:"revision_ttl"`
+	// MaxFills caps the blob downloads running at once; a request for a
+	// blob beyond it waits for a slot (a slow start, not an error).
+	// Default 32.
+	MaxFills int `yaml:"max_fills"`
+	// MaxFillsPerClient caps the blob downloads running at once for one
+	// client address. Default 8.
+	MaxFillsPerClient int `yaml:"max_fills_per_client"`
+	// OrphanFillTimeout stops a blob download that no client has read for
+	// this long and that is not pinned; what it fetched is kept for a
+	// later resume. Default 10s.
+	OrphanFillTimeout Duration `yaml:"orphan_fill_timeout"`
 }
 
 // HuggingFaceConfig configures the Hugging Face hub upstream.
@@ -256,10 +267,13 @@ func Default() Config {
 		Listen:  ":8080",
 		DataDir: "./data",
 		Cache: CacheConfig{
-			MaxSize:     0,
-			MinFree:     5 << 30,
-			Pinned:      []string{},
-			RevisionTTL: Duration{60 * time.Second},
+			MaxSize:           0,
+			MinFree:           5 << 30,
+			Pinned:            []string{},
+			RevisionTTL:       Duration{60 * time.Second},
+			MaxFills:          32,
+			MaxFillsPerClient: 8,
+			OrphanFillTimeout: Duration{10 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
 			Endpoint: "https://huggingface.co",
@@ -399,6 +413,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.Retries < 0 || c.Upstream.Retries > 100 {
 		fail("upstream.retries", "must be from 0 to 100, got %d", c.Upstream.Retries)
+	}
+	if c.Cache.MaxFills < 1 || c.Cache.MaxFills > 100000 {
+		fail("cache.max_fills", "must be from 1 to 100000, got %d", c.Cache.MaxFills)
+	}
+	if c.Cache.MaxFillsPerClient < 1 || c.Cache.MaxFillsPerClient > c.Cache.MaxFills {
+		fail("cache.max_fills_per_client", "must be from 1 to cache.max_fills (%d), got %d", c.Cache.MaxFills, c.Cache.MaxFillsPerClient)
+	}
+	if c.Cache.OrphanFillTimeout.Duration <= 0 {
+		fail("cache.orphan_fill_timeout", "must be > 0, got %s", c.Cache.OrphanFillTimeout)
 	}
 	if c.Upstream.MaxFillAttempts < 1 || c.Upstream.MaxFillAttempts > 10000 {
 		fail("upstream.max_fill_attempts", "must be from 1 to 10000, got %d", c.Upstream.MaxFillAttempts)

@@ -47,7 +47,8 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
 
 	get := func() (*cache.Blob, cache.Result, error) {
-		return m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r))
+		// The fill is counted against this client's cap.
+		return m.Blobs.Get(cache.WithClient(ctx, r.RemoteAddr), meta.Digest, meta.Size, m.blobSource(route, meta, r))
 	}
 	blobhttp.Answer(w, r, meta.Size, meta.ETag(), get, m.Metrics, func(err error) { m.writeMetaError(w, err) })
 }

@@ -94,7 +94,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"host", "code"}),
 		FillFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "fill_failures_total",
-			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io).",
+			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io, abandoned, shutdown).",
 		}, []string{"reason"}),
 	}
 	m.Unverified = prometheus.NewCounter(prometheus.CounterOpts{
