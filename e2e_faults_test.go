@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -188,4 +189,47 @@ func TestEvictionKeepsPinnedReposAndRefetchesEvictedBlobsOnDemand(t *testing.T) 
 	get("/org/model/resolve/main/model.safetensors", tr.big)
 	assert.Equal(t, 2, tr.hub.CDNBodyFetches(fakehub.SHA256Hex(tr.big)))
 	assert.Positive(t, g.metric(t, "modelgate_disk_free_bytes"))
+}
+
+// Issue 9: a cold blob filled with parallel pieces, read by many ranged
+// clients at once, including a 416 and a clamped end: every answer is
+// right and every byte is fetched from the CDN once.
+func TestManyRangedReadersOnOneColdParallelFill(t *testing.T) {
+	tr := newTestHub(t, 40<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.FillPieceSize = 4 << 20 })
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.ThrottleBlob(sha, 40<<20) // long enough for the readers to overlap
+	size := int64(len(tr.big))
+	const path = "/org/model/resolve/main/model.safetensors"
+	var eg errgroup.Group
+	for i := range 8 {
+		eg.Go(func() error {
+			start := int64(i) * 5 << 20
+			end := start + 3<<20 // inclusive
+			if i == 7 {
+				end = size + 1000 // clamped to the blob's end
+			}
+			h := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end)}}
+			resp, body, err := g.do(t, http.MethodGet, path, h)
+			if err != nil {
+				return err
+			}
+			assert.Equal(t, http.StatusPartialContent, resp.StatusCode)
+			last := min(end, size-1)
+			assert.Equal(t, fmt.Sprintf("bytes %d-%d/%d", start, last, size), resp.Header.Get("Content-Range"))
+			assert.True(t, bytes.Equal(tr.big[start:last+1], body), "range %d", i)
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		resp, _, err := g.do(t, http.MethodGet, path, http.Header{"Range": {fmt.Sprintf("bytes=%d-", size)}})
+		if err == nil {
+			assert.Equal(t, http.StatusRequestedRangeNotSatisfiable, resp.StatusCode)
+		}
+		return err
+	})
+	require.NoError(t, eg.Wait())
+	require.Eventually(t, func() bool { return g.hasBlob(t, sha) }, 10*time.Second, 10*time.Millisecond)
+	assertFetchedOnce(t, tr.hub.CDNBodySpans(sha), size)
+	assert.Equal(t, 10, tr.hub.CDNBodyFetches(sha), "ten 4 MiB pieces")
 }

@@ -280,10 +280,20 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		MaxFills:          cfg.Cache.MaxFills,
 		MaxFillsPerClient: cfg.Cache.MaxFillsPerClient,
 		OrphanFillTimeout: cfg.Cache.OrphanFillTimeout.Duration,
-		OnResume:          m.FillResumes.Inc,
-		MaxSize:           int64(cfg.Cache.MaxSize),
-		MinFree:           int64(cfg.Cache.MinFree),
-		Pinned:            pinned,
+		FillConnections:   cfg.Upstream.FillConnections,
+		PieceSize:         int64(cfg.Upstream.FillPieceSize),
+		OnPiece: func(retry bool) {
+			if retry {
+				m.FillPieces.WithLabelValues("retried").Inc()
+			} else {
+				m.FillPieces.WithLabelValues("fetched").Inc()
+			}
+		},
+		OnFillThroughput: m.FillThroughput.Observe,
+		OnResume:         m.FillResumes.Inc,
+		MaxSize:          int64(cfg.Cache.MaxSize),
+		MinFree:          int64(cfg.Cache.MinFree),
+		Pinned:           pinned,
 		// A body silent for twice the header timeout is cut and resumed.
 		StallTimeout: 2 * cfg.Upstream.Timeout.Duration,
 		OnEvict: func(_ cache.Digest, size int64) {
@@ -341,7 +351,10 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		}
 		return "other" // CDNs and storage: never sent a credential
 	}
-	counted := m.InstrumentUpstream(transport, classify)
+	// Fill requests are capped per host; metadata passes straight through.
+	limited := &upstream.HostLimiter{Next: transport, Max: cfg.Upstream.MaxConnectionsPerHost,
+		OnChange: func(d int) { m.FillConnections.Add(float64(d)) }}
+	counted := m.InstrumentUpstream(limited, classify)
 	// A 429 makes the gateway back off that host for everyone; its own 429s
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)

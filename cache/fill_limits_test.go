@@ -69,7 +69,7 @@ func TestACutUpstreamThatIgnoresRangesDoesNotRetryForever(t *testing.T) {
 	var calls atomic.Int32
 	// Every answer is the whole blob from byte 0, cut at 300 KiB: each
 	// restart "lands bytes", but never gets further than the last one.
-	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		calls.Add(1)
 		return io.NopCloser(bytes.NewReader(data[:300<<10])), 0, nil
 	}
@@ -89,7 +89,7 @@ func TestFillAttemptsAreCappedInTotal(t *testing.T) {
 	var calls atomic.Int32
 	// Every attempt honours the range and brings 64 KiB more, then is cut:
 	// always progress, never the end.
-	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		calls.Add(1)
 		return io.NopCloser(bytes.NewReader(data[off : off+64<<10])), off, nil
 	}
@@ -126,7 +126,7 @@ func TestFillTimeIsCapped(t *testing.T) {
 	d := sha256Digest(t, data)
 	// A live but hopelessly slow upstream: it never stalls, so only the
 	// total fill time can end it.
-	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		return io.NopCloser(&tricklingReader{ctx: ctx, data: data[off:]}), off, nil
 	}
 	err := readFillResult(t, s, d, int64(len(data)), src, 20*time.Second)
@@ -146,7 +146,7 @@ type gatedSource struct {
 	offsets chan int64 // every call's offset, if set
 }
 
-func (g *gatedSource) source(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+func (g *gatedSource) source(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 	g.calls.Add(1)
 	if g.offsets != nil {
 		g.offsets <- off

@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -34,15 +33,17 @@ import (
 // upstream (no space, I/O error).
 var ErrStorage = errors.New("local storage")
 
-// Source fetches a blob's bytes from offset on. It returns the body and
-// the offset the body really starts at: offset, or 0 when the upstream
-// ignored the range and sends the whole blob. The body must yield the
-// blob's bytes from there to the end (it may end early: the fill resumes).
+// Source fetches bytes [off, end) of a blob (end is the blob's size for
+// "to the end"). It returns the body and the offset the body really starts
+// at: off, or 0 when the upstream ignored the range and sends the whole
+// blob. The body must yield the blob's bytes from there (at least to end;
+// it may end early: the fill resumes). A fill asks for several ranges at
+// once; the Source must be safe for concurrent use.
 //
 // An error that has a Permanent() method returning true (the upstream
 // refused, as opposed to failed) ends the fill at once; any other error,
 // and a body that ends early, is retried with backoff.
-type Source func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
+type Source func(ctx context.Context, off, end int64) (body io.ReadCloser, start int64, err error)
 
 // ErrRetriesExhausted ends a fill whose upstream kept failing: too many
 // attempts in a row that got no further than the fill had already been, or
@@ -111,6 +112,18 @@ type Options struct {
 	// and that is not pinned; its bytes are kept for a later resume.
 	// Default 10s.
 	OrphanFillTimeout time.Duration
+	// FillConnections is how many ranged requests one fill makes at once;
+	// 1 fetches every blob with one stream. Default 8.
+	FillConnections int
+	// PieceSize is the size of each ranged request of a parallel fill; a
+	// blob under two pieces is fetched with one request. Default 16 MiB.
+	PieceSize int64
+	// OnPiece, when set, is called for every piece fetched (retry false)
+	// and every retry of a piece (retry true).
+	OnPiece func(retry bool)
+	// OnFillThroughput, when set, is called for every published fill with
+	// the MiB/s it was fetched at.
+	OnFillThroughput func(mibPerSec float64)
 	// OnResume, when set, is called before every retry of a fill (a resume
 	// from the bytes it has, or a new first attempt).
 	OnResume func()
@@ -147,6 +160,10 @@ type Store struct {
 	maxAttempts     int
 	maxFillTime     time.Duration
 	slots           *fillSlots
+	fillConns       int
+	pieceSize       int64
+	onPiece         func(bool)
+	onThroughput    func(float64)
 	orphanTimeout   time.Duration
 	maxSize         int64
 	minFree         int64
@@ -197,6 +214,10 @@ func Open(opts Options) (*Store, error) {
 		maxAttempts:   opts.MaxFillAttempts,
 		maxFillTime:   opts.MaxFillTime,
 		orphanTimeout: opts.OrphanFillTimeout,
+		fillConns:     opts.FillConnections,
+		pieceSize:     opts.PieceSize,
+		onPiece:       opts.OnPiece,
+		onThroughput:  opts.OnFillThroughput,
 		maxSize:       opts.MaxSize,
 		minFree:       opts.MinFree,
 		pinned:        opts.Pinned,
@@ -226,6 +247,12 @@ func Open(opts Options) (*Store, error) {
 	}
 	if s.maxFillTime <= 0 {
 		s.maxFillTime = 6 * time.Hour
+	}
+	if s.fillConns <= 0 {
+		s.fillConns = 8
+	}
+	if s.pieceSize <= 0 {
+		s.pieceSize = 16 << 20
 	}
 	if s.orphanTimeout <= 0 {
 		s.orphanTimeout = 10 * time.Second
@@ -498,37 +525,6 @@ func (s *Store) run(f *fill, src Source) {
 	}
 }
 
-// fillBufSize is the unit of progress readers see.
-const fillBufSize = 256 << 10
-
-// copyBody writes body into tmp from off on, hashing and announcing the
-// bytes as they land, and returns the new offset. It stops at the end of
-// body or at the first read error; more bytes than the blob has is a
-// SizeMismatchError, a write failure an ErrStorage.
-func (s *Store) copyBody(f *fill, tmp *os.File, body io.Reader, off int64, h hash.Hash, buf []byte) (int64, error) {
-	for {
-		n, rerr := io.ReadFull(body, buf)
-		if n > 0 {
-			if off+int64(n) > f.size {
-				return off, &SizeMismatchError{Want: f.size, Got: off + int64(n)}
-			}
-			if _, werr := s.writeAt(tmp, buf[:n], off); werr != nil {
-				return off, fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
-			}
-			h.Write(buf[:n])
-			f.landed(off, int64(n))
-			off += int64(n)
-		}
-		switch rerr {
-		case nil:
-		case io.EOF, io.ErrUnexpectedEOF:
-			return off, nil
-		default:
-			return off, fmt.Errorf("reading upstream at byte %d: %w", off, rerr)
-		}
-	}
-}
-
 // stallGuard cancels an attempt whose body delivers no byte for a while.
 type stallGuard struct {
 	io.Reader
@@ -565,16 +561,10 @@ func (s *Store) backoff(ctx context.Context, n int) error {
 }
 
 func (s *Store) download(f *fill, src Source) (err error) {
-	// A sequential fill hashes the bytes as they pass; a fill that lands
-	// ranges out of order will have to hash the contiguous prefix instead.
 	verify := !f.digest.IsZero()
-	h := f.digest.newHash(f.size) // sha256 for an unknown digest
-	var (
-		tmp *os.File
-		off int64
-	)
+	var tmp *os.File
 	if verify {
-		tmp, off, err = s.resumeTemp(f, h)
+		tmp, err = s.resumeTemp(f)
 	} else {
 		tmp, err = os.CreateTemp(s.tmpDir, "fill-*.tmp")
 		if err != nil {
@@ -590,17 +580,33 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			// Fail first: a reader opening the temp file from now on
 			// learns why, instead of finding it gone.
 			f.fail(err)
-			tmp.Close()
-			// A fill stopped by shutdown keeps its bytes for the next run
-			// to resume; any other failure leaves nothing worth keeping.
-			if !(verify && (s.ctx.Err() != nil || errors.Is(context.Cause(f.ctx), ErrOrphaned))) {
-				os.Remove(tmpPath)
+			// A fill stopped by shutdown, or because nobody reads it,
+			// keeps its bytes (and which ranges they are) for the next
+			// fill to resume; any other failure leaves nothing worth
+			// keeping.
+			if verify && (s.ctx.Err() != nil || errors.Is(context.Cause(f.ctx), ErrOrphaned)) {
+				if perr := s.saveExtents(f, tmp); perr != nil {
+					s.log.Warn("saving the extents of a partial fill", "fill", f.key, "err", perr)
+				}
+				tmp.Close()
+				return
 			}
+			tmp.Close()
+			os.Remove(tmpPath)
+			os.Remove(extentsPath(tmpPath))
 		}
 	}()
 	f.mu.Lock()
 	f.path = tmpPath
 	f.mu.Unlock()
+
+	// The hash runs over the contiguous prefix as bytes land, once: what
+	// an earlier run left is hashed now, pieces that land out of order
+	// when the prefix reaches them.
+	ph := &prefixHasher{h: f.digest.newHash(f.size), f: f, file: tmp}
+	if err := ph.advance(); err != nil {
+		return err
+	}
 
 	// The whole fill has a deadline: a live upstream that never finishes
 	// (too slow, or cutting every transfer) must not hold a fill forever.
@@ -608,88 +614,37 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	defer cancelFill()
 	defer func() {
 		if err != nil && s.ctx.Err() == nil && errors.Is(context.Cause(fillCtx), ErrFillTimeout) {
-			err = fmt.Errorf("%w (%s, at byte %d of %d)", ErrFillTimeout, s.maxFillTime, off, f.size)
+			err = fmt.Errorf("%w (%s, %d of %d bytes): %w", ErrFillTimeout, s.maxFillTime, f.prefix(), f.size, err)
 		}
 	}()
 
-	buf := make([]byte, fillBufSize)
-	// Progress is measured against the furthest byte any attempt reached,
-	// not against this attempt's start: an upstream that ignores Range
-	// restarts from zero, and re-landing bytes the fill already had is no
-	// progress. Without this, a cut at the same place every time would
-	// count as progress forever.
-	var highWater int64 = off
-	failures := 0 // consecutive attempts that got no further than highWater
-	attempts := 0
-	for off < f.size {
-		if fillCtx.Err() != nil {
-			return context.Cause(fillCtx)
+	began := time.Now()
+	fc := &fillCopy{s: s, f: f, tmp: tmp, ph: ph, src: src}
+	if s.fillConns > 1 && f.size >= 2*s.pieceSize && f.prefix() < f.size {
+		err = fc.pieces(fillCtx)
+		if errors.Is(err, errNoRanges) {
+			s.log.Debug("upstream does not serve ranges; one stream", "fill", f.key)
+			err = nil
 		}
-		if failures > 0 {
-			if failures > s.retries {
-				return fmt.Errorf("%w (%d attempts without progress, at byte %d): %w", ErrRetriesExhausted, failures, highWater, err)
-			}
-			if werr := s.backoff(fillCtx, failures); werr != nil {
-				return werr
-			}
-			if s.onResume != nil {
-				s.onResume()
-			}
-		}
-		if attempts >= s.maxAttempts {
-			return fmt.Errorf("%w (%d attempts in total, at byte %d): %w", ErrRetriesExhausted, attempts, highWater, err)
-		}
-		attempts++
-		var (
-			body  io.ReadCloser
-			start int64
-		)
-		// Each attempt has its own context: a body that stalls (a live
-		// peer that stops sending) is cut by the watchdog and resumed.
-		attempt, cancelAttempt := context.WithCancel(fillCtx)
-		body, start, err = src(attempt, off)
 		if err != nil {
-			cancelAttempt()
-			var p interface{ Permanent() bool }
-			if errors.As(err, &p) && p.Permanent() {
-				return fmt.Errorf("fetching upstream: %w", err)
-			}
-			failures++
-			continue
-		}
-		f.markReady()
-		if start != off {
-			// The upstream ignored the range and sends everything again:
-			// rewrite from the start. The bytes readers already have are
-			// rewritten with (what must be) the same bytes, and the hash
-			// at the end decides.
-			off, h = 0, f.digest.newHash(f.size)
-		}
-		guarded := newStallGuard(body, s.stallTimeout, cancelAttempt)
-		off, err = s.copyBody(f, tmp, guarded, off, h, buf)
-		guarded.stop()
-		body.Close()
-		cancelAttempt()
-		var sizeErr *SizeMismatchError
-		if errors.As(err, &sizeErr) || errors.Is(err, ErrStorage) {
 			return err
 		}
-		if off > highWater {
-			highWater = off
-			failures = 0
-		}
-		if off < f.size {
-			failures++
-			if err == nil {
-				err = &SizeMismatchError{Want: f.size, Got: off}
-			}
-			s.log.Debug("upstream body cut; resuming", "fill", f.key, "at", off, "size", f.size, "err", err)
+	}
+	if f.prefix() < f.size {
+		if err = fc.sequential(fillCtx); err != nil {
+			return err
 		}
 	}
-	err = nil
-	if off != f.size {
-		return &SizeMismatchError{Want: f.size, Got: off}
+	if got := f.prefix(); got != f.size || ph.to != f.size {
+		return &SizeMismatchError{Want: f.size, Got: got}
 	}
+	if s.onThroughput != nil {
+		if secs := time.Since(began).Seconds(); secs > 0 && fc.fetched.Load() > 0 {
+			s.onThroughput(float64(fc.fetched.Load()) / (1 << 20) / secs)
+		}
+	}
+	h := ph.h
+	os.Remove(extentsPath(tmpPath)) // whole: nothing left to resume
 	got := hex.EncodeToString(h.Sum(nil))
 	switch {
 	case !verify:

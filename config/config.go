@@ -146,6 +146,16 @@ type UpstreamConfig struct {
 	// MaxFillTime caps how long one blob download may take from start to
 	// end. Default 6h.
 	MaxFillTime Duration `yaml:"max_fill_time"`
+	// FillConnections is how many ranged requests one blob download makes
+	// at once; 1 downloads every blob with one stream. Default 8.
+	FillConnections int `yaml:"fill_connections"`
+	// FillPieceSize is the size of each ranged request of a parallel
+	// download; a blob under two pieces is one request. Default 16MiB.
+	FillPieceSize ByteSize `yaml:"fill_piece_size"`
+	// MaxConnectionsPerHost caps the blob-download requests in flight to
+	// one host, all downloads together (metadata requests are not
+	// counted and never wait). Default 64.
+	MaxConnectionsPerHost int `yaml:"max_connections_per_host"`
 }
 
 // LogConfig configures logging.
@@ -285,10 +295,13 @@ func Default() Config {
 			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
-			Timeout:         Duration{30 * time.Second},
-			Retries:         5,
-			MaxFillAttempts: 20,
-			MaxFillTime:     Duration{6 * time.Hour},
+			Timeout:               Duration{30 * time.Second},
+			Retries:               5,
+			MaxFillAttempts:       20,
+			MaxFillTime:           Duration{6 * time.Hour},
+			FillConnections:       8,
+			FillPieceSize:         16 << 20,
+			MaxConnectionsPerHost: 64,
 		},
 		MITM: MITMConfig{
 			Hosts: slices.Clone(DefaultMITMHosts),
@@ -422,6 +435,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.OrphanFillTimeout.Duration <= 0 {
 		fail("cache.orphan_fill_timeout", "must be > 0, got %s", c.Cache.OrphanFillTimeout)
+	}
+	if c.Upstream.FillConnections < 1 || c.Upstream.FillConnections > 64 {
+		fail("upstream.fill_connections", "must be from 1 to 64, got %d", c.Upstream.FillConnections)
+	}
+	if c.Upstream.FillPieceSize < 1<<20 {
+		fail("upstream.fill_piece_size", "must be at least 1MiB, got %d", int64(c.Upstream.FillPieceSize))
+	}
+	if c.Upstream.MaxConnectionsPerHost < 1 {
+		fail("upstream.max_connections_per_host", "must be at least 1, got %d", c.Upstream.MaxConnectionsPerHost)
 	}
 	if c.Upstream.MaxFillAttempts < 1 || c.Upstream.MaxFillAttempts > 10000 {
 		fail("upstream.max_fill_attempts", "must be from 1 to 10000, got %d", c.Upstream.MaxFillAttempts)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -161,8 +160,8 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 	// The fill runs detached from the request, with the same identity.
 	principal := authinject.PrincipalFrom(in.Context())
 	clientAuth := in.Header.Get("Authorization")
-	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-		ctx = authinject.WithPrincipal(ctx, principal)
+	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
+		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
 		if m.Offline {
 			return nil, 0, errOffline
 		}
@@ -173,14 +172,14 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		if clientAuth != "" {
 			req.Header.Set("Authorization", clientAuth)
 		}
-		if off > 0 {
-			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+		if rng := upstream.RangeHeader(off, end, meta.Size); rng != "" {
+			req.Header.Set("Range", rng)
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowAll)
 		if err != nil {
 			return nil, 0, &unreachableError{err: upstream.Sanitize(err)}
 		}
-		start, err := upstream.BodyStart(resp, off, meta.Size)
+		start, err := upstream.BodyRange(resp, off, end, meta.Size)
 		if err != nil {
 			body := readLimited(resp.Body)
 			upstream.DrainClose(resp.Body)

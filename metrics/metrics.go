@@ -49,6 +49,14 @@ type Metrics struct {
 	// FillResumes counts retries of fills: resumed after a cut, or asked
 	// again after a failed attempt.
 	FillResumes prometheus.Counter
+	// FillConnections is the number of upstream requests of fills in
+	// flight (all hosts together).
+	FillConnections prometheus.Gauge
+	// FillPieces counts pieces of parallel fills, by result (fetched,
+	// retried).
+	FillPieces *prometheus.CounterVec
+	// FillThroughput is the speed of each published fill, in MiB/s.
+	FillThroughput prometheus.Histogram
 	// Unverified counts CivitAI fills keyed by the sha256 the gateway
 	// computed, because CivitAI published none for the file.
 	Unverified prometheus.Counter
@@ -125,6 +133,20 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "evicted_bytes_total",
 		Help: "Bytes of the blobs evicted.",
 	})
+	m.FillConnections = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "fill_connections",
+		Help: "Upstream requests of blob fills in flight, all hosts together (capped per host by upstream.max_connections_per_host).",
+	})
+	m.FillPieces = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fill_pieces_total",
+		Help: "Pieces of parallel fills, by result (fetched, retried).",
+	}, []string{"result"})
+	m.FillThroughput = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "fill_throughput_mib_per_second",
+		Help:    "Speed of each published blob fill, in MiB/s.",
+		Buckets: []float64{1, 5, 10, 25, 50, 100, 200, 400, 800, 1600},
+	})
+	reg.MustRegister(m.FillConnections, m.FillPieces, m.FillThroughput)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	return m
