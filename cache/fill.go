@@ -127,6 +127,13 @@ func (f *fill) fail(err error) {
 	f.mu.Unlock()
 }
 
+// failed reports whether the fill has failed.
+func (f *fill) failed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err != nil
+}
+
 // markReady closes ready once; the pieces of a parallel fill call it
 // concurrently.
 func (f *fill) markReady() {

@@ -385,9 +385,11 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 	for {
 		s.mu.Lock()
 		f, joined = s.fills[key]
-		if joined && f.orphaned {
-			// Stopping: wait until it has let go of its temp file, then
-			// start afresh from what it kept.
+		if joined && (f.orphaned || f.failed()) {
+			// Stopping (nobody reads it), or failed and about to leave:
+			// wait until it has let go of its temp file, then start
+			// afresh (from what it kept, if anything). A request that
+			// arrives after a fill failed does not inherit its error.
 			s.mu.Unlock()
 			select {
 			case <-f.done:
