@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -59,6 +63,75 @@ func TestAnUpstreamThatIgnoresRangesRestartsTheFillCleanly(t *testing.T) {
 	assert.True(t, g.hasBlob(t, sha))
 	assert.Equal(t, 1.0, g.metric(t, "modelgate_fill_resumes_total"), "the resume was answered with the whole body")
 	assert.Equal(t, 2, tr.hub.CDNBodyFetches(sha))
+}
+
+// Issue 10 item 6: an upstream that cuts every transfer and ignores Range
+// used to make the fill restart from zero forever (each restart counted as
+// progress), hanging the client and hitting the CDN several times a second.
+func TestAnUpstreamThatCutsEveryTransferAndIgnoresRangesIsGivenUpOn(t *testing.T) {
+	tr := newTestHub(t, 4<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.Retries = 2 })
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.CutBlob(sha, 1<<20, 1000)
+	tr.hub.IgnoreRangeBlob(sha, true)
+	done := make(chan error, 1)
+	go func() {
+		resp, body, err := g.do(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+		if err == nil && resp.StatusCode == http.StatusOK && len(body) == len(tr.big) {
+			err = errors.New("a complete body was served")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err, "the client's answer is aborted, not completed")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the download never ended")
+	}
+	assert.False(t, g.hasBlob(t, sha))
+	require.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_fill_failures_total{reason="upstream"}`) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	// The attempt that reached 1 MiB, then two retries that got no further.
+	assert.Equal(t, 3, tr.hub.CDNBodyFetches(sha))
+}
+
+// Issue 10 item 8: a `Range: bytes=0-0` abandoned after 0.3 s used to make
+// the gateway download the whole file. The fill nobody reads stops after
+// cache.orphan_fill_timeout and keeps what it has; the next request resumes.
+func TestAnAbandonedProbeDoesNotDownloadTheWholeBlob(t *testing.T) {
+	tr := newTestHub(t, 8<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Cache.OrphanFillTimeout = config.Duration{Duration: 300 * time.Millisecond}
+	})
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.ThrottleBlob(sha, 2<<20) // the whole blob would take 4 s
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.URL+"/org/model/resolve/main/model.safetensors", nil)
+	require.NoError(t, err)
+	req.Header.Set("Range", "bytes=0-0")
+	resp, err := g.Client.Do(req)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body) // its one byte waits for verification
+		resp.Body.Close()
+	}
+	cancel()
+	require.Error(t, err, "the probe was abandoned")
+
+	require.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_fill_failures_total{reason="abandoned"}`) == 1
+	}, 10*time.Second, 10*time.Millisecond, "the fill nobody reads stops")
+	fetched := tr.hub.CDNBodyBytes(sha)
+	assert.Less(t, fetched, int64(len(tr.big))/2, "only what arrived before it stopped")
+	assert.False(t, g.hasBlob(t, sha))
+
+	tr.hub.ThrottleBlob(sha, 0)
+	resp2, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp2.StatusCode)
+	assert.True(t, bytes.Equal(tr.big, body))
+	assert.LessOrEqual(t, tr.hub.CDNBodyBytes(sha), int64(len(tr.big))+fetched/4+(256<<10),
+		"the next request resumed from the kept bytes")
 }
 
 func TestTransientUpstreamErrorsAreRetriedAndPersistentOnesGiveUp(t *testing.T) {
@@ -184,4 +257,47 @@ func filesExcept(files []string, names ...string) []string {
 		}
 	}
 	return out
+}
+
+// Issue 9: a cold blob filled with parallel pieces, read by many ranged
+// clients at once, including a 416 and a clamped end: every answer is
+// right and every byte is fetched from the CDN once.
+func TestManyRangedReadersOnOneColdParallelFill(t *testing.T) {
+	tr := newTestHub(t, 40<<20)
+	g := startGateway(t, tr.hub, func(c *config.Config) { c.Upstream.FillPieceSize = 4 << 20 })
+	sha := fakehub.SHA256Hex(tr.big)
+	tr.hub.ThrottleBlob(sha, 40<<20) // long enough for the readers to overlap
+	size := int64(len(tr.big))
+	const path = "/org/model/resolve/main/model.safetensors"
+	var eg errgroup.Group
+	for i := range 8 {
+		eg.Go(func() error {
+			start := int64(i) * 5 << 20
+			end := start + 3<<20 // inclusive
+			if i == 7 {
+				end = size + 1000 // clamped to the blob's end
+			}
+			h := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end)}}
+			resp, body, err := g.do(t, http.MethodGet, path, h)
+			if err != nil {
+				return err
+			}
+			assert.Equal(t, http.StatusPartialContent, resp.StatusCode)
+			last := min(end, size-1)
+			assert.Equal(t, fmt.Sprintf("bytes %d-%d/%d", start, last, size), resp.Header.Get("Content-Range"))
+			assert.True(t, bytes.Equal(tr.big[start:last+1], body), "range %d", i)
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		resp, _, err := g.do(t, http.MethodGet, path, http.Header{"Range": {fmt.Sprintf("bytes=%d-", size)}})
+		if err == nil {
+			assert.Equal(t, http.StatusRequestedRangeNotSatisfiable, resp.StatusCode)
+		}
+		return err
+	})
+	require.NoError(t, eg.Wait())
+	require.Eventually(t, func() bool { return g.hasBlob(t, sha) }, 10*time.Second, 10*time.Millisecond)
+	assertFetchedOnce(t, tr.hub.CDNBodySpans(sha), size)
+	assert.Equal(t, 10, tr.hub.CDNBodyFetches(sha), "ten 4 MiB pieces")
 }

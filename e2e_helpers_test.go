@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -593,4 +595,22 @@ func skipIfShort(t *testing.T, why string) {
 	if testing.Short() {
 		t.Skipf("slow (%s): skipped with -short; CI runs it", why)
 	}
+}
+
+// assertFetchedOnce checks what an upstream sent for a blob of size bytes
+// (the byte range of each answer): at most 1.02 times the blob, and no byte
+// range fetched twice.
+func assertFetchedOnce(t *testing.T, spans [][2]int64, size int64) {
+	t.Helper()
+	var total int64
+	sorted := slices.Clone(spans)
+	slices.SortFunc(sorted, func(a, b [2]int64) int { return cmp.Compare(a[0], b[0]) })
+	for i, sp := range sorted {
+		total += sp[1] - sp[0]
+		if i > 0 {
+			assert.LessOrEqual(t, sorted[i-1][1], sp[0], "bytes %d-%d were fetched twice", sp[0], sorted[i-1][1]-1)
+		}
+	}
+	assert.LessOrEqual(t, float64(total), 1.02*float64(size), "upstream bytes vs the blob")
+	assert.GreaterOrEqual(t, total, size)
 }

@@ -77,12 +77,14 @@ func TestColdThenWarmDownloadFetchesUpstreamOnce(t *testing.T) {
 	resp, body := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.True(t, bytes.Equal(tr.big, body), "cold body differs")
-	require.Equal(t, 1, tr.hub.CDNBodyFetches(sha))
+	// A parallel fill: four 16 MiB pieces, each byte fetched once.
+	assertFetchedOnce(t, tr.hub.CDNBodySpans(sha), int64(len(tr.big)))
+	require.Equal(t, 4, tr.hub.CDNBodyFetches(sha))
 
 	resp, body = g.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.True(t, bytes.Equal(tr.big, body), "warm body differs")
-	assert.Equal(t, 1, tr.hub.CDNBodyFetches(sha), "the warm download must not fetch the body again")
+	assert.Equal(t, 4, tr.hub.CDNBodyFetches(sha), "the warm download must not fetch the body again")
 
 	size := float64(len(tr.big))
 	for series, want := range map[string]float64{
@@ -92,7 +94,10 @@ func TestColdThenWarmDownloadFetchesUpstreamOnce(t *testing.T) {
 		`modelgate_served_bytes_total{source="fill"}`:                size,
 		`modelgate_cache_blobs`:                                      1,
 		`modelgate_cache_blob_bytes`:                                 size,
-		`modelgate_upstream_requests_total{code="2xx",host="other"}`: 1,
+		`modelgate_upstream_requests_total{code="2xx",host="other"}`: 4,
+		`modelgate_fill_pieces_total{result="fetched"}`:              4,
+		`modelgate_fill_connections`:                                 0,
+		`modelgate_fill_throughput_mib_per_second_count`:             1,
 	} {
 		assert.Equal(t, want, g.metric(t, series), series)
 	}

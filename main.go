@@ -386,14 +386,29 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	store, err := cache.Open(cache.Options{
-		Dir:      cfg.DataDir,
-		Index:    idx,
-		Logger:   log,
-		Retries:  retries,
-		OnResume: m.FillResumes.Inc,
-		MaxSize:  int64(cfg.Cache.MaxSize),
-		MinFree:  int64(cfg.Cache.MinFree),
-		Pinned:   pinned,
+		Dir:               cfg.DataDir,
+		Index:             idx,
+		Logger:            log,
+		Retries:           retries,
+		MaxFillAttempts:   cfg.Upstream.MaxFillAttempts,
+		MaxFillTime:       cfg.Upstream.MaxFillTime.Duration,
+		MaxFills:          cfg.Cache.MaxFills,
+		MaxFillsPerClient: cfg.Cache.MaxFillsPerClient,
+		OrphanFillTimeout: cfg.Cache.OrphanFillTimeout.Duration,
+		FillConnections:   cfg.Upstream.FillConnections,
+		PieceSize:         int64(cfg.Upstream.FillPieceSize),
+		OnPiece: func(retry bool) {
+			if retry {
+				m.FillPieces.WithLabelValues("retried").Inc()
+			} else {
+				m.FillPieces.WithLabelValues("fetched").Inc()
+			}
+		},
+		OnFillThroughput: m.FillThroughput.Observe,
+		OnResume:         m.FillResumes.Inc,
+		MaxSize:          int64(cfg.Cache.MaxSize),
+		MinFree:          int64(cfg.Cache.MinFree),
+		Pinned:           pinned,
 		// The index shares the disk and the budget with the blobs.
 		IndexSize: idx.DiskSize,
 		// A body silent for twice the header timeout is cut and resumed.
@@ -470,7 +485,10 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return "other" // CDNs and storage: never sent a credential
 	}
 	classify := func(r *http.Request) string { return classifyURL(r.URL) }
-	counted := m.InstrumentUpstream(transport, classify)
+	// Fill requests are capped per host; metadata passes straight through.
+	limited := &upstream.HostLimiter{Next: transport, Max: cfg.Upstream.MaxConnectionsPerHost,
+		OnChange: func(d int) { m.FillConnections.Add(float64(d)) }}
+	counted := m.InstrumentUpstream(limited, classify)
 	// A 429 makes the gateway back off that host for everyone; its own 429s
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)
@@ -661,7 +679,9 @@ func fillFailureReason(err error) string {
 	var dm *cache.DigestMismatchError
 	var sm *cache.SizeMismatchError
 	switch {
-	case errors.Is(err, cache.ErrRetriesExhausted):
+	case errors.Is(err, cache.ErrOrphaned):
+		return "abandoned"
+	case errors.Is(err, cache.ErrRetriesExhausted), errors.Is(err, cache.ErrFillTimeout):
 		return "upstream"
 	case errors.As(err, &dm), errors.As(err, &sm):
 		return "verify"

@@ -28,6 +28,23 @@ func (e *extents) add(off, n int64) {
 	e.spans = append(e.spans[:i], merged...)
 }
 
+// missing returns the sub-ranges of [a, b) that are not on disk, in order.
+func (e *extents) missing(a, b int64) [][2]int64 {
+	var out [][2]int64
+	i := sort.Search(len(e.spans), func(i int) bool { return e.spans[i][1] > a })
+	for ; a < b; i++ {
+		if i >= len(e.spans) || e.spans[i][0] >= b {
+			out = append(out, [2]int64{a, b})
+			break
+		}
+		if e.spans[i][0] > a {
+			out = append(out, [2]int64{a, e.spans[i][0]})
+		}
+		a = e.spans[i][1]
+	}
+	return out
+}
+
 // availableFrom returns the end of the contiguous bytes on disk starting at
 // pos, or pos when the byte at pos is not there yet.
 func (e *extents) availableFrom(pos int64) int64 {

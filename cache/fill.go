@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
+	"time"
 )
 
 // errFillFailed is the cause readers see when the fill they were streaming
@@ -31,7 +33,21 @@ type fill struct {
 	// the local disk.
 	src Source
 
-	ready chan struct{} // closed once the upstream has answered, or the fill failed
+	ready     chan struct{} // closed once the upstream has answered, or the fill failed
+	readyOnce sync.Once
+	done      chan struct{} // closed once the fill ended and left Store.fills
+
+	// ctx ends the fill (shutdown, or cancel(ErrOrphaned)); client is the
+	// host the first request came from, for the per-client cap.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	client string
+
+	// Guarded by Store.mu: the callers between join and Blob.Close, and
+	// the timer that stops the fill when there are none.
+	interest    int
+	orphanTimer *time.Timer
+	orphaned    bool
 
 	mu        sync.Mutex
 	path      string // temp file while filling, final path once published
@@ -39,10 +55,46 @@ type fill struct {
 	published bool
 	err       error         // set when the fill failed
 	wake      chan struct{} // closed and replaced on every change
+	// waiting holds the position each blocked reader waits at: a
+	// parallel fill fetches the pieces holding them first.
+	waiting map[*fillReader]int64
+}
+
+// prefix is the length of the contiguous bytes on disk from byte 0.
+func (f *fill) prefix() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.have.availableFrom(0)
+}
+
+// have0 returns where the bytes on disk from start on end, capped at end.
+func (f *fill) have0(start, end int64) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return min(f.have.availableFrom(start), end)
+}
+
+// missing returns the parts of [a, b) not on disk.
+func (f *fill) missing(a, b int64) [][2]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.have.missing(a, b)
+}
+
+// waitingAt returns the positions blocked readers wait at, lowest first.
+func (f *fill) waitingAt() []int64 {
+	f.mu.Lock()
+	out := make([]int64, 0, len(f.waiting))
+	for _, pos := range f.waiting {
+		out = append(out, pos)
+	}
+	f.mu.Unlock()
+	slices.Sort(out)
+	return out
 }
 
 func newFill(d Digest, size int64) *fill {
-	return &fill{digest: d, size: size, ready: make(chan struct{}), wake: make(chan struct{})}
+	return &fill{digest: d, size: size, ready: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}), waiting: map[*fillReader]int64{}}
 }
 
 // changedLocked wakes every waiter. Caller holds f.mu.
@@ -75,13 +127,17 @@ func (f *fill) fail(err error) {
 	f.mu.Unlock()
 }
 
-// markReady closes ready once.
+// failed reports whether the fill has failed.
+func (f *fill) failed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err != nil
+}
+
+// markReady closes ready once; the pieces of a parallel fill call it
+// concurrently.
 func (f *fill) markReady() {
-	select {
-	case <-f.ready:
-	default:
-		close(f.ready)
-	}
+	f.readyOnce.Do(func() { close(f.ready) })
 }
 
 // waitReady blocks until the upstream answered or the fill failed.
@@ -158,7 +214,7 @@ func (r *fillReader) Read(p []byte) (int, error) {
 }
 
 func (r *fillReader) startPassThrough() error {
-	body, start, err := r.f.src(r.ctx, r.pos)
+	body, start, err := r.f.src(r.ctx, r.pos, r.f.size)
 	if err != nil {
 		return err
 	}
@@ -201,19 +257,30 @@ func (r *fillReader) wait() (int64, error) {
 			limit = min(r.f.have.availableFrom(r.pos), r.end-1)
 		}
 		wake := r.f.wake
-		r.f.mu.Unlock()
 		if limit > r.pos {
+			delete(r.f.waiting, r)
+			r.f.mu.Unlock()
 			return limit, nil
 		}
+		if r.f.have.availableFrom(r.pos) <= r.pos {
+			r.f.waiting[r] = r.pos // the bytes it needs, not the verification
+		}
+		r.f.mu.Unlock()
 		select {
 		case <-wake:
 		case <-r.ctx.Done():
+			r.f.mu.Lock()
+			delete(r.f.waiting, r)
+			r.f.mu.Unlock()
 			return 0, r.ctx.Err()
 		}
 	}
 }
 
 func (r *fillReader) Close() error {
+	r.f.mu.Lock()
+	delete(r.f.waiting, r)
+	r.f.mu.Unlock()
 	if r.pass != nil {
 		r.pass.Close()
 	}

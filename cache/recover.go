@@ -3,7 +3,6 @@ package cache
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -97,7 +96,15 @@ func (s *Store) recoverTemps() error {
 		return fmt.Errorf("cache: reading %s: %w", s.tmpDir, err)
 	}
 	for _, e := range entries {
-		if d, ok := digestOfTemp(e.Name()); ok && e.Type().IsRegular() && !s.Has(d) {
+		name := e.Name()
+		if base, isRecord := strings.CutSuffix(name, ".extents"); isRecord {
+			// Kept with its temp file (a record without one is harmless:
+			// it is dropped when a fill finds no file to match).
+			if d, ok := digestOfTemp(base); ok && !s.Has(d) {
+				continue
+			}
+		}
+		if d, ok := digestOfTemp(name); ok && e.Type().IsRegular() && !s.Has(d) {
 			s.log.Info("keeping a partial fill to resume", "digest", d.String())
 			continue
 		}
@@ -177,34 +184,54 @@ func (s *Store) reconcile() error {
 }
 
 // resumeTemp opens the temp file of a fill of f.digest, keeping what an
-// interrupted fill left in it: its bytes are hashed again (they are
-// verified with the rest at the end) and announced to readers, and the
-// offset to continue from is returned.
-func (s *Store) resumeTemp(f *fill, h io.Writer) (*os.File, int64, error) {
-	tmp, err := os.OpenFile(filepath.Join(s.tmpDir, tempName(f.digest)), os.O_RDWR|os.O_CREATE, 0o600)
+// interrupted fill left in it and announcing those bytes to readers (they
+// are hashed again before anything else lands, and verified with the rest
+// at the end). Which bytes are there comes from the extents record a
+// parallel fill keeps beside the file; without one, a file shorter than
+// the blob is the prefix a one-stream fill wrote, and anything else is
+// started over.
+func (s *Store) resumeTemp(f *fill) (*os.File, error) {
+	path := filepath.Join(s.tmpDir, tempName(f.digest))
+	tmp, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: opening temp file: %w", ErrStorage, err)
+		return nil, fmt.Errorf("%w: opening temp file: %w", ErrStorage, err)
 	}
 	fi, err := tmp.Stat()
 	if err != nil {
 		tmp.Close()
-		return nil, 0, fmt.Errorf("%w: stat temp file: %w", ErrStorage, err)
+		return nil, fmt.Errorf("%w: stat temp file: %w", ErrStorage, err)
 	}
-	n := fi.Size()
-	if n > f.size {
-		n = 0
-	}
-	if n > 0 {
-		if _, err := io.Copy(h, io.NewSectionReader(tmp, 0, n)); err != nil {
-			tmp.Close()
-			return nil, 0, fmt.Errorf("%w: reading temp file: %w", ErrStorage, err)
+	have, ok := loadExtents(extentsPath(path), f.size)
+	if ok {
+		// Only what the file really holds.
+		var kept extents
+		for _, sp := range have.spans {
+			if end := min(sp[1], fi.Size()); end > sp[0] {
+				kept.add(sp[0], end-sp[0])
+			}
 		}
-		s.log.Info("resuming a fill from the bytes an earlier run left", "digest", f.digest.String(), "bytes", n, "size", f.size)
-		f.landed(0, n)
+		have = kept
+	} else {
+		n := fi.Size()
+		if n >= f.size {
+			n = 0 // preallocated by a fill whose record is gone: unknown
+		}
+		if err := tmp.Truncate(n); err != nil {
+			tmp.Close()
+			return nil, fmt.Errorf("%w: truncating temp file: %w", ErrStorage, err)
+		}
+		have.add(0, n)
 	}
-	if err := tmp.Truncate(n); err != nil {
-		tmp.Close()
-		return nil, 0, fmt.Errorf("%w: truncating temp file: %w", ErrStorage, err)
+	if len(have.spans) > 0 {
+		var n int64
+		f.mu.Lock()
+		for _, sp := range have.spans {
+			f.have.add(sp[0], sp[1]-sp[0])
+			n += sp[1] - sp[0]
+		}
+		f.changedLocked()
+		f.mu.Unlock()
+		s.log.Info("resuming a fill from the bytes an earlier run left", "digest", f.digest.String(), "bytes", n, "ranges", len(have.spans), "size", f.size)
 	}
-	return tmp, n, nil
+	return tmp, nil
 }

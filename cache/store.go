@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -34,18 +33,25 @@ import (
 // upstream (no space, I/O error).
 var ErrStorage = errors.New("local storage")
 
-// Source fetches a blob's bytes from offset on. It returns the body and
-// the offset the body really starts at: offset, or 0 when the upstream
-// ignored the range and sends the whole blob. The body must yield the
-// blob's bytes from there to the end (it may end early: the fill resumes).
+// Source fetches bytes [off, end) of a blob (end is the blob's size for
+// "to the end"). It returns the body and the offset the body really starts
+// at: off, or 0 when the upstream ignored the range and sends the whole
+// blob. The body must yield the blob's bytes from there (at least to end;
+// it may end early: the fill resumes). A fill asks for several ranges at
+// once; the Source must be safe for concurrent use.
 //
 // An error that has a Permanent() method returning true (the upstream
 // refused, as opposed to failed) ends the fill at once; any other error,
 // and a body that ends early, is retried with backoff.
-type Source func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
+type Source func(ctx context.Context, off, end int64) (body io.ReadCloser, start int64, err error)
 
-// ErrRetriesExhausted ends a fill whose upstream kept failing.
+// ErrRetriesExhausted ends a fill whose upstream kept failing: too many
+// attempts in a row that got no further than the fill had already been, or
+// too many attempts in total.
 var ErrRetriesExhausted = errors.New("upstream retries exhausted")
+
+// ErrFillTimeout ends a fill that took longer than its time cap.
+var ErrFillTimeout = errors.New("fill took too long")
 
 // Result says how a Get was satisfied.
 type Result int
@@ -89,6 +95,35 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry; it doubles for each
 	// further one. Default 200ms.
 	RetryBackoff time.Duration
+	// MaxFillAttempts caps the upstream requests of one fill in total,
+	// progress or not, so an upstream that always cuts a transfer cannot
+	// keep a fill alive forever. Default 20.
+	MaxFillAttempts int
+	// MaxFillTime caps how long one fill may take from start to end.
+	// Default 6h.
+	MaxFillTime time.Duration
+	// MaxFills caps the fills running at once; a fill beyond it waits for
+	// a slot. Default 32.
+	MaxFills int
+	// MaxFillsPerClient caps the fills running at once for one client
+	// (see WithClient). Default 8.
+	MaxFillsPerClient int
+	// OrphanFillTimeout stops a fill that nobody has read for this long
+	// and that is not pinned; its bytes are kept for a later resume.
+	// Default 10s.
+	OrphanFillTimeout time.Duration
+	// FillConnections is how many ranged requests one fill makes at once;
+	// 1 fetches every blob with one stream. Default 8.
+	FillConnections int
+	// PieceSize is the size of each ranged request of a parallel fill; a
+	// blob under two pieces is fetched with one request. Default 16 MiB.
+	PieceSize int64
+	// OnPiece, when set, is called for every piece fetched (retry false)
+	// and every retry of a piece (retry true).
+	OnPiece func(retry bool)
+	// OnFillThroughput, when set, is called for every published fill with
+	// the MiB/s it was fetched at.
+	OnFillThroughput func(mibPerSec float64)
 	// OnResume, when set, is called before every retry of a fill (a resume
 	// from the bytes it has, or a new first attempt).
 	OnResume func()
@@ -126,6 +161,14 @@ type Store struct {
 	onResume        func()
 	retries         int
 	retryBackoff    time.Duration
+	maxAttempts     int
+	maxFillTime     time.Duration
+	slots           *fillSlots
+	fillConns       int
+	pieceSize       int64
+	onPiece         func(bool)
+	onThroughput    func(float64)
+	orphanTimeout   time.Duration
 	maxSize         int64
 	minFree         int64
 	pinned          func() map[Digest]bool
@@ -165,26 +208,33 @@ func Open(opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		blobDir:      filepath.Join(opts.Dir, "blobs"),
-		tmpDir:       filepath.Join(opts.Dir, "tmp"),
-		idx:          opts.Index,
-		log:          log,
-		onFillDone:   opts.OnFillDone,
-		onResume:     opts.OnResume,
-		retries:      opts.Retries,
-		retryBackoff: opts.RetryBackoff,
-		maxSize:      opts.MaxSize,
-		minFree:      opts.MinFree,
-		pinned:       opts.Pinned,
-		onEvict:      opts.OnEvict,
-		accessFlush:  opts.AccessFlush,
-		diskFree:     opts.DiskFree,
-		indexSize:    opts.IndexSize,
-		stallTimeout: opts.StallTimeout,
-		usage:        usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
-		evictNow:     make(chan struct{}, 1),
-		writeAt:      (*os.File).WriteAt,
-		fills:        make(map[string]*fill),
+		blobDir:       filepath.Join(opts.Dir, "blobs"),
+		tmpDir:        filepath.Join(opts.Dir, "tmp"),
+		idx:           opts.Index,
+		log:           log,
+		onFillDone:    opts.OnFillDone,
+		onResume:      opts.OnResume,
+		retries:       opts.Retries,
+		retryBackoff:  opts.RetryBackoff,
+		maxAttempts:   opts.MaxFillAttempts,
+		maxFillTime:   opts.MaxFillTime,
+		orphanTimeout: opts.OrphanFillTimeout,
+		fillConns:     opts.FillConnections,
+		pieceSize:     opts.PieceSize,
+		onPiece:       opts.OnPiece,
+		onThroughput:  opts.OnFillThroughput,
+		maxSize:       opts.MaxSize,
+		minFree:       opts.MinFree,
+		pinned:        opts.Pinned,
+		onEvict:       opts.OnEvict,
+		accessFlush:   opts.AccessFlush,
+		diskFree:      opts.DiskFree,
+		indexSize:     opts.IndexSize,
+		stallTimeout:  opts.StallTimeout,
+		usage:         usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
+		evictNow:      make(chan struct{}, 1),
+		writeAt:       (*os.File).WriteAt,
+		fills:         make(map[string]*fill),
 	}
 	if s.accessFlush <= 0 {
 		s.accessFlush = 30 * time.Second
@@ -198,6 +248,28 @@ func Open(opts Options) (*Store, error) {
 	case s.retries < 0:
 		s.retries = 0
 	}
+	if s.maxAttempts <= 0 {
+		s.maxAttempts = 20
+	}
+	if s.maxFillTime <= 0 {
+		s.maxFillTime = 6 * time.Hour
+	}
+	if s.fillConns <= 0 {
+		s.fillConns = 8
+	}
+	if s.pieceSize <= 0 {
+		s.pieceSize = 16 << 20
+	}
+	if s.orphanTimeout <= 0 {
+		s.orphanTimeout = 10 * time.Second
+	}
+	if opts.MaxFills <= 0 {
+		opts.MaxFills = 32
+	}
+	if opts.MaxFillsPerClient <= 0 {
+		opts.MaxFillsPerClient = 8
+	}
+	s.slots = newFillSlots(opts.MaxFills, opts.MaxFillsPerClient)
 	if s.retryBackoff <= 0 {
 		s.retryBackoff = 200 * time.Millisecond
 	}
@@ -308,9 +380,32 @@ func (s *Store) GetUnverified(ctx context.Context, key string, size int64, src S
 // join joins the fill registered under key, or — unless published finds
 // the blob on disk (checked again under the lock: a fill may have
 // published and left the map since the caller looked) — starts a new one.
+//
+// Every caller between join and the Blob's Close counts as interest in the
+// fill; a fill without interest for the orphan timeout stops.
 func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src Source, published func() (*Blob, error), start func() *fill) (*Blob, Result, error) {
-	s.mu.Lock()
-	f, joined := s.fills[key]
+	var (
+		f      *fill
+		joined bool
+	)
+	for {
+		s.mu.Lock()
+		f, joined = s.fills[key]
+		if joined && (f.orphaned || f.failed()) {
+			// Stopping (nobody reads it), or failed and about to leave:
+			// wait until it has let go of its temp file, then start
+			// afresh (from what it kept, if anything). A request that
+			// arrives after a fill failed does not inherit its error.
+			s.mu.Unlock()
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return nil, Miss, ctx.Err()
+			}
+		}
+		break
+	}
 	if !joined {
 		if published != nil {
 			if b, err := published(); err == nil || !errors.Is(err, fs.ErrNotExist) {
@@ -321,11 +416,14 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		f = start()
 		f.key = key
 		f.src = src
+		f.client = clientFrom(ctx)
+		f.ctx, f.cancel = context.WithCancelCause(s.ctx)
 		s.fills[key] = f
 		s.filling.Add(1)
 		s.wg.Add(1)
 		go s.run(f, src)
 	}
+	s.addInterestLocked(f)
 	s.mu.Unlock()
 
 	res := Miss
@@ -333,13 +431,58 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		res = Coalesced
 	}
 	if err := f.waitReady(ctx); err != nil {
+		s.dropInterest(f)
 		return nil, res, err
 	}
 	b := &Blob{Digest: d, Size: size, fill: f}
 	if !d.IsZero() {
 		s.track(b) // served from the fill, and from the file once published
 	}
+	tracked := b.release
+	b.release = func() {
+		if tracked != nil {
+			tracked()
+		}
+		s.dropInterest(f)
+	}
 	return b, res, nil
+}
+
+// addInterestLocked counts one more caller of f and stops its orphan
+// timer. Caller holds s.mu.
+func (s *Store) addInterestLocked(f *fill) {
+	f.interest++
+	if f.orphanTimer != nil {
+		f.orphanTimer.Stop()
+		f.orphanTimer = nil
+	}
+}
+
+// dropInterest counts one caller of f less; the last one starts the
+// orphan timer.
+func (s *Store) dropInterest(f *fill) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f.interest--
+	if f.interest == 0 && s.fills[f.key] == f && !f.orphaned {
+		f.orphanTimer = time.AfterFunc(s.orphanTimeout, func() { s.orphanCheck(f) })
+	}
+}
+
+// orphanCheck stops f if still nobody is interested and it is not pinned.
+func (s *Store) orphanCheck(f *fill) {
+	if s.pinned != nil && !f.digest.IsZero() && s.pinned()[f.digest] {
+		return // eviction keeps it, so the fill finishes it
+	}
+	s.mu.Lock()
+	if f.interest > 0 || f.orphaned || s.fills[f.key] != f {
+		s.mu.Unlock()
+		return
+	}
+	f.orphaned = true
+	s.mu.Unlock()
+	s.log.Info("stopping a fill nobody reads", "fill", f.key, "size", f.size)
+	f.cancel(ErrOrphaned)
 }
 
 func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
@@ -362,7 +505,16 @@ func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
 // run performs one fill and removes it from the registry when it ends.
 func (s *Store) run(f *fill, src Source) {
 	defer s.wg.Done()
-	err := s.download(f, src)
+	defer close(f.done)
+	defer f.cancel(nil)
+	// A fill beyond the caps waits here; its callers wait for ready.
+	release, err := s.slots.acquire(f.ctx, f.client)
+	if err == nil {
+		err = s.download(f, src)
+		release()
+	} else {
+		err = fmt.Errorf("waiting for a fill slot: %w", err)
+	}
 	if errors.Is(err, ErrStorage) {
 		s.requestEviction() // a full disk is the likely cause
 	}
@@ -378,37 +530,6 @@ func (s *Store) run(f *fill, src Source) {
 	s.filling.Add(-1)
 	if s.onFillDone != nil {
 		s.onFillDone(f.digest, f.size, err)
-	}
-}
-
-// fillBufSize is the unit of progress readers see.
-const fillBufSize = 256 << 10
-
-// copyBody writes body into tmp from off on, hashing and announcing the
-// bytes as they land, and returns the new offset. It stops at the end of
-// body or at the first read error; more bytes than the blob has is a
-// SizeMismatchError, a write failure an ErrStorage.
-func (s *Store) copyBody(f *fill, tmp *os.File, body io.Reader, off int64, h hash.Hash, buf []byte) (int64, error) {
-	for {
-		n, rerr := io.ReadFull(body, buf)
-		if n > 0 {
-			if off+int64(n) > f.size {
-				return off, &SizeMismatchError{Want: f.size, Got: off + int64(n)}
-			}
-			if _, werr := s.writeAt(tmp, buf[:n], off); werr != nil {
-				return off, fmt.Errorf("%w: writing temp file: %w", ErrStorage, werr)
-			}
-			h.Write(buf[:n])
-			f.landed(off, int64(n))
-			off += int64(n)
-		}
-		switch rerr {
-		case nil:
-		case io.EOF, io.ErrUnexpectedEOF:
-			return off, nil
-		default:
-			return off, fmt.Errorf("reading upstream at byte %d: %w", off, rerr)
-		}
 	}
 }
 
@@ -434,30 +555,24 @@ func (g *stallGuard) Read(p []byte) (int, error) {
 func (g *stallGuard) stop() { g.timer.Stop() }
 
 // backoff waits before retry number n (1-based): exponential from
-// retryBackoff, capped at 30 times it, or until the store closes.
-func (s *Store) backoff(n int) error {
+// retryBackoff, capped at 32 times it, or until ctx ends.
+func (s *Store) backoff(ctx context.Context, n int) error {
 	d := s.retryBackoff << min(n-1, 5)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return nil
-	case <-s.ctx.Done():
-		return s.ctx.Err()
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
 }
 
 func (s *Store) download(f *fill, src Source) (err error) {
-	// A sequential fill hashes the bytes as they pass; a fill that lands
-	// ranges out of order will have to hash the contiguous prefix instead.
 	verify := !f.digest.IsZero()
-	h := f.digest.newHash(f.size) // sha256 for an unknown digest
-	var (
-		tmp *os.File
-		off int64
-	)
+	var tmp *os.File
 	if verify {
-		tmp, off, err = s.resumeTemp(f, h)
+		tmp, err = s.resumeTemp(f)
 	} else {
 		tmp, err = os.CreateTemp(s.tmpDir, "fill-*.tmp")
 		if err != nil {
@@ -473,82 +588,71 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			// Fail first: a reader opening the temp file from now on
 			// learns why, instead of finding it gone.
 			f.fail(err)
-			tmp.Close()
-			// A fill stopped by shutdown keeps its bytes for the next run
-			// to resume; any other failure leaves nothing worth keeping.
-			if !(verify && s.ctx.Err() != nil) {
-				os.Remove(tmpPath)
+			// A fill stopped by shutdown, or because nobody reads it,
+			// keeps its bytes (and which ranges they are) for the next
+			// fill to resume; any other failure leaves nothing worth
+			// keeping.
+			if verify && (s.ctx.Err() != nil || errors.Is(context.Cause(f.ctx), ErrOrphaned)) {
+				if perr := s.saveExtents(f, tmp); perr != nil {
+					s.log.Warn("saving the extents of a partial fill", "fill", f.key, "err", perr)
+				}
+				tmp.Close()
+				return
 			}
+			tmp.Close()
+			os.Remove(tmpPath)
+			os.Remove(extentsPath(tmpPath))
 		}
 	}()
 	f.mu.Lock()
 	f.path = tmpPath
 	f.mu.Unlock()
 
-	buf := make([]byte, fillBufSize)
-	failures := 0 // consecutive attempts that brought no byte
-	for off < f.size {
-		if failures > 0 {
-			if failures > s.retries {
-				return fmt.Errorf("%w (%d attempts, at byte %d): %w", ErrRetriesExhausted, failures, off, err)
-			}
-			if werr := s.backoff(failures); werr != nil {
-				return werr
-			}
-			if s.onResume != nil {
-				s.onResume()
-			}
+	// The hash runs over the contiguous prefix as bytes land, once: what
+	// an earlier run left is hashed now, pieces that land out of order
+	// when the prefix reaches them.
+	ph := &prefixHasher{h: f.digest.newHash(f.size), f: f, file: tmp}
+	if err := ph.advance(); err != nil {
+		return err
+	}
+
+	// The whole fill has a deadline: a live upstream that never finishes
+	// (too slow, or cutting every transfer) must not hold a fill forever.
+	fillCtx, cancelFill := context.WithTimeoutCause(f.ctx, s.maxFillTime, ErrFillTimeout)
+	defer cancelFill()
+	defer func() {
+		if err != nil && s.ctx.Err() == nil && errors.Is(context.Cause(fillCtx), ErrFillTimeout) {
+			err = fmt.Errorf("%w (%s, %d of %d bytes): %w", ErrFillTimeout, s.maxFillTime, f.prefix(), f.size, err)
 		}
-		var (
-			body  io.ReadCloser
-			start int64
-		)
-		// Each attempt has its own context: a body that stalls (a live
-		// peer that stops sending) is cut by the watchdog and resumed.
-		attempt, cancelAttempt := context.WithCancel(s.ctx)
-		body, start, err = src(attempt, off)
+	}()
+
+	began := time.Now()
+	fc := &fillCopy{s: s, f: f, tmp: tmp, ph: ph, src: src}
+	if s.fillConns > 1 && f.size >= 2*s.pieceSize && f.prefix() < f.size {
+		err = fc.pieces(fillCtx)
+		if errors.Is(err, errNoRanges) {
+			s.log.Debug("upstream does not serve ranges; one stream", "fill", f.key)
+			err = nil
+		}
 		if err != nil {
-			cancelAttempt()
-			var p interface{ Permanent() bool }
-			if errors.As(err, &p) && p.Permanent() {
-				return fmt.Errorf("fetching upstream: %w", err)
-			}
-			failures++
-			continue
-		}
-		f.markReady()
-		if start != off {
-			// The upstream ignored the range and sends everything again:
-			// rewrite from the start. The bytes readers already have are
-			// rewritten with (what must be) the same bytes, and the hash
-			// at the end decides.
-			off, h = 0, f.digest.newHash(f.size)
-		}
-		before := off
-		guarded := newStallGuard(body, s.stallTimeout, cancelAttempt)
-		off, err = s.copyBody(f, tmp, guarded, off, h, buf)
-		guarded.stop()
-		body.Close()
-		cancelAttempt()
-		var sizeErr *SizeMismatchError
-		if errors.As(err, &sizeErr) || errors.Is(err, ErrStorage) {
 			return err
 		}
-		if off < f.size {
-			if off > before {
-				failures = 0
-			}
-			failures++
-			if err == nil {
-				err = &SizeMismatchError{Want: f.size, Got: off}
-			}
-			s.log.Debug("upstream body cut; resuming", "fill", f.key, "at", off, "size", f.size, "err", err)
+	}
+	if f.prefix() < f.size {
+		if err = fc.sequential(fillCtx); err != nil {
+			return err
 		}
 	}
-	err = nil
-	if off != f.size {
-		return &SizeMismatchError{Want: f.size, Got: off}
+	if got := f.prefix(); got != f.size || ph.to != f.size {
+		return &SizeMismatchError{Want: f.size, Got: got}
 	}
+	if s.onThroughput != nil {
+		if secs := time.Since(began).Seconds(); secs > 0 && fc.fetched.Load() > 0 {
+			s.onThroughput(float64(fc.fetched.Load()) / (1 << 20) / secs)
+		}
+	}
+	h := ph.h
+	os.Remove(extentsPath(tmpPath)) // whole: nothing left to resume
 	got := hex.EncodeToString(h.Sum(nil))
 	switch {
 	case !verify:

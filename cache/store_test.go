@@ -53,12 +53,13 @@ type countingSource struct {
 	err         error
 	cuts        []int
 	ignoreRange bool
+	toEnd       bool // sends all its data from off, whatever end was asked
 	failFirst   int32
 	mu          sync.Mutex
 	offsets     []int64
 }
 
-func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+func (c *countingSource) source(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 	n := c.calls.Add(1)
 	c.mu.Lock()
 	c.offsets = append(c.offsets, off)
@@ -69,32 +70,39 @@ func (c *countingSource) source(ctx context.Context, off int64) (io.ReadCloser, 
 	if n <= c.failFirst {
 		return nil, 0, errors.New("upstream hiccup")
 	}
-	if c.ignoreRange {
-		off = 0
+	stop := min(int(end), len(c.data))
+	if c.toEnd {
+		stop = len(c.data)
 	}
-	end := len(c.data)
+	if c.ignoreRange {
+		off, stop = 0, len(c.data)
+	}
 	c.mu.Lock()
 	for i, cut := range c.cuts {
-		if cut > int(off) {
-			end = cut
+		if cut > int(off) && cut < stop {
+			stop = cut
 			c.cuts = append(c.cuts[:i:i], c.cuts[i+1:]...)
 			break
 		}
 	}
 	c.mu.Unlock()
 	if c.gate == nil {
-		return io.NopCloser(bytes.NewReader(c.data[off:end])), off, nil
+		return io.NopCloser(bytes.NewReader(c.data[off:stop])), off, nil
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		pw.Write(c.data[off:c.gateAt])
+		if int(off) < c.gateAt {
+			pw.Write(c.data[off:min(c.gateAt, stop)])
+		}
 		select {
 		case <-c.gate:
 		case <-ctx.Done():
 			pw.CloseWithError(ctx.Err())
 			return
 		}
-		pw.Write(c.data[c.gateAt:end])
+		if stop > c.gateAt {
+			pw.Write(c.data[max(int(off), c.gateAt):stop])
+		}
 		pw.Close()
 	}()
 	return pr, off, nil
@@ -310,7 +318,7 @@ func TestCorruptUpstreamIsNeverPublishedAndReadersFail(t *testing.T) {
 			s, _ := newStore(t, dir)
 			data := randomBytes(4, 700<<10)
 			d := sha256Digest(t, data)
-			bad := &countingSource{data: tt.body(data)}
+			bad := &countingSource{data: tt.body(data), toEnd: true}
 
 			// The fill may fail before Get returns (then Get reports it) or
 			// while the reader streams; either way no reader completes.
@@ -843,7 +851,7 @@ func TestAStalledUpstreamBodyIsCutAndResumed(t *testing.T) {
 	data := randomBytes(60, 500<<10)
 	d := sha256Digest(t, data)
 	var calls atomic.Int32
-	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		if calls.Add(1) == 1 {
 			return io.NopCloser(&stallingReader{ctx: ctx, data: data[:100<<10]}), 0, nil
 		}

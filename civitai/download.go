@@ -43,6 +43,7 @@ type resolution struct {
 type pendingBody struct {
 	mu   sync.Mutex
 	body io.ReadCloser
+	loc  *url.URL // the signed URL body came from: the fill reuses it
 }
 
 func (p *pendingBody) take() io.ReadCloser {
@@ -105,7 +106,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		}
 		etag = `"` + ref.SHA256 + `"`
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.Get(ctx, digest, ref.Size, h.source(r, versionID, params, ref, pending))
+			b, res, err := h.Blobs.Get(cache.WithClient(ctx, r.RemoteAddr), digest, ref.Size, h.source(r, versionID, params, ref, pending))
 			if res != cache.Miss {
 				pending.discard() // cached, or filled by another request
 			}
@@ -117,7 +118,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		// once the fill completes. Until then there is no ETag to give.
 		info.Detail = "no published SHA256; keyed by the computed one"
 		get = func() (*cache.Blob, cache.Result, error) {
-			b, res, err := h.Blobs.GetUnverified(ctx, key, ref.Size, h.source(r, versionID, params, ref, pending), func(d cache.Digest) {
+			b, res, err := h.Blobs.GetUnverified(cache.WithClient(ctx, r.RemoteAddr), key, ref.Size, h.source(r, versionID, params, ref, pending), func(d cache.Digest) {
 				computed := ref
 				computed.SHA256, computed.Computed = d.Hex, true
 				h.remember(key, computed)
@@ -224,11 +225,11 @@ func (h *Handler) resolve(ctx context.Context, in *http.Request, versionID strin
 	if err != nil {
 		return resolution{}, err
 	}
-	resp, err := h.fetchStorage(ctx, loc, 0)
+	resp, err := h.fetchStorage(ctx, loc, "")
 	if err != nil {
 		return resolution{}, err
 	}
-	pending := &pendingBody{body: resp.Body}
+	pending := &pendingBody{body: resp.Body, loc: loc}
 	ref := fileRef{Size: resp.ContentLength, Name: dispositionName(resp.Header.Get("Content-Disposition"))}
 	if ref.Name == "" {
 		ref.Name = dispositionFromURL(loc)
@@ -295,15 +296,15 @@ func (h *Handler) storageLocation(ctx context.Context, in *http.Request, version
 // fetchStorage GETs a signed storage URL from offset on. No credential is
 // attached: the URL carries its own signature, and storage hosts refuse a
 // request that also has an Authorization header.
-func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*http.Response, error) {
+func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, rng string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("User-Agent", userAgent)
 	req.Header.Set("Accept-Encoding", "identity")
-	if off > 0 {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	// Anonymous, whatever the request's principal: not even a redirect
 	// from the storage host may pick up a credential.
@@ -314,43 +315,80 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, off int64) (*htt
 	}
 	if (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent) || isHTML(resp.Header) {
 		upstream.DrainClose(resp.Body)
-		return nil, &badUpstreamError{err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
+		return nil, &badUpstreamError{status: resp.StatusCode, err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
 	}
 	return resp, nil
 }
 
 // source fetches a file for the cache: the body the resolution already
-// opened, else a fresh signed URL from the download route.
+// opened (for the whole file), else ranges of the signed storage URL. The
+// URL is resolved once and shared by every request of the fill (a
+// parallel fill makes many); when the storage refuses it (expired), it is
+// resolved again once, for all of them.
 func (h *Handler) source(in *http.Request, versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
 	// The fill runs detached, with the request's identity (and, for a
 	// worker's own credential, that credential).
 	principal := authinject.PrincipalFrom(in.Context())
 	auth := in.Header.Get("Authorization")
-	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-		ctx = authinject.WithPrincipal(ctx, principal)
-		if h.Offline {
-			return nil, 0, errOffline
-		}
-		if off == 0 {
-			if b := pending.take(); b != nil {
-				// Opened on the request's context: close it when the fill
-				// ends, so that shutdown does not wait for the download.
-				return closeOnDone(ctx, b), 0, nil
-			}
+	var (
+		mu  sync.Mutex
+		loc *url.URL
+		gen int
+	)
+	if pending != nil {
+		loc = pending.loc
+	}
+	// location returns the signed URL, resolving a new one when there is
+	// none or when the caller found generation stale refused.
+	location := func(ctx context.Context, stale int) (*url.URL, int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if loc != nil && gen != stale {
+			return loc, gen, nil
 		}
 		withAuth, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
 		if auth != "" {
 			withAuth.Header.Set("Authorization", auth)
 		}
-		loc, err := h.storageLocation(ctx, withAuth, versionID, params)
+		u, err := h.storageLocation(ctx, withAuth, versionID, params)
 		if err != nil {
 			return nil, 0, err
 		}
-		resp, err := h.fetchStorage(ctx, loc, off)
+		loc, gen = u, gen+1
+		return loc, gen, nil
+	}
+	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
+		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
+		if h.Offline {
+			return nil, 0, errOffline
+		}
+		if off == 0 && end >= ref.Size {
+			if b := pending.take(); b != nil {
+				// Opened on the request's context: close it when the fill
+				// ends, so that shutdown does not wait for the download.
+				return closeOnDone(ctx, b), 0, nil
+			}
+		} else {
+			pending.discard() // a ranged fill does not use the whole body
+		}
+		u, g, err := location(ctx, -1)
 		if err != nil {
 			return nil, 0, err
 		}
-		start, err := upstream.BodyStart(resp, off, ref.Size)
+		rng := upstream.RangeHeader(off, end, ref.Size)
+		resp, err := h.fetchStorage(ctx, u, rng)
+		var bad *badUpstreamError
+		if errors.As(err, &bad) && (bad.status == http.StatusForbidden || bad.status == http.StatusUnauthorized || bad.status == http.StatusGone) {
+			// Most likely the signature expired: one new URL for everyone.
+			if u, _, err = location(ctx, g); err != nil {
+				return nil, 0, err
+			}
+			resp, err = h.fetchStorage(ctx, u, rng)
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		start, err := upstream.BodyRange(resp, off, end, ref.Size)
 		if err != nil {
 			upstream.DrainClose(resp.Body)
 			return nil, 0, &badUpstreamError{err: err}

@@ -34,7 +34,10 @@ type (
 	// where a file was expected.
 	loginRedirectError struct{ path string }
 	// badUpstreamError: an answer the gateway cannot use.
-	badUpstreamError struct{ err error }
+	badUpstreamError struct {
+		err    error
+		status int // the storage's status, when it answered one
+	}
 )
 
 func (e *unreachableError) Error() string { return "CivitAI unreachable: " + e.err.Error() }

@@ -86,6 +86,17 @@ type CacheConfig struct {
 	// The index's size on disk also counts against max_size. Must be > 0.
 	// Default 1GiB.
 	IndexMaxSize ByteSize `yaml:"index_max_size"`
+	// MaxFills caps the blob downloads running at once; a request for a
+	// blob beyond it waits for a slot (a slow start, not an error).
+	// Default 32.
+	MaxFills int `yaml:"max_fills"`
+	// MaxFillsPerClient caps the blob downloads running at once for one
+	// client address. Default 8.
+	MaxFillsPerClient int `yaml:"max_fills_per_client"`
+	// OrphanFillTimeout stops a blob download that no client has read for
+	// this long and that is not pinned; what it fetched is kept for a
+	// later resume. Default 10s.
+	OrphanFillTimeout Duration `yaml:"orphan_fill_timeout"`
 }
 
 // HuggingFaceConfig configures the Hugging Face hub upstream.
@@ -149,6 +160,23 @@ type UpstreamConfig struct {
 	// connection (redirect hops included) to such an address is refused,
 	// except to the configured endpoints and parent proxy. Default empty.
 	PrivateHosts []string `yaml:"private_hosts"`
+	// MaxFillAttempts caps the upstream requests one blob download may make
+	// in total, progress or not, so an upstream that cuts every transfer
+	// cannot keep a download alive forever. Default 20.
+	MaxFillAttempts int `yaml:"max_fill_attempts"`
+	// MaxFillTime caps how long one blob download may take from start to
+	// end. Default 6h.
+	MaxFillTime Duration `yaml:"max_fill_time"`
+	// FillConnections is how many ranged requests one blob download makes
+	// at once; 1 downloads every blob with one stream. Default 8.
+	FillConnections int `yaml:"fill_connections"`
+	// FillPieceSize is the size of each ranged request of a parallel
+	// download; a blob under two pieces is one request. Default 16MiB.
+	FillPieceSize ByteSize `yaml:"fill_piece_size"`
+	// MaxConnectionsPerHost caps the blob-download requests in flight to
+	// one host, all downloads together (metadata requests are not
+	// counted and never wait). Default 64.
+	MaxConnectionsPerHost int `yaml:"max_connections_per_host"`
 }
 
 // LogConfig configures logging.
@@ -288,12 +316,15 @@ func Default() Config {
 		DataDir:         "./data",
 		ShutdownTimeout: Duration{30 * time.Second},
 		Cache: CacheConfig{
-			MaxSize:      0,
-			MinFree:      5 << 30,
-			Pinned:       []string{},
-			RevisionTTL:  Duration{60 * time.Second},
-			LastKnownTTL: Duration{7 * 24 * time.Hour},
-			IndexMaxSize: 1 << 30,
+			MaxSize:           0,
+			MinFree:           5 << 30,
+			Pinned:            []string{},
+			RevisionTTL:       Duration{60 * time.Second},
+			LastKnownTTL:      Duration{7 * 24 * time.Hour},
+			IndexMaxSize:      1 << 30,
+			MaxFills:          32,
+			MaxFillsPerClient: 8,
+			OrphanFillTimeout: Duration{10 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
 			Endpoint: "https://huggingface.co",
@@ -305,9 +336,14 @@ func Default() Config {
 			DownloadTTL: Duration{24 * time.Hour},
 		},
 		Upstream: UpstreamConfig{
-			Timeout:      Duration{30 * time.Second},
-			Retries:      5,
-			PrivateHosts: []string{},
+			Timeout:               Duration{30 * time.Second},
+			Retries:               5,
+			PrivateHosts:          []string{},
+			MaxFillAttempts:       20,
+			MaxFillTime:           Duration{6 * time.Hour},
+			FillConnections:       8,
+			FillPieceSize:         16 << 20,
+			MaxConnectionsPerHost: 64,
 		},
 		MITM: MITMConfig{
 			Hosts:     slices.Clone(DefaultMITMHosts),
@@ -452,6 +488,30 @@ func (c *Config) Validate() error {
 		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 || strings.ContainsAny(host, "*/ @") {
 			fail("upstream.private_hosts", "%q is not host:port", hp)
 		}
+	}
+	if c.Cache.MaxFills < 1 || c.Cache.MaxFills > 100000 {
+		fail("cache.max_fills", "must be from 1 to 100000, got %d", c.Cache.MaxFills)
+	}
+	if c.Cache.MaxFillsPerClient < 1 || c.Cache.MaxFillsPerClient > c.Cache.MaxFills {
+		fail("cache.max_fills_per_client", "must be from 1 to cache.max_fills (%d), got %d", c.Cache.MaxFills, c.Cache.MaxFillsPerClient)
+	}
+	if c.Cache.OrphanFillTimeout.Duration <= 0 {
+		fail("cache.orphan_fill_timeout", "must be > 0, got %s", c.Cache.OrphanFillTimeout)
+	}
+	if c.Upstream.FillConnections < 1 || c.Upstream.FillConnections > 64 {
+		fail("upstream.fill_connections", "must be from 1 to 64, got %d", c.Upstream.FillConnections)
+	}
+	if c.Upstream.FillPieceSize < 1<<20 {
+		fail("upstream.fill_piece_size", "must be at least 1MiB, got %d", int64(c.Upstream.FillPieceSize))
+	}
+	if c.Upstream.MaxConnectionsPerHost < 1 {
+		fail("upstream.max_connections_per_host", "must be at least 1, got %d", c.Upstream.MaxConnectionsPerHost)
+	}
+	if c.Upstream.MaxFillAttempts < 1 || c.Upstream.MaxFillAttempts > 10000 {
+		fail("upstream.max_fill_attempts", "must be from 1 to 10000, got %d", c.Upstream.MaxFillAttempts)
+	}
+	if c.Upstream.MaxFillTime.Duration <= 0 {
+		fail("upstream.max_fill_time", "must be > 0, got %s", c.Upstream.MaxFillTime)
 	}
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)

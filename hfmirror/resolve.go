@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -48,7 +47,8 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
 
 	get := func() (*cache.Blob, cache.Result, error) {
-		return m.Blobs.Get(ctx, meta.Digest, meta.Size, m.blobSource(route, meta, r))
+		// The fill is counted against this client's cap.
+		return m.Blobs.Get(cache.WithClient(ctx, r.RemoteAddr), meta.Digest, meta.Size, m.blobSource(route, meta, r))
 	}
 	blobhttp.Answer(w, r, meta.Size, meta.ETag(), get, m.Metrics, func(err error) { m.writeMetaError(w, err) })
 }
@@ -178,8 +178,8 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 	principal := authinject.PrincipalFrom(in.Context())
 	key := clientauth.FromContext(in.Context())
 	clientAuth := in.Header.Get("Authorization")
-	return func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-		ctx = authinject.WithPrincipal(ctx, principal)
+	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
+		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
 		ctx = clientauth.WithKey(ctx, key) // for the redirect policy
 		if m.Offline {
 			return nil, 0, errOffline
@@ -191,14 +191,14 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		if clientAuth != "" {
 			req.Header.Set("Authorization", clientAuth)
 		}
-		if off > 0 {
-			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+		if rng := upstream.RangeHeader(off, end, meta.Size); rng != "" {
+			req.Header.Set("Range", rng)
 		}
 		resp, err := m.Upstream.Do(req, authinject.FollowAll)
 		if err != nil {
 			return nil, 0, upstreamError(err)
 		}
-		start, err := upstream.BodyStart(resp, off, meta.Size)
+		start, err := upstream.BodyRange(resp, off, end, meta.Size)
 		if err != nil {
 			body := readLimited(resp.Body)
 			upstream.DrainClose(resp.Body)

@@ -50,6 +50,14 @@ type Metrics struct {
 	// FillResumes counts retries of fills: resumed after a cut, or asked
 	// again after a failed attempt.
 	FillResumes prometheus.Counter
+	// FillConnections is the number of upstream requests of fills in
+	// flight (all hosts together).
+	FillConnections prometheus.Gauge
+	// FillPieces counts pieces of parallel fills, by result (fetched,
+	// retried).
+	FillPieces *prometheus.CounterVec
+	// FillThroughput is the speed of each published fill, in MiB/s.
+	FillThroughput prometheus.Histogram
 	// Unverified counts CivitAI fills keyed by the sha256 the gateway
 	// computed, because CivitAI published none for the file.
 	Unverified prometheus.Counter
@@ -112,7 +120,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"host", "code"}),
 		FillFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "fill_failures_total",
-			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io).",
+			Help: "Blob fills that ended without publishing, by reason (verify, upstream, io, abandoned, shutdown).",
 		}, []string{"reason"}),
 	}
 	m.Unverified = prometheus.NewCounter(prometheus.CounterOpts{
@@ -169,6 +177,20 @@ func New(reg prometheus.Registerer) *Metrics {
 	})
 	reg.MustRegister(m.UpstreamAuthFailures, m.UpstreamBytes, m.Fills, m.FillBytes)
 	reg.MustRegister(m.ConnectionsOpen, m.ConnectionsRefused)
+	m.FillConnections = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "fill_connections",
+		Help: "Upstream requests of blob fills in flight, all hosts together (capped per host by upstream.max_connections_per_host).",
+	})
+	m.FillPieces = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fill_pieces_total",
+		Help: "Pieces of parallel fills, by result (fetched, retried).",
+	}, []string{"result"})
+	m.FillThroughput = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "fill_throughput_mib_per_second",
+		Help:    "Speed of each published blob fill, in MiB/s.",
+		Buckets: []float64{1, 5, 10, 25, 50, 100, 200, 400, 800, 1600},
+	})
+	reg.MustRegister(m.FillConnections, m.FillPieces, m.FillThroughput)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	m.initSeries()

@@ -122,30 +122,43 @@ func TunnelDialer(opts Options, tr *http.Transport) func(ctx context.Context, ad
 	return func(ctx context.Context, addr string) (net.Conn, error) { return tr.DialContext(ctx, "tcp", addr) }
 }
 
-// BodyStart checks the answer to a GET of a whole file of the given size,
-// sent with "Range: bytes=offset-" when offset > 0, and returns where its
-// body starts: offset for a matching 206, 0 for a 200 (a server that
-// ignores ranges sends everything). Any other status, a compressed body,
-// or a length that does not add up is an error.
-func BodyStart(resp *http.Response, offset, size int64) (int64, error) {
+// RangeHeader is the Range a fill sends for bytes [off, end) of a blob of
+// size bytes: none for the whole blob, "bytes=off-" to its end.
+func RangeHeader(off, end, size int64) string {
+	switch {
+	case off == 0 && end >= size:
+		return ""
+	case end >= size:
+		return fmt.Sprintf("bytes=%d-", off)
+	default:
+		return fmt.Sprintf("bytes=%d-%d", off, end-1)
+	}
+}
+
+// BodyRange checks the answer to a GET of bytes [off, end) of a file of
+// the given size (sent with RangeHeader) and returns the offset its body
+// starts at: off for a 206 that matches, 0 for a 200 (the whole file: the
+// upstream ignored the range).
+func BodyRange(resp *http.Response, off, end, size int64) (int64, error) {
 	var start int64
+	want := size
 	switch {
 	case resp.StatusCode == http.StatusOK:
-	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+	case resp.StatusCode == http.StatusPartialContent && RangeHeader(off, end, size) != "":
 		var first, last, total int64
 		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &total); err != nil ||
-			first != offset || last != size-1 || total != size {
-			return 0, fmt.Errorf("range answer %q does not match bytes=%d- of %d", resp.Header.Get("Content-Range"), offset, size)
+			first != off || last != min(end, size)-1 || total != size {
+			return 0, fmt.Errorf("range answer %q does not match %s of %d", resp.Header.Get("Content-Range"), RangeHeader(off, end, size), size)
 		}
-		start = offset
+		start, want = off, min(end, size)-off
 	default:
 		return 0, fmt.Errorf("download answered %d", resp.StatusCode)
 	}
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
 		return 0, fmt.Errorf("download is %s-encoded", ce)
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != size-start {
-		return 0, fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, size-start)
+	if resp.ContentLength >= 0 && resp.ContentLength != want {
+		return 0, fmt.Errorf("download is %d bytes, want %d", resp.ContentLength, want)
 	}
 	return start, nil
 }

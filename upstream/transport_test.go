@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -499,4 +500,48 @@ func TestIsTimeout_ClassifiesWrappedErrors(t *testing.T) {
 			assert.Equal(t, tc.want, IsTimeout(tc.err))
 		})
 	}
+}
+
+func TestHostLimiterCapsFillRequestsPerHostOnly(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fill" {
+			w.WriteHeader(http.StatusOK)
+			http.NewResponseController(w).Flush()
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	defer close(release)
+	var inUse atomic.Int32
+	l := &HostLimiter{Next: srv.Client().Transport, Max: 2, OnChange: func(d int) { inUse.Add(int32(d)) }}
+	client := &http.Client{Transport: l}
+	get := func(ctx context.Context, path string) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		return client.Do(req)
+	}
+	var bodies []io.Closer
+	for range 2 {
+		resp, err := get(ForFill(context.Background()), "/fill")
+		require.NoError(t, err)
+		bodies = append(bodies, resp.Body)
+	}
+	assert.Equal(t, int32(2), inUse.Load())
+	// A third fill request waits for a slot...
+	ctx, cancel := context.WithTimeout(ForFill(context.Background()), 100*time.Millisecond)
+	defer cancel()
+	_, err := get(ctx, "/fill")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// ...metadata does not.
+	resp, err := get(context.Background(), "/meta")
+	require.NoError(t, err)
+	resp.Body.Close()
+	bodies[0].Close()
+	assert.Equal(t, int32(1), inUse.Load(), "a closed body frees its slot")
+	resp, err = get(ForFill(context.Background()), "/meta")
+	require.NoError(t, err)
+	resp.Body.Close()
+	bodies[1].Close()
+	assert.Equal(t, int32(0), inUse.Load())
 }

@@ -36,6 +36,14 @@ func (h *Hub) Requests() []Request {
 // so a response blocked by GateBlob is already counted.
 func (h *Hub) CDNBodyFetches(sha256hex string) int { return h.cdnFetches.Get(sha256hex) }
 
+// CDNBodyBytes is how many body bytes the CDN sent for the blob, over all
+// its 2xx GETs (full and ranged).
+func (h *Hub) CDNBodyBytes(sha256hex string) int64 { return h.cdnFetches.Bytes(sha256hex) }
+
+// CDNBodySpans is the byte range [start, end) each 2xx GET of the blob on
+// the CDN carried, in the order they began.
+func (h *Hub) CDNBodySpans(sha256hex string) [][2]int64 { return h.cdnFetches.Spans(sha256hex) }
+
 // SmallBodyFetches counts GETs (not HEADs) on /api/resolve-cache/... for the
 // small file at commit/path that were answered 2xx.
 func (h *Hub) SmallBodyFetches(commit, path string) int {
