@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+
+	"github.com/modelgate/modelgate/redact"
 )
 
 // RepoType is the kind of repository.
@@ -96,8 +98,11 @@ type BadRequestError struct{ Reason string }
 
 func (e *BadRequestError) Error() string { return e.Reason }
 
+// badRequest builds a BadRequestError. The reason quotes what the worker
+// sent, so a credential pasted where a repo id or revision goes is masked:
+// error texts travel on to proxies, logs and screenshots.
 func badRequest(format string, a ...any) error {
-	return &BadRequestError{Reason: fmt.Sprintf(format, a...)}
+	return &BadRequestError{Reason: redact.String(fmt.Sprintf(format, a...))}
 }
 
 // Limits on what the gateway accepts; the Hub's own are of the same order.

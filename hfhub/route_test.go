@@ -459,3 +459,23 @@ func TestCDNContentSHA256NamesOnlyLFSPaths(t *testing.T) {
 		}
 	}
 }
+
+// A worker that pastes a credential where a repo id or revision goes must
+// not get it back in the error text (which proxies, logs and screenshots
+// keep); the reason still says what was wrong.
+func TestParseRoute_ErrorsNeverQuoteACredential(t *testing.T) {
+	const token = "hf_AbCdEfGhIjKlMnOpQrStUv"
+	for _, path := range []string{
+		"/api/models/" + token + "!/x",
+		"/org/model/resolve/" + token + "%00/config.json",
+		"/" + token + "%21/m/resolve/main/f",
+	} {
+		u, err := url.Parse(path)
+		require.NoError(t, err)
+		_, err = ParseRoute(http.MethodGet, u)
+		var bad *BadRequestError
+		require.ErrorAs(t, err, &bad, path)
+		assert.NotContains(t, bad.Error(), "AbCdEfGhIjKl", path)
+		assert.Contains(t, bad.Error(), "invalid", path)
+	}
+}
