@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -99,17 +100,6 @@ func IsCopyKey(key string) bool {
 // models_catalog-1.2.json).
 var catalogName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$`)
 
-// basePrefixKey carries, in a request's context, the path prefix the
-// worker's URLs started with (a key path, see clientauth.TakePath); the
-// rewritten URLs carry it too.
-type basePrefixKey struct{}
-
-// WithBasePrefix returns ctx telling the handler to put prefix before
-// every rewritten path.
-func WithBasePrefix(ctx context.Context, prefix string) context.Context {
-	return context.WithValue(ctx, basePrefixKey{}, prefix)
-}
-
 // Route is the label of catalog requests in logs and metrics.
 const Route = "visionatrix"
 
@@ -179,8 +169,8 @@ func gatewayBase(r *http.Request) (string, error) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	prefix, _ := r.Context().Value(basePrefixKey{}).(string)
-	return scheme + "://" + r.Host + prefix, nil
+	// A worker that read the catalog under a key path downloads under it.
+	return scheme + "://" + r.Host + clientauth.PathPrefix(r.Context()), nil
 }
 
 // statusError is an upstream answer relayed with its status.
