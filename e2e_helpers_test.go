@@ -54,7 +54,10 @@ func (b *syncBuffer) String() string {
 // gatewayUnderTest is a real gateway (real listener, badger, files) wired
 // exactly as main wires it, pointed at a fake Hub.
 type gatewayUnderTest struct {
-	URL     string
+	URL string
+	// TLSURL is https:// and the TLS listener's address, when listen_tls
+	// is set.
+	TLSURL  string
 	DataDir string
 	Logs    *syncBuffer
 	Client  *http.Client
@@ -88,7 +91,7 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
+	ready := make(chan string, 2)
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, log, ready, nil) }()
 	var addr string
@@ -101,6 +104,14 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	}
 	g := &gatewayUnderTest{URL: "http://" + addr, DataDir: cfg.DataDir, Logs: logs,
 		Received: newLeakScanner(operatorToken, workerToken, civitaiKey, civitaiWorkerKey)}
+	if cfg.ListenTLS != "" {
+		select {
+		case addr := <-ready:
+			g.TLSURL = "https://" + addr
+		case err := <-done:
+			t.Fatalf("gateway did not start: %v", err)
+		}
+	}
 	g.Client = &http.Client{
 		Transport: &recordingTransport{rt: &http.Transport{DisableCompression: true}, sink: g.Received},
 		// Workers in these tests follow nothing: the gateway itself must
