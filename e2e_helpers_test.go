@@ -65,7 +65,10 @@ type gatewayUnderTest struct {
 	URL string
 	// Addr is the gateway's own listener, for tests about the listener
 	// itself (a CONNECT to the gateway's own address).
-	Addr    string
+	Addr string
+	// TLSURL is https:// and the TLS listener's address, when listen_tls
+	// is set.
+	TLSURL  string
 	DataDir string
 	Logs    *syncBuffer
 	Client  *http.Client
@@ -100,7 +103,7 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
+	ready := make(chan string, 2)
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, log, ready, nil) }()
 	var addr string
@@ -114,6 +117,14 @@ func startGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Config)) *ga
 	scanner := newLeakScanner(operatorToken, workerToken, civitaiKey, civitaiWorkerKey)
 	relay, stopRelay := startScanningRelay(t, addr, scanner)
 	g := &gatewayUnderTest{URL: "http://" + relay, Addr: addr, DataDir: cfg.DataDir, Logs: logs, Received: scanner}
+	if cfg.ListenTLS != "" {
+		select {
+		case addr := <-ready:
+			g.TLSURL = "https://" + addr
+		case err := <-done:
+			t.Fatalf("gateway did not start: %v", err)
+		}
+	}
 	g.Client = &http.Client{
 		Transport: &recordingTransport{rt: &http.Transport{DisableCompression: true}, sink: g.Received},
 		// Workers in these tests follow nothing: the gateway itself must

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -289,6 +290,28 @@ func tunnelFrom(t *testing.T, g *gatewayUnderTest, ip, target string) net.Conn {
 	return conn
 }
 
+// metricWhenServed reads one series of /metrics once a connection from
+// the test's address is served again: the connections the test just
+// closed give their slots back only once the gateway has seen them close.
+func metricWhenServed(t *testing.T, g *gatewayUnderTest, series string) float64 {
+	t.Helper()
+	var value float64
+	require.Eventually(t, func() bool {
+		resp, body, err := g.do(t, http.MethodGet, "/metrics", nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return false
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				value, err = strconv.ParseFloat(v, 64)
+				require.NoError(t, err, line)
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond)
+	return value
+}
+
 // Item 10 of the security review: nothing bounded the connections one
 // client (or all of them) could hold open; 1,500 idle tunnels cost 3,000
 // file descriptors.
@@ -327,7 +350,7 @@ func TestConnectionCapsRefuseNewConnectionsBeyondTheLimits(t *testing.T) {
 		require.Eventually(t, served(g, "127.0.0.1"), 10*time.Second, 20*time.Millisecond)
 		held[1].Close()
 		// The 503 and the closed CONNECT at least (the wait may add some).
-		assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="per_client"}`), 2.0)
+		assert.GreaterOrEqual(t, metricWhenServed(t, g, `modelgate_connections_refused_total{limit="per_client"}`), 2.0)
 		assert.Contains(t, g.Logs.String(), "route=connection_limit")
 	})
 
@@ -353,7 +376,7 @@ func TestConnectionCapsRefuseNewConnectionsBeyondTheLimits(t *testing.T) {
 			c.Close()
 		}
 		require.Eventually(t, served(g, "127.0.0.1"), 10*time.Second, 20*time.Millisecond)
-		assert.GreaterOrEqual(t, g.metric(t, `modelgate_connections_refused_total{limit="total"}`), 2.0)
+		assert.GreaterOrEqual(t, metricWhenServed(t, g, `modelgate_connections_refused_total{limit="total"}`), 2.0)
 		assert.Contains(t, g.Logs.String(), "route=connection_limit")
 	})
 }

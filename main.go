@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"errors"
 	"flag"
@@ -41,6 +42,7 @@ import (
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
 	"github.com/modelgate/modelgate/upstream"
+	"github.com/modelgate/modelgate/visionatrix"
 )
 
 // defaultConfig is config.yaml as committed: used when -config is not
@@ -254,13 +256,31 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	}
 	ln = gw.listen(ln)
 	srv := proxy.NewServer(cfg.Listen, gw.handler, log)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("modelgate listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
 		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token != "",
 		"civitai", cfg.CivitAI.Endpoint, "civitai_key", cfg.CivitAI.APIKey != "", "offline", cfg.Offline)
 	if ready != nil {
 		ready <- ln.Addr().String()
+	}
+	// listen_tls serves the very same handler over TLS: mirror mode, the
+	// admin API, and CONNECT inside TLS (HTTPS_PROXY=https://...).
+	servers := []*http.Server{srv}
+	if gw.tls != nil {
+		tln, err := net.Listen("tcp", cfg.ListenTLS)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("listen_tls: %w", err)
+		}
+		tln = gw.listen(tln)
+		tlsSrv := proxy.NewServer(cfg.ListenTLS, gw.handler, log)
+		servers = append(servers, tlsSrv)
+		go func() { errc <- tlsSrv.Serve(tls.NewListener(tln, gw.tls)) }()
+		log.Info("modelgate listening with TLS", "addr", tln.Addr().String())
+		if ready != nil {
+			ready <- tln.Addr().String()
+		}
 	}
 
 	hup := make(chan os.Signal, 1)
@@ -295,15 +315,24 @@ wait:
 	log.Info("shutting down: draining the downloads in flight", "timeout", cfg.ShutdownTimeout.String())
 	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 	defer cancel()
-	inner := make(chan error, 1)
-	go func() { inner <- gw.shutdown(shutCtx) }()
-	err = srv.Shutdown(shutCtx)
-	if ierr := <-inner; err == nil {
-		err = ierr
+	// Every listener and the interceptions drain at once, within one
+	// shutdown_timeout.
+	done := make(chan error, len(servers)+1)
+	go func() { done <- gw.shutdown(shutCtx) }()
+	for _, s := range servers {
+		go func() { done <- s.Shutdown(shutCtx) }()
 	}
-	if err != nil {
+	var cut bool
+	for range len(servers) + 1 {
+		if err := <-done; err != nil {
+			cut = true
+		}
+	}
+	if cut {
 		// Long downloads are still running; cut them.
-		srv.Close()
+		for _, s := range servers {
+			s.Close()
+		}
 		log.Warn("shutdown_timeout passed; cut the downloads still running")
 		return nil
 	}
@@ -325,6 +354,8 @@ type gateway struct {
 	// shutdown stops serving intercepted connections once their requests
 	// in flight are done, or ctx ends.
 	shutdown func(ctx context.Context) error
+	// tls is the TLS listener's configuration (nil: listen_tls is off).
+	tls *tls.Config
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
@@ -454,12 +485,20 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.Host != "" {
 		parent = append(parent, authinject.CanonicalHost(u))
 	}
+	// The Visionatrix catalog host is named by the operator too.
+	named := []string{authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)}
+	var catalogURL *url.URL
+	if cfg.Visionatrix.CatalogURL != "" {
+		if catalogURL, err = url.Parse(cfg.Visionatrix.CatalogURL); err != nil {
+			return nil, fmt.Errorf("visionatrix.catalog_url: %w", err)
+		}
+		named = append(named, authinject.CanonicalHost(catalogURL))
+	}
 	upOpts := upstream.Options{
 		CAFile:  cfg.Upstream.CAFile,
 		Proxy:   cfg.Upstream.Proxy,
 		Timeout: cfg.Upstream.Timeout.Duration,
-		Guard: guard.Exempting(append(append([]string{authinject.CanonicalHost(hfURL), authinject.CanonicalHost(civURL)},
-			parent...), cfg.Upstream.PrivateHosts...)...),
+		Guard:   guard.Exempting(append(append(named, parent...), cfg.Upstream.PrivateHosts...)...),
 	}
 	transport, err := upstream.NewTransport(upOpts)
 	if err != nil {
@@ -469,6 +508,12 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
+	}
+	var tlsConf *tls.Config
+	if cfg.ListenTLS != "" {
+		if tlsConf, err = listenerTLS(cfg, ca, log); err != nil {
+			return nil, err
+		}
 	}
 	creds, err := upstreamCredentials(cfg)
 	if err != nil {
@@ -532,6 +577,24 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Logger:       log,
 		Offline:      cfg.Offline,
 	})
+	var vix http.Handler
+	if catalogURL != nil {
+		vix = visionatrix.New(visionatrix.Options{
+			CatalogURL:   catalogURL,
+			TTL:          cfg.Visionatrix.CatalogTTL.Duration,
+			LastKnownTTL: cfg.Cache.LastKnownTTL.Duration,
+			// The configured endpoints (tests point them at fakes) and the
+			// public names the catalog is written with.
+			Origins: visionatrix.Origins{
+				Hub:     []*url.URL{hfURL, {Scheme: "https", Host: "huggingface.co"}, {Scheme: "https", Host: "hf.co"}},
+				CivitAI: []*url.URL{civURL, {Scheme: "https", Host: "civitai.com"}},
+			},
+			Upstream: up,
+			Index:    idx,
+			Logger:   log,
+			Offline:  cfg.Offline,
+		})
+	}
 	clientNets, err := parseNetworks(cfg.Clients.Allow)
 	if err != nil {
 		return nil, err
@@ -588,6 +651,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 			}
 			return nil
 		},
+		RequireTLSForKeys: cfg.Clients.RequireTLSForKeys,
+		Visionatrix:       vix,
 	})
 	if err != nil {
 		return nil, err
@@ -614,7 +679,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil
 	}
 	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets,
-		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown}, nil
+		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown, tls: tlsConf}, nil
 }
 
 func parseNetworks(list []string) ([]netip.Prefix, error) {
@@ -711,15 +776,80 @@ func classifyIndexKey(key []byte) cache.KeyClass {
 	switch {
 	case hfhub.IsLastRevisionKey(k):
 		return cache.Counted
-	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k):
+	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k), visionatrix.IsCopyKey(k):
 		return cache.Reclaimable
 	}
 	return cache.Kept
 }
 
-// caOptions is how the interception CA is created and rotated.
+// caOptions is how the interception CA is created and rotated. With
+// listen_tls on, a new CA may also sign for the gateway's own names.
 func caOptions(cfg config.Config) mitmca.Options {
-	return mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+	opts := mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+	if cfg.ListenTLS != "" && cfg.TLS.CertFile == "" {
+		opts.Names = tlsNames(cfg)
+	}
+	return opts
+}
+
+// tlsNames are the names the TLS listener's own certificate covers:
+// tls.names, or the host name and the addresses of listen_tls (every
+// interface address, link-local ones aside, when it names no host).
+func tlsNames(cfg config.Config) []string {
+	if len(cfg.TLS.Names) > 0 {
+		return cfg.TLS.Names
+	}
+	var names []string
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names = append(names, strings.ToLower(h))
+	}
+	host, _, _ := net.SplitHostPort(cfg.ListenTLS)
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case host != "" && err != nil:
+		names = append(names, host) // a name
+	case host != "" && !ip.IsUnspecified():
+		names = append(names, ip.String())
+	default:
+		addrs, _ := net.InterfaceAddrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
+				names = append(names, p.Addr().Unmap().String())
+			}
+		}
+	}
+	return names
+}
+
+// listenerTLS is the TLS listener's configuration: tls.cert_file and
+// tls.key_file, or a certificate for tlsNames issued from the gateway's
+// CA (which workers trust already) and renewed as it ages.
+func listenerTLS(cfg config.Config, ca *mitmca.CA, log *slog.Logger) (*tls.Config, error) {
+	conf := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// HTTP/1.1 only: CONNECT (HTTPS_PROXY=https://) is an HTTP/1.1
+		// hijack, and downloads are single long streams.
+		NextProtos: []string{"http/1.1"},
+	}
+	if cfg.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert_file: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{pair}
+		return conf, nil
+	}
+	names := tlsNames(cfg)
+	if len(names) == 0 {
+		return nil, errors.New("listen_tls: no name for its certificate; set tls.names")
+	}
+	if bad := ca.Uncovered(names, time.Now()); len(bad) > 0 {
+		// Clients will refuse the certificate for these names.
+		log.Error("the CA cannot sign for some of tls.names (it was created before they were configured); run `modelgate ca --new` and have workers trust the new CA, or set tls.cert_file",
+			"names", strings.Join(bad, ","))
+	}
+	conf.GetCertificate = ca.ServerCertificates(names, nil)
+	return conf, nil
 }
 
 // rotateCA implements `modelgate ca --new`: the next CA, printed with the

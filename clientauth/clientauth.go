@@ -17,7 +17,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/modelgate/modelgate/config"
@@ -198,4 +200,82 @@ func WithKey(ctx context.Context, k *Key) context.Context { return context.WithV
 func FromContext(ctx context.Context) *Key {
 	k, _ := ctx.Value(ctxKey{}).(*Key)
 	return k
+}
+
+// PathKeyPrefix starts a path carrying a worker key. Visionatrix reads
+// its models catalog from a URL and downloads from the URLs in it, and
+// can send no header to the gateway; under clients.require_key the key
+// travels in the catalog URL instead
+// (MODELS_CATALOG_URL=http://gate:8080/visionatrix/key/mgw_.../), and the
+// catalog's rewritten URLs carry the same prefix.
+const PathKeyPrefix = "/visionatrix/key/"
+
+// TakePath removes a key prefix (PathKeyPrefix, the key, "/") from r's
+// path and returns the key and the prefix, which the answers that hand
+// out URLs put before them. What follows is the path served: a single
+// name (/visionatrix/key/K/models_catalog.json) is the catalog,
+// /visionatrix/models_catalog.json; anything longer is a gateway path
+// (/visionatrix/key/K/org/model/resolve/main/f is /org/model/resolve/main/f).
+// ok is false when the path has no such prefix; r is changed only when it
+// has one.
+func TakePath(r *http.Request) (key, prefix string, ok bool) {
+	ep := r.URL.EscapedPath()
+	after, found := strings.CutPrefix(ep, PathKeyPrefix)
+	if !found {
+		return "", "", false
+	}
+	key, rest, _ := strings.Cut(after, "/")
+	rest = "/" + rest
+	if !strings.Contains(rest[1:], "/") {
+		rest = "/visionatrix" + rest
+	}
+	u, err := url.Parse(rest)
+	if err != nil || u.Path == "" {
+		u = &url.URL{Path: "/"}
+	}
+	r.URL.Path, r.URL.RawPath = u.Path, u.RawPath
+	r.RequestURI = ""
+	return key, PathKeyPrefix + key, true
+}
+
+type pathPrefixKey struct{}
+
+// WithPathPrefix returns ctx recording the key prefix r's URL had.
+func WithPathPrefix(ctx context.Context, prefix string) context.Context {
+	return context.WithValue(ctx, pathPrefixKey{}, prefix)
+}
+
+// PathPrefix returns the key prefix the request's URL had, or "".
+func PathPrefix(ctx context.Context) string {
+	p, _ := ctx.Value(pathPrefixKey{}).(string)
+	return p
+}
+
+// AdminPrefix starts every admin key (issue 12's admin API).
+const AdminPrefix = "mga_"
+
+// Presents reports whether r carries something that looks like a worker
+// or admin key, in any of the places a key is read from: Authorization,
+// Proxy-Authorization, a token= parameter, or a key path. It decides
+// whether clients.require_tls_for_keys applies, so it looks at the
+// prefixes only, known key or not: a key sent in the clear is exposed
+// whether or not it is valid.
+func Presents(r *http.Request) bool {
+	isKey := func(s string) bool { return strings.Contains(s, Prefix) || strings.Contains(s, AdminPrefix) }
+	if isKey(r.Header.Get("Authorization")) || strings.HasPrefix(r.URL.EscapedPath(), PathKeyPrefix) {
+		return true
+	}
+	if v := r.Header.Get("Proxy-Authorization"); v != "" {
+		_, enc, _ := strings.Cut(strings.TrimSpace(v), " ")
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
+		if isKey(v) || err == nil && isKey(string(raw)) {
+			return true
+		}
+	}
+	for name, vals := range r.URL.Query() {
+		if strings.EqualFold(name, "token") && slices.ContainsFunc(vals, isKey) {
+			return true
+		}
+	}
+	return false
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -80,4 +81,62 @@ func TestWorkersPresentKeysTheWayTheirToolsSendTokens(t *testing.T) {
 	assert.Equal(t, "mgw_xyz", k)
 	_, ok = FromProxyAuthorization("Basic " + base64.StdEncoding.EncodeToString([]byte("user:password")))
 	assert.False(t, ok)
+}
+
+func TestTakePath(t *testing.T) {
+	tests := []struct {
+		path, key, rest, rawRest string
+		ok                       bool
+	}{
+		{"/visionatrix/key/mgw_abc/models_catalog.json", "mgw_abc", "/visionatrix/models_catalog.json", "", true},
+		{"/visionatrix/key/mgw_abc/org/m/resolve/refs%2Fpr%2F1/a%20b.bin", "mgw_abc", "/org/m/resolve/refs/pr/1/a b.bin", "/org/m/resolve/refs%2Fpr%2F1/a%20b.bin", true},
+		{"/visionatrix/key/mgw_abc/api/download/models/1", "mgw_abc", "/api/download/models/1", "", true},
+		{"/visionatrix/key/hf_x/org/m/resolve/main/f", "hf_x", "/org/m/resolve/main/f", "", true},
+		{"/visionatrix/models_catalog.json", "", "/visionatrix/models_catalog.json", "", false},
+		{"/org/visionatrix/key/mgw_abc/x", "", "/org/visionatrix/key/mgw_abc/x", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, tt.path+"?x=1", nil)
+			key, prefix, ok := TakePath(r)
+			assert.Equal(t, tt.ok, ok)
+			assert.Equal(t, tt.key, key)
+			assert.Equal(t, tt.rest, r.URL.Path)
+			assert.Equal(t, tt.rawRest, r.URL.RawPath)
+			assert.Equal(t, "x=1", r.URL.RawQuery)
+			if ok {
+				assert.Equal(t, PathKeyPrefix+tt.key, prefix)
+			}
+		})
+	}
+}
+
+func TestPresents(t *testing.T) {
+	basic := func(user, pass string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	}
+	tests := []struct {
+		name   string
+		url    string
+		header http.Header
+		want   bool
+	}{
+		{"bearer worker key", "/a", http.Header{"Authorization": {"Bearer mgw_x"}}, true},
+		{"bearer admin key", "/a", http.Header{"Authorization": {"Bearer mga_x"}}, true},
+		{"proxy basic", "/a", http.Header{"Proxy-Authorization": {basic("w", "mgw_x")}}, true},
+		{"token parameter", "/a?TOKEN=mgw_x", nil, true},
+		{"key path", "/visionatrix/key/whatever/models_catalog.json", nil, true},
+		{"own hub token", "/a", http.Header{"Authorization": {"Bearer hf_abc"}}, false},
+		{"proxy basic without key", "/a", http.Header{"Proxy-Authorization": {basic("w", "pw")}}, false},
+		{"nothing", "/visionatrix/models_catalog.json?token=abc", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, tt.url, nil)
+			for k, v := range tt.header {
+				r.Header[k] = v
+			}
+			assert.Equal(t, tt.want, Presents(r))
+		})
+	}
 }

@@ -38,6 +38,13 @@ type Config struct {
 	// lets downloads in flight finish after it stopped accepting new
 	// connections; then it cuts them and exits. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// ListenTLS is an optional second address, host:port, serving exactly
+	// what Listen serves over TLS (mirror mode at https://, the admin API,
+	// and HTTPS-proxy mode: a TLS connection to the proxy carrying
+	// CONNECT). Empty means off. Default "".
+	ListenTLS string `yaml:"listen_tls"`
+	// TLS says which certificate the TLS listener presents.
+	TLS TLSConfig `yaml:"tls"`
 	// Cache controls the local blob cache.
 	Cache CacheConfig `yaml:"cache"`
 	// HuggingFace configures the Hugging Face hub upstream.
@@ -53,8 +60,40 @@ type Config struct {
 	Proxy ProxyConfig `yaml:"proxy"`
 	// Clients says who may use the gateway.
 	Clients ClientsConfig `yaml:"clients"`
+	// Visionatrix configures the models catalog served at /visionatrix/.
+	Visionatrix VisionatrixConfig `yaml:"visionatrix"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+}
+
+// TLSConfig is the certificate of the TLS listener (listen_tls).
+type TLSConfig struct {
+	// CertFile and KeyFile are PEM files of the listener's certificate
+	// (chain) and key. Both or neither; when neither, the gateway issues
+	// itself a certificate for Names from its own CA (mitm), so the CA
+	// workers already trust covers it. Default empty.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Names are the DNS names and IP addresses the issued certificate
+	// covers, and that a CA the gateway creates may sign for besides the
+	// model domains. Default empty: the host name and the addresses of
+	// listen_tls (every interface address when its host is empty).
+	Names []string `yaml:"names"`
+}
+
+// VisionatrixConfig configures the Visionatrix models catalog the gateway
+// serves (GET /visionatrix/<name>), with its Hub and CivitAI download URLs
+// pointing at the gateway.
+type VisionatrixConfig struct {
+	// CatalogURL is the base URL catalog names are fetched under, an
+	// absolute http(s) URL (Visionatrix's MODELS_CATALOG_URL). Empty turns
+	// /visionatrix/ off. Default "https://visionatrix.github.io/VixFlowsDocs/".
+	CatalogURL string `yaml:"catalog_url"`
+	// CatalogTTL is how long a fetched catalog is served before it is
+	// fetched again; the last good copy is served while the catalog host
+	// is down (for cache.last_known_ttl). 0 means fetch every time.
+	// Default 10m.
+	CatalogTTL Duration `yaml:"catalog_ttl"`
 }
 
 // CacheConfig controls the local blob cache.
@@ -276,6 +315,11 @@ type ClientsConfig struct {
 	// each worker reaches a file only through its own access check.
 	// Default "replace".
 	OwnCredentials string `yaml:"own_credentials"`
+	// RequireTLSForKeys refuses (403) a request presenting a worker key
+	// (mgw_) or an admin key (mga_) over plain HTTP, except from a
+	// loopback client (one connecting from the loopback address it
+	// connects to); keys then travel only over listen_tls. Default false.
+	RequireTLSForKeys bool `yaml:"require_tls_for_keys"`
 	// Keys are the worker keys the gateway knows. A worker presents its
 	// key as its HF_TOKEN (Authorization: Bearer mgw_...), as ?token= on
 	// CivitAI routes, or in HTTPS_PROXY=http://name:key@gate:8080. The
@@ -365,6 +409,11 @@ func Default() Config {
 			OwnCredentials: "replace",
 			Keys:           []ClientKey{},
 		},
+		TLS: TLSConfig{Names: []string{}},
+		Visionatrix: VisionatrixConfig{
+			CatalogURL: "https://visionatrix.github.io/VixFlowsDocs/",
+			CatalogTTL: Duration{10 * time.Minute},
+		},
 		Log: LogConfig{
 			Level:  "info",
 			Format: "text",
@@ -427,6 +476,32 @@ func (c *Config) Validate() error {
 
 	if msg := checkListen(c.Listen); msg != "" {
 		fail("listen", "%s", msg)
+	}
+	if c.ListenTLS != "" {
+		if msg := checkListen(c.ListenTLS); msg != "" {
+			fail("listen_tls", "%s", msg)
+		} else if _, port, _ := net.SplitHostPort(c.Listen); c.ListenTLS == c.Listen && port != "0" {
+			fail("listen_tls", "must differ from listen (%q)", c.Listen)
+		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		fail("tls.cert_file", "tls.cert_file and tls.key_file must be set together")
+	}
+	for _, n := range c.TLS.Names {
+		if net.ParseIP(n) != nil {
+			continue
+		}
+		if strings.HasPrefix(n, "*.") || strings.Contains(n, ":") || checkHostPattern(n) != "" {
+			fail("tls.names", "%q is not a host name or an IP address", n)
+		}
+	}
+	if c.Visionatrix.CatalogURL != "" {
+		if msg := checkURL(c.Visionatrix.CatalogURL, "must be empty or an absolute http(s) URL", false, "http", "https"); msg != "" {
+			fail("visionatrix.catalog_url", "%s", msg)
+		}
+	}
+	if c.Visionatrix.CatalogTTL.Duration < 0 {
+		fail("visionatrix.catalog_ttl", "must be >= 0, got %s", c.Visionatrix.CatalogTTL)
 	}
 	if strings.TrimSpace(c.DataDir) == "" {
 		fail("data_dir", "must not be empty")

@@ -100,7 +100,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 50)
+	assert.Len(t, seen, 57)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -310,6 +310,13 @@ func TestInvalidValues(t *testing.T) {
 		want []string
 	}{
 		{"bad duration", "cache:\n  revision_ttl: abc\n", nil, []string{`cache.revision_ttl: invalid duration "abc"`}},
+		{"bad listen_tls", "listen_tls: 8443\n", nil, []string{"listen_tls: must be host:port"}},
+		{"listen_tls same as listen", "listen_tls: \":8080\"\n", nil, []string{"listen_tls: must differ from listen"}},
+		{"tls cert without key", "tls:\n  cert_file: /c.pem\n", nil, []string{"tls.cert_file: tls.cert_file and tls.key_file must be set together"}},
+		{"tls name pattern", "tls:\n  names: [\"*.gate.lan\"]\n", nil, []string{`tls.names: "*.gate.lan" is not a host name or an IP address`}},
+		{"tls name with port", "", map[string]string{"MODELGATE_TLS_NAMES": "gate:8443"}, []string{`tls.names: "gate:8443" is not`}},
+		{"catalog url", "visionatrix:\n  catalog_url: visionatrix.github.io\n", nil, []string{"visionatrix.catalog_url: must be empty or an absolute http(s) URL"}},
+		{"catalog ttl", "visionatrix:\n  catalog_ttl: -1m\n", nil, []string{"visionatrix.catalog_ttl: must be >= 0"}},
 		{"bad duration env", "", map[string]string{"MODELGATE_CACHE_REVISION_TTL": "abc"},
 			[]string{"MODELGATE_CACHE_REVISION_TTL", `cache.revision_ttl: invalid duration "abc"`}},
 		{"negative ttl", "cache:\n  revision_ttl: -1s\n", nil, []string{"cache.revision_ttl: must be >= 0"}},

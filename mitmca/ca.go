@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -36,6 +37,10 @@ type Options struct {
 	// Hosts are the mitm.hosts patterns. A CA created now may sign for
 	// their domains and the model domains only.
 	Hosts []string
+	// Names are the gateway's own names (tls.names: DNS names and IP
+	// addresses), which a CA created now may also sign for, so that it
+	// can issue the TLS listener's certificate.
+	Names []string
 	// Overlap is how long a CA made by Rotate is only announced (Bundle
 	// serves it beside the current one) before it starts signing.
 	Overlap time.Duration
@@ -101,6 +106,17 @@ func (c *CA) NextFrom() time.Time { return c.nextFrom }
 // SignLeaf issues a certificate for host from the CA active at now, valid
 // for LeafLifetime (never past the CA's own end).
 func (c *CA) SignLeaf(host string, now time.Time) (*tls.Certificate, error) {
+	return c.SignServer([]string{host}, now)
+}
+
+// SignServer issues one certificate for several names (DNS names or IP
+// addresses; the first is its common name), as SignLeaf does: the TLS
+// listener's own certificate.
+func (c *CA) SignServer(names []string, now time.Time) (*tls.Certificate, error) {
+	if len(names) == 0 {
+		return nil, errors.New("a certificate needs at least one name")
+	}
+	host := names[0]
 	ca := c.Active(now)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -122,10 +138,12 @@ func (c *CA) SignLeaf(host string, now time.Time) (*tls.Certificate, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	if ip := net.ParseIP(host); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{host}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Leaf, &key.PublicKey, ca.PrivateKey)
 	if err != nil {
@@ -229,7 +247,8 @@ func Rotate(dir string, opts Options) (*CA, error) {
 // Constraints returns the DNS domains a CA created for hosts may sign
 // for: the model domains and the domain of every mitm.hosts pattern (a
 // constraint covers the domain and its subdomains), and the IP addresses
-// among hosts.
+// among hosts. The gateway's own names (tls.names) are passed in hosts
+// too.
 func Constraints(hosts []string) (domains []string, ips []net.IP) {
 	seen := map[string]bool{}
 	add := func(d string) {
@@ -311,7 +330,7 @@ func create(certFile, keyFile string, opts Options) error {
 	}
 	host, _ := os.Hostname()
 	now := opts.now()
-	domains, ips := Constraints(opts.Hosts)
+	domains, ips := Constraints(append(append([]string{}, opts.Hosts...), opts.Names...))
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "modelgate CA (" + host + ") " + now.UTC().Format("2006-01-02"), Organization: []string{"modelgate"}},
@@ -365,4 +384,51 @@ func create(certFile, keyFile string, opts Options) error {
 		return fmt.Errorf("writing CA certificate: %w", err)
 	}
 	return nil
+}
+
+// ServerCertificates returns a tls.Config.GetCertificate for a server
+// presenting one certificate for names (the TLS listener's), issued from
+// the CA and issued again when less than two days of it are left or
+// another CA signs now (after a rotation's overlap).
+func (c *CA) ServerCertificates(names []string, now func() time.Time) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if now == nil {
+		now = time.Now
+	}
+	var mu sync.Mutex
+	var cur *tls.Certificate
+	var signer *tls.Certificate
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		t := now()
+		active := c.Active(t)
+		if cur == nil || signer != active || t.Add(2*24*time.Hour).After(cur.Leaf.NotAfter) {
+			cert, err := c.SignServer(names, t)
+			if err != nil {
+				return nil, err
+			}
+			cur, signer = cert, active
+		}
+		return cur, nil
+	}
+}
+
+// Uncovered returns those of names that a certificate from the CA
+// signing at now would not be valid for, because of the CA's name
+// constraints (a CA created before they were among tls.names).
+func (c *CA) Uncovered(names []string, now time.Time) []string {
+	active := c.Active(now)
+	roots := x509.NewCertPool()
+	roots.AddCert(active.Leaf)
+	var out []string
+	for _, n := range names {
+		leaf, err := c.SignServer([]string{n}, now)
+		if err == nil {
+			_, err = leaf.Leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: n, CurrentTime: now})
+		}
+		if err != nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -141,3 +141,43 @@ func TestAnUnconstrainedCAFromAnEarlierVersionStillWorks(t *testing.T) {
 	assert.Equal(t, certPEM, ca.PEM, "the existing CA is kept")
 	assert.NoError(t, verify(t, ca.PEM, ca, "huggingface.co", time.Now()))
 }
+
+// Issue 12, section 7: the TLS listener's certificate comes from this CA,
+// so a new CA must be allowed to sign for the gateway's own names and
+// addresses (IP SANs need IP constraints), and for nothing more.
+func TestNewCACoversTheGatewaysOwnNames(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	names := []string{"gate.lan", "127.0.0.1", "::1"}
+	ca, err := Load("", "", t.TempDir(), Options{Hosts: []string{"huggingface.co"}, Names: names, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	cert, err := ca.SignServer(names, now)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"gate.lan"}, cert.Leaf.DNSNames)
+	assert.Len(t, cert.Leaf.IPAddresses, 2)
+	for _, n := range names {
+		_, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool(t, ca.PEM), DNSName: n, CurrentTime: now})
+		assert.NoError(t, err, n)
+	}
+	assert.Empty(t, ca.Uncovered(names, now))
+	get := ca.ServerCertificates(names, func() time.Time { return now })
+	first, err := get(nil)
+	require.NoError(t, err)
+	again, err := get(nil)
+	require.NoError(t, err)
+	assert.Same(t, first, again, "kept while it is fresh")
+
+	// A CA created before these names were configured cannot cover them:
+	// the gateway says so (it needs modelgate ca --new).
+	old, err := Load("", "", t.TempDir(), Options{Hosts: []string{"huggingface.co"}, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	assert.Equal(t, names, old.Uncovered(names, now))
+
+	// Still nothing else: not another address, not another name.
+	for _, host := range []string{"10.0.0.1", "127.0.0.2", "other.lan", "example.com"} {
+		err := verify(t, ca.PEM, ca, host, now)
+		var invalid x509.CertificateInvalidError
+		if assert.ErrorAs(t, err, &invalid, host) {
+			assert.Equal(t, x509.CANotAuthorizedForThisName, invalid.Reason, host)
+		}
+	}
+}

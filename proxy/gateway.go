@@ -125,6 +125,13 @@ type Options struct {
 	Ready func() error
 	// Build is shown by /healthz to clients that ask for JSON.
 	Build buildinfo.Info
+	// RequireTLSForKeys refuses a request presenting a worker or admin key
+	// over plain HTTP, unless it comes from a loopback client.
+	RequireTLSForKeys bool
+
+	// Visionatrix answers /visionatrix/ (the models catalog); nil: not
+	// served.
+	Visionatrix http.Handler
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -144,6 +151,9 @@ type Gateway struct {
 
 	targets     *targets
 	tunnelAllow hostPatterns
+	// counts caps the connections of every listener together.
+	counts     *connCounts
+	countsOnce sync.Once
 
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
@@ -275,10 +285,12 @@ func (g *Gateway) SetListenAddr(a net.Addr) { g.targets.setListenAddr(a) }
 
 // Listener returns ln with the connection caps applied (serve it with
 // NewServer, whose ConnContext marks the connections beyond them), and
-// tells the gateway its own address.
+// tells the gateway its own address. Every listener of the gateway (the
+// plain one, listen_tls) shares the caps.
 func (g *Gateway) Listener(ln net.Listener) net.Listener {
 	g.SetListenAddr(ln.Addr())
-	return newLimitListener(ln, g.opts.Limits, g.opts.Metrics)
+	g.countsOnce.Do(func() { g.counts = newConnCounts(g.opts.Limits, g.opts.Metrics) })
+	return &limitListener{Listener: ln, connCounts: g.counts}
 }
 
 // authenticateProxy checks the worker key of a proxy request (CONNECT or
@@ -350,6 +362,46 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, connKey *
 	}
 	info.Worker = k.Name
 	return r.WithContext(clientauth.WithKey(r.Context(), k)), true
+}
+
+// pathKey takes a worker key out of a key path
+// (/visionatrix/key/mgw_.../rest, see clientauth.TakePath) and presents it
+// as the request's Authorization, where authenticate finds it; the
+// prefix is kept in the context for the URLs the catalog hands out.
+func (g *Gateway) pathKey(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	if !strings.HasPrefix(r.URL.EscapedPath(), clientauth.PathKeyPrefix) {
+		return r, true
+	}
+	r = r.Clone(r.Context())
+	key, prefix, _ := clientauth.TakePath(r)
+	if !strings.HasPrefix(key, clientauth.Prefix) {
+		// Anything else there would otherwise pass for the worker's own
+		// upstream credential.
+		info := reqinfo.From(r.Context())
+		info.Route, info.Result = "auth", "unauthorized"
+		http.Error(w, "the path does not hold a worker key (/visionatrix/key/mgw_.../)", http.StatusUnauthorized)
+		return nil, false
+	}
+	r.Header.Set("Authorization", "Bearer "+key)
+	return r.WithContext(clientauth.WithPathPrefix(r.Context(), prefix)), true
+}
+
+// loopbackClient reports whether r comes from a process on the gateway's
+// own host over loopback: from the very loopback address it connected to
+// (127.0.0.1 to 127.0.0.1, ::1 to ::1), as the kernel picks it. A client
+// bound to another loopback address (127.0.0.2 to 127.0.0.1) does not
+// count; the tests use one as a stand-in for a remote client.
+func loopbackClient(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	if local == nil {
+		return false
+	}
+	la, _ := netip.AddrFromSlice(local.IP)
+	return ap.Addr().Unmap().IsLoopback() && ap.Addr().Unmap() == la.Unmap()
 }
 
 // asPrincipal decides whose identity r uses upstream (and so which slice
@@ -438,6 +490,13 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this gateway does not serve your address", http.StatusForbidden)
 		return
 	}
+	if g.opts.RequireTLSForKeys && r.TLS == nil && !loopbackClient(r) && clientauth.Presents(r) {
+		// The key has crossed the network in the clear already; refusing
+		// it tells the operator before it becomes the norm.
+		info.Route, info.Result = "auth", "refused"
+		http.Error(w, "this gateway accepts worker and admin keys over TLS only: use its https:// address", http.StatusForbidden)
+		return
+	}
 	if r.Method == http.MethodConnect || r.URL.IsAbs() {
 		var ok bool
 		if r, ok = g.authenticateProxy(w, r); !ok {
@@ -454,6 +513,9 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		// The gateway's own endpoints answer without a worker key: the
 		// network allow-lists govern them (a scraper has no key).
 		var ok bool
+		if r, ok = g.pathKey(w, r); !ok {
+			return
+		}
 		if r, ok = g.authenticate(w, r, nil); !ok {
 			return
 		}
@@ -778,6 +840,8 @@ func ownEndpoints(opts Options, asPrincipal func(r *http.Request, civitai bool) 
 			w.Header().Set("Content-Disposition", `attachment; filename="modelgate-ca.pem"`)
 			// During a CA rotation's overlap, both certificates.
 			w.Write(opts.CA.Bundle(time.Now()))
+		case opts.Visionatrix != nil && strings.HasPrefix(r.URL.Path, "/visionatrix/"):
+			opts.Visionatrix.ServeHTTP(w, r)
 		case opts.CivitAI != nil && opts.CivitAIRoute(r.URL.Path):
 			opts.CivitAI.ServeHTTP(w, asPrincipal(r, true))
 		default:

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +29,12 @@ type Limits struct {
 // counted: it lives for one request only.
 type limitListener struct {
 	net.Listener
+	*connCounts
+}
+
+// connCounts are the open connections of every listener of one gateway
+// (the plain one and listen_tls share the caps).
+type connCounts struct {
 	limits Limits
 	m      *metrics.Metrics
 
@@ -36,8 +43,8 @@ type limitListener struct {
 	perClient map[netip.Addr]int
 }
 
-func newLimitListener(ln net.Listener, limits Limits, m *metrics.Metrics) *limitListener {
-	return &limitListener{Listener: ln, limits: limits, m: m, perClient: map[netip.Addr]int{}}
+func newConnCounts(limits Limits, m *metrics.Metrics) *connCounts {
+	return &connCounts{limits: limits, m: m, perClient: map[netip.Addr]int{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -126,6 +133,9 @@ type overCapKey struct{}
 
 // connContext marks the requests of a connection over a cap.
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok { // listen_tls: the counted conn is underneath
+		c = tc.NetConn()
+	}
 	if lc, ok := c.(*limitedConn); ok && lc.over != "" {
 		return context.WithValue(ctx, overCapKey{}, lc.over)
 	}

@@ -3,10 +3,12 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -73,7 +75,8 @@ type Guard struct {
 // guardState is what every view of a Guard shares.
 type guardState struct {
 	allowPrivate bool
-	listenPort   atomic.Value // string: the gateway's own port, once listening
+	listenPorts  atomic.Value // map[string]bool: the gateway's own ports, once listening
+	portsMu      sync.Mutex   // serialises SetListenAddr's copy-on-write
 	local        map[netip.Addr]bool
 }
 
@@ -88,7 +91,7 @@ func NewGuard(allowPrivate bool) *Guard {
 			}
 		}
 	}
-	s.listenPort.Store("")
+	s.listenPorts.Store(map[string]bool{})
 	return &Guard{state: s, exempt: map[string]bool{}}
 }
 
@@ -109,10 +112,15 @@ func exemptKey(host, port string) string {
 	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
 }
 
-// SetListenAddr records the gateway's own port once it listens.
+// SetListenAddr records one of the gateway's own ports (the plain
+// listener's, listen_tls') once it listens.
 func (g *Guard) SetListenAddr(a net.Addr) {
 	if tcp, ok := a.(*net.TCPAddr); ok {
-		g.state.listenPort.Store(strconv.Itoa(tcp.Port))
+		g.state.portsMu.Lock()
+		defer g.state.portsMu.Unlock()
+		ports := maps.Clone(g.state.listenPorts.Load().(map[string]bool))
+		ports[strconv.Itoa(tcp.Port)] = true
+		g.state.listenPorts.Store(ports)
 	}
 }
 
@@ -120,7 +128,7 @@ func (g *Guard) SetListenAddr(a net.Addr) {
 func (g *Guard) Check(ip netip.Addr, port string) error {
 	ip = ip.Unmap()
 	s := g.state
-	if port == s.listenPort.Load().(string) && (ip.IsLoopback() || ip.IsUnspecified() || s.local[ip]) {
+	if s.listenPorts.Load().(map[string]bool)[port] && (ip.IsLoopback() || ip.IsUnspecified() || s.local[ip]) {
 		return ErrSelfTarget
 	}
 	if !s.allowPrivate && PrivateAddr(ip) {
