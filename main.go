@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -36,6 +35,7 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
+	"github.com/modelgate/modelgate/hostmatch"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
@@ -514,15 +514,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Logger:       log,
 		Offline:      cfg.Offline,
 	})
-	clientNets, err := parseNetworks(cfg.Clients.Allow)
-	if err != nil {
-		return nil, err
-	}
-	metricsNets, err := parseNetworks(cfg.Clients.MetricsAllow)
-	if err != nil {
-		return nil, err
-	}
-	keys, err := clientauth.Load(cfg.Clients.Keys, os.ReadFile)
+	keys, err := clientauth.Load(keySpecs(cfg.Clients.Keys), os.ReadFile)
 	if err != nil {
 		return nil, err
 	}
@@ -549,7 +541,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
 		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNHosts:            []string{"*.hf.co", "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs-eu-1.huggingface.co"},
+		CDNHosts:            hostmatch.MustParse("*.hf.co", "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs-eu-1.huggingface.co"),
 		CivitAIDomains:      []string{"civitai.com"},
 		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
 		Offline:             cfg.Offline,
@@ -561,8 +553,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		TunnelAllow:         cfg.Proxy.TunnelAllow,
 		Limits:              proxy.Limits{Max: cfg.Proxy.MaxConnections, PerClient: cfg.Proxy.MaxConnectionsPerClient},
 		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,
-		ClientAllow:         clientNets,
-		MetricsAllow:        metricsNets,
+		ClientAllow:         cfg.Clients.Allow,
+		MetricsAllow:        cfg.Clients.MetricsAllow,
 		Build:               bi,
 		Ready: func() error {
 			if draining.Load() {
@@ -584,7 +576,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		if err != nil {
 			return err
 		}
-		keys, err := clientauth.Load(next.Clients.Keys, os.ReadFile)
+		keys, err := clientauth.Load(keySpecs(next.Clients.Keys), os.ReadFile)
 		if err != nil {
 			return err
 		}
@@ -599,16 +591,13 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown}, nil
 }
 
-func parseNetworks(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		p, err := config.ParseNetwork(s)
-		if err != nil {
-			return nil, fmt.Errorf("clients: %q: %w", s, err)
-		}
-		out = append(out, p)
+// keySpecs hands the configured worker keys to clientauth.
+func keySpecs(keys []config.ClientKey) []clientauth.Spec {
+	out := make([]clientauth.Spec, len(keys))
+	for i, k := range keys {
+		out[i] = clientauth.Spec{Name: k.Name, KeySHA256: k.KeySHA256, KeyFile: k.KeyFile, Scopes: k.Scopes, Repos: k.Repos}
 	}
-	return out, nil
+	return out
 }
 
 // upstreamCredentials binds the Hugging Face token and the CivitAI key to
@@ -699,7 +688,7 @@ func classifyIndexKey(key []byte) cache.KeyClass {
 
 // caOptions is how the interception CA is created and rotated.
 func caOptions(cfg config.Config) mitmca.Options {
-	return mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+	return mitmca.Options{Hosts: cfg.MITM.Hosts.Strings(), Overlap: cfg.MITM.CAOverlap.Duration}
 }
 
 // rotateCA implements `modelgate ca --new`: the next CA, printed with the

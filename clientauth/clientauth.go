@@ -19,8 +19,6 @@ import (
 	"net/http"
 	"path"
 	"strings"
-
-	"github.com/modelgate/modelgate/config"
 )
 
 // Prefix starts every worker key.
@@ -66,9 +64,20 @@ type Keys struct {
 	keys []Key
 }
 
-// Load builds the key set from configuration, reading key files with
-// readFile (at start, and again on SIGHUP).
-func Load(cfg []config.ClientKey, readFile func(string) ([]byte, error)) (*Keys, error) {
+// Spec describes one key as the operator configured it (clients.keys):
+// its name, the hex sha256 of the key or a file holding the key itself,
+// and its limits.
+type Spec struct {
+	Name      string
+	KeySHA256 string
+	KeyFile   string
+	Scopes    []string // empty: every scope
+	Repos     []string // empty: every repo
+}
+
+// Load builds the key set from specs, reading key files with readFile (at
+// start, and again on SIGHUP).
+func Load(cfg []Spec, readFile func(string) ([]byte, error)) (*Keys, error) {
 	ks := &Keys{}
 	for _, c := range cfg {
 		k := Key{Name: c.Name, repos: c.Repos, scopes: map[string]bool{}}

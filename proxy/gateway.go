@@ -25,6 +25,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/buildinfo"
 	"github.com/modelgate/modelgate/clientauth"
+	"github.com/modelgate/modelgate/hostmatch"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/reqinfo"
@@ -53,7 +54,7 @@ type Options struct {
 	CA *mitmca.CA
 	// Intercept lists the host patterns whose CONNECTs are intercepted
 	// (config mitm.hosts).
-	Intercept []string
+	Intercept hostmatch.Patterns
 	// HubHosts are the intercepted names answered as the Hub itself.
 	HubHosts []string
 	// CDNHosts are host patterns (as in mitm.hosts) of the Hub's CDN and
@@ -61,7 +62,7 @@ type Options struct {
 	// have it, otherwise relayed without any credential. Other intercepted
 	// hosts under the model domains (the inference router, ...) are
 	// relayed with the worker's own headers.
-	CDNHosts []string
+	CDNHosts hostmatch.Patterns
 	// CivitAI answers CivitAI's download and metadata routes, the paths
 	// CivitAIRoute accepts: on the gateway itself in mirror mode, and on
 	// CivitAIHosts in proxy mode.
@@ -94,7 +95,7 @@ type Options struct {
 	Guard *upstream.Guard
 	// TunnelAllow, when not empty, limits tunnels and plain proxy requests
 	// to hosts matching these patterns.
-	TunnelAllow []string
+	TunnelAllow hostmatch.Patterns
 	// Limits caps the client connections open at once (Listener applies
 	// it).
 	Limits Limits
@@ -132,10 +133,10 @@ type Options struct {
 type Gateway struct {
 	opts      Options
 	log       *slog.Logger
-	intercept hostPatterns
+	intercept hostmatch.Patterns
 	hubHosts  map[string]bool
 	civHosts  map[string]bool
-	cdnHosts  hostPatterns
+	cdnHosts  hostmatch.Patterns
 	gp        *goproxy.ProxyHttpServer
 	certs     *certStore   // leaves for intercepted hosts, from opts.CA
 	own       http.Handler // /healthz, /metrics, /ca.pem
@@ -143,7 +144,7 @@ type Gateway struct {
 	handler   http.Handler // the edge around route
 
 	targets     *targets
-	tunnelAllow hostPatterns
+	tunnelAllow hostmatch.Patterns
 
 	inner      *http.Server // serves intercepted connections
 	innerLn    *chanListener
@@ -198,21 +199,12 @@ func New(opts Options) (*Gateway, error) {
 		opts.IdleTimeout = 5 * time.Minute
 	}
 	g := &Gateway{opts: opts, log: opts.Logger, hubHosts: map[string]bool{}, civHosts: map[string]bool{}}
-	var err error
-	if g.intercept, err = parseHostPatterns(opts.Intercept); err != nil {
-		return nil, err
-	}
+	g.intercept, g.cdnHosts, g.tunnelAllow = opts.Intercept, opts.CDNHosts, opts.TunnelAllow
 	for _, h := range opts.HubHosts {
 		g.hubHosts[h] = true
 	}
 	for _, h := range opts.CivitAIHosts {
 		g.civHosts[h] = true
-	}
-	if g.cdnHosts, err = parseHostPatterns(opts.CDNHosts); err != nil {
-		return nil, err
-	}
-	if g.tunnelAllow, err = parseHostPatterns(opts.TunnelAllow); err != nil {
-		return nil, err
 	}
 	if len(opts.MetricsAllow) == 0 {
 		g.opts.MetricsAllow = opts.ClientAllow
@@ -470,12 +462,12 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 			port = "80"
 		}
 		switch {
-		case g.intercept.match(host, port):
+		case g.intercept.Match(host, port):
 			g.serveSite(w, r, host)
 		case g.opts.DenyTunnels || g.opts.Offline:
 			info.Route, info.Result = "proxy", "denied"
 			http.Error(w, "this gateway only proxies the model hubs", http.StatusForbidden)
-		case len(g.tunnelAllow) > 0 && !g.tunnelAllow.match(host, port):
+		case len(g.tunnelAllow) > 0 && !g.tunnelAllow.Match(host, port):
 			info.Route, info.Result = "proxy", "denied"
 			http.Error(w, "this gateway does not proxy "+host, http.StatusForbidden)
 		default:
@@ -574,7 +566,7 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 			return
 		}
 		g.forwardWithoutCredentials(w, r)
-	case g.cdnHosts.match(host, ""):
+	case g.cdnHosts.Match(host, ""):
 		// Whose principal the request carries decides which cached blobs
 		// it may have by content id: decided here as for the Hub itself.
 		g.opts.Hub.ServeCDN(w, g.asPrincipal(r, false), http.HandlerFunc(g.forwardWithoutCredentials))
@@ -645,14 +637,14 @@ func (g *Gateway) connectPolicy(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		info.Result, info.Status = "bad_request", http.StatusBadRequest
 		ctx.Resp = plainResponse(ctx.Req, http.StatusBadRequest, "CONNECT needs a host:port target\n")
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
-	case g.intercept.match(host, port):
+	case g.intercept.Match(host, port):
 		info.Result = "intercept"
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: g.interceptConn}, target
 	case g.opts.DenyTunnels || g.opts.Offline:
 		info.Result, info.Status = "denied", http.StatusForbidden
 		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway only proxies the model hubs\n")
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
-	case len(g.tunnelAllow) > 0 && !g.tunnelAllow.match(host, port):
+	case len(g.tunnelAllow) > 0 && !g.tunnelAllow.Match(host, port):
 		info.Result, info.Status = "denied", http.StatusForbidden
 		ctx.Resp = plainResponse(ctx.Req, http.StatusForbidden, "this gateway does not tunnel to "+host+"\n")
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
