@@ -35,11 +35,11 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
-	"github.com/modelgate/modelgate/hostmatch"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
+	"github.com/modelgate/modelgate/site"
 	"github.com/modelgate/modelgate/upstream"
 )
 
@@ -525,24 +525,15 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		RequireKey:         cfg.Clients.RequireKey == "all",
 		RequireKeyForGated: cfg.Clients.RequireKey == "gated",
 		PassOwnCredentials: cfg.Clients.OwnCredentials == "pass",
-		HasCredential: func(civitai bool) bool {
-			if civitai {
-				return up.HasCredential(civURL)
-			}
-			return up.HasCredential(hfURL)
-		},
-		Hub:                 mirror,
-		CivitAI:             civ,
-		CivitAIRoute:        civitai.IsRoute,
-		CivitAIHosts:        []string{"civitai.com", "civitai.red", civURL.Hostname()},
+		HasCredential:      up.HasCredential,
+		// The order is mirror mode's: the Hub answers every path the
+		// sites before it do not.
+		Sites:               []site.Site{civ.Site(), mirror.Site()},
 		Gatherer:            reg,
 		Metrics:             m,
 		Logger:              log,
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
-		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNHosts:            hostmatch.MustParse("*.hf.co", "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs-eu-1.huggingface.co"),
-		CivitAIDomains:      []string{"civitai.com"},
 		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
 		Offline:             cfg.Offline,
 		IdleTimeout:         cfg.Proxy.IdleTimeout.Duration,

@@ -8,17 +8,6 @@ import (
 	"github.com/modelgate/modelgate/hostmatch"
 )
 
-// isUnder reports whether host is a strict subdomain of one of domains.
-func isUnder(host string, domains ...string) bool {
-	host = strings.TrimSuffix(lowerASCII(host), ".")
-	for _, d := range domains {
-		if strings.HasSuffix(host, "."+d) {
-			return true
-		}
-	}
-	return false
-}
-
 // validTarget checks a CONNECT target: host:port with a numeric port from 1
 // to 65535 and a host that is an IP literal or a DNS name. It returns the
 // host (lower case) and port.
