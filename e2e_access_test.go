@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/modelgate/modelgate/config"
+	"github.com/modelgate/modelgate/hostmatch"
 )
 
 // clientFrom returns a client whose connections come from the given
@@ -41,8 +42,8 @@ func connectFrom(t *testing.T, g *gatewayUnderTest, ip, target string) string {
 func TestClientAllowListGatesEveryRouteButHealth(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, func(c *config.Config) {
-		c.Clients.Allow = []string{"127.0.0.1"}
-		c.Clients.MetricsAllow = []string{"127.0.0.1/32", "127.0.0.3/32"}
+		c.Clients.Allow = config.MustNetworks("127.0.0.1")
+		c.Clients.MetricsAllow = config.MustNetworks("127.0.0.1/32", "127.0.0.3/32")
 	})
 	tests := []struct {
 		from, path string
@@ -110,7 +111,7 @@ func TestTunnelAllowLimitsTunnelsToPatterns(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, func(c *config.Config) {
 		c.Proxy.AllowPrivateTargets = true
-		c.Proxy.TunnelAllow = []string{"127.0.0.1"}
+		c.Proxy.TunnelAllow = hostmatch.MustParse("127.0.0.1")
 	})
 	origin, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

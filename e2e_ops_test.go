@@ -54,8 +54,8 @@ func TestProbesAnswerPlainByDefaultAndJSONWithTheBuildOnAsk(t *testing.T) {
 func TestReadyzIsOpenToEveryNetworkLikeHealthz(t *testing.T) {
 	tr := newTestHub(t, 1<<10)
 	g := startGateway(t, tr.hub, func(c *config.Config) {
-		c.Clients.Allow = []string{"10.9.9.9/32"}
-		c.Clients.MetricsAllow = []string{"127.0.0.0/8"} // for the leak search at the end
+		c.Clients.Allow = config.MustNetworks("10.9.9.9/32")
+		c.Clients.MetricsAllow = config.MustNetworks("127.0.0.0/8") // for the leak search at the end
 	})
 	resp, _ := g.mustDo(t, http.MethodGet, "/readyz", nil)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)

@@ -41,6 +41,7 @@ import (
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
+	"github.com/modelgate/modelgate/site"
 	"github.com/modelgate/modelgate/upstream"
 	"github.com/modelgate/modelgate/visionatrix"
 )
@@ -595,43 +596,32 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 			Offline:  cfg.Offline,
 		})
 	}
-	clientNets, err := parseNetworks(cfg.Clients.Allow)
-	if err != nil {
-		return nil, err
-	}
-	metricsNets, err := parseNetworks(cfg.Clients.MetricsAllow)
-	if err != nil {
-		return nil, err
-	}
-	keys, err := clientauth.Load(cfg.Clients.Keys, os.ReadFile)
+	keys, err := clientauth.Load(keySpecs(cfg.Clients.Keys), os.ReadFile)
 	if err != nil {
 		return nil, err
 	}
 	var currentKeys atomic.Pointer[clientauth.Keys]
 	currentKeys.Store(keys)
+	var keyed []proxy.Endpoint
+	if vix != nil {
+		// After the worker key, like a site: under require_key the
+		// catalog's URLs carry the key in their path.
+		keyed = append(keyed, proxy.Endpoint{Path: "/visionatrix/", Handler: vix})
+	}
 	gw, err := proxy.New(proxy.Options{
 		Keys:               currentKeys.Load,
 		RequireKey:         cfg.Clients.RequireKey == "all",
 		RequireKeyForGated: cfg.Clients.RequireKey == "gated",
 		PassOwnCredentials: cfg.Clients.OwnCredentials == "pass",
-		HasCredential: func(civitai bool) bool {
-			if civitai {
-				return up.HasCredential(civURL)
-			}
-			return up.HasCredential(hfURL)
-		},
-		Hub:                 mirror,
-		CivitAI:             civ,
-		CivitAIRoute:        civitai.IsRoute,
-		CivitAIHosts:        []string{"civitai.com", "civitai.red", civURL.Hostname()},
+		HasCredential:      up.HasCredential,
+		// The order is mirror mode's: the Hub answers every path the
+		// sites before it do not.
+		Sites:               []site.Site{civ.Site(), mirror.Site()},
 		Gatherer:            reg,
 		Metrics:             m,
 		Logger:              log,
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
-		HubHosts:            []string{"huggingface.co", "hf.co", hfURL.Hostname()},
-		CDNHosts:            []string{"*.hf.co", "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs-eu-1.huggingface.co"},
-		CivitAIDomains:      []string{"civitai.com"},
 		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
 		Offline:             cfg.Offline,
 		IdleTimeout:         cfg.Proxy.IdleTimeout.Duration,
@@ -642,8 +632,8 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		TunnelAllow:         cfg.Proxy.TunnelAllow,
 		Limits:              proxy.Limits{Max: cfg.Proxy.MaxConnections, PerClient: cfg.Proxy.MaxConnectionsPerClient},
 		BodyReadTimeout:     cfg.Proxy.BodyReadTimeout.Duration,
-		ClientAllow:         clientNets,
-		MetricsAllow:        metricsNets,
+		ClientAllow:         cfg.Clients.Allow,
+		MetricsAllow:        cfg.Clients.MetricsAllow,
 		Build:               bi,
 		Ready: func() error {
 			if draining.Load() {
@@ -652,7 +642,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 			return nil
 		},
 		RequireTLSForKeys: cfg.Clients.RequireTLSForKeys,
-		Visionatrix:       vix,
+		KeyedEndpoints:    keyed,
 	})
 	if err != nil {
 		return nil, err
@@ -667,7 +657,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		if err != nil {
 			return err
 		}
-		keys, err := clientauth.Load(next.Clients.Keys, os.ReadFile)
+		keys, err := clientauth.Load(keySpecs(next.Clients.Keys), os.ReadFile)
 		if err != nil {
 			return err
 		}
@@ -682,16 +672,13 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown, tls: tlsConf}, nil
 }
 
-func parseNetworks(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		p, err := config.ParseNetwork(s)
-		if err != nil {
-			return nil, fmt.Errorf("clients: %q: %w", s, err)
-		}
-		out = append(out, p)
+// keySpecs hands the configured worker keys to clientauth.
+func keySpecs(keys []config.ClientKey) []clientauth.Spec {
+	out := make([]clientauth.Spec, len(keys))
+	for i, k := range keys {
+		out[i] = clientauth.Spec{Name: k.Name, KeySHA256: k.KeySHA256, KeyFile: k.KeyFile, Scopes: k.Scopes, Repos: k.Repos}
 	}
-	return out, nil
+	return out
 }
 
 // upstreamCredentials binds the Hugging Face token and the CivitAI key to
@@ -785,7 +772,7 @@ func classifyIndexKey(key []byte) cache.KeyClass {
 // caOptions is how the interception CA is created and rotated. With
 // listen_tls on, a new CA may also sign for the gateway's own names.
 func caOptions(cfg config.Config) mitmca.Options {
-	opts := mitmca.Options{Hosts: cfg.MITM.Hosts, Overlap: cfg.MITM.CAOverlap.Duration}
+	opts := mitmca.Options{Hosts: cfg.MITM.Hosts.Strings(), Overlap: cfg.MITM.CAOverlap.Duration}
 	if cfg.ListenTLS != "" && cfg.TLS.CertFile == "" {
 		opts.Names = tlsNames(cfg)
 	}

@@ -21,8 +21,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-
-	"github.com/modelgate/modelgate/config"
 )
 
 // Prefix starts every worker key.
@@ -68,9 +66,20 @@ type Keys struct {
 	keys []Key
 }
 
-// Load builds the key set from configuration, reading key files with
-// readFile (at start, and again on SIGHUP).
-func Load(cfg []config.ClientKey, readFile func(string) ([]byte, error)) (*Keys, error) {
+// Spec describes one key as the operator configured it (clients.keys):
+// its name, the hex sha256 of the key or a file holding the key itself,
+// and its limits.
+type Spec struct {
+	Name      string
+	KeySHA256 string
+	KeyFile   string
+	Scopes    []string // empty: every scope
+	Repos     []string // empty: every repo
+}
+
+// Load builds the key set from specs, reading key files with readFile (at
+// start, and again on SIGHUP).
+func Load(cfg []Spec, readFile func(string) ([]byte, error)) (*Keys, error) {
 	ks := &Keys{}
 	for _, c := range cfg {
 		k := Key{Name: c.Name, repos: c.Repos, scopes: map[string]bool{}}

@@ -12,8 +12,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/modelgate/modelgate/config"
 )
 
 func TestGeneratedKeysAreFoundByTheirHashOnly(t *testing.T) {
@@ -26,7 +24,7 @@ func TestGeneratedKeysAreFoundByTheirHashOnly(t *testing.T) {
 	assert.NotEqual(t, key, other)
 
 	files := map[string]string{"/run/k2": "  " + other + "\n"}
-	ks, err := Load([]config.ClientKey{
+	ks, err := Load([]Spec{
 		{Name: "one", KeySHA256: sha, Scopes: []string{ScopeHuggingFace}, Repos: []string{"org/*"}},
 		{Name: "two", KeyFile: "/run/k2"},
 	}, func(p string) ([]byte, error) {
@@ -51,7 +49,7 @@ func TestGeneratedKeysAreFoundByTheirHashOnly(t *testing.T) {
 	_, ok = ks.Lookup(Prefix + "unknown")
 	assert.False(t, ok)
 
-	_, err = Load([]config.ClientKey{{Name: "bad", KeyFile: "/missing"}}, func(string) ([]byte, error) { return nil, errors.New("nope") })
+	_, err = Load([]Spec{{Name: "bad", KeyFile: "/missing"}}, func(string) ([]byte, error) { return nil, errors.New("nope") })
 	assert.Error(t, err)
 }
 

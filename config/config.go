@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -19,6 +18,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/modelgate/modelgate/hostmatch"
 )
 
 // Config is the complete modelgate configuration.
@@ -244,7 +245,7 @@ type MITMConfig struct {
 	// is exact and case-insensitive: "huggingface.co" does not match
 	// "evilhuggingface.co.example". Default: the Hugging Face and CivitAI
 	// hosts and their subdomains.
-	Hosts []string `yaml:"hosts"`
+	Hosts hostmatch.Patterns `yaml:"hosts"`
 	// CACert and CAKey are PEM files of the CA that signs intercepted
 	// hosts' certificates. Both or neither; when neither, an ECDSA P-256 CA
 	// is generated on first start into data_dir/ca and reused. Default empty.
@@ -275,7 +276,7 @@ type ProxyConfig struct {
 	// TunnelAllow, when not empty, limits tunnels (and plain-HTTP proxy
 	// requests) to hosts matching these patterns (same form as
 	// mitm.hosts); others get 403. Default empty: any host.
-	TunnelAllow []string `yaml:"tunnel_allow"`
+	TunnelAllow hostmatch.Patterns `yaml:"tunnel_allow"`
 	// MaxConnections caps the client connections open at once (tunnels,
 	// intercepted and plain connections alike); beyond it a new
 	// connection's request is answered 503 and a CONNECT is closed.
@@ -296,10 +297,10 @@ type ClientsConfig struct {
 	// addresses; anyone else gets 403 (mirror) or a 403 to its CONNECT
 	// (proxy). /healthz stays open to all. Default: loopback and the
 	// private ranges 10/8, 172.16/12, 192.168/16, fc00::/7.
-	Allow []string `yaml:"allow"`
+	Allow Networks `yaml:"allow"`
 	// MetricsAllow lists who may read /metrics. Default empty: the same
 	// networks as allow.
-	MetricsAllow []string `yaml:"metrics_allow"`
+	MetricsAllow Networks `yaml:"metrics_allow"`
 	// RequireKey is "false" (worker keys are optional: everyone on the
 	// allow-list is served with the gateway's credentials), "gated" (a
 	// request without a worker key is served without the gateway's
@@ -390,21 +391,21 @@ func Default() Config {
 			MaxConnectionsPerHost: 64,
 		},
 		MITM: MITMConfig{
-			Hosts:     slices.Clone(DefaultMITMHosts),
+			Hosts:     hostmatch.MustParse(DefaultMITMHosts...),
 			CAOverlap: Duration{14 * 24 * time.Hour},
 		},
 		Proxy: ProxyConfig{
 			Tunnel:      "allow",
 			IdleTimeout: Duration{5 * time.Minute},
-			TunnelAllow: []string{},
+			TunnelAllow: hostmatch.Patterns{},
 
 			MaxConnections:          4096,
 			MaxConnectionsPerClient: 512,
 			BodyReadTimeout:         Duration{30 * time.Second},
 		},
 		Clients: ClientsConfig{
-			Allow:          slices.Clone(DefaultClientNetworks),
-			MetricsAllow:   []string{},
+			Allow:          MustNetworks(DefaultClientNetworks...),
+			MetricsAllow:   Networks{},
 			RequireKey:     "false",
 			OwnCredentials: "replace",
 			Keys:           []ClientKey{},
@@ -436,34 +437,6 @@ var (
 	tunnelPolicies = []string{"allow", "deny"}
 )
 
-// ParseNetwork parses a clients.allow entry: a CIDR, or one address.
-func ParseNetwork(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
-}
-
-// checkHostPattern returns why p is not a valid mitm.hosts pattern, or "".
-func checkHostPattern(p string) string {
-	host := p
-	if h, port, err := net.SplitHostPort(p); err == nil {
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			return fmt.Sprintf("invalid port in %q", p)
-		}
-		host = h
-	}
-	host = strings.TrimPrefix(host, "*.")
-	if host == "" || strings.ContainsAny(host, "*/ :@") || strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") {
-		return fmt.Sprintf("%q is not a host name or *.domain pattern", p)
-	}
-	return ""
-}
-
 // Validate checks every setting and returns all problems found, joined; each
 // one starts with the key it concerns, e.g.
 // "huggingface.endpoint: must be an absolute http(s) URL". Error messages
@@ -491,7 +464,7 @@ func (c *Config) Validate() error {
 		if net.ParseIP(n) != nil {
 			continue
 		}
-		if strings.HasPrefix(n, "*.") || strings.Contains(n, ":") || checkHostPattern(n) != "" {
+		if _, err := hostmatch.Parse(n); err != nil || strings.HasPrefix(n, "*.") || strings.Contains(n, ":") {
 			fail("tls.names", "%q is not a host name or an IP address", n)
 		}
 	}
@@ -591,11 +564,6 @@ func (c *Config) Validate() error {
 	if c.Upstream.Timeout.Duration <= 0 {
 		fail("upstream.timeout", "must be > 0, got %s", c.Upstream.Timeout)
 	}
-	for _, h := range c.MITM.Hosts {
-		if msg := checkHostPattern(h); msg != "" {
-			fail("mitm.hosts", "%s", msg)
-		}
-	}
 	if (c.MITM.CACert == "") != (c.MITM.CAKey == "") {
 		fail("mitm.ca_cert", "mitm.ca_cert and mitm.ca_key must be set together")
 	}
@@ -604,18 +572,6 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(tunnelPolicies, c.Proxy.Tunnel) {
 		fail("proxy.tunnel", "must be one of %s, got %q", strings.Join(tunnelPolicies, ", "), c.Proxy.Tunnel)
-	}
-	for _, h := range c.Proxy.TunnelAllow {
-		if msg := checkHostPattern(h); msg != "" {
-			fail("proxy.tunnel_allow", "%s", msg)
-		}
-	}
-	for key, list := range map[string][]string{"clients.allow": c.Clients.Allow, "clients.metrics_allow": c.Clients.MetricsAllow} {
-		for _, n := range list {
-			if _, err := ParseNetwork(n); err != nil {
-				fail(key, "%q is not a CIDR or an IP address", n)
-			}
-		}
 	}
 	if !slices.Contains([]string{"false", "gated", "all"}, c.Clients.RequireKey) {
 		fail("clients.require_key", `must be "false", "gated" or "all", got %q`, c.Clients.RequireKey)

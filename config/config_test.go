@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"reflect"
 	"strings"
@@ -545,4 +546,25 @@ func TestUnknownEnv(t *testing.T) {
 	assert.Equal(t, EnvNotAKey{Name: "MODELGATE_CACHE_MAXSIZE", Nearest: "MODELGATE_CACHE_MAX_SIZE"}, got[0])
 	assert.Equal(t, "MODELGATE_PORT", got[1].Name)
 	assert.NotEmpty(t, got[1].Nearest)
+}
+
+// Networks and host patterns are parsed once, at load: the config hands
+// out typed values, from the file and from the environment alike.
+func TestListsLoadAsTypedValues(t *testing.T) {
+	c, err := parse("clients:\n  allow: [\"10.1.2.3\", \"192.168.7.9/16\"]\nmitm:\n  hosts: [\"Hub.Test\", \"*.cdn.test:8443\"]\n",
+		map[string]string{"MODELGATE_PROXY_TUNNEL_ALLOW": "a.test, *.b.test", "MODELGATE_CLIENTS_METRICS_ALLOW": "::1"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.2.3/32"), netip.MustParsePrefix("192.168.0.0/16")}, []netip.Prefix(c.Clients.Allow))
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("::1/128")}, []netip.Prefix(c.Clients.MetricsAllow))
+	assert.Equal(t, []string{"hub.test", "*.cdn.test:8443"}, c.MITM.Hosts.Strings())
+	assert.True(t, c.MITM.Hosts.Match("x.cdn.test", "8443"))
+	assert.False(t, c.MITM.Hosts.Match("x.cdn.test", "443"))
+	assert.Equal(t, []string{"a.test", "*.b.test"}, c.Proxy.TunnelAllow.Strings())
+
+	// A list key stays a list in the file, though its variable is a
+	// comma-separated string.
+	_, err = parse("mitm:\n  hosts: hub.test\n", nil, nil)
+	assert.ErrorContains(t, err, "mitm.hosts: must be a list")
+	_, err = parse("clients:\n  allow: 10.0.0.0/8\n", nil, nil)
+	assert.ErrorContains(t, err, "clients.allow: must be a list")
 }

@@ -194,7 +194,13 @@ var typeErrorLine = regexp.MustCompile(`^line \d+: `)
 // with UnmarshalYAML parse themselves.
 func decodeLeaf(n *yaml.Node, f reflect.Value) error {
 	switch f.Kind() {
-	case reflect.Slice, reflect.Array, reflect.Map, reflect.Struct:
+	case reflect.Slice:
+		// A list type that also reads a comma-separated string (for its
+		// environment variable) must still be a list in the file.
+		if n.Kind == yaml.ScalarNode && n.ShortTag() != "!!null" {
+			return fmt.Errorf("must be a list, got %s", nodeKind(n))
+		}
+	case reflect.Array, reflect.Map, reflect.Struct:
 		// These check the node shape themselves.
 	default:
 		if n.Kind != yaml.ScalarNode {

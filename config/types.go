@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/big"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -230,4 +231,80 @@ func nodeKind(n *yaml.Node) string {
 	default:
 		return "an unexpected YAML node"
 	}
+}
+
+// Networks is a list of client networks (clients.allow): each a CIDR or a
+// single address, parsed once when the config loads. It is a
+// []netip.Prefix, so it can be handed to code that matches addresses as
+// it is.
+type Networks []netip.Prefix
+
+// ParseNetworks parses every entry of list.
+func ParseNetworks(list ...string) (Networks, error) {
+	out := make(Networks, 0, len(list))
+	for _, s := range list {
+		p, err := parseNetwork(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// MustNetworks is ParseNetworks for lists written in the code; it panics on
+// a bad entry.
+func MustNetworks(list ...string) Networks {
+	ns, err := ParseNetworks(list...)
+	if err != nil {
+		panic("config: " + err.Error())
+	}
+	return ns
+}
+
+// parseNetwork parses one entry: a CIDR (its host bits cleared), or one
+// address (a /32 or /128).
+func parseNetwork(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// UnmarshalYAML reads a list of networks.
+func (ns *Networks) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return fmt.Errorf("must be a list of CIDRs or addresses, got %s", nodeKind(n))
+	}
+	var items []string
+	if err := n.Decode(&items); err != nil {
+		return errors.New("must be a list of CIDRs or addresses")
+	}
+	v, err := ParseNetworks(items...)
+	if err != nil {
+		return err
+	}
+	*ns = v
+	return nil
+}
+
+// UnmarshalText reads a comma-separated list (an environment variable).
+func (ns *Networks) UnmarshalText(text []byte) error {
+	var items []string
+	for item := range strings.SplitSeq(string(text), ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			items = append(items, item)
+		}
+	}
+	v, err := ParseNetworks(items...)
+	if err != nil {
+		return err
+	}
+	*ns = v
+	return nil
 }

@@ -1,6 +1,12 @@
-// Package proxy is modelgate's HTTP edge: the listener's server settings,
-// the routing of the gateway's own endpoints (/healthz, /metrics) and the
-// mirror routes, and the middleware that logs and counts every request.
+// Package proxy is modelgate's HTTP edge, and knows no hub: the listener
+// and its server settings (server.go), connection caps (limit.go), client
+// allow-lists and worker-key authentication (auth.go), routing by request
+// form (gateway.go), the one proxy policy (policy.go), CONNECT handling
+// (connect.go), TLS interception (intercept.go, certstore.go), blind
+// tunnels (tunnel.go), the outbound guard's view (targets.go), relays
+// (relay.go), the gateway's own endpoints (own.go), and the dispatch to
+// the hubs, which register as site.Site values (sites.go). Every request
+// passes the edge middleware here, which logs and counts it.
 package proxy
 
 import (

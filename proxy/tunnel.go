@@ -1,13 +1,56 @@
 package proxy
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/modelgate/modelgate/reqinfo"
 )
+
+// keyedTunnel is an open blind tunnel and the worker key whose CONNECT
+// opened it, so that revoking the key can close it.
+type keyedTunnel struct {
+	key              connKey
+	client, upstream net.Conn
+}
+
+// tunnel connects a hijacked CONNECT to its target and copies bytes both
+// ways without looking at them.
+func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+	info := reqinfo.From(req.Context())
+	dial := g.targets.guardDial(func(ctx context.Context, _, addr string) (net.Conn, error) { return g.opts.DialTunnel(ctx, addr) })
+	up, err := dial(req.Context(), "tcp", req.URL.Host)
+	if err != nil {
+		info.Result, info.Status = "error", http.StatusBadGateway
+		msg := "the gateway could not connect to " + req.URL.Host + "\n"
+		fmt.Fprintf(client, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
+		client.Close()
+		return
+	}
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		client.Close()
+		up.Close()
+		return
+	}
+	if key, _ := req.Context().Value(connectKeyCtx{}).(connKey); key.secret != "" {
+		t := &keyedTunnel{key: key, client: client, upstream: up}
+		g.tunnels.Store(t, struct{}{})
+		defer g.tunnels.Delete(t)
+	}
+	sent, received := pipe(client, up, g.opts.IdleTimeout)
+	info.Detail = "tunnel sent=" + strconv.FormatInt(sent, 10) + " received=" + strconv.FormatInt(received, 10)
+}
 
 // pipe copies between a and b until both directions end, and closes both.
 // A connection on which no byte moved in either direction for idle is
