@@ -116,6 +116,16 @@ type Options struct {
 	// HasCredential reports whether the gateway holds a credential for
 	// the Hub (false) or CivitAI (true).
 	HasCredential func(civitai bool) bool
+
+	// Admin, when set, answers /admin/ and the status page at / for
+	// clients in AdminAllow (checked instead of ClientAllow; it does its
+	// own key check). Other networks get /admin/ refused and / as before.
+	Admin      http.Handler
+	AdminAllow []netip.Prefix
+	// OnRequest, when set, is called with every finished request (its
+	// route, result, worker key name, status and body bytes), after its
+	// log line: the admin side's traffic figures and audit records.
+	OnRequest func(r *http.Request, info *reqinfo.Info, status int, bytes int64)
 }
 
 // Gateway is the handler of the gateway's one listener: mirror mode for
@@ -235,10 +245,10 @@ func New(opts Options) (*Gateway, error) {
 		g.certs = newCertStore(opts.CA, 1024, nil)
 	}
 
-	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout}
+	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout, observe: opts.OnRequest}
 	g.innerLn = newChanListener()
 	g.inner = &http.Server{
-		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout},
+		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout, observe: opts.OnRequest},
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -409,6 +419,26 @@ func (g *Gateway) Close() error {
 // to the gateway's own endpoints and the mirror.
 func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
+	if g.opts.Admin != nil && r.Method != http.MethodConnect && !r.URL.IsAbs() {
+		isAdmin := strings.HasPrefix(r.URL.Path, "/admin/") || r.URL.Path == "/admin"
+		switch {
+		case (isAdmin || r.URL.Path == "/") && clientAllowed(r, g.opts.AdminAllow):
+			info.Mode = "admin"
+			g.opts.Admin.ServeHTTP(w, r)
+			return
+		case isAdmin:
+			info.Route, info.Result = "admin", "refused"
+			http.Error(w, "the admin API is not open to your address", http.StatusForbidden)
+			return
+		}
+	}
+	if clientauth.CarriesAdminKey(r) {
+		// An admin key is no download credential, and must not travel on
+		// as a worker's own token either.
+		info.Route, info.Result = "auth", "forbidden"
+		http.Error(w, "an admin key (mga_) opens the admin API only; workers use a worker key", http.StatusForbidden)
+		return
+	}
 	health := r.URL.Path == "/healthz" && !r.URL.IsAbs() && r.Method != http.MethodConnect
 	nets := g.opts.ClientAllow
 	if r.URL.Path == "/metrics" && !r.URL.IsAbs() {
@@ -488,6 +518,12 @@ type intercepted struct {
 // the CONNECT's target, not the Host header, says which site it is for.
 func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	reqinfo.From(r.Context()).Mode = "mitm"
+	if clientauth.CarriesAdminKey(r) {
+		info := reqinfo.From(r.Context())
+		info.Route, info.Result = "auth", "forbidden"
+		http.Error(w, "an admin key (mga_) opens the admin API only; workers use a worker key", http.StatusForbidden)
+		return
+	}
 	ic, _ := r.Context().Value(interceptedHostKey{}).(intercepted)
 	var connKey *clientauth.Key
 	if ic.secret != "" {
