@@ -17,6 +17,8 @@ type countingWriter struct {
 	n      *atomic.Int64 // shared with the job's live progress
 	body   []byte        // kept only when keep is set (small API answers)
 	keep   bool
+	// aborted: the handler cut the answer short.
+	aborted bool
 }
 
 func (c *countingWriter) Header() http.Header { return c.header }
@@ -63,17 +65,17 @@ func (c *countingWriter) status() int {
 	return c.code
 }
 
-// serveInProcess sends a GET for target (path and query) to h as if a
+// serveInProcess sends a request (GET, HEAD) for target (path and query) to h as if a
 // loopback client without a key had asked, with the gateway's own
 // principal (the zero one in the context), and returns the answer.
 // progress, when set, counts the body bytes as they pass.
-func serveInProcess(ctx context.Context, h http.Handler, target string, keep bool, progress *atomic.Int64) *countingWriter {
+func serveInProcess(ctx context.Context, h http.Handler, method, target string, keep bool, progress *atomic.Int64) *countingWriter {
 	if progress == nil {
 		progress = new(atomic.Int64)
 	}
 	ctx, _ = reqinfo.New(ctx)
 	w := &countingWriter{header: http.Header{}, n: progress, keep: keep}
-	r, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://modelgate.internal"+target, nil)
+	r, err := http.NewRequestWithContext(ctx, method, "http://modelgate.internal"+target, nil)
 	if err != nil {
 		w.code = http.StatusBadRequest
 		return w
@@ -81,6 +83,18 @@ func serveInProcess(ctx context.Context, h http.Handler, target string, keep boo
 	// Origin-form, as a mirror-mode request arrives.
 	r.URL.Scheme, r.URL.Host = "", ""
 	r.RemoteAddr = "127.0.0.1:0"
-	h.ServeHTTP(w, r)
+	func() {
+		// A handler aborts an answer it cannot complete (a fill that
+		// failed) the way net/http expects: with ErrAbortHandler.
+		defer func() {
+			if p := recover(); p != nil {
+				if p != http.ErrAbortHandler {
+					panic(p)
+				}
+				w.aborted = true
+			}
+		}()
+		h.ServeHTTP(w, r)
+	}()
 	return w
 }

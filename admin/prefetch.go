@@ -93,7 +93,7 @@ func (s *Server) fetchFile(ctx context.Context, r *jobRun, i int) {
 	if h == nil {
 		ferr = errors.New("this gateway has no handler for this file")
 	} else {
-		w := serveInProcess(ctx, h, f.Target, false, live)
+		w := serveInProcess(ctx, h, http.MethodGet, f.Target, false, live)
 		size := f.Size
 		if cl, err := strconv.ParseInt(w.header.Get("Content-Length"), 10, 64); err == nil {
 			size = cl
@@ -105,6 +105,8 @@ func (s *Server) fetchFile(ctx context.Context, r *jobRun, i int) {
 		switch {
 		case ctx.Err() != nil:
 			ferr = ctx.Err()
+		case w.aborted:
+			ferr = fmt.Errorf("the download was cut after %d bytes (the gateway could not complete or verify it)", live.Load())
 		case w.status() != http.StatusOK:
 			ferr = fmt.Errorf("the gateway answered %d: %s", w.status(), errorText(w))
 		case live.Load() != size:
@@ -190,7 +192,7 @@ func (s *Server) listHub(ctx context.Context, spec Spec, filter Filter) (string,
 		rev = "main"
 	}
 	base := "/api/" + spec.Repo.APIType() + "/" + spec.Repo.ID
-	w := serveInProcess(ctx, s.opts.Hub, base+"/revision/"+url.PathEscape(rev), true, nil)
+	w := serveInProcess(ctx, s.opts.Hub, http.MethodGet, base+"/revision/"+url.PathEscape(rev), true, nil)
 	if w.status() != http.StatusOK {
 		return "", nil, fmt.Errorf("resolving %s: the gateway answered %d: %s", spec, w.status(), errorText(w))
 	}
@@ -207,7 +209,7 @@ func (s *Server) listHub(ctx context.Context, spec Spec, filter Filter) (string,
 		if page > 100000 {
 			return "", nil, errors.New("listing: too many pages")
 		}
-		w := serveInProcess(ctx, s.opts.Hub, next, true, nil)
+		w := serveInProcess(ctx, s.opts.Hub, http.MethodGet, next, true, nil)
 		if w.status() != http.StatusOK {
 			return "", nil, fmt.Errorf("listing %s: the gateway answered %d: %s", spec, w.status(), errorText(w))
 		}
@@ -234,6 +236,13 @@ func (s *Server) listHub(ctx context.Context, spec Spec, filter Filter) (string,
 			}
 			next = u.EscapedPath() + "?" + u.RawQuery
 		}
+	}
+	if len(files) > 0 && spec.Revision != commit {
+		// One HEAD at the revision itself records the revision -> commit
+		// mapping the resolve route reads, so workers asking for
+		// "main" are answered without an upstream request too (until
+		// cache.revision_ttl).
+		serveInProcess(ctx, s.opts.Hub, http.MethodHead, "/"+spec.Repo.URLPrefix()+spec.Repo.ID+"/resolve/"+url.PathEscape(rev)+"/"+escapeSegments(files[0].Path), false, nil)
 	}
 	return commit, files, nil
 }
@@ -263,7 +272,7 @@ func (s *Server) listCivitAI(ctx context.Context, spec Spec) ([]JobFile, error) 
 	if s.opts.CivitAI == nil {
 		return nil, errors.New("this gateway serves no CivitAI")
 	}
-	w := serveInProcess(ctx, s.opts.CivitAI, "/api/v1/model-versions/"+spec.Version, true, nil)
+	w := serveInProcess(ctx, s.opts.CivitAI, http.MethodGet, "/api/v1/model-versions/"+spec.Version, true, nil)
 	if w.status() != http.StatusOK {
 		return nil, fmt.Errorf("reading %s: the gateway answered %d: %s", spec, w.status(), errorText(w))
 	}
