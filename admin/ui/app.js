@@ -69,8 +69,9 @@
     $("fill-count").textContent = s.fills.length ? "(" + s.fills.length + ")" : "";
     if (!s.fills.length) fills.appendChild(el("p", "muted", "none"));
     for (const f of s.fills) {
-      const left = f.rate > 0 ? "ETA " + dur((f.size - f.landed) / f.rate) : "";
-      fills.appendChild(progressRow(f.key, f.landed, f.size, f.rate, left, "fill"));
+      const r = f.rate_bytes_per_second;
+      const left = r > 0 ? "ETA " + dur((f.size - f.landed) / r) : "";
+      fills.appendChild(progressRow(f.key, f.landed, f.size, r, left, "fill"));
     }
     const jobs = $("jobs");
     jobs.replaceChildren();
