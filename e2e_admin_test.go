@@ -220,7 +220,6 @@ const (
 	workerKeyE2E = "mgw_WORKERkeyFORadminTESTS0123456789abcdef0123"
 )
 
-
 func TestAdminAccessRules(t *testing.T) {
 	tr := newTestHub(t, 1<<20)
 	g := startGateway(t, tr.hub, func(c *config.Config) {
