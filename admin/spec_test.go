@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -69,3 +70,5 @@ func TestGlobMatchesLikeFnmatch(t *testing.T) {
 	assert.False(t, f.Keep("model.fp16.safetensors"))
 	assert.False(t, f.Keep("README.md"))
 }
+
+func jsonBody(s string) *strings.Reader { return strings.NewReader(s) }
