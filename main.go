@@ -28,7 +28,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/term"
 
+	"github.com/modelgate/modelgate/admin"
+	"github.com/modelgate/modelgate/admincli"
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/buildinfo"
 	"github.com/modelgate/modelgate/cache"
@@ -75,7 +78,9 @@ const usage = `usage:
                                            exit 0 when the gateway at the configured
                                            listen address (or URL) answers /readyz with
                                            200, 1 otherwise (a container's HEALTHCHECK)
-`
+  modelgate key new --admin NAME           print a new admin key and its admin.keys entry
+
+` + admincli.Usage
 
 func run(args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
@@ -90,6 +95,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	case "healthcheck":
 		return healthcheck(args, stdout, stderr)
+	}
+	if admincli.Commands[cmd] {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		f, isFile := stdout.(*os.File)
+		return admincli.Run(ctx, cmd, args, admincli.Env{
+			Getenv: os.Getenv, Stdout: stdout, Stderr: stderr, Stdin: os.Stdin,
+			IsTerminal: isFile && term.IsTerminal(int(f.Fd())),
+		})
 	}
 	fs := flag.NewFlagSet("modelgate "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -147,8 +161,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 // clients.keys entry that holds its sha256 (the key itself is shown once
 // and stored nowhere).
 func newKey(args []string, stdout io.Writer) error {
-	if len(args) != 2 || args[0] != "new" || args[1] == "" {
-		return errors.New("usage: modelgate key new NAME")
+	if len(args) == 3 && args[0] == "new" && args[1] == "--admin" && args[2] != "" {
+		key, sha, err := clientauth.GenerateAdmin()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n\n# The admin key above is shown once. Use it as MODELGATE_ADMIN_KEY for the\n# modelgate CLI (or Authorization: Bearer for the admin API), and add to config.yaml:\nadmin:\n  keys:\n    - name: %s\n      key_sha256: %s\n", key, args[2], sha)
+		return err
+	}
+	if len(args) != 2 || args[0] != "new" || args[1] == "" || strings.HasPrefix(args[1], "-") {
+		return errors.New("usage: modelgate key new [--admin] NAME")
 	}
 	key, sha, err := clientauth.Generate()
 	if err != nil {
@@ -284,8 +306,22 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		}
 	}
 
+	// reloadNow is what SIGHUP and POST /admin/v1/reload do.
+	reloadNow := func() error {
+		next, err := reload()
+		if err == nil {
+			err = gw.setSecrets(next)
+		}
+		if err != nil {
+			log.Error("reloading credentials failed; keeping the current ones", "err", err)
+			return err
+		}
+		log.Info("credentials reloaded", "hf_token", next.HuggingFace.Token != "", "civitai_key", next.CivitAI.APIKey != "")
+		return nil
+	}
 	hup := make(chan os.Signal, 1)
 	if reload != nil {
+		gw.setReload(reloadNow)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 	}
@@ -297,15 +333,7 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			next, err := reload()
-			if err == nil {
-				err = gw.setSecrets(next)
-			}
-			if err != nil {
-				log.Error("reloading credentials failed; keeping the current ones", "err", err)
-				continue
-			}
-			log.Info("credentials reloaded", "hf_token", next.HuggingFace.Token != "", "civitai_key", next.CivitAI.APIKey != "")
+			reloadNow()
 		}
 	}
 	// Draining: /readyz says 503 (for a balancer that still asks on a
@@ -357,6 +385,8 @@ type gateway struct {
 	shutdown func(ctx context.Context) error
 	// tls is the TLS listener's configuration (nil: listen_tls is off).
 	tls *tls.Config
+	// setReload tells the admin API how to reload (what SIGHUP does).
+	setReload func(func() error)
 }
 
 func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
@@ -370,6 +400,9 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err := cache.MakePrivate(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
+	// Recent warnings and errors, already redacted, for the status page.
+	ring := admin.NewErrorRing(log.Handler(), 50)
+	log = slog.New(redact.NewHandler(ring))
 	var closers []func() error
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -413,7 +446,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
-	pinned, err := pinnedBlobs(cfg.Cache.Pinned, idx)
+	pinned, err := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
 	if err != nil {
 		return nil, err
 	}
@@ -608,6 +641,41 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		// catalog's URLs carry the key in their path.
 		keyed = append(keyed, proxy.Endpoint{Path: "/visionatrix/", Handler: vix})
 	}
+	adminKeys, err := clientauth.LoadAdmin(adminKeySpecs(cfg.Admin.Keys), os.ReadFile)
+	if err != nil {
+		return nil, err
+	}
+	var currentAdminKeys atomic.Pointer[clientauth.Keys]
+	currentAdminKeys.Store(adminKeys)
+	// serve sets how a reload is done (SIGHUP and POST /admin/v1/reload
+	// do the same).
+	var reloadFn atomic.Pointer[func() error]
+	adminSrv, err := admin.New(admin.Options{
+		Index:   idx,
+		Store:   store,
+		Hub:     mirror,
+		CivitAI: civ,
+		Keys:    currentAdminKeys.Load,
+		Reload: func() error {
+			f := reloadFn.Load()
+			if f == nil {
+				return errors.New("this gateway has no configuration file to reload")
+			}
+			return (*f)()
+		},
+		Gatherer:      reg,
+		Logger:        log,
+		MaxSize:       int64(cfg.Cache.MaxSize),
+		PrefetchFiles: cfg.Admin.PrefetchFiles,
+		AuditTTL:      cfg.Admin.AuditTTL.Duration,
+		QuarantineDir: filepath.Join(cfg.DataDir, "quarantine"),
+		Offline:       cfg.Offline,
+		Errors:        ring,
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, adminSrv.Close)
 	gw, err := proxy.New(proxy.Options{
 		Keys:               currentKeys.Load,
 		RequireKey:         cfg.Clients.RequireKey == "all",
@@ -643,6 +711,9 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		},
 		RequireTLSForKeys: cfg.Clients.RequireTLSForKeys,
 		KeyedEndpoints:    keyed,
+		Admin:             adminSrv,
+		AdminAllow:        cfg.Admin.Allow,
+		OnRequest:         adminSrv.ObserveRequest,
 	})
 	if err != nil {
 		return nil, err
@@ -661,18 +732,33 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		if err != nil {
 			return err
 		}
+		adminKeys, err := clientauth.LoadAdmin(adminKeySpecs(next.Admin.Keys), os.ReadFile)
+		if err != nil {
+			return err
+		}
 		up.SetCredentials(creds...)
 		currentKeys.Store(keys)
+		currentAdminKeys.Store(adminKeys)
 		if n := gw.CloseRevoked(); n > 0 {
 			log.Info("closed connections opened with a revoked worker key", "connections", n)
 		}
 		return nil
 	}
 	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets,
-		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown, tls: tlsConf}, nil
+		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown, tls: tlsConf,
+		setReload: func(f func() error) { reloadFn.Store(&f) }}, nil
 }
 
 // keySpecs hands the configured worker keys to clientauth.
+// adminKeySpecs converts admin.keys for clientauth.LoadAdmin.
+func adminKeySpecs(keys []config.AdminKey) []clientauth.Spec {
+	out := make([]clientauth.Spec, len(keys))
+	for i, k := range keys {
+		out[i] = clientauth.Spec{Name: k.Name, KeySHA256: k.KeySHA256, KeyFile: k.KeyFile}
+	}
+	return out
+}
+
 func keySpecs(keys []config.ClientKey) []clientauth.Spec {
 	out := make([]clientauth.Spec, len(keys))
 	for i, k := range keys {
@@ -698,7 +784,32 @@ func upstreamCredentials(cfg config.Config) ([]authinject.Credential, error) {
 // pinnedBlobs turns cache.pinned into the function eviction asks for the
 // blobs to keep: "hf:" entries through the Hub's file records,
 // "civitai:" entries through the download mappings.
-func pinnedBlobs(specs []string, idx *cache.Index) (func() map[cache.Digest]bool, error) {
+func pinnedBlobs(specs []string, idx *cache.Index, runtime func() []string) (func() map[cache.Digest]bool, error) {
+	hf, civ, err := parsePins(specs)
+	if err != nil {
+		return nil, fmt.Errorf("cache.pinned: %w", err)
+	}
+	return func() map[cache.Digest]bool {
+		hf, civ := hf, civ
+		if runtime != nil {
+			// Pins set through the admin API were checked when they were
+			// set; a bad one is skipped rather than unpinning the rest.
+			for _, spec := range runtime() {
+				if h, c, err := parsePins([]string{spec}); err == nil {
+					hf, civ = append(hf, h...), append(civ, c...)
+				}
+			}
+		}
+		keep := hfmirror.PinnedDigests(idx, hf)
+		for d := range civitai.PinnedDigests(idx, civ) {
+			keep[d] = true
+		}
+		return keep
+	}, nil
+}
+
+// parsePins splits pin specs into Hub pins and CivitAI version ids.
+func parsePins(specs []string) ([]hfhub.Pin, []string, error) {
 	var hf []hfhub.Pin
 	var civ []string
 	for _, spec := range specs {
@@ -706,25 +817,16 @@ func pinnedBlobs(specs []string, idx *cache.Index) (func() map[cache.Digest]bool
 		case "hf":
 			p, err := hfhub.ParsePin(rest)
 			if err != nil {
-				return nil, fmt.Errorf("cache.pinned: %w", err)
+				return nil, nil, err
 			}
 			hf = append(hf, p)
 		case "civitai":
 			civ = append(civ, rest)
 		default:
-			return nil, fmt.Errorf("cache.pinned: %q is neither hf: nor civitai:", spec)
+			return nil, nil, fmt.Errorf("%q is neither hf: nor civitai:", spec)
 		}
 	}
-	if len(hf) == 0 && len(civ) == 0 {
-		return nil, nil
-	}
-	return func() map[cache.Digest]bool {
-		keep := hfmirror.PinnedDigests(idx, hf)
-		for d := range civitai.PinnedDigests(idx, civ) {
-			keep[d] = true
-		}
-		return keep
-	}, nil
+	return hf, civ, nil
 }
 
 func fillFailureReason(err error) string {

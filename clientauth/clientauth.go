@@ -260,9 +260,6 @@ func PathPrefix(ctx context.Context) string {
 	return p
 }
 
-// AdminPrefix starts every admin key (issue 12's admin API).
-const AdminPrefix = "mga_"
-
 // Presents reports whether r carries something that looks like a worker
 // or admin key, in any of the places a key is read from: Authorization,
 // Proxy-Authorization, a token= parameter, or a key path. It decides

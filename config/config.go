@@ -63,6 +63,8 @@ type Config struct {
 	Clients ClientsConfig `yaml:"clients"`
 	// Visionatrix configures the models catalog served at /visionatrix/.
 	Visionatrix VisionatrixConfig `yaml:"visionatrix"`
+	// Admin says who may use the admin API (/admin/v1/) and the status page.
+	Admin AdminConfig `yaml:"admin"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 }
@@ -95,6 +97,34 @@ type VisionatrixConfig struct {
 	// is down (for cache.last_known_ttl). 0 means fetch every time.
 	// Default 10m.
 	CatalogTTL Duration `yaml:"catalog_ttl"`
+}
+
+// AdminConfig says who may use the admin API and the status page, and how
+// prefetch jobs and audit records behave.
+type AdminConfig struct {
+	// Allow lists the networks that reach /admin/v1/ and the status page
+	// at /, checked instead of clients.allow. Without admin keys, only
+	// loopback clients among them are answered. Default: loopback only.
+	Allow Networks `yaml:"allow"`
+	// Keys are the admin keys (mga_...). With any configured, every admin
+	// request needs one (Authorization: Bearer mga_...). Create one with
+	// `modelgate key new --admin NAME`. Not settable from the
+	// environment. Default empty.
+	Keys []AdminKey `yaml:"keys"`
+	// PrefetchFiles is how many files one prefetch job fills at a time.
+	// Default 4.
+	PrefetchFiles int `yaml:"prefetch_files"`
+	// AuditTTL is how long the record of a gated or private download is
+	// kept for GET /admin/v1/audit. Must be > 0. Default 30d (720h).
+	AuditTTL Duration `yaml:"audit_ttl"`
+}
+
+// AdminKey is one admin key: a name and the key's sha256 or a file
+// holding the key.
+type AdminKey struct {
+	Name      string `yaml:"name"`
+	KeySHA256 string `yaml:"key_sha256"`
+	KeyFile   string `yaml:"key_file"`
 }
 
 // CacheConfig controls the local blob cache.
@@ -415,6 +445,12 @@ func Default() Config {
 			CatalogURL: "https://visionatrix.github.io/VixFlowsDocs/",
 			CatalogTTL: Duration{10 * time.Minute},
 		},
+		Admin: AdminConfig{
+			Allow:         MustNetworks("127.0.0.0/8", "::1/128"),
+			Keys:          []AdminKey{},
+			PrefetchFiles: 4,
+			AuditTTL:      Duration{30 * 24 * time.Hour},
+		},
 		Log: LogConfig{
 			Level:  "info",
 			Format: "text",
@@ -596,6 +632,25 @@ func (c *Config) Validate() error {
 				fail(key, "unknown scope %q (huggingface, civitai)", sc)
 			}
 		}
+	}
+	adminNames := map[string]bool{}
+	for i, k := range c.Admin.Keys {
+		key := fmt.Sprintf("admin.keys[%d]", i)
+		switch {
+		case k.Name == "" || adminNames[k.Name]:
+			fail(key, "needs a unique name")
+		case (k.KeySHA256 == "") == (k.KeyFile == ""):
+			fail(key, "needs exactly one of key_sha256 and key_file")
+		case k.KeySHA256 != "" && !sha256Hex.MatchString(k.KeySHA256):
+			fail(key, "key_sha256 must be 64 hex digits")
+		}
+		adminNames[k.Name] = true
+	}
+	if c.Admin.PrefetchFiles < 1 || c.Admin.PrefetchFiles > 64 {
+		fail("admin.prefetch_files", "must be from 1 to 64, got %d", c.Admin.PrefetchFiles)
+	}
+	if c.Admin.AuditTTL.Duration <= 0 {
+		fail("admin.audit_ttl", "must be > 0, got %s", c.Admin.AuditTTL)
 	}
 	for _, p := range append(slices.Clone(c.HuggingFace.Repos.Allow), c.HuggingFace.Repos.Deny...) {
 		if !repoPattern.MatchString(p) {

@@ -206,6 +206,11 @@ func (g *Gateway) clientAllowed(r *http.Request, own *Endpoint) bool {
 			nets = g.opts.MetricsAllow
 		}
 	}
+	return addrIn(r, nets)
+}
+
+// addrIn reports whether the request's client address is in nets.
+func addrIn(r *http.Request, nets []netip.Prefix) bool {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return false
@@ -257,4 +262,17 @@ func loopbackClient(r *http.Request) bool {
 	}
 	la, _ := netip.AddrFromSlice(local.IP)
 	return ap.Addr().Unmap().IsLoopback() && ap.Addr().Unmap() == la.Unmap()
+}
+
+// refuseAdminKey answers 403 to a request carrying an admin key (mga_)
+// anywhere a worker would put a credential: an admin key is no download
+// credential, and must not travel on as a worker's own token either.
+func refuseAdminKey(w http.ResponseWriter, r *http.Request) bool {
+	if !clientauth.CarriesAdminKey(r) {
+		return false
+	}
+	info := reqinfo.From(r.Context())
+	info.Route, info.Result = "auth", "forbidden"
+	http.Error(w, "an admin key (mga_) opens the admin API only; workers use a worker key", http.StatusForbidden)
+	return true
 }

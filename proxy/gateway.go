@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +40,16 @@ type Options struct {
 	// RequireTLSForKeys refuses a request presenting a worker or admin key
 	// over plain HTTP, unless it comes from a loopback client.
 	RequireTLSForKeys bool
+
+	// Admin, when set, answers /admin/ and the status page at / for
+	// clients in AdminAllow (checked instead of ClientAllow; it does its
+	// own key check). Other networks get /admin/ refused and / as before.
+	Admin      http.Handler
+	AdminAllow []netip.Prefix
+	// OnRequest, when set, is called with every finished request (its
+	// route, result, worker key name, status and body bytes), after its
+	// log line: the admin side's traffic figures and audit records.
+	OnRequest func(r *http.Request, info *reqinfo.Info, status int, bytes int64)
 
 	Gatherer prometheus.Gatherer
 	Metrics  *metrics.Metrics
@@ -157,7 +168,7 @@ func New(opts Options) (*Gateway, error) {
 	if opts.CA != nil {
 		g.certs = newCertStore(opts.CA, 1024, nil)
 	}
-	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout}
+	g.handler = &edge{next: refuseOverCap(http.HandlerFunc(g.route)), log: opts.Logger, m: opts.Metrics, bodyTimeout: opts.BodyReadTimeout, observe: opts.OnRequest}
 	g.startInner()
 	return g, nil
 }
@@ -203,6 +214,30 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 // anything else (origin form) to the site whose paths it matches.
 func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 	info := reqinfo.From(r.Context())
+	// Worker and admin keys alike, before anything reads one.
+	if g.opts.RequireTLSForKeys && r.TLS == nil && !loopbackClient(r) && clientauth.Presents(r) {
+		// The key has crossed the network in the clear already; refusing
+		// it tells the operator before it becomes the norm.
+		info.Route, info.Result = "auth", "refused"
+		http.Error(w, "this gateway accepts worker and admin keys over TLS only: use its https:// address", http.StatusForbidden)
+		return
+	}
+	if g.opts.Admin != nil && r.Method != http.MethodConnect && !r.URL.IsAbs() {
+		isAdmin := strings.HasPrefix(r.URL.Path, "/admin/") || r.URL.Path == "/admin"
+		switch {
+		case (isAdmin || r.URL.Path == "/") && addrIn(r, g.opts.AdminAllow):
+			info.Mode = "admin"
+			g.opts.Admin.ServeHTTP(w, r)
+			return
+		case isAdmin:
+			info.Route, info.Result = "admin", "refused"
+			http.Error(w, "the admin API is not open to your address", http.StatusForbidden)
+			return
+		}
+	}
+	if refuseAdminKey(w, r) {
+		return
+	}
 	own := g.ownEndpoint(r)
 	if !g.clientAllowed(r, own) {
 		// Logged (with the address) and counted by the edge.
@@ -215,13 +250,6 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 		// network allow-lists govern them (a scraper has no key).
 		info.Mode = "mirror"
 		own.Handler.ServeHTTP(w, r)
-		return
-	}
-	if g.opts.RequireTLSForKeys && r.TLS == nil && !loopbackClient(r) && clientauth.Presents(r) {
-		// The key has crossed the network in the clear already; refusing
-		// it tells the operator before it becomes the norm.
-		info.Route, info.Result = "auth", "refused"
-		http.Error(w, "this gateway accepts worker and admin keys over TLS only: use its https:// address", http.StatusForbidden)
 		return
 	}
 	r, ok := g.pathKey(w, r)

@@ -33,7 +33,7 @@ type interceptedCtx struct{}
 func (g *Gateway) startInner() {
 	g.innerLn = newChanListener()
 	g.inner = &http.Server{
-		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: g.log, m: g.opts.Metrics, bodyTimeout: g.opts.BodyReadTimeout},
+		Handler:           &edge{next: http.HandlerFunc(g.routeIntercepted), log: g.log, m: g.opts.Metrics, bodyTimeout: g.opts.BodyReadTimeout, observe: g.opts.OnRequest},
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       g.opts.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -96,6 +96,9 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, _ *goproxy.P
 // the CONNECT's target, not the Host header, says which site it is for.
 func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	reqinfo.From(r.Context()).Mode = "mitm"
+	if refuseAdminKey(w, r) {
+		return
+	}
 	ic, _ := r.Context().Value(interceptedCtx{}).(*intercepted)
 	if ic == nil {
 		ic = &intercepted{} // a connection the gateway did not hand over: no site matches

@@ -53,6 +53,8 @@ type edge struct {
 	m    *metrics.Metrics
 	// bodyTimeout bounds the arrival of a request body (see bodyDeadline).
 	bodyTimeout time.Duration
+	// observe, when set, learns every finished request (Options.OnRequest).
+	observe func(r *http.Request, info *reqinfo.Info, status int, bytes int64)
 }
 
 func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -115,6 +117,9 @@ func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time
 		attrs = append(attrs, slog.String("detail", info.Detail))
 	}
 	e.log.LogAttrs(r.Context(), level, "request", attrs...)
+	if e.observe != nil {
+		e.observe(r, info, status, rec.bytes)
+	}
 }
 
 // recorder notes the status and body bytes of an answer. It forwards

@@ -32,9 +32,9 @@ var (
 	queryParam = regexp.MustCompile(`(?i)([?&;](?:token|authorization|signature|x-amz-signature|x-amz-credential|x-amz-security-token|policy|key-pair-id|x-xet-[a-z-]*token[a-z-]*|access_token|api_key)=)[^&\s"']*`)
 	// Header-style "Authorization: Bearer xyz" or "Bearer xyz" in text.
 	bearer = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+`)
-	// Credentials that announce themselves by prefix: Hugging Face tokens
-	// and modelgate worker keys.
-	prefixed = regexp.MustCompile(`\b(hf_|mgw_)[A-Za-z0-9_-]{8,}`)
+	// Credentials that announce themselves by prefix: Hugging Face tokens,
+	// modelgate worker keys and admin keys.
+	prefixed = regexp.MustCompile(`\b(hf_|mgw_|mga_)[A-Za-z0-9_-]{8,}`)
 )
 
 // String masks the secrets inside s.

@@ -19,6 +19,7 @@ func TestStringMasksCredentialsInText(t *testing.T) {
 		{"Proxy-Authorization: Basic d29ya2VyOm1nd18xMjM=", "Proxy-Authorization: Basic ***"},
 		{"token hf_AAAAAAAAAAAAAAAA leaked", "token hf_*** leaked"},
 		{"worker mgw_0123456789abcdef", "worker mgw_***"},
+		{"admin mga_0123456789abcdef", "admin mga_***"},
 		{"nothing secret here /org/model/resolve/main/x.bin", "nothing secret here /org/model/resolve/main/x.bin"},
 	}
 	for _, tt := range tests {
