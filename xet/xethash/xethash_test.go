@@ -16,10 +16,21 @@ func TestRootAndFileMatchXetCoreReferences(t *testing.T) {
 		c = "0d2beb91b9196929a5ddec9f6e306924ddf4a24268e3e59fd8464738d525af37"
 		d = "adf8773496a9b7319b2e50dc98093f344053b17d8ad37100b9c07d9805988784"
 		z = "0000000000000000000000000000000000000000000000000000000000000000"
+		e = "4ac202caf347fc1e9c874b1ef6a1c5e619141eb775a6f43f0f0124ccd0060d9e"
+		f = "b3b28636f65c149ea52eb1f94669466f70f033b54cea792824c696ba6ef3c389"
+		g = "0e2c1a002aae913d2c0fc8ddfa4e9e14b7b311b3b0d458726d5d9f6a6318013c"
 	)
 	type leaf struct {
 		h    string
 		size uint64
+	}
+	eight := []leaf{{z, 0}, {a, 100}, {b, 200}, {c, 300}, {d, 400}, {e, 500}, {f, 600}, {g, 700}}
+	var sixtyFour, thirtyTwo []leaf
+	for range 8 {
+		sixtyFour = append(sixtyFour, eight...)
+	}
+	for range 32 {
+		thirtyTwo = append(thirtyTwo, leaf{a, 100})
 	}
 	tests := []struct {
 		name       string
@@ -41,6 +52,15 @@ func TestRootAndFileMatchXetCoreReferences(t *testing.T) {
 		{"zeros between", []leaf{{z, 0}, {a, 100}, {z, 0}, {a, 100}, {z, 0}},
 			"f36c6a6374a567efd36ed087aeb680b57e3af4e0b5b8e7be2593df4cb647a2de",
 			"ab2f46d31855e1133b3b5b70e78f841394a648710a208923b221c1a8a0572a1f"},
+		{"eight", eight,
+			"f62abe77e3fb9c954fe52b0028027ddc90c064c45951a4fd2211d87e5c0011db",
+			"d1b068be5bbdb38992269e8efe61f601881e39f7a7585fd76883cc6ea5c23b44"},
+		{"sixty-four (three levels)", sixtyFour,
+			"6554007c9b5d0a5e7918f79596a1b68815c1407535585435f5735db761f21b88",
+			"a8640ab81d48854e00078e12b1ea8be5d90be0ffb5f73a15b7009981d093ddd8"},
+		{"thirty-two same", thirtyTwo,
+			"0a0123c1617921883b7e13902095fcb86676e77c49120c33b233003b0af0e0a6",
+			"53af4711fd1d5e5bdc7f931b6be932314d8d673cb16ad2482f6f5222eaf9e63d"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
