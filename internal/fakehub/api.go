@@ -1,9 +1,7 @@
 package fakehub
 
 import (
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -268,13 +266,8 @@ func (h *Hub) serveXetToken(w http.ResponseWriter, r *http.Request, rt route, rs
 		writeHubError(w, r, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rt.rev, "")
 		return
 	}
-	var nonce [16]byte
-	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never fails
-	tok := xetToken{
-		AccessToken: "xet-jwt-" + hex.EncodeToString(nonce[:]),
-		Exp:         time.Now().Add(xetTokenLifetime).Unix(),
-		CasURL:      h.CDNURL(),
-	}
+	access, exp := h.issueXetToken(rs.Type + "/" + rs.ID)
+	tok := xetToken{AccessToken: access, Exp: exp.Unix(), CasURL: h.CASURL()}
 	hd := w.Header()
 	hd.Set("X-Xet-Access-Token", tok.AccessToken)
 	hd.Set("X-Xet-Token-Expiration", strconv.FormatInt(tok.Exp, 10))

@@ -228,7 +228,8 @@ func newFileState(f File) *fileState {
 	fs.gitOID = GitBlobSHA1([]byte(ptr))
 	fs.etag = fs.sha256
 	if f.Xet {
-		fs.xetHash = derivedHex("xet-hash", fs.sha256)
+		_, fh := xetLayout(f.Data)
+		fs.xetHash = fh.String()
 	}
 	return fs
 }

@@ -202,7 +202,7 @@ func TestXetResolve(t *testing.T) {
 	assert.Equal(t, `"`+sha+`"`, resp.Header.Get("X-Linked-Etag"))
 	assert.Equal(t,
 		"<"+f.h.URL()+"/api/models/org/model/xet-read-token/"+f.mainC+`>; rel="xet-auth", <`+
-			f.h.CDNURL()+"/v1/reconstructions/"+xh+`>; rel="xet-reconstruction-info"`,
+			f.h.CASURL()+"/v1/reconstructions/"+xh+`>; rel="xet-reconstruction-info"`,
 		resp.Header.Get("Link"))
 	// Like the Hub, a Xet file's plain download goes to the Xet bridge,
 	// which names it by its Xet hash.
@@ -227,7 +227,7 @@ func TestXetResolve(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &tok))
 	assert.True(t, strings.HasPrefix(tok.AccessToken, "xet-jwt-"))
 	assert.Greater(t, tok.Exp, time.Now().Unix())
-	assert.Equal(t, f.h.CDNURL(), tok.CasURL)
+	assert.Equal(t, f.h.CASURL(), tok.CasURL)
 	assert.Equal(t, tok.AccessToken, resp.Header.Get("X-Xet-Access-Token"))
 	assert.Equal(t, strconv.FormatInt(tok.Exp, 10), resp.Header.Get("X-Xet-Token-Expiration"))
 	assert.Equal(t, tok.CasURL, resp.Header.Get("X-Xet-Cas-Url"))

@@ -66,6 +66,8 @@ type Hub struct {
 	small fakeserver.Faults[string]
 
 	cdnFetches   fakeserver.Counter[string]   // sha256 -> 2xx GETs on the CDN
+	xorbFetches  fakeserver.Counter[string]   // xorb hash -> 2xx GETs on the CAS
+	xorbFaults   fakeserver.Faults[string]    // xorb hash -> CAS fault knobs
 	smallFetches fakeserver.Counter[smallKey] // 2xx GETs on /api/resolve-cache
 
 	mu      sync.RWMutex
@@ -75,6 +77,7 @@ type Hub struct {
 	xet     map[string]string     // Xet hash -> sha256, for the Xet bridge
 	down    bool
 	hubFail hubFault // armed by FailHub / RateLimitHub
+	cas     casState // the Xet CAS's chunks, xorbs, files and tokens
 }
 
 // New starts the Hub and the CDN and registers t.Cleanup to stop them.
@@ -90,13 +93,15 @@ func New(t testing.TB, opts Options) *Hub {
 		renames: map[string]string{},
 		blobs:   map[string]*fileState{},
 		xet:     map[string]string{},
+		cas:     newCASState(),
 	}
 	if _, err := rand.Read(h.signKey); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
 	}
 	h.srv.Start(t, fakeserver.Config{Name: "fakehub", MaxBody: maxRecordedBody},
 		fakeserver.Server{Name: serverHub, Handler: h.serveHub},
-		fakeserver.Server{Name: serverCDN, Handler: h.serveCDN})
+		fakeserver.Server{Name: serverCDN, Handler: h.serveCDN},
+		fakeserver.Server{Name: serverCAS, Handler: h.serveCAS})
 	return h
 }
 
@@ -132,6 +137,7 @@ func (h *Hub) AddRepo(r Repo) {
 			}
 			if f.Xet {
 				h.xet[f.xetHash] = f.sha256
+				h.casAddFile(rs.Type+"/"+rs.ID, f)
 			}
 		}
 	}

@@ -52,7 +52,7 @@ func (h *Hub) redirectLFS(w http.ResponseWriter, r *http.Request, rs *repoState,
 	if f.Xet {
 		hd.Set("X-Xet-Hash", f.xetHash)
 		hd.Set("Link", "<"+h.URL()+"/api/"+rs.Type+"s/"+escapeSegments(rs.ID)+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
-			h.CDNURL()+"/v1/reconstructions/"+f.xetHash+`>; rel="xet-reconstruction-info"`)
+			h.CASURL()+"/v1/reconstructions/"+f.xetHash+`>; rel="xet-reconstruction-info"`)
 	}
 	if etagMatches(r, f.sha256) {
 		w.WriteHeader(http.StatusNotModified)
