@@ -56,8 +56,8 @@ type fill struct {
 	// trusted: the bytes come from a copy verified before it was stored
 	// (a shared tier), so readers need not hold back the final byte.
 	trusted bool
-	err       error         // set when the fill failed
-	wake      chan struct{} // closed and replaced on every change
+	err     error         // set when the fill failed
+	wake    chan struct{} // closed and replaced on every change
 	// waiting holds the position each blocked reader waits at: a
 	// parallel fill fetches the pieces holding them first.
 	waiting map[*fillReader]int64
