@@ -45,6 +45,7 @@ import (
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
 	"github.com/modelgate/modelgate/site"
+	"github.com/modelgate/modelgate/s3tier"
 	"github.com/modelgate/modelgate/upstream"
 	"github.com/modelgate/modelgate/visionatrix"
 )
@@ -450,7 +451,17 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// One guard for every outbound dial. The gateway's own requests (and
+	// the redirects they follow) may reach the hosts the operator named
+	// even on private addresses; tunnels and relays, on a worker's behalf,
+	// only the parent proxy they are sent through.
+	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
+	tier, err := sharedTier(cfg, guard, log, metrics.RegisterCluster(reg))
+	if err != nil {
+		return nil, err
+	}
 	store, err := cache.Open(cache.Options{
+		Tier:              tier,
 		Dir:               cfg.DataDir,
 		Index:             idx,
 		Logger:            log,
@@ -510,11 +521,6 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("civitai.endpoint: %w", err)
 	}
-	// One guard for every outbound dial. The gateway's own requests (and
-	// the redirects they follow) may reach the hosts the operator named
-	// even on private addresses; tunnels and relays, on a worker's behalf,
-	// only the parent proxy they are sent through.
-	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
 	var parent []string
 	if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.Host != "" {
 		parent = append(parent, authinject.CanonicalHost(u))
@@ -955,4 +961,46 @@ func rotateCA(cfg config.Config, stdout, stderr io.Writer) error {
 		ca.NextFrom().Format(time.RFC3339))
 	_, err = stdout.Write(ca.Bundle(time.Now()))
 	return err
+}
+
+// sharedTier returns the S3 tier of storage.backend s3, or nil for disk.
+// Its transport has its own dialer through the outbound guard, exempting
+// only the bucket's endpoint (which is usually on a private address).
+func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEvent func(string)) (cache.Tier, error) {
+	if cfg.Storage.Backend != "s3" {
+		return nil, nil
+	}
+	s3 := cfg.Storage.S3
+	u, err := url.Parse(s3.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("storage.s3.endpoint: %w", err)
+	}
+	transport, err := upstream.NewTransport(upstream.Options{
+		CAFile:  s3.CAFile,
+		Timeout: cfg.Upstream.Timeout.Duration,
+		Guard:   guard.Exempting(authinject.CanonicalHost(u)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage.s3: %w", err)
+	}
+	tier, err := s3tier.New(s3tier.Options{
+		Endpoint:        s3.Endpoint,
+		Bucket:          s3.Bucket,
+		Prefix:          s3.Prefix,
+		Region:          s3.Region,
+		PathStyle:       s3.PathStyle,
+		AccessKeyID:     s3.AccessKeyID.Reveal(),
+		SecretAccessKey: s3.SecretAccessKey.Reveal(),
+		SessionToken:    s3.SessionToken.Reveal(),
+		Transport:       transport,
+		LeaseTTL:        cfg.Cluster.LeaseTTL.Duration,
+		Node:            cfg.Cluster.Node,
+		Logger:          log.With("component", "s3tier"),
+		OnEvent:         onEvent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL)
+	return tier, nil
 }

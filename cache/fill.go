@@ -53,8 +53,11 @@ type fill struct {
 	path      string // temp file while filling, final path once published
 	have      extents
 	published bool
-	err       error         // set when the fill failed
-	wake      chan struct{} // closed and replaced on every change
+	// trusted: the bytes come from a copy verified before it was stored
+	// (a shared tier), so readers need not hold back the final byte.
+	trusted bool
+	err     error         // set when the fill failed
+	wake    chan struct{} // closed and replaced on every change
 	// waiting holds the position each blocked reader waits at: a
 	// parallel fill fetches the pieces holding them first.
 	waiting map[*fillReader]int64
@@ -253,8 +256,12 @@ func (r *fillReader) wait() (int64, error) {
 		limit := r.end
 		if !r.f.published {
 			// Everything that has landed, but never the final byte of this
-			// response before the blob verified.
+			// response before the blob verified (unless the source is a
+			// copy verified before it was stored).
 			limit = min(r.f.have.availableFrom(r.pos), r.end-1)
+			if r.f.trusted {
+				limit = min(r.f.have.availableFrom(r.pos), r.end)
+			}
 		}
 		wake := r.f.wake
 		if limit > r.pos {

@@ -150,6 +150,9 @@ type Options struct {
 	IndexSize func() int64
 	// DiskFree overrides the free-space probe (tests).
 	DiskFree func() (int64, error)
+	// Tier, when set, is a shared blob store consulted before every fill
+	// of a known content id (see Tier); nil means this disk alone.
+	Tier Tier
 }
 
 // Store is the content-addressed blob store with single-flight fills.
@@ -177,6 +180,7 @@ type Store struct {
 	diskFree        func() (int64, error)
 	indexSize       func() int64
 	stallTimeout    time.Duration
+	tier            Tier
 	usage           usage
 	evictNow        chan struct{}
 	evictBlocked    atomic.Bool // the last eviction run could not get within the limits
@@ -231,6 +235,7 @@ func Open(opts Options) (*Store, error) {
 		diskFree:      opts.DiskFree,
 		indexSize:     opts.IndexSize,
 		stallTimeout:  opts.StallTimeout,
+		tier:          opts.Tier,
 		usage:         usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:      make(chan struct{}, 1),
 		writeAt:       (*os.File).WriteAt,
@@ -510,7 +515,16 @@ func (s *Store) run(f *fill, src Source) {
 	// A fill beyond the caps waits here; its callers wait for ready.
 	release, err := s.slots.acquire(f.ctx, f.client)
 	if err == nil {
-		err = s.download(f, src)
+		var tf TierFill
+		if tf, err = s.tierFill(f, src); err == nil {
+			f.src = tf.Source // readers' pass-through after a disk failure
+			err = s.download(f, tf.Source)
+		}
+		if tf.Done != nil {
+			// Before the fill leaves the registry: a shared tier
+			// uploads the verified blob and releases its lease here.
+			tf.Done(s.blobPath(f.digest), err)
+		}
 		release()
 	} else {
 		err = fmt.Errorf("waiting for a fill slot: %w", err)

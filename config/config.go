@@ -67,6 +67,62 @@ type Config struct {
 	Admin AdminConfig `yaml:"admin"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+	// Storage says where blobs live besides data_dir.
+	Storage StorageConfig `yaml:"storage"`
+	// Cluster configures how gateways sharing one bucket coordinate.
+	Cluster ClusterConfig `yaml:"cluster"`
+}
+
+// StorageConfig says where blobs live. With backend s3, data_dir stays a
+// hot tier (bounded by cache.max_size/min_free) in front of a bucket that
+// several gateways share.
+type StorageConfig struct {
+	// Backend is "disk" (data_dir only) or "s3" (data_dir in front of the
+	// bucket in storage.s3). Default "disk".
+	Backend string `yaml:"backend"`
+	// S3 is the shared bucket, for backend s3.
+	S3 S3Config `yaml:"s3"`
+}
+
+// S3Config is an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, R2, B2,
+// versitygw). It must support conditional writes (If-None-Match: * and
+// If-Match on PUT).
+type S3Config struct {
+	// Endpoint is the service URL: "https://s3.eu-west-1.amazonaws.com",
+	// "http://10.0.0.9:9000". The outbound guard lets it through even on
+	// a private address. Required for backend s3.
+	Endpoint string `yaml:"endpoint"`
+	// Bucket must exist. Required for backend s3.
+	Bucket string `yaml:"bucket"`
+	// Prefix starts every key the gateways write ("modelgate/"); a "/" is
+	// added when missing. Default "".
+	Prefix string `yaml:"prefix"`
+	// Region, for services that need it in the signature. Default "".
+	Region string `yaml:"region"`
+	// PathStyle addresses the bucket as endpoint/bucket instead of
+	// bucket.endpoint (MinIO, Ceph, versitygw). Default false.
+	PathStyle bool `yaml:"path_style"`
+	// CAFile is a PEM file of extra roots for an https endpoint. Default "".
+	CAFile string `yaml:"ca_file"`
+	// AccessKeyID, SecretAccessKey and SessionToken sign the requests;
+	// when empty they come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+	// and AWS_SESSION_TOKEN. All empty means anonymous requests.
+	AccessKeyID     Secret `yaml:"access_key_id"`
+	SecretAccessKey Secret `yaml:"secret_access_key"`
+	SessionToken    Secret `yaml:"session_token"`
+}
+
+// ClusterConfig configures how gateways sharing one bucket agree that one
+// of them fetches a blob from the upstream.
+type ClusterConfig struct {
+	// LeaseTTL is how long a fill lease lives without renewal: the holder
+	// renews it every third of it while its fill moves bytes, and another
+	// gateway takes over a lease unchanged for this long. Must be >= 1s.
+	// Default 30s.
+	LeaseTTL Duration `yaml:"lease_ttl"`
+	// Node names this gateway in the leases it writes (for operators
+	// reading the bucket). Default: the host name.
+	Node string `yaml:"node"`
 }
 
 // TLSConfig is the certificate of the TLS listener (listen_tls).
@@ -455,6 +511,8 @@ func Default() Config {
 			Level:  "info",
 			Format: "text",
 		},
+		Storage: StorageConfig{Backend: "disk"},
+		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}},
 	}
 }
 
@@ -515,6 +573,7 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.DataDir) == "" {
 		fail("data_dir", "must not be empty")
 	}
+	c.validateStorage(fail)
 	if c.Cache.MaxSize < 0 {
 		fail("cache.max_size", "must be >= 0 (0 means unbounded), got %d", int64(c.Cache.MaxSize))
 	}
@@ -720,4 +779,41 @@ func printable(s Secret) bool {
 	return !strings.ContainsFunc(string(s), func(r rune) bool {
 		return unicode.IsSpace(r) || unicode.IsControl(r)
 	})
+}
+
+// s3BucketName is the DNS-compatible bucket name every S3 service accepts.
+var s3BucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
+	switch c.Storage.Backend {
+	case "disk":
+		return
+	case "s3":
+	default:
+		fail("storage.backend", `must be "disk" or "s3", got %q`, c.Storage.Backend)
+		return
+	}
+	s3 := c.Storage.S3
+	if msg := checkURL(s3.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
+		fail("storage.s3.endpoint", "%s", msg)
+	} else if u, _ := url.Parse(s3.Endpoint); u.Path != "" && u.Path != "/" {
+		fail("storage.s3.endpoint", "must have no path (the bucket goes in storage.s3.bucket), got %q", u.Path)
+	}
+	if !s3BucketName.MatchString(s3.Bucket) {
+		fail("storage.s3.bucket", "must be a bucket name (3-63 of a-z 0-9 . -), got %q", s3.Bucket)
+	}
+	if strings.HasPrefix(s3.Prefix, "/") || strings.Contains(s3.Prefix, "..") || strings.ContainsFunc(s3.Prefix, unicode.IsControl) {
+		fail("storage.s3.prefix", "must not start with / or contain .. or control characters, got %q", s3.Prefix)
+	}
+	for key, v := range map[string]Secret{"access_key_id": s3.AccessKeyID, "secret_access_key": s3.SecretAccessKey, "session_token": s3.SessionToken} {
+		if !printable(v) {
+			fail("storage.s3."+key, "must not contain whitespace or control characters")
+		}
+	}
+	if (s3.AccessKeyID == "") != (s3.SecretAccessKey == "") {
+		fail("storage.s3.access_key_id", "storage.s3.access_key_id and secret_access_key must be set together")
+	}
+	if c.Cluster.LeaseTTL.Duration < time.Second {
+		fail("cluster.lease_ttl", "must be >= 1s, got %s", c.Cluster.LeaseTTL)
+	}
 }

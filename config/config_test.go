@@ -101,7 +101,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 61)
+	assert.Len(t, seen, 73)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -567,4 +567,65 @@ func TestListsLoadAsTypedValues(t *testing.T) {
 	assert.ErrorContains(t, err, "mitm.hosts: must be a list")
 	_, err = parse("clients:\n  allow: 10.0.0.0/8\n", nil, nil)
 	assert.ErrorContains(t, err, "clients.allow: must be a list")
+}
+
+func TestStorageS3Config(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	tests := []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "disk by default", check: func(t *testing.T, c Config) {
+			assert.Equal(t, "disk", c.Storage.Backend)
+			assert.Equal(t, 30*time.Second, c.Cluster.LeaseTTL.Duration)
+		}},
+		{name: "s3 with AWS variables", yaml: "storage: {backend: S3, s3: {endpoint: 'http://10.0.0.9:9000/', bucket: models, prefix: mg}}",
+			env: map[string]string{"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "sess-tok"},
+			check: func(t *testing.T, c Config) {
+				s3 := c.Storage.S3
+				assert.Equal(t, "s3", c.Storage.Backend)
+				assert.Equal(t, "http://10.0.0.9:9000", s3.Endpoint)
+				assert.Equal(t, "mg/", s3.Prefix)
+				assert.Equal(t, "AKIDEXAMPLE", s3.AccessKeyID.Reveal())
+				assert.Equal(t, "s3cr3t-value", s3.SecretAccessKey.Reveal())
+				assert.Equal(t, "sess-tok", s3.SessionToken.Reveal())
+				assert.NotContains(t, fmt.Sprintf("%v %+v", c, c), "s3cr3t-value")
+			}},
+		{name: "configured keys win over AWS variables", yaml: "storage: {backend: s3, s3: {endpoint: 'https://s3.example', bucket: models, access_key_id: mine, secret_access_key: minesecret}}",
+			env: map[string]string{"AWS_ACCESS_KEY_ID": "other", "AWS_SECRET_ACCESS_KEY": "othersecret"},
+			check: func(t *testing.T, c Config) {
+				assert.Equal(t, "minesecret", c.Storage.S3.SecretAccessKey.Reveal())
+			}},
+		{name: "AWS variables ignored for disk", env: map[string]string{"AWS_SECRET_ACCESS_KEY": "x"}, check: func(t *testing.T, c Config) {
+			assert.Empty(t, c.Storage.S3.SecretAccessKey)
+		}},
+		{name: "unknown backend", yaml: "storage: {backend: gcs}", wantErr: "storage.backend"},
+		{name: "s3 needs an endpoint", yaml: "storage: {backend: s3, s3: {bucket: models}}", wantErr: "storage.s3.endpoint"},
+		{name: "endpoint with a path", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000/models', bucket: models}}", wantErr: "storage.s3.endpoint"},
+		{name: "bad bucket", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: Models_1}}", wantErr: "storage.s3.bucket"},
+		{name: "half the keys", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, access_key_id: a}}", wantErr: "storage.s3.access_key_id"},
+		{name: "short lease", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models}}\ncluster: {lease_ttl: 100ms}", wantErr: "cluster.lease_ttl"},
+		{name: "env override", env: map[string]string{"MODELGATE_STORAGE_BACKEND": "s3", "MODELGATE_STORAGE_S3_ENDPOINT": "http://h:9000", "MODELGATE_STORAGE_S3_BUCKET": "models", "MODELGATE_STORAGE_S3_PATH_STYLE": "true", "MODELGATE_CLUSTER_LEASE_TTL": "5s"},
+			check: func(t *testing.T, c Config) {
+				assert.True(t, c.Storage.S3.PathStyle)
+				assert.Equal(t, 5*time.Second, c.Cluster.LeaseTTL.Duration)
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml), env(tt.env), nil)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				for _, v := range tt.env {
+					assert.NotContains(t, err.Error(), v)
+				}
+				return
+			}
+			require.NoError(t, err)
+			tt.check(t, c)
+		})
+	}
 }

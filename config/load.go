@@ -21,7 +21,9 @@ import (
 //  3. apply MODELGATE_* environment variables read with getenv;
 //  4. fill empty credentials: huggingface.token from token_file, then
 //     HF_TOKEN, then HF_AUTH_TOKEN; civitai.api_key from CIVITAI_API_KEY, then
-//     CA_AUTH_TOKEN, then CA_API_KEY;
+//     CA_AUTH_TOKEN, then CA_API_KEY; with storage.backend s3, the bucket's
+//     keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+//     when neither key is configured;
 //  5. [Config.Validate].
 //
 // A nil getenv or readFile means os.Getenv or os.ReadFile. Errors start with
@@ -79,6 +81,11 @@ func normalize(c *Config) {
 	c.CivitAI.Endpoint = strings.TrimRight(c.CivitAI.Endpoint, "/")
 	c.Log.Level = strings.ToLower(strings.TrimSpace(c.Log.Level))
 	c.Log.Format = strings.ToLower(strings.TrimSpace(c.Log.Format))
+	c.Storage.Backend = strings.ToLower(strings.TrimSpace(c.Storage.Backend))
+	c.Storage.S3.Endpoint = strings.TrimRight(c.Storage.S3.Endpoint, "/")
+	if p := c.Storage.S3.Prefix; p != "" && !strings.HasSuffix(p, "/") {
+		c.Storage.S3.Prefix = p + "/"
+	}
 }
 
 // resolveSecrets fills empty credentials from their fallbacks.
@@ -100,6 +107,16 @@ func resolveSecrets(c *Config, getenv func(string) string, readFile func(string)
 	}
 	if hf.Token == "" {
 		hf.Token = firstEnv(getenv, "HF_TOKEN", "HF_AUTH_TOKEN")
+	}
+	if c.Storage.Backend == "s3" {
+		s3 := &c.Storage.S3
+		if s3.AccessKeyID == "" && s3.SecretAccessKey == "" {
+			s3.AccessKeyID = firstEnv(getenv, "AWS_ACCESS_KEY_ID")
+			s3.SecretAccessKey = firstEnv(getenv, "AWS_SECRET_ACCESS_KEY")
+			if s3.SessionToken == "" {
+				s3.SessionToken = firstEnv(getenv, "AWS_SESSION_TOKEN")
+			}
+		}
 	}
 	if c.CivitAI.APIKey == "" {
 		c.CivitAI.APIKey = firstEnv(getenv, "CIVITAI_API_KEY", "CA_AUTH_TOKEN", "CA_API_KEY")

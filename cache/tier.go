@@ -1,0 +1,56 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+)
+
+// Tier is a shared blob store behind the local disk (an object store that
+// several gateways use, see package s3tier). The Store consults it before a
+// fill of a known content id fetches anything, so the tier decides where the
+// bytes come from: its own verified copy, or the upstream after it has
+// coordinated with the other nodes that only one of them fetches it.
+//
+// Hits on the local disk never reach the tier; fills of content whose digest
+// is not known in advance (GetUnverified) do not either.
+type Tier interface {
+	// Fill may block (another node is fetching the blob). It returns an
+	// error only when ctx ended; a tier that cannot be reached answers
+	// with the upstream source, so the fill goes on locally.
+	Fill(ctx context.Context, d Digest, size int64, upstream Source) (TierFill, error)
+}
+
+// TierFill is a Tier's answer for one fill.
+type TierFill struct {
+	// Source is where the fill gets its bytes.
+	Source Source
+	// Trusted says Source serves a copy that was verified before it was
+	// stored (the tier's own): readers then get every byte as it lands,
+	// the final one included, instead of waiting for the whole blob to
+	// verify — so a Range answer does not wait for a whole copy. The fill
+	// still verifies the blob before it publishes it.
+	Trusted bool
+	// Done, when set, is called once when the fill ended: with nil and
+	// the published blob's path, or with the fill's error.
+	Done func(path string, err error)
+}
+
+// tierFill asks the tier (if any) where the fill of f gets its bytes.
+func (s *Store) tierFill(f *fill, src Source) (TierFill, error) {
+	if s.tier == nil || f.digest.IsZero() {
+		return TierFill{Source: src}, nil
+	}
+	tf, err := s.tier.Fill(f.ctx, f.digest, f.size, src)
+	if err != nil {
+		return TierFill{}, fmt.Errorf("waiting for the shared tier: %w", err)
+	}
+	if tf.Source == nil {
+		tf.Source = src
+	}
+	if tf.Trusted {
+		f.mu.Lock()
+		f.trusted = true
+		f.mu.Unlock()
+	}
+	return tf, nil
+}
