@@ -228,6 +228,12 @@ const (
 type Principal struct {
 	Mode  Mode
 	Scope string
+	// Worker names the worker key the request was authenticated with
+	// ("": none), as the edge resolved it: the key itself never leaves
+	// the edge. Calls shared between requests (singleflight) are shared
+	// only by requests of the same worker key, whose policy they ran
+	// with.
+	Worker string
 }
 
 type principalKey struct{}
