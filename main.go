@@ -470,7 +470,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return "other" // CDNs and storage: never sent a credential
 	}
 	classify := func(r *http.Request) string { return classifyURL(r.URL) }
-	counted := m.InstrumentUpstream(transport, classify)
+	counted := m.InstrumentUpstream(transport, classify, authinject.CarriesCredential)
 	// A 429 makes the gateway back off that host for everyone; its own 429s
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)

@@ -154,7 +154,7 @@ type Gateway struct {
 // keyedTunnel is an open blind tunnel and the worker key whose CONNECT
 // opened it, so that revoking the key can close it.
 type keyedTunnel struct {
-	secret           string
+	key              clientauth.Fingerprint
 	client, upstream net.Conn
 }
 
@@ -165,13 +165,13 @@ type keyedTunnel struct {
 // an idle keep-alive. It returns how many were closed.
 func (g *Gateway) CloseRevoked() int {
 	keys := g.keys()
-	revoked := func(secret string) bool {
-		_, known := keys.Lookup(secret)
-		return secret != "" && !known
+	revoked := func(fp clientauth.Fingerprint) bool {
+		_, known := keys.LookupFingerprint(fp)
+		return !fp.IsZero() && !known
 	}
 	n := 0
 	g.tunnels.Range(func(k, _ any) bool {
-		if t := k.(*keyedTunnel); revoked(t.secret) {
+		if t := k.(*keyedTunnel); revoked(t.key) {
 			t.client.Close()
 			t.upstream.Close()
 			n++
@@ -179,7 +179,7 @@ func (g *Gateway) CloseRevoked() int {
 		return true
 	})
 	g.innerHosts.Range(func(k, v any) bool {
-		if revoked(v.(intercepted).secret) {
+		if revoked(v.(intercepted).key) {
 			k.(net.Conn).Close()
 			n++
 		}
@@ -221,7 +221,7 @@ func New(opts Options) (*Gateway, error) {
 	g.own = ownEndpoints(opts, g.asPrincipal)
 	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
 	if opts.Metrics != nil {
-		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" })
+		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" }, authinject.CarriesCredential)
 	}
 	g.forward = &httputil.ReverseProxy{
 		Rewrite:      rewriteForward,
@@ -294,7 +294,7 @@ func (g *Gateway) authenticateProxy(w http.ResponseWriter, r *http.Request) (*ht
 		reqinfo.From(r.Context()).Worker = k.Name
 		ctx := clientauth.WithKey(r.Context(), k)
 		// An intercepted connection looks the key up again per request.
-		ctx = context.WithValue(ctx, connectSecretKey{}, secret)
+		ctx = context.WithValue(ctx, connectSecretKey{}, clientauth.FingerprintOf(secret))
 		return r.WithContext(ctx), true
 	case presented:
 		msg = "the worker key is not known to this gateway"
@@ -364,18 +364,21 @@ func (g *Gateway) asPrincipal(r *http.Request, civitai bool) *http.Request {
 	own := r.Header.Get("Authorization")
 	if _, isKey := clientauth.FromBearer(own); isKey {
 		own = "" // a worker key is never anyone's upstream credential
-		r.Header.Del("Authorization")
+	}
+	// The credential travels in the principal, never on the request: no
+	// handler reads or writes Authorization, only authinject attaches it.
+	r.Header.Del("Authorization")
+	var worker string
+	if k := clientauth.FromContext(r.Context()); k != nil {
+		worker = k.Name
 	}
 	hasGateway := g.opts.HasCredential != nil && g.opts.HasCredential(civitai)
-	var p authinject.Principal
+	p := authinject.Principal{Worker: worker}
 	switch {
 	case own != "" && (g.opts.PassOwnCredentials || !hasGateway):
-		p = authinject.Principal{Mode: authinject.ModeClient, Scope: authinject.ClientScope(own)}
+		p = authinject.ClientPrincipal(own, worker)
 	case g.opts.RequireKeyForGated && clientauth.FromContext(r.Context()) == nil:
-		r.Header.Del("Authorization")
 		p = authinject.Principal{Mode: authinject.ModeAnonymous, Scope: "anon"}
-	default:
-		r.Header.Del("Authorization") // replaced by the gateway's
 	}
 	return r.WithContext(authinject.WithPrincipal(r.Context(), p))
 }
@@ -490,16 +493,17 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request) {
 
 type interceptedHostKey struct{}
 
-// connectSecretKey carries a CONNECT's worker key to its interception.
+// connectSecretKey carries the fingerprint of a CONNECT's worker key to
+// its interception (never the key: contexts outlive the edge's part).
 type connectSecretKey struct{}
 
 // intercepted is what the inner server knows of a connection: the
-// CONNECT's target, and the worker key the CONNECT presented (kept as the
-// secret and looked up again on every request, so a key revoked by SIGHUP
-// stops working on open connections too).
+// CONNECT's target, and the worker key the CONNECT presented (kept as its
+// fingerprint, never the key, and looked up again on every request, so a
+// key revoked by SIGHUP stops working on open connections too).
 type intercepted struct {
 	host, target string
-	secret       string
+	key          clientauth.Fingerprint
 }
 
 // routeIntercepted serves a request decoded from an intercepted CONNECT;
@@ -508,8 +512,8 @@ func (g *Gateway) routeIntercepted(w http.ResponseWriter, r *http.Request) {
 	reqinfo.From(r.Context()).Mode = "mitm"
 	ic, _ := r.Context().Value(interceptedHostKey{}).(intercepted)
 	var connKey *clientauth.Key
-	if ic.secret != "" {
-		k, known := g.keys().Lookup(ic.secret)
+	if !ic.key.IsZero() {
+		k, known := g.keys().LookupFingerprint(ic.key)
 		if !known {
 			info := reqinfo.From(r.Context())
 			info.Route, info.Result = "auth", "unauthorized"
@@ -700,8 +704,8 @@ func (g *Gateway) interceptConn(req *http.Request, client net.Conn, ctx *goproxy
 		tconn.Close()
 		return
 	}
-	secret, _ := req.Context().Value(connectSecretKey{}).(string)
-	g.innerHosts.Store(net.Conn(tconn), intercepted{host: host, target: req.URL.Host, secret: secret})
+	fp, _ := req.Context().Value(connectSecretKey{}).(clientauth.Fingerprint)
+	g.innerHosts.Store(net.Conn(tconn), intercepted{host: host, target: req.URL.Host, key: fp})
 	if !g.innerLn.deliver(tconn) {
 		g.innerHosts.Delete(net.Conn(tconn))
 		tconn.Close()
@@ -726,8 +730,8 @@ func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx
 		up.Close()
 		return
 	}
-	if secret, _ := req.Context().Value(connectSecretKey{}).(string); secret != "" {
-		t := &keyedTunnel{secret: secret, client: client, upstream: up}
+	if fp, _ := req.Context().Value(connectSecretKey{}).(clientauth.Fingerprint); !fp.IsZero() {
+		t := &keyedTunnel{key: fp, client: client, upstream: up}
 		g.tunnels.Store(t, struct{}{})
 		defer g.tunnels.Delete(t)
 	}
