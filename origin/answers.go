@@ -31,8 +31,9 @@ type Answers struct {
 	Logger       *slog.Logger
 	// OnStale, when set, is told each time a last-known answer stands in.
 	OnStale func()
-
-	flight Flight
+	// Flight shares one fetch between concurrent callers (set its
+	// PerWorker before use when the fetch runs a worker's policy).
+	Flight Flight
 }
 
 // Fetched is a fresh answer of the origin.
@@ -69,7 +70,7 @@ func (a *Answers) Get(ctx context.Context, key string, ttl time.Duration, fetch 
 			return b, FromIndex, nil
 		}
 	}
-	f, err := WhenOnline(a.Offline, Shared(&a.flight, key, Retrying(a.Retry, fetch)))(ctx)
+	f, err := WhenOnline(a.Offline, Shared(&a.Flight, key, Retrying(a.Retry, fetch)))(ctx)
 	if err == nil {
 		if f.Keep {
 			store := scoped
@@ -97,7 +98,7 @@ func (a *Answers) Get(ctx context.Context, key string, ttl time.Duration, fetch 
 }
 
 // Waiting returns how many callers are in a shared fetch now.
-func (a *Answers) Waiting() int { return a.flight.Waiting() }
+func (a *Answers) Waiting() int { return a.Flight.Waiting() }
 
 func (a *Answers) set(key string, val []byte, ttl time.Duration) {
 	if err := a.Index.Set(key, val, ttl); err != nil {

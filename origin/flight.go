@@ -12,6 +12,11 @@ import (
 // Flight makes one call per key for all identical concurrent callers. The
 // zero value is ready to use.
 type Flight struct {
+	// PerWorker shares a call only between requests of the same worker
+	// key (Principal.Worker): needed when the call runs a policy of the
+	// leader's key (the Hub's redirect check).
+	PerWorker bool
+
 	g singleflight.Group
 
 	mu      sync.Mutex
@@ -19,15 +24,17 @@ type Flight struct {
 }
 
 // Shared returns call made once for all concurrent callers of the same key
-// and principal. It runs detached from the caller's cancellation: the
-// answer is shared, so one client leaving must not cancel it for the
-// others. The key is scoped to the principal and to its worker key: what
-// one credential may see must not decide what another sees, and a redirect
-// policy runs with the leader's worker key.
+// and principal (and worker key, with PerWorker). It runs detached from
+// the caller's cancellation: the answer is shared, so one client leaving
+// must not cancel it for the others. The key is scoped to the principal:
+// what one credential may see must not decide what another sees.
 func Shared[T any](f *Flight, key string, call Call[T]) Call[T] {
 	return func(ctx context.Context) (T, error) {
 		p := authinject.PrincipalFrom(ctx)
-		fk := p.Key(key) + "\x00worker:" + p.Worker
+		fk := p.Key(key)
+		if f.PerWorker {
+			fk += "\x00worker:" + p.Worker
+		}
 		f.enter(fk, 1)
 		defer f.enter(fk, -1)
 		detached := context.WithoutCancel(ctx)
