@@ -573,7 +573,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	// Fill requests are capped per host; metadata passes straight through.
 	limited := &upstream.HostLimiter{Next: transport, Max: cfg.Upstream.MaxConnectionsPerHost,
 		OnChange: func(d int) { m.FillConnections.Add(float64(d)) }}
-	counted := m.InstrumentUpstream(limited, classify)
+	counted := m.InstrumentUpstream(limited, classify, authinject.CarriesCredential)
 	// A 429 makes the gateway back off that host for everyone; its own 429s
 	// in the meantime are not upstream requests, so they are not counted.
 	backoff := upstream.NewBackoff(counted)

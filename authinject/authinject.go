@@ -124,16 +124,17 @@ func (i *Injector) credentialFor(u *url.URL) (Credential, bool) {
 
 // Do sends req and follows redirects as follow says.
 //
-// Whatever Authorization req carries is treated as the worker's own: it is
-// removed, and replaced on each hop by the configured credential of that
-// hop's host. Only when no credential is configured for that host is the
-// worker's own value forwarded — to that host, never to any other.
-// Proxy-Authorization and Cookie are never forwarded.
+// Whatever Authorization, Proxy-Authorization or Cookie req carries is
+// removed: the credential of each hop comes from the request's Principal
+// alone, so that no handler handles one. Each hop gets the configured
+// credential of its host; the worker's own (Principal.Own) goes only to
+// the origin the request was sent to, and only in ModeClient or when no
+// credential is configured for that host.
 //
 // The returned response's Request is the last hop sent.
 func (i *Injector) Do(req *http.Request, follow Follow) (*http.Response, error) {
-	clientAuth := req.Header.Get("Authorization")
-	mode := PrincipalFrom(req.Context()).Mode
+	p := PrincipalFrom(req.Context())
+	mode, clientAuth := p.Mode, p.Own.header
 	out := req.Clone(req.Context())
 	for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
 		out.Header.Del(h)
@@ -200,6 +201,10 @@ func (i *Injector) attach(out *http.Request, mode Mode, clientAuth string, clien
 	}
 }
 
+// CarriesCredential reports whether an outbound request (a hop Do sends)
+// carries a credential, for metrics below Do that must not read one.
+func CarriesCredential(r *http.Request) bool { return r.Header.Get("Authorization") != "" }
+
 // HasCredential reports whether a credential is configured for endpoint's
 // host.
 func (i *Injector) HasCredential(endpoint *url.URL) bool {
@@ -228,6 +233,46 @@ const (
 type Principal struct {
 	Mode  Mode
 	Scope string
+	// Worker names the worker key the request was authenticated with
+	// ("": none), as the edge resolved it: the key itself never leaves
+	// the edge. Calls shared between requests (singleflight) are shared
+	// only by requests of the same worker key, whose policy they ran
+	// with.
+	Worker string
+	// Own is the worker's own credential for the upstream, as the edge
+	// took it off the request: sent (by Do only) in ModeClient, or in
+	// ModeGateway to a host the gateway holds no credential for.
+	Own Secret
+}
+
+// Secret is a worker's own credential (an Authorization value) in
+// transit from the edge to Do. Only this package reads it; fmt never
+// prints it.
+type Secret struct{ header string }
+
+// OwnCredential wraps a worker's Authorization value.
+func OwnCredential(authorization string) Secret { return Secret{header: authorization} }
+
+// IsZero reports whether no credential is held.
+func (s Secret) IsZero() bool { return s.header == "" }
+
+// String never shows the secret.
+func (s Secret) String() string {
+	if s.header == "" {
+		return "no credential"
+	}
+	return "a worker's credential"
+}
+
+// GoString and Format keep every verb from printing the value.
+func (s Secret) GoString() string           { return "authinject.Secret{" + s.String() + "}" }
+func (s Secret) Format(f fmt.State, _ rune) { io.WriteString(f, s.String()) }
+
+// ClientPrincipal is the principal of a request that uses the worker's own
+// credential (an Authorization value): its answers are cached in a scope
+// named by the credential's hash.
+func ClientPrincipal(authorization, worker string) Principal {
+	return Principal{Mode: ModeClient, Scope: ClientScope(authorization), Worker: worker, Own: OwnCredential(authorization)}
 }
 
 type principalKey struct{}

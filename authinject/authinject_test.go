@@ -111,10 +111,16 @@ func bearer(t *testing.T, endpoint, token string) Credential {
 }
 
 // workerRequest is a request as a worker sends it: with its own
-// Authorization, a Proxy-Authorization and a Cookie.
+// credential (taken off by the edge into the principal, and also left on
+// the request, where Do must ignore it), a Proxy-Authorization and a
+// Cookie.
 func workerRequest(t *testing.T, method, target string, body io.Reader, auth string) *http.Request {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, target, body)
+	ctx := t.Context()
+	if auth != "" {
+		ctx = WithPrincipal(ctx, Principal{Own: OwnCredential(auth)})
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
 	require.NoError(t, err)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
@@ -188,6 +194,28 @@ func TestDo_AttachesTheConfiguredTokenOnlyToItsHost(t *testing.T) {
 			assert.Equal(t, workerCookie, req.Header.Get("Cookie"))
 		})
 	}
+}
+
+func TestDo_SendsThePrincipalsCredentialNeverAnAuthorizationOnTheRequest(t *testing.T) {
+	hub := newServer(t, ok("hub"))
+	inj := New(newTransport(t), bearer(t, hub.URL, ""))
+	for _, p := range []Principal{{}, {Mode: ModeClient}, {Mode: ModeAnonymous, Own: OwnCredential(workerAuth)}} {
+		req, err := http.NewRequestWithContext(WithPrincipal(t.Context(), p), http.MethodGet, hub.URL+"/file", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", workerAuth)
+		do(t, inj, req, FollowNone)
+	}
+	do(t, inj, workerRequest(t, http.MethodGet, hub.URL+"/file", nil, workerAuth), FollowNone)
+	req, err := http.NewRequestWithContext(WithPrincipal(t.Context(), ClientPrincipal(workerAuth, "w")), http.MethodGet, hub.URL+"/file", nil)
+	require.NoError(t, err)
+	do(t, inj, req, FollowNone)
+	var got []string
+	for _, h := range hub.Hits() {
+		got = append(got, h.Auth)
+	}
+	assert.Equal(t, []string{"", "", "", workerAuth, workerAuth}, got)
+	assert.NotContains(t, fmt.Sprintf("%v %+v %#v %s", ClientPrincipal(workerAuth, "w"), ClientPrincipal(workerAuth, "w"),
+		ClientPrincipal(workerAuth, "w"), OwnCredential(workerAuth)), workerAuth[len(workerAuth)-6:], "fmt never prints it")
 }
 
 func TestDo_WorkerAuthorizationIsNeverForwardedToAnotherCredentialedHost(t *testing.T) {

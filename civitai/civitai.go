@@ -22,12 +22,11 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 )
 
@@ -68,12 +67,20 @@ type Options struct {
 	Logger       *slog.Logger
 	// Offline answers only from the cache and never touches the network.
 	Offline bool
+	// Retry bounds the retries of metadata calls and of the download
+	// route (zero: origin.DefaultRetry).
+	Retry origin.Retry
 }
 
 // Handler answers CivitAI routes.
 type Handler struct {
 	Options
-	resolving singleflight.Group
+	// resolving makes one resolution per download for all concurrent
+	// requests.
+	resolving origin.Flight
+	// metadata keeps /api/v1/ answers in the index (coalesced, retried,
+	// with last-known copies).
+	metadata *origin.Answers
 }
 
 // New returns a Handler.
@@ -81,7 +88,22 @@ func New(opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{Options: opts}
+	if opts.Retry == (origin.Retry{}) {
+		opts.Retry = origin.DefaultRetry
+	}
+	h := &Handler{Options: opts}
+	h.metadata = &origin.Answers{
+		Index: opts.Index, Offline: opts.Offline, LastKnownTTL: opts.LastKnownTTL,
+		Retry: opts.Retry, Logger: opts.Logger, OnStale: func() { h.countStale("api") },
+	}
+	return h
+}
+
+// countStale counts an answer served from last-known data.
+func (h *Handler) countStale(kind string) {
+	if h.Metrics != nil {
+		h.Metrics.StaleAnswers.WithLabelValues(kind).Inc()
+	}
 }
 
 var (
@@ -130,24 +152,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 const userAgent = "modelgate (caching gateway)"
 
 // newRequest builds an upstream request for path and query on the
-// endpoint, carrying the worker's own Authorization (which the Upstream
-// replaces with the operator's key) and the gateway's user agent.
-func (h *Handler) newRequest(ctx context.Context, method, escapedPath string, query url.Values, in *http.Request) (*http.Request, error) {
-	target := strings.TrimSuffix(h.Endpoint.String(), "/") + escapedPath
-	if len(query) > 0 {
-		target += "?" + query.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, target, nil)
+// endpoint, with the gateway's user agent (whose credential it carries is
+// the context's principal's business, and authinject's).
+func (h *Handler) newRequest(ctx context.Context, method, escapedPath string, query url.Values) (*http.Request, error) {
+	req, err := origin.NewRequest(ctx, h.Endpoint.String(), method, escapedPath, query.Encode(), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("User-Agent", userAgent)
-	req.Header.Set("Accept-Encoding", "identity")
-	if in != nil {
-		if v := in.Header.Get("Authorization"); v != "" {
-			req.Header.Set("Authorization", v)
-		}
-	}
 	return req, nil
 }
 

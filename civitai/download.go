@@ -16,6 +16,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -80,7 +81,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		writeJSONError(w, http.StatusBadRequest, "Bad Request", err.Error(), "")
 		return
 	}
-	ref, pending, fromIndex, err := h.lookup(ctx, r, versionID, params)
+	ref, pending, fromIndex, err := h.lookup(ctx, versionID, params)
 	defer pending.discard()
 	if err != nil {
 		info.Result = "error"
@@ -101,7 +102,7 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 		digest, err := cache.NewDigest(cache.SHA256, ref.SHA256)
 		if err != nil {
 			info.Result = "error"
-			h.writeError(w, &badUpstreamError{err: err})
+			h.writeError(w, origin.BadAnswer(err))
 			return
 		}
 		etag = `"` + ref.SHA256 + `"`
@@ -134,60 +135,48 @@ func (h *Handler) serveDownload(w http.ResponseWriter, r *http.Request, versionI
 
 // lookup returns the file a download maps to: from the index, or by
 // resolving it upstream once for all concurrent requests of the same
-// download.
-func (h *Handler) lookup(ctx context.Context, in *http.Request, versionID string, params url.Values) (fileRef, *pendingBody, bool, error) {
+// download; while CivitAI is down (or the gateway offline), the last file
+// it mapped to.
+func (h *Handler) lookup(ctx context.Context, versionID string, params url.Values) (fileRef, *pendingBody, bool, error) {
 	key := authinject.PrincipalFrom(ctx).Key(downloadKey(versionID, params))
 	if ref, ok := h.indexedRef(key); ok {
 		return ref, nil, true, nil
 	}
-	if h.Offline {
-		if ref, ok := h.lastKnownRef(key, errOffline); ok {
-			return ref, nil, true, nil
-		}
-		return fileRef{}, nil, false, errOffline
-	}
-	// The resolution outlives the request that started it: its storage
-	// answer may feed the fill that every waiting request reads.
-	detached := context.WithoutCancel(ctx)
-	v, err, _ := h.resolving.Do(key, func() (any, error) {
+	// The resolution outlives the request that started it (origin.Shared
+	// detaches it): its storage answer may feed the fill that every
+	// waiting request reads.
+	resolve := func(ctx context.Context) (resolution, error) {
 		if ref, ok := h.indexedRef(key); ok {
 			return resolution{ref: ref}, nil
 		}
-		res, err := h.resolve(detached, in, versionID, params)
+		res, err := h.resolve(ctx, versionID, params)
 		if err == nil && res.ref.SHA256 != "" {
 			h.remember(key, res.ref)
 		}
 		return res, err
-	})
+	}
+	res, err := origin.WhenOnline(h.Offline, origin.Shared(&h.resolving, downloadKey(versionID, params), resolve))(ctx)
 	if err != nil {
 		if ref, ok := h.lastKnownRef(key, err); ok {
 			return ref, nil, true, nil
 		}
 		return fileRef{}, nil, false, err
 	}
-	res := v.(resolution)
 	return res.ref, res.pending, false, nil
 }
 
 // lastKnownRef returns the last file a download mapped to, when err says
 // CivitAI is unavailable (or the gateway offline) rather than refusing.
 func (h *Handler) lastKnownRef(key string, err error) (fileRef, bool) {
-	var unreachable *unreachableError
-	var api *apiError
-	down := errors.Is(err, errOffline) || errors.As(err, &unreachable) ||
-		(errors.As(err, &api) && (api.status >= 500 || api.status == http.StatusTooManyRequests))
-	if !down {
+	if !origin.IsDown(err) {
 		return fileRef{}, false
 	}
-	ref, ok := h.indexedRef(key + lastKnownSuffix)
-	if ok && h.Metrics != nil {
-		h.Metrics.StaleAnswers.WithLabelValues("download").Inc()
+	ref, ok := h.indexedRef(key + origin.LastKnownSuffix)
+	if ok {
+		h.countStale("download")
 	}
 	return ref, ok
 }
-
-// lastKnownSuffix marks the copy of a mapping kept for LastKnownTTL.
-const lastKnownSuffix = "\x00last"
 
 // remember maps a download to its file for DownloadTTL.
 func (h *Handler) remember(key string, ref fileRef) {
@@ -198,7 +187,7 @@ func (h *Handler) remember(key string, ref fileRef) {
 	if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
-	if err := h.Index.Set(key+lastKnownSuffix, b, h.LastKnownTTL); err != nil {
+	if err := h.Index.Set(key+origin.LastKnownSuffix, b, h.LastKnownTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
 }
@@ -217,32 +206,37 @@ func (h *Handler) indexedRef(key string) (fileRef, bool) {
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// resolve finds which file a download serves and its identity: the signed
-// storage URL from the download route (with the key), the storage's answer
-// (exact size, file name), and the version's metadata (published SHA256).
-func (h *Handler) resolve(ctx context.Context, in *http.Request, versionID string, params url.Values) (resolution, error) {
-	loc, err := h.storageLocation(ctx, in, versionID, params)
+// resolve finds which file a download serves and its identity: the
+// download route's answer (a signed storage URL, fetched without any
+// credential; or, from a gateway in front of CivitAI, the file itself)
+// gives the exact size and file name, the version's metadata the
+// published SHA256.
+func (h *Handler) resolve(ctx context.Context, versionID string, params url.Values) (resolution, error) {
+	resp, storage, err := h.open(ctx, versionID, params, "")
 	if err != nil {
 		return resolution{}, err
 	}
-	resp, err := h.fetchStorage(ctx, loc, "")
-	if err != nil {
-		return resolution{}, err
-	}
-	pending := &pendingBody{body: resp.Body, loc: loc}
+	pending := &pendingBody{body: resp.Body, loc: storage}
 	ref := fileRef{Size: resp.ContentLength, Name: dispositionName(resp.Header.Get("Content-Disposition"))}
-	if ref.Name == "" {
-		ref.Name = dispositionFromURL(loc)
+	if ref.Name == "" && storage != nil {
+		ref.Name = dispositionFromURL(storage)
+	}
+	// A gateway in front of CivitAI names the file by the sha256 it
+	// verified; the published one, when the metadata gives it, wins.
+	var served string
+	if storage == nil {
+		served = etagSHA256(resp.Header.Get("ETag"))
 	}
 	if ref.Size < 0 {
 		pending.discard()
-		return resolution{}, &badUpstreamError{err: errors.New("the storage answer has no Content-Length")}
+		return resolution{}, origin.BadAnswer(errors.New("the storage answer has no Content-Length"))
 	}
-	version, err := h.version(ctx, in, versionID)
+	version, err := h.version(ctx, versionID)
 	if err != nil {
 		// The file still downloads; without the metadata it just cannot
-		// be verified or cached.
+		// be verified against CivitAI's word or cached.
 		h.Logger.Warn("CivitAI version metadata unavailable; serving unverified", "version", versionID, "err", err)
+		ref.SHA256 = served
 		return resolution{ref: ref, pending: pending}, nil
 	}
 	if f, ok := version.match(params.Get("fileId"), ref.Name); ok {
@@ -254,49 +248,88 @@ func (h *Handler) resolve(ctx context.Context, in *http.Request, versionID strin
 			ref.SHA256 = sha
 		}
 	}
+	if ref.SHA256 == "" {
+		ref.SHA256 = served
+	}
 	return resolution{ref: ref, pending: pending}, nil
 }
 
-// storageLocation asks the download route for the signed storage URL. It
-// follows no redirect: a redirect that stays on CivitAI is its login or
+// etagSHA256 returns the sha256 a strong ETag names ("" if none).
+func etagSHA256(etag string) string {
+	v, ok := strings.CutPrefix(etag, `"`)
+	if !ok {
+		return ""
+	}
+	v, ok = strings.CutSuffix(v, `"`)
+	if !ok || !sha256Hex.MatchString(v) {
+		return ""
+	}
+	return v
+}
+
+// open asks the download route for the file, or the range rng of it (retrying a
+// transient failure). CivitAI answers with a redirect to a signed storage
+// URL, which is fetched (storage is that URL); a gateway in front of
+// CivitAI (a regional modelgate) answers with the file itself (200/206,
+// named by Content-Disposition, ETag the sha256), which is just as good.
+// No redirect is followed on CivitAI: one that stays there is its login or
 // early-access page (an auth failure, never content).
-func (h *Handler) storageLocation(ctx context.Context, in *http.Request, versionID string, params url.Values) (*url.URL, error) {
-	req, err := h.newRequest(ctx, http.MethodGet, "/api/download/models/"+versionID, params, in)
-	if err != nil {
-		return nil, err
+func (h *Handler) open(ctx context.Context, versionID string, params url.Values, rng string) (resp *http.Response, storage *url.URL, err error) {
+	ask := func(ctx context.Context) (*http.Response, error) {
+		req, err := h.newRequest(ctx, http.MethodGet, "/api/download/models/"+versionID, params)
+		if err != nil {
+			return nil, err
+		}
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		resp, err := h.Upstream.Do(req, authinject.FollowNone)
+		if err != nil {
+			return nil, origin.Unreachable(err)
+		}
+		if resp.StatusCode >= 400 {
+			return nil, origin.Refused(resp)
+		}
+		return resp, nil
 	}
-	resp, err := h.Upstream.Do(req, authinject.FollowNone)
+	resp, err = origin.Retrying(h.Retry, ask)(ctx)
 	if err != nil {
-		return nil, &unreachableError{err: upstream.Sanitize(err)}
+		return nil, nil, err
 	}
-	defer upstream.DrainClose(resp.Body)
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		upstream.DrainClose(resp.Body)
 		u, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
-			return nil, &badUpstreamError{err: errors.New("the download redirect has no usable Location")}
+			return nil, nil, origin.BadAnswer(errors.New("the download redirect has no usable Location"))
 		}
 		if u.Scheme == "http" && resp.Request.URL.Scheme == "https" {
-			return nil, &badUpstreamError{err: authinject.ErrDowngrade}
+			return nil, nil, origin.BadAnswer(authinject.ErrDowngrade)
 		}
 		if authinject.CanonicalHost(u) == authinject.CanonicalHost(h.Endpoint) {
-			return nil, &loginRedirectError{path: u.Path}
+			return nil, nil, &loginRedirectError{path: u.Path}
 		}
-		return u, nil
-	case resp.StatusCode >= 400:
-		return nil, newAPIError(resp)
+		resp, err := h.fetchStorage(ctx, u, rng)
+		return resp, u, err
+	case isHTML(resp.Header):
+		upstream.DrainClose(resp.Body)
+		return nil, nil, &loginRedirectError{path: "(an HTML page)"}
+	case (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent) &&
+		(resp.Header.Get("Content-Disposition") != "" || etagSHA256(resp.Header.Get("ETag")) != ""):
+		return resp, nil, nil
 	default:
-		if isHTML(resp.Header) {
-			return nil, &loginRedirectError{path: "(an HTML page)"}
-		}
-		return nil, &badUpstreamError{err: fmt.Errorf("the download route answered %d where a redirect to the file was expected", resp.StatusCode)}
+		upstream.DrainClose(resp.Body)
+		return nil, nil, origin.BadAnswer(fmt.Errorf("the download route answered %d where a redirect to the file, or the file, was expected", resp.StatusCode))
 	}
 }
 
-// fetchStorage GETs a signed storage URL from offset on. No credential is
+// fetchStorage GETs a signed storage URL (the range rng of it, if any). No credential is
 // attached: the URL carries its own signature, and storage hosts refuse a
 // request that also has an Authorization header.
 func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, rng string) (*http.Response, error) {
+	// Anonymous, whatever the request's principal: not even a redirect
+	// from the storage host may pick up a credential.
+	ctx = authinject.WithPrincipal(ctx, authinject.Principal{Mode: authinject.ModeAnonymous})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -306,61 +339,66 @@ func (h *Handler) fetchStorage(ctx context.Context, u *url.URL, rng string) (*ht
 	if rng != "" {
 		req.Header.Set("Range", rng)
 	}
-	// Anonymous, whatever the request's principal: not even a redirect
-	// from the storage host may pick up a credential.
-	req = req.WithContext(authinject.WithPrincipal(ctx, authinject.Principal{Mode: authinject.ModeAnonymous}))
 	resp, err := h.Upstream.Do(req, authinject.FollowAll)
 	if err != nil {
-		return nil, &unreachableError{err: upstream.Sanitize(err)}
+		return nil, origin.Unreachable(err)
 	}
-	if (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent) || isHTML(resp.Header) {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusGone:
 		upstream.DrainClose(resp.Body)
-		return nil, &badUpstreamError{status: resp.StatusCode, err: fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type"))}
+		return nil, origin.BadAnswer(fmt.Errorf("%w: it answered %d", errStorageRefused, resp.StatusCode))
+	case (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent) || isHTML(resp.Header):
+		upstream.DrainClose(resp.Body)
+		return nil, origin.BadAnswer(fmt.Errorf("the storage host answered %d (%s)", resp.StatusCode, resp.Header.Get("Content-Type")))
 	}
 	return resp, nil
 }
 
+// errStorageRefused: the storage host refused a signed URL (401, 403 or
+// 410), most likely because its signature expired.
+var errStorageRefused = errors.New("the storage host refused the signed URL")
+
 // source fetches a file for the cache: the body the resolution already
-// opened (for the whole file), else ranges of the signed storage URL. The
-// URL is resolved once and shared by every request of the fill (a
-// parallel fill makes many); when the storage refuses it (expired), it is
-// resolved again once, for all of them.
+// opened (for the whole file), else ranges of the file: from the signed
+// storage URL, resolved once and shared by every request of the fill (a
+// parallel fill makes many) and resolved again once, for all of them, when
+// the storage refuses it (expired); or, from a gateway in front of CivitAI
+// that serves the file itself, from its download route.
 func (h *Handler) source(in *http.Request, versionID string, params url.Values, ref fileRef, pending *pendingBody) cache.Source {
-	// The fill runs detached, with the request's identity (and, for a
-	// worker's own credential, that credential).
+	// The fill runs detached, with the request's identity (the principal
+	// carries whose credential it uses).
 	principal := authinject.PrincipalFrom(in.Context())
-	auth := in.Header.Get("Authorization")
 	var (
 		mu  sync.Mutex
-		loc *url.URL
+		loc *url.URL // the signed storage URL, when CivitAI gave one
 		gen int
 	)
 	if pending != nil {
 		loc = pending.loc
 	}
-	// location returns the signed URL, resolving a new one when there is
-	// none or when the caller found generation stale refused.
-	location := func(ctx context.Context, stale int) (*url.URL, int, error) {
+	// storage returns the signed URL (nil when the download route serves
+	// the file itself), asking the download route for a new one when there
+	// is none yet or the caller found generation stale refused. The
+	// answer to that asking is returned too when it is the wanted range.
+	storage := func(ctx context.Context, stale int, rng string) (*url.URL, int, *http.Response, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if loc != nil && gen != stale {
-			return loc, gen, nil
+			return loc, gen, nil, nil
 		}
-		withAuth, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
-		if auth != "" {
-			withAuth.Header.Set("Authorization", auth)
-		}
-		u, err := h.storageLocation(ctx, withAuth, versionID, params)
+		resp, u, err := h.open(ctx, versionID, params, rng)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, nil, err
 		}
-		loc, gen = u, gen+1
-		return loc, gen, nil
+		if u != nil {
+			loc, gen = u, gen+1
+		}
+		return u, gen, resp, nil
 	}
 	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
 		if h.Offline {
-			return nil, 0, errOffline
+			return nil, 0, origin.ErrOffline
 		}
 		if off == 0 && end >= ref.Size {
 			if b := pending.take(); b != nil {
@@ -371,19 +409,16 @@ func (h *Handler) source(in *http.Request, versionID string, params url.Values, 
 		} else {
 			pending.discard() // a ranged fill does not use the whole body
 		}
-		u, g, err := location(ctx, -1)
-		if err != nil {
-			return nil, 0, err
-		}
 		rng := upstream.RangeHeader(off, end, ref.Size)
-		resp, err := h.fetchStorage(ctx, u, rng)
-		var bad *badUpstreamError
-		if errors.As(err, &bad) && (bad.status == http.StatusForbidden || bad.status == http.StatusUnauthorized || bad.status == http.StatusGone) {
-			// Most likely the signature expired: one new URL for everyone.
-			if u, _, err = location(ctx, g); err != nil {
-				return nil, 0, err
-			}
+		u, g, resp, err := storage(ctx, -1, rng)
+		if err == nil && resp == nil {
 			resp, err = h.fetchStorage(ctx, u, rng)
+			if errors.Is(err, errStorageRefused) {
+				// Most likely the signature expired: one new URL for everyone.
+				if u, _, resp, err = storage(ctx, g, rng); err == nil && resp == nil {
+					resp, err = h.fetchStorage(ctx, u, rng)
+				}
+			}
 		}
 		if err != nil {
 			return nil, 0, err
@@ -391,7 +426,7 @@ func (h *Handler) source(in *http.Request, versionID string, params url.Values, 
 		start, err := upstream.BodyRange(resp, off, end, ref.Size)
 		if err != nil {
 			upstream.DrainClose(resp.Body)
-			return nil, 0, &badUpstreamError{err: err}
+			return nil, 0, origin.BadAnswer(err)
 		}
 		return resp.Body, start, nil
 	}

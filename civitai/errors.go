@@ -3,53 +3,17 @@ package civitai
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/upstream"
 )
 
-// errOffline is the cause of every cache miss while the gateway is offline.
-var errOffline = offlineError{}
-
-type offlineError struct{}
-
-func (offlineError) Error() string   { return "the gateway is offline and this is not in its cache" }
-func (offlineError) Permanent() bool { return true }
-
-// Errors of the upstream steps, turned into answers in one place.
-type (
-	// unreachableError: no answer from CivitAI or the storage host.
-	unreachableError struct{ err error }
-	// apiError: CivitAI answered with an error status.
-	apiError struct {
-		status     int
-		upstream   string // CivitAI's "error" field
-		message    string // CivitAI's "message" field
-		retryAfter string
-	}
-	// loginRedirectError: CivitAI sent its login (or early-access) page
-	// where a file was expected.
-	loginRedirectError struct{ path string }
-	// badUpstreamError: an answer the gateway cannot use.
-	badUpstreamError struct {
-		err    error
-		status int // the storage's status, when it answered one
-	}
-)
-
-func (e *unreachableError) Error() string { return "CivitAI unreachable: " + e.err.Error() }
-func (e *unreachableError) Unwrap() error { return e.err }
-func (e *apiError) Error() string {
-	return "CivitAI answered " + strconv.Itoa(e.status) + ": " + e.upstream
-}
-
-// Permanent tells the cache not to retry a fill CivitAI refused.
-func (e *apiError) Permanent() bool {
-	return e.status >= 400 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
-}
+// loginRedirectError: CivitAI sent its login (or early-access) page where
+// a file was expected. (The origin package names every other failure.)
+type loginRedirectError struct{ path string }
 
 // Permanent: a login page will not turn into the file by asking again.
 func (e *loginRedirectError) Permanent() bool { return true }
@@ -57,27 +21,24 @@ func (e *loginRedirectError) Permanent() bool { return true }
 func (e *loginRedirectError) Error() string {
 	return "CivitAI answered with a login page (" + e.path + ")"
 }
-func (e *badUpstreamError) Error() string { return "unusable upstream answer: " + e.err.Error() }
-func (e *badUpstreamError) Unwrap() error { return e.err }
 
-// newAPIError reads CivitAI's JSON error ({"error": ..., "message": ...}).
-func newAPIError(resp *http.Response) *apiError {
-	e := &apiError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
+// apiError reads CivitAI's JSON error ({"error": ..., "message": ...}) out
+// of a refusal.
+func apiError(r *origin.RefusedError) (upstreamErr, message string) {
 	var body struct {
 		Error   any    `json:"error"`
 		Message string `json:"message"`
 	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(raw, &body) == nil {
+	if json.Unmarshal(r.Body, &body) == nil {
 		if s, ok := body.Error.(string); ok {
-			e.upstream = s
+			upstreamErr = s
 		}
-		e.message = body.Message
+		message = body.Message
 	}
-	if e.upstream == "" {
-		e.upstream = http.StatusText(resp.StatusCode)
+	if upstreamErr == "" {
+		upstreamErr = http.StatusText(r.Status)
 	}
-	return e
+	return upstreamErr, message
 }
 
 // advice says what the operator (or worker) can do about an upstream status.
@@ -102,38 +63,40 @@ func (h *Handler) advice(status int) string {
 
 func (h *Handler) writeError(w http.ResponseWriter, err error) {
 	var (
-		unreachable *unreachableError
-		api         *apiError
+		unreachable *origin.UnreachableError
+		refused     *origin.RefusedError
 		login       *loginRedirectError
-		bad         *badUpstreamError
+		bad         *origin.BadAnswerError
 	)
 	switch {
-	case errors.Is(err, errOffline):
+	case errors.Is(err, origin.ErrOffline):
 		if h.Metrics != nil {
 			h.Metrics.OfflineRefusals.Inc()
 		}
-		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", errOffline.Error(), "")
-	case errors.As(err, &api) && api.status >= 500:
-		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", "CivitAI is unavailable (it answered "+strconv.Itoa(api.status)+")", api.message)
-	case errors.As(err, &api):
-		if api.retryAfter != "" {
-			w.Header().Set("Retry-After", api.retryAfter)
+		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", origin.ErrOffline.Error(), "")
+	case errors.As(err, &refused) && refused.Status >= 500:
+		_, msg := apiError(refused)
+		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", "CivitAI is unavailable (it answered "+strconv.Itoa(refused.Status)+")", msg)
+	case errors.As(err, &refused):
+		if v := refused.Header.Get("Retry-After"); v != "" {
+			w.Header().Set("Retry-After", v)
 		}
-		writeJSONError(w, api.status, api.upstream, h.advice(api.status), api.message)
+		upstreamErr, msg := apiError(refused)
+		writeJSONError(w, refused.Status, upstreamErr, h.advice(refused.Status), msg)
 	case errors.As(err, &login):
 		h.Logger.Warn("CivitAI answered with a login page", "path", login.path)
 		writeJSONError(w, http.StatusBadGateway, "Bad Gateway",
 			"CivitAI answered with its login page instead of the file: "+h.advice(http.StatusUnauthorized), "")
 	case errors.As(err, &unreachable):
-		h.Logger.Warn("CivitAI unreachable", "err", unreachable.err)
+		h.Logger.Warn("CivitAI unreachable", "err", unreachable.Err)
 		msg := "CivitAI or its storage could not be reached"
-		if upstream.IsTimeout(unreachable.err) {
+		if upstream.IsTimeout(unreachable.Err) {
 			msg = "CivitAI or its storage did not answer in time"
 		}
 		writeJSONError(w, http.StatusGatewayTimeout, "Gateway Timeout", msg, "")
 	case errors.As(err, &bad):
-		h.Logger.Warn("unusable CivitAI answer", "err", bad.err)
-		writeJSONError(w, http.StatusBadGateway, "Bad Gateway", "CivitAI gave an answer the gateway cannot use: "+bad.err.Error(), "")
+		h.Logger.Warn("unusable CivitAI answer", "err", bad.Err)
+		writeJSONError(w, http.StatusBadGateway, "Bad Gateway", "CivitAI gave an answer the gateway cannot use: "+bad.Err.Error(), "")
 	case cache.IsFillError(err):
 		writeJSONError(w, http.StatusBadGateway, "Bad Gateway", "downloading the file from CivitAI's storage failed", "")
 	default:

@@ -13,8 +13,8 @@ import (
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
-	"github.com/modelgate/modelgate/upstream"
 )
 
 // versionInfo is the part of /api/v1/model-versions/{id} the gateway reads.
@@ -57,14 +57,14 @@ func (v versionInfo) match(fileID, name string) (versionFile, bool) {
 }
 
 // version returns a version's metadata (through the metadata cache).
-func (h *Handler) version(ctx context.Context, in *http.Request, versionID string) (versionInfo, error) {
-	body, _, err := h.cachedAPI(ctx, in, "/api/v1/model-versions/"+versionID, nil)
+func (h *Handler) version(ctx context.Context, versionID string) (versionInfo, error) {
+	body, _, err := h.cachedAPI(ctx, "/api/v1/model-versions/"+versionID, nil)
 	if err != nil {
 		return versionInfo{}, err
 	}
 	var v versionInfo
 	if err := json.Unmarshal(body, &v); err != nil {
-		return versionInfo{}, &badUpstreamError{err: errors.New("version metadata is not the expected JSON")}
+		return versionInfo{}, origin.BadAnswer(errors.New("version metadata is not the expected JSON"))
 	}
 	return v, nil
 }
@@ -75,47 +75,42 @@ const (
 )
 
 // cachedAPI returns the JSON body of a /api/v1/ route: from the index while
-// it is younger than MetadataTTL, otherwise from upstream with the key.
-// Only 200 answers that are JSON are kept.
-func (h *Handler) cachedAPI(ctx context.Context, in *http.Request, escapedPath string, query url.Values) ([]byte, bool, error) {
-	key := authinject.PrincipalFrom(ctx).Key(keyAPI + escapedPath + "?" + query.Encode())
-	if h.MetadataTTL > 0 {
-		if b, err := h.Index.Get(key); err == nil {
-			return b, true, nil
+// it is younger than MetadataTTL, otherwise from upstream with the key
+// (once for concurrent requests, retried when CivitAI blips), or, while
+// CivitAI is down, the last known answer. Only 200 answers that are JSON
+// are kept.
+func (h *Handler) cachedAPI(ctx context.Context, escapedPath string, query url.Values) ([]byte, origin.From, error) {
+	fetch := func(ctx context.Context) (origin.Fetched, error) {
+		req, err := h.newRequest(ctx, http.MethodGet, escapedPath, query)
+		if err != nil {
+			return origin.Fetched{}, err
 		}
-	}
-	if h.Offline {
-		return nil, false, errOffline
-	}
-	req, err := h.newRequest(ctx, http.MethodGet, escapedPath, query, in)
-	if err != nil {
-		return nil, false, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := h.Upstream.Do(req, authinject.FollowSameHost)
-	if err != nil {
-		return nil, false, &unreachableError{err: upstream.Sanitize(err)}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		return nil, false, newAPIError(resp)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, false, &loginRedirectError{path: resp.Header.Get("Location")}
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBody+1))
-	if err != nil {
-		return nil, false, &unreachableError{err: upstream.Sanitize(err)}
-	}
-	if len(body) > maxMetadataBody || !json.Valid(body) {
-		return nil, false, &badUpstreamError{err: errors.New("the metadata answer is not JSON (or too large)")}
-	}
-	if h.MetadataTTL > 0 {
-		if err := h.Index.Set(key, body, h.MetadataTTL); err != nil {
-			h.Logger.Warn("caching CivitAI metadata", "err", err)
+		req.Header.Set("Accept", "application/json")
+		resp, err := h.Upstream.Do(req, authinject.FollowSameHost)
+		if err != nil {
+			return origin.Fetched{}, origin.Unreachable(err)
 		}
+		if resp.StatusCode >= 400 {
+			return origin.Fetched{}, origin.Refused(resp)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return origin.Fetched{}, &loginRedirectError{path: resp.Header.Get("Location")}
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBody+1))
+		if err != nil {
+			return origin.Fetched{}, origin.Unreachable(err)
+		}
+		if len(body) > maxMetadataBody || !json.Valid(body) {
+			return origin.Fetched{}, origin.BadAnswer(errors.New("the metadata answer is not JSON (or too large)"))
+		}
+		return origin.Fetched{Value: body, Keep: true}, nil
 	}
-	return body, false, nil
+	ttl := h.MetadataTTL
+	if ttl <= 0 {
+		ttl = -1 // not kept, but for the last-known copy
+	}
+	return h.metadata.Get(ctx, keyAPI+escapedPath+"?"+query.Encode(), ttl, fetch)
 }
 
 // serveMetadata answers a /api/v1/ route with the key, pointing every
@@ -126,15 +121,20 @@ func (h *Handler) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	// The metadata routes the gateway serves take no parameters: any
 	// query is dropped, so it neither reaches CivitAI nor splits the
 	// cache into one entry per junk parameter.
-	body, cached, err := h.cachedAPI(r.Context(), r, r.URL.EscapedPath(), nil)
+	body, from, err := h.cachedAPI(r.Context(), r.URL.EscapedPath(), nil)
 	if err != nil {
 		info.Result = "error"
 		h.writeError(w, err)
 		return
 	}
-	info.Result = "miss"
-	if cached {
+	switch from {
+	case origin.FromIndex:
 		info.Result = "hit"
+	case origin.FromLastKnown:
+		info.Result = "stale"
+		w.Header().Set("Warning", `110 - "Response is Stale"`)
+	default:
+		info.Result = "miss"
 	}
 	body = rewriteDownloadURLs(body, h.Endpoint.Scheme+"://"+h.Endpoint.Host, gatewayBase(r))
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")

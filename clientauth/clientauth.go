@@ -112,7 +112,29 @@ func Load(cfg []Spec, readFile func(string) ([]byte, error)) (*Keys, error) {
 // Lookup returns the key whose secret this is. Every known key is compared
 // (in constant time), so the time taken says nothing about which matched.
 func (ks *Keys) Lookup(secret string) (*Key, bool) {
-	h := sha256.Sum256([]byte(secret))
+	return ks.LookupFingerprint(FingerprintOf(secret))
+}
+
+// Fingerprint is a presented key's sha256: what the edge keeps of a key
+// it must look up again later (an intercepted connection's CONNECT key,
+// re-checked per request after a reload), so that the raw key is dropped
+// as soon as it is read.
+type Fingerprint [32]byte
+
+// FingerprintOf returns secret's fingerprint ("": the zero one).
+func FingerprintOf(secret string) Fingerprint {
+	if secret == "" {
+		return Fingerprint{}
+	}
+	return sha256.Sum256([]byte(secret))
+}
+
+// IsZero reports whether no key was presented.
+func (f Fingerprint) IsZero() bool { return f == Fingerprint{} }
+
+// LookupFingerprint returns the key with this fingerprint, comparing every
+// known key in constant time.
+func (ks *Keys) LookupFingerprint(h Fingerprint) (*Key, bool) {
 	var found *Key
 	for i := range ks.keys {
 		if subtle.ConstantTimeCompare(h[:], ks.keys[i].hash[:]) == 1 {

@@ -17,6 +17,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -71,69 +72,62 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	} else if ttl <= 0 {
 		ttl = -1 // not cached at all
 	}
-	// Scoped to whose credential answers: what one may see must not
-	// decide what another sees.
-	p := authinject.PrincipalFrom(r.Context())
-	key := p.Key(hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody)))
-	if ttl >= 0 {
-		if a, ok := m.cachedAPIAnswer(key); ok {
-			info.Result = "hit"
-			m.writeAPIAnswer(w, r, a)
-			return
+	// The key is scoped to whose credential answers (by origin.Answers):
+	// what one may see must not decide what another sees.
+	key := hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody))
+	fetch := func(ctx context.Context) (origin.Fetched, error) {
+		a, err := m.fetchAPI(ctx, r, route, query, reqBody)
+		if err != nil {
+			return origin.Fetched{}, err
 		}
-	}
-
-	var a apiAnswer
-	var err error
-	if m.Offline {
-		err = errOffline
-	} else {
-		a, err = m.fetchAPI(r, route, key, query, reqBody)
-	}
-	if err == nil && a.Status == http.StatusOK {
-		info.Result = "miss"
+		if a.Status >= 500 || a.Status == http.StatusTooManyRequests {
+			// An outage, not an answer: retried, or stood in for by the
+			// last known answer.
+			return origin.Fetched{}, &origin.RefusedError{Status: a.Status, Header: a.Header, Body: a.Body}
+		}
+		enc, _ := json.Marshal(a)
+		f := origin.Fetched{Value: enc, Keep: a.Status == http.StatusOK}
 		// Kept under the route the Hub really answered (a renamed repo's
 		// new name), never under an alias: the alias must always meet
 		// the policy for the new name upstream.
-		store := key
 		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
-			store = p.Key(hfhub.APIKey(requestDigest(r.Method, a.finalPath, query, reqBody)))
+			f.KeepAs = hfhub.APIKey(requestDigest(r.Method, a.finalPath, query, reqBody))
 		}
-		if ttl >= 0 {
-			enc, _ := json.Marshal(a)
-			if err := m.Index.Set(store, enc, ttl); err != nil {
-				m.Logger.Warn("caching API answer", "err", err)
-			}
-		}
-		enc, _ := json.Marshal(a)
-		// Bounded in age (and, by index maintenance, in total size).
-		if err := m.Index.Set(store+lastKnownSuffix, enc, m.LastKnownTTL); err != nil {
-			m.Logger.Warn("caching API answer", "err", err)
-		}
-		m.writeAPIAnswer(w, r, a)
+		return f, nil
+	}
+	b, from, err := m.answers.Get(r.Context(), key, ttl, fetch)
+	var refused *origin.RefusedError
+	switch {
+	case errors.As(err, &refused) && refused.Status == http.StatusTooManyRequests:
+		// The Hub's rate limit, with its headers: relayed as is.
+		info.Result = "error"
+		m.writeAPIAnswer(w, r, apiAnswer{Status: refused.Status, Header: refused.Header, Body: refused.Body})
+		return
+	case err != nil:
+		info.Result = "error"
+		m.writeMetaError(w, err)
 		return
 	}
-	if upstreamDown(err, a.Status) {
-		if last, ok := m.cachedAPIAnswer(key + lastKnownSuffix); ok {
-			info.Result = "stale"
-			m.countStale("api")
-			m.Logger.Warn("upstream unavailable; serving the last known answer", "path", r.URL.Path, "why", describeDown(err, a.Status))
-			w.Header().Set("Warning", `110 - "Response is Stale"`)
-			m.writeAPIAnswer(w, r, last)
-			return
-		}
+	a, ok := decodeAPIAnswer(b)
+	if !ok {
+		info.Result = "error"
+		writeError(w, http.StatusInternalServerError, "", "internal error")
+		return
 	}
-	info.Result = "error"
 	switch {
-	case err != nil:
-		m.writeMetaError(w, err)
-	case a.Status >= 500:
-		m.writeMetaError(w, &unreachableError{err: fmt.Errorf("upstream answered %d", a.Status)})
+	case from == origin.FromIndex:
+		info.Result = "hit"
+	case from == origin.FromLastKnown:
+		info.Result = "stale"
+		w.Header().Set("Warning", `110 - "Response is Stale"`)
+	case a.Status == http.StatusOK:
+		info.Result = "miss"
 	default:
 		// The Hub's own answer (an error, or a redirect it did not
 		// resolve): relayed as is.
-		m.writeAPIAnswer(w, r, a)
+		info.Result = "error"
 	}
+	m.writeAPIAnswer(w, r, a)
 }
 
 // apiAnswer is a buffered upstream API answer, also as kept in the index.
@@ -146,15 +140,7 @@ type apiAnswer struct {
 	finalPath string
 }
 
-// lastKnownSuffix marks the index copy of the last good answer, kept
-// for LastKnownTTL for when the upstream is down.
-const lastKnownSuffix = "\x00last"
-
-func (m *Mirror) cachedAPIAnswer(key string) (apiAnswer, bool) {
-	b, err := m.Index.Get(key)
-	if err != nil {
-		return apiAnswer{}, false
-	}
+func decodeAPIAnswer(b []byte) (apiAnswer, bool) {
 	var a apiAnswer
 	if json.Unmarshal(b, &a) != nil {
 		return apiAnswer{}, false
@@ -165,55 +151,47 @@ func (m *Mirror) cachedAPIAnswer(key string) (apiAnswer, bool) {
 	return a, true
 }
 
-// fetchAPI asks upstream once for all identical concurrent requests and
-// returns the buffered answer, with Xet hints removed.
-func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key, query string, reqBody []byte) (apiAnswer, error) {
-	// Detached: the answer is shared, so one client leaving must not
-	// cancel it for the others.
-	ctx := context.WithoutCancel(r.Context())
-	v, err, _ := m.flight.Do(flightKey(ctx, key), func() (any, error) {
-		var body io.Reader
-		if r.Method == http.MethodPost {
-			body = bytes.NewReader(reqBody)
-		}
-		req, err := m.newUpstreamRequest(ctx, r.Method, r.URL.EscapedPath(), query, body, r)
-		if err != nil {
-			return apiAnswer{}, err
-		}
-		if body != nil {
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded") // PathsInfoBody's form
-		}
-		resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
-		if err != nil {
-			return apiAnswer{}, upstreamError(err)
-		}
-		defer resp.Body.Close()
-		data, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedAPIBody+1))
-		if err != nil {
-			return apiAnswer{}, &unreachableError{err: upstream.Sanitize(err)}
-		}
-		if len(data) > maxCachedAPIBody {
-			return apiAnswer{}, &badUpstreamError{err: fmt.Errorf("API answer larger than %d bytes", maxCachedAPIBody)}
-		}
-		if resp.StatusCode == http.StatusOK && (route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo) {
-			data = hfhub.StripXetFromEntries(data)
-		}
-		a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
-		if final, onHub := m.hubRoute(resp.Request.Method, resp.Request.URL); onHub && final.err == nil && final.Kind == route.Kind {
-			a.finalPath = strings.TrimPrefix(resp.Request.URL.EscapedPath(), strings.TrimSuffix(m.Endpoint.EscapedPath(), "/"))
-		}
-		copyRelayHeaders(a.Header, resp.Header)
-		if loc := resp.Header.Get("Location"); loc != "" {
-			if gl, ok := m.gatewayLocation(resp.Request.URL, loc, r); ok {
-				a.Header.Set("Location", gl)
-			}
-		}
-		return a, nil
-	})
+// fetchAPI asks upstream (origin.Answers makes it one call for identical
+// concurrent requests, detached from each) and returns the buffered
+// answer, with Xet hints removed.
+func (m *Mirror) fetchAPI(ctx context.Context, r *http.Request, route hfhub.Route, query string, reqBody []byte) (apiAnswer, error) {
+	var body io.Reader
+	if r.Method == http.MethodPost {
+		body = bytes.NewReader(reqBody)
+	}
+	req, err := m.newUpstreamRequest(ctx, r.Method, r.URL.EscapedPath(), query, body, r)
 	if err != nil {
 		return apiAnswer{}, err
 	}
-	return v.(apiAnswer), nil
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded") // PathsInfoBody's form
+	}
+	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+	if err != nil {
+		return apiAnswer{}, upstreamError(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedAPIBody+1))
+	if err != nil {
+		return apiAnswer{}, origin.Unreachable(err)
+	}
+	if len(data) > maxCachedAPIBody {
+		return apiAnswer{}, origin.BadAnswer(fmt.Errorf("API answer larger than %d bytes", maxCachedAPIBody))
+	}
+	if resp.StatusCode == http.StatusOK && (route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo) {
+		data = hfhub.StripXetFromEntries(data)
+	}
+	a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
+	if final, onHub := m.hubRoute(resp.Request.Method, resp.Request.URL); onHub && final.err == nil && final.Kind == route.Kind {
+		a.finalPath = strings.TrimPrefix(resp.Request.URL.EscapedPath(), strings.TrimSuffix(m.Endpoint.EscapedPath(), "/"))
+	}
+	copyRelayHeaders(a.Header, resp.Header)
+	if loc := resp.Header.Get("Location"); loc != "" {
+		if gl, ok := m.gatewayLocation(resp.Request.URL, loc, r); ok {
+			a.Header.Set("Location", gl)
+		}
+	}
+	return a, nil
 }
 
 // writeAPIAnswer writes a buffered API answer, pointing pagination links at
@@ -247,7 +225,7 @@ func (m *Mirror) forwardAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	if m.Offline {
 		info.Result = "error"
-		m.writeMetaError(w, errOffline)
+		m.writeMetaError(w, origin.ErrOffline)
 		return
 	}
 	req, err := m.newUpstreamRequest(r.Context(), r.Method, r.URL.EscapedPath(), r.URL.RawQuery, nil, r)

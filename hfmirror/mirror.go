@@ -17,17 +17,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/sync/singleflight"
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/metrics"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -72,14 +70,19 @@ type Options struct {
 	// RepoAllow and RepoDeny filter repositories for everyone
 	// (huggingface.repos); a worker key may narrow them further.
 	RepoAllow, RepoDeny []string
+	// Retry bounds the retries of metadata calls (zero: origin.DefaultRetry).
+	Retry origin.Retry
 }
 
 // Mirror is the http.Handler for Hub routes.
 type Mirror struct {
 	Options
-	// flight coalesces identical concurrent metadata requests (file HEADs,
-	// API calls) into one upstream call.
-	flight singleflight.Group
+	// heads coalesces identical concurrent file HEADs into one upstream
+	// call.
+	heads origin.Flight
+	// answers keeps API answers in the index (coalesced, retried, with
+	// last-known copies).
+	answers *origin.Answers
 	// metas keeps file metadata read from the index (immutable per commit).
 	metas metaCache
 }
@@ -89,7 +92,18 @@ func New(opts Options) *Mirror {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Mirror{Options: opts}
+	if opts.Retry == (origin.Retry{}) {
+		opts.Retry = origin.DefaultRetry
+	}
+	m := &Mirror{Options: opts}
+	m.answers = &origin.Answers{
+		Index: opts.Index, Offline: opts.Offline, LastKnownTTL: opts.LastKnownTTL,
+		Retry: opts.Retry, Logger: opts.Logger, OnStale: func() { m.countStale("api") },
+		// The redirect policy runs with the leader's worker key.
+		Flight: origin.Flight{PerWorker: true},
+	}
+	m.heads.PerWorker = true
+	return m
 }
 
 // ServeHTTP answers one Hub route; anything else is a 404.
@@ -107,6 +121,7 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reqinfo.Set(r.Context(), route.Kind.Name(), "")
+	r = withWorker(r)
 	if route.Kind == hfhub.OtherAPI {
 		m.refuseAPI(w, r)
 		return
@@ -196,28 +211,17 @@ func (m *Mirror) maySeeByDigest(r *http.Request, d cache.Digest) bool {
 }
 
 // newUpstreamRequest builds a request for path (already escaped) and query
-// on the Hub endpoint, carrying over the worker's own Authorization (which
-// the Upstream replaces with the operator's token, or forwards only to the
-// Hub when none is configured) and the headers the Hub needs.
+// on the Hub endpoint, with the headers the Hub needs from the worker's
+// request in (its credential travels in the context's principal).
 func (m *Mirror) newUpstreamRequest(ctx context.Context, method, escapedPath, rawQuery string, body io.Reader, in *http.Request) (*http.Request, error) {
 	// Wherever the Hub redirects this request, the worker's access
 	// policy goes along.
 	ctx = m.withRedirectPolicy(ctx, clientauth.FromContext(ctx))
-	// The endpoint may carry a path prefix (a corporate mirror); keep it.
-	target := strings.TrimSuffix(m.Endpoint.String(), "/") + escapedPath
-	if rawQuery != "" {
-		target += "?" + rawQuery
-	}
-	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	req, err := origin.NewRequest(ctx, m.Endpoint.String(), method, escapedPath, rawQuery, body)
 	if err != nil {
 		return nil, err
 	}
-	// Identity encoding: cached bytes and sizes must be the real ones.
-	req.Header.Set("Accept-Encoding", "identity")
 	if in != nil {
-		if v := in.Header.Get("Authorization"); v != "" {
-			req.Header.Set("Authorization", v)
-		}
 		if v := in.Header.Get("User-Agent"); v != "" {
 			req.Header.Set("User-Agent", v)
 		}
@@ -249,33 +253,6 @@ func copyRelayHeaders(to, from http.Header) {
 		}
 	}
 	hfhub.StripXetHeaders(to)
-}
-
-// errOffline is the cause of every cache miss while the gateway is offline.
-var errOffline = errors.New("the gateway is offline and this is not in its cache")
-
-// upstreamDown reports whether an upstream call failed in a way that a
-// last-known answer may stand in for: no answer, a 5xx or a 429, or the
-// gateway being offline. The Hub's own refusals (401, 404, ...) are not.
-func upstreamDown(err error, status int) bool {
-	var unreachable *unreachableError
-	var answer *upstreamAnswerError
-	switch {
-	case errors.Is(err, errOffline), errors.As(err, &unreachable):
-		return true
-	case errors.As(err, &answer):
-		status = answer.resp.StatusCode
-	case err != nil:
-		return false
-	}
-	return status >= 500 || status == http.StatusTooManyRequests
-}
-
-func describeDown(err error, status int) string {
-	if err != nil {
-		return err.Error()
-	}
-	return "upstream answered " + strconv.Itoa(status)
 }
 
 // countStale counts an answer served from last-known data.

@@ -92,12 +92,15 @@ func (m *Mirror) canonicalRepo(asked hfhub.Repo, resp *http.Response) hfhub.Repo
 	return route.Repo
 }
 
-// flightKey is a singleflight key for key, per worker key: the redirect
-// policy runs with the leader's key, so callers with other keys must not
-// share its answer.
-func flightKey(ctx context.Context, key string) string {
-	if k := clientauth.FromContext(ctx); k != nil {
-		return key + "\x00key:" + k.Name
+// withWorker makes sure r's principal names its worker key: calls shared
+// between requests (origin.Shared) are shared per principal and worker
+// key, since the redirect policy runs with the leader's key.
+func withWorker(r *http.Request) *http.Request {
+	p := authinject.PrincipalFrom(r.Context())
+	k := clientauth.FromContext(r.Context())
+	if k == nil || p.Worker == k.Name {
+		return r
 	}
-	return key
+	p.Worker = k.Name
+	return r.WithContext(authinject.WithPrincipal(r.Context(), p))
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -75,11 +76,11 @@ func (m *Mirror) fileMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 	var meta hfhub.FileMeta
 	var err error
 	if m.Offline {
-		err = errOffline
+		err = origin.ErrOffline
 	} else {
 		meta, err = m.headMeta(ctx, r, route)
 	}
-	if err == nil || !upstreamDown(err, 0) {
+	if err == nil || !origin.IsDown(err) {
 		return meta, false, err
 	}
 	if !hfhub.IsCommit(route.Revision) {
@@ -116,14 +117,11 @@ func (m *Mirror) indexedMeta(p authinject.Principal, route hfhub.Route, commit s
 }
 
 // headMeta asks the Hub for a file's metadata, once for all identical
-// concurrent requests, and records the answer in the index.
+// concurrent requests (retrying a transient failure), and records the
+// answer in the index.
 func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Route) (hfhub.FileMeta, error) {
 	p := authinject.PrincipalFrom(ctx)
-	key := p.Key(hfhub.FileKey(route.Repo, route.Revision, route.Path))
-	// Detached: the answer is shared, so one client leaving must not
-	// cancel it for the others.
-	ctx = context.WithoutCancel(ctx)
-	v, err, _ := m.flight.Do(flightKey(ctx, key), func() (any, error) {
+	head := func(ctx context.Context) (hfhub.FileMeta, error) {
 		req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, route.Revision, route.Path), "", nil, r)
 		if err != nil {
 			return hfhub.FileMeta{}, err
@@ -135,13 +133,13 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		if err != nil {
 			return hfhub.FileMeta{}, upstreamError(err)
 		}
-		defer upstream.DrainClose(resp.Body)
 		if resp.StatusCode >= 400 {
-			return hfhub.FileMeta{}, &upstreamAnswerError{resp: resp, body: readLimited(resp.Body)}
+			return hfhub.FileMeta{}, origin.Refused(resp)
 		}
+		defer upstream.DrainClose(resp.Body)
 		meta, err := hfhub.ParseFileMeta(resp.Header, resp.StatusCode)
 		if err != nil {
-			return hfhub.FileMeta{}, &badUpstreamError{err: err}
+			return hfhub.FileMeta{}, origin.BadAnswer(err)
 		}
 		// Kept under the repo the Hub really answered for (a renamed
 		// repo's new name), never under an alias.
@@ -165,8 +163,9 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 			}
 		}
 		return meta, nil
-	})
-	return v.(hfhub.FileMeta), err
+	}
+	key := hfhub.FileKey(route.Repo, route.Revision, route.Path)
+	return origin.Shared(&m.heads, key, origin.Retrying(m.Retry, head))(ctx)
 }
 
 // blobSource fetches a file's bytes for the cache: a GET of the resolve URL
@@ -175,21 +174,18 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 // a stale one from an earlier HEAD.
 func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Request) cache.Source {
 	// The fill runs detached from the request, with the same identity.
+	// (The principal carries whose credential it uses.)
 	principal := authinject.PrincipalFrom(in.Context())
 	key := clientauth.FromContext(in.Context())
-	clientAuth := in.Header.Get("Authorization")
 	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
 		ctx = clientauth.WithKey(ctx, key) // for the redirect policy
 		if m.Offline {
-			return nil, 0, errOffline
+			return nil, 0, origin.ErrOffline
 		}
 		req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
 		if err != nil {
 			return nil, 0, err
-		}
-		if clientAuth != "" {
-			req.Header.Set("Authorization", clientAuth)
 		}
 		if rng := upstream.RangeHeader(off, end, meta.Size); rng != "" {
 			req.Header.Set("Range", rng)
@@ -200,14 +196,13 @@ func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Req
 		}
 		start, err := upstream.BodyRange(resp, off, end, meta.Size)
 		if err != nil {
-			body := readLimited(resp.Body)
-			upstream.DrainClose(resp.Body)
 			// A refusal by the Hub itself (token revoked, repo gone) is
 			// relayed; a CDN's is the gateway's problem, not the worker's.
 			if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
-				return nil, 0, &upstreamAnswerError{resp: resp, body: body}
+				return nil, 0, origin.Refused(resp)
 			}
-			return nil, 0, &badUpstreamError{err: err}
+			upstream.DrainClose(resp.Body)
+			return nil, 0, origin.BadAnswer(err)
 		}
 		return resp.Body, start, nil
 	}
@@ -220,79 +215,53 @@ func upstreamError(err error) error {
 	if errors.As(err, &refused) {
 		return refused
 	}
-	return &unreachableError{err: upstream.Sanitize(err)}
+	return origin.Unreachable(err)
 }
 
-// Errors of the metadata and fill steps, mapped to answers in one place.
-type (
-	// unreachableError: no answer from the upstream (dial, TLS, timeout).
-	unreachableError struct{ err error }
-	// upstreamAnswerError: the upstream answered with an error status.
-	upstreamAnswerError struct {
-		resp *http.Response
-		body []byte
-	}
-	// badUpstreamError: the upstream answered, but not in a usable way.
-	badUpstreamError struct{ err error }
-)
-
-func (e *unreachableError) Error() string { return "upstream unreachable: " + e.err.Error() }
-func (e *unreachableError) Unwrap() error { return e.err }
-func (e *upstreamAnswerError) Error() string {
-	return "upstream answered " + strconv.Itoa(e.resp.StatusCode)
-}
-
-// Permanent tells the cache not to retry a fill the Hub refused (a 4xx
-// other than a timeout or rate limit): asking again gets the same answer.
-func (e *upstreamAnswerError) Permanent() bool {
-	s := e.resp.StatusCode
-	return s >= 400 && s < 500 && s != http.StatusRequestTimeout && s != http.StatusTooManyRequests
-}
-func (e *badUpstreamError) Error() string { return "unusable upstream answer: " + e.err.Error() }
-func (e *badUpstreamError) Unwrap() error { return e.err }
-
+// writeMetaError renders an error of the metadata and fill steps the way
+// Hub clients read errors.
 func (m *Mirror) writeMetaError(w http.ResponseWriter, err error) {
 	var (
-		unreachable *unreachableError
-		answer      *upstreamAnswerError
-		bad         *badUpstreamError
+		unreachable *origin.UnreachableError
+		answer      *origin.RefusedError
+		bad         *origin.BadAnswerError
+		refused     *refusedError
 	)
-	var refused *refusedError
 	switch {
 	case errors.As(err, &refused):
 		writeError(w, http.StatusForbidden, "", refused.msg)
-	case errors.Is(err, errOffline):
+	case errors.Is(err, origin.ErrOffline):
 		if m.Metrics != nil {
 			m.Metrics.OfflineRefusals.Inc()
 		}
-		writeError(w, http.StatusGatewayTimeout, "", errOffline.Error())
-	case errors.As(err, &answer) && answer.resp.StatusCode >= 500:
-		m.Logger.Warn("upstream unavailable", "status", answer.resp.StatusCode)
-		writeError(w, http.StatusGatewayTimeout, "", "the upstream hub is unavailable (it answered "+strconv.Itoa(answer.resp.StatusCode)+")")
+		writeError(w, http.StatusGatewayTimeout, "", origin.ErrOffline.Error())
+	case errors.As(err, &answer) && answer.Status >= 500:
+		m.Logger.Warn("upstream unavailable", "status", answer.Status)
+		writeError(w, http.StatusGatewayTimeout, "", "the upstream hub is unavailable (it answered "+strconv.Itoa(answer.Status)+")")
 	case errors.As(err, &answer):
 		// The Hub's own refusal (gated, missing, bad revision): the
 		// worker gets it as is, since clients act on X-Error-Code.
-		copyRelayHeaders(w.Header(), answer.resp.Header)
+		copyRelayHeaders(w.Header(), answer.Header)
 		w.Header().Del("ETag")
 		w.Header().Del("Content-Length")
-		body := answer.body
+		body := answer.Body
 		if len(body) == 0 {
 			// The answer to a HEAD has no body; a GET's deserves one.
-			msg := answer.resp.Header.Get(hfhub.HeaderErrorMessage)
+			msg := answer.Header.Get(hfhub.HeaderErrorMessage)
 			if msg == "" {
-				msg = http.StatusText(answer.resp.StatusCode)
+				msg = http.StatusText(answer.Status)
 			}
 			w.Header().Set("Content-Type", "application/json")
 			body = []byte(`{"error":` + jsonString(msg) + "}\n")
 		}
-		w.WriteHeader(answer.resp.StatusCode)
+		w.WriteHeader(answer.Status)
 		w.Write(body)
 	case errors.As(err, &unreachable):
-		m.Logger.Warn("upstream unreachable", "err", unreachable.err)
-		writeUpstreamFailure(w, unreachable.err)
+		m.Logger.Warn("upstream unreachable", "err", unreachable.Err)
+		writeUpstreamFailure(w, unreachable.Err)
 	case errors.As(err, &bad):
-		m.Logger.Warn("unusable upstream answer", "err", bad.err)
-		writeError(w, http.StatusBadGateway, "", "the upstream hub gave an answer the gateway cannot use: "+bad.err.Error())
+		m.Logger.Warn("unusable upstream answer", "err", bad.Err)
+		writeError(w, http.StatusBadGateway, "", "the upstream hub gave an answer the gateway cannot use: "+bad.Err.Error())
 	case cache.IsFillError(err):
 		writeError(w, http.StatusBadGateway, "", "downloading the file from upstream failed")
 	case errors.Is(err, context.Canceled):

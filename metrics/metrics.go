@@ -317,8 +317,10 @@ var HostClasses = []string{"huggingface", "civitai", "other"}
 // InstrumentUpstream wraps rt so that every request it sends is counted by
 // the host class classify gives it and by status class, its body bytes as
 // they are read, and 401/403 answers separately by exact code (the status
-// class alone cannot tell a refused token from a missing file).
-func (m *Metrics) InstrumentUpstream(rt http.RoundTripper, classify func(*http.Request) string) http.RoundTripper {
+// class alone cannot tell a refused token from a missing file), labelled
+// with whether a credential went out as sent says (authinject knows;
+// nil: none did).
+func (m *Metrics) InstrumentUpstream(rt http.RoundTripper, classify func(*http.Request) string, sent func(*http.Request) bool) http.RoundTripper {
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		resp, err := rt.RoundTrip(r)
 		host := classify(r)
@@ -332,8 +334,7 @@ func (m *Metrics) InstrumentUpstream(rt http.RoundTripper, classify func(*http.R
 		}
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
 			// Whether a credential went out, never which one.
-			sent := strconv.FormatBool(r.Header.Get("Authorization") != "")
-			m.UpstreamAuthFailures.WithLabelValues(host, strconv.Itoa(resp.StatusCode), sent).Inc()
+			m.UpstreamAuthFailures.WithLabelValues(host, strconv.Itoa(resp.StatusCode), strconv.FormatBool(sent != nil && sent(r))).Inc()
 		}
 		if resp.Body != nil && resp.Body != http.NoBody {
 			resp.Body = &countingBody{ReadCloser: resp.Body, c: m.UpstreamBytes.WithLabelValues(host)}

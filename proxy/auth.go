@@ -18,13 +18,14 @@ import (
 // interception or tunnel it opens.
 type connectKeyCtx struct{}
 
-// connKey is a worker key a CONNECT presented: the secret (kept in memory
-// only, to re-check it after the keys are reloaded and to close what a
-// revoked key opened), the key set it was resolved in, and the key.
+// connKey is a worker key a CONNECT presented: its fingerprint (never the
+// key itself, which does not leave the edge's first look at the request;
+// the fingerprint re-checks it after the keys are reloaded and closes what
+// a revoked key opened), the key set it was resolved in, and the key.
 type connKey struct {
-	secret string
-	keys   *clientauth.Keys
-	key    *clientauth.Key
+	fp   clientauth.Fingerprint
+	keys *clientauth.Keys
+	key  *clientauth.Key
 }
 
 // resolve returns the key for the current key set: the one resolved at
@@ -32,12 +33,12 @@ type connKey struct {
 // fails once the key was revoked.
 func (c connKey) resolve(keys *clientauth.Keys) (*clientauth.Key, bool) {
 	switch {
-	case c.secret == "":
+	case c.fp.IsZero():
 		return nil, true
 	case keys == c.keys:
 		return c.key, true
 	}
-	return keys.Lookup(c.secret)
+	return keys.LookupFingerprint(c.fp)
 }
 
 // authenticate resolves the worker key of a request, once, and records it
@@ -74,7 +75,7 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, conn *con
 		case presented:
 			var known bool
 			if k, known = keys.Lookup(secret); known {
-				ctx = context.WithValue(ctx, connectKeyCtx{}, connKey{secret: secret, keys: keys, key: k})
+				ctx = context.WithValue(ctx, connectKeyCtx{}, connKey{fp: clientauth.FingerprintOf(secret), keys: keys, key: k})
 			} else {
 				msg = "the worker key is not known to this gateway"
 			}
@@ -140,18 +141,21 @@ func (g *Gateway) principal(r *http.Request, s *site.Site) *http.Request {
 	own := r.Header.Get("Authorization")
 	if _, isKey := clientauth.FromBearer(own); isKey {
 		own = "" // a worker key is never anyone's upstream credential
-		r.Header.Del("Authorization")
+	}
+	// The credential travels in the principal, never on the request: no
+	// handler reads or writes Authorization, only authinject attaches it.
+	r.Header.Del("Authorization")
+	var worker string
+	if k := clientauth.FromContext(r.Context()); k != nil {
+		worker = k.Name
 	}
 	hasGateway := g.opts.HasCredential != nil && s.Endpoint != nil && g.opts.HasCredential(s.Endpoint)
-	var p authinject.Principal
+	p := authinject.Principal{Worker: worker}
 	switch {
 	case own != "" && (g.opts.PassOwnCredentials || !hasGateway):
-		p = authinject.Principal{Mode: authinject.ModeClient, Scope: authinject.ClientScope(own)}
+		p = authinject.ClientPrincipal(own, worker)
 	case g.opts.RequireKeyForGated && clientauth.FromContext(r.Context()) == nil:
-		r.Header.Del("Authorization")
 		p = authinject.Principal{Mode: authinject.ModeAnonymous, Scope: "anon"}
-	default:
-		r.Header.Del("Authorization") // replaced by the gateway's
 	}
 	return r.WithContext(authinject.WithPrincipal(r.Context(), p))
 }

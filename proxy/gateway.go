@@ -15,6 +15,7 @@ import (
 	"github.com/elazarl/goproxy"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/buildinfo"
 	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/hostmatch"
@@ -157,7 +158,7 @@ func New(opts Options) (*Gateway, error) {
 	g.own = append(g.builtinEndpoints(), opts.Endpoints...)
 	var relay http.RoundTripper = g.targets.relayTransport(opts.Transport)
 	if opts.Metrics != nil {
-		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" })
+		relay = opts.Metrics.InstrumentUpstream(relay, func(*http.Request) string { return "other" }, authinject.CarriesCredential)
 	}
 	g.forward = &httputil.ReverseProxy{
 		Rewrite:      rewriteForward,

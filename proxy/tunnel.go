@@ -43,7 +43,7 @@ func (g *Gateway) tunnel(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx
 		up.Close()
 		return
 	}
-	if key, _ := req.Context().Value(connectKeyCtx{}).(connKey); key.secret != "" {
+	if key, _ := req.Context().Value(connectKeyCtx{}).(connKey); !key.fp.IsZero() {
 		t := &keyedTunnel{key: key, client: client, upstream: up}
 		g.tunnels.Store(t, struct{}{})
 		defer g.tunnels.Delete(t)

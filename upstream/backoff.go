@@ -120,6 +120,16 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 	return min(max(d, minBackoff), maxBackoff)
 }
 
+// WaitHint returns how long an answer asks the client to wait before
+// asking again (RateLimit's reset, else Retry-After, as retryAfter reads
+// them), and whether it asks at all.
+func WaitHint(h http.Header, now time.Time) (time.Duration, bool) {
+	if h.Get("RateLimit") == "" && h.Get("Retry-After") == "" {
+		return 0, false
+	}
+	return retryAfter(h, now), true
+}
+
 // rateLimitedAnswer is the gateway's own 429 for a host that is backing off.
 func rateLimitedAnswer(r *http.Request, left time.Duration) *http.Response {
 	secs := max(int((left+time.Second-1)/time.Second), 1)

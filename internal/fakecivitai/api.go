@@ -52,6 +52,9 @@ func EarlyAccessPath(versionID int) string { return "/model-versions/" + strconv
 // serveAPI routes the API server's requests.
 func (c *CivitAI) serveAPI(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
+	if c.serveAPIFault(w, r) {
+		return
+	}
 	switch {
 	case p == "/login":
 		writeHTML(w, r, "<html>login</html>")

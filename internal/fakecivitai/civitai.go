@@ -73,6 +73,7 @@ type CivitAI struct {
 	versions      map[int]*versionState // version id -> version
 	files         map[int]*fileState    // file id -> file (the storage's objects)
 	loginRedirect map[int]bool          // version id -> LoginRedirect knob
+	apiFail       apiFault              // armed by FailAPI
 }
 
 // New starts the API and both storage servers and registers t.Cleanup to
