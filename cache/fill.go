@@ -53,6 +53,11 @@ type fill struct {
 	path      string // temp file while filling, final path once published
 	have      extents
 	published bool
+	// verified: every byte is on disk and the size and hash matched, so
+	// readers may have their final byte while the publish (fsync, rename,
+	// index) runs. A publish that fails after it leaves those answers
+	// right: the bytes they read were the verified ones.
+	verified bool
 	err       error         // set when the fill failed
 	wake      chan struct{} // closed and replaced on every change
 	// waiting holds the position each blocked reader waits at: a
@@ -106,6 +111,14 @@ func (f *fill) changedLocked() {
 func (f *fill) landed(off, n int64) {
 	f.mu.Lock()
 	f.have.add(off, n)
+	f.changedLocked()
+	f.mu.Unlock()
+}
+
+// markVerified releases the final bytes readers hold back.
+func (f *fill) markVerified() {
+	f.mu.Lock()
+	f.verified = true
 	f.changedLocked()
 	f.mu.Unlock()
 }
@@ -245,13 +258,13 @@ func (r *fillReader) readPassThrough(p []byte) (int, error) {
 func (r *fillReader) wait() (int64, error) {
 	for {
 		r.f.mu.Lock()
-		if r.f.err != nil {
+		if r.f.err != nil && !r.f.verified {
 			err := r.f.err
 			r.f.mu.Unlock()
 			return 0, fmt.Errorf("%w: %w", errFillFailed, err)
 		}
 		limit := r.end
-		if !r.f.published {
+		if !r.f.published && !r.f.verified {
 			// Everything that has landed, but never the final byte of this
 			// response before the blob verified.
 			limit = min(r.f.have.availableFrom(r.pos), r.end-1)
