@@ -647,6 +647,10 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			return err
 		}
 	}
+	// Whatever landed while another writer was hashing.
+	if err := ph.advance(); err != nil {
+		return err
+	}
 	if got := f.prefix(); got != f.size || ph.to != f.size {
 		return &SizeMismatchError{Want: f.size, Got: got}
 	}
