@@ -226,6 +226,45 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo sends the reader's bytes to w as they land, straight from the
+// file: when w is an HTTP response on a TCP connection, net/http's
+// ReadFrom hands an *os.File (in an io.LimitedReader) to sendfile, so the
+// bytes already written go out without a copy through this process. The
+// final byte is held back exactly as Read holds it back.
+func (r *fillReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.pos < r.end && r.pass == nil {
+		limit, err := r.wait()
+		if err != nil {
+			if errors.Is(err, ErrStorage) && r.f.src != nil {
+				break // Read goes on from the upstream
+			}
+			return total, err
+		}
+		if _, err := r.file.Seek(r.pos, io.SeekStart); err != nil {
+			return total, fmt.Errorf("seeking blob being filled: %w", err)
+		}
+		want := limit - r.pos
+		n, err := io.Copy(w, &io.LimitedReader{R: r.file, N: want})
+		r.pos += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < want {
+			return total, fmt.Errorf("blob being filled: %w", io.ErrUnexpectedEOF)
+		}
+	}
+	if r.pos >= r.end {
+		return total, nil
+	}
+	n, err := io.Copy(w, readerOnly{r})
+	return total + n, err
+}
+
+// readerOnly hides WriteTo, so that io.Copy reads.
+type readerOnly struct{ io.Reader }
+
 func (r *fillReader) startPassThrough() error {
 	body, start, err := r.f.src(r.ctx, r.pos, r.f.size)
 	if err != nil {

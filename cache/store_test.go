@@ -904,3 +904,43 @@ func TestReadersGetTheFinalByteOnceVerifiedBeforeTheSync(t *testing.T) {
 	releaseOnce()
 	require.Eventually(t, func() bool { return s.Has(d) && s.Stats().FillsInFlight == 0 }, 10*time.Second, time.Millisecond)
 }
+
+// WriteTo (the path that reaches sendfile) holds back the final byte until
+// the blob verified, as Read does.
+func TestWriteToHoldsBackTheFinalByteUntilVerified(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(4, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 600 << 10}
+
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	defer b.Close()
+	r, err := b.NewReader(t.Context(), 1000, 2000)
+	require.NoError(t, err)
+	defer r.Close()
+	wt, ok := r.(io.WriterTo)
+	require.True(t, ok)
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := wt.WriteTo(pw)
+		pw.CloseWithError(err)
+	}()
+	got := make([]byte, 999)
+	_, err = io.ReadFull(pr, got)
+	require.NoError(t, err)
+	assert.Equal(t, data[1000:1999], got)
+
+	last := make(chan []byte)
+	go func() {
+		rest, _ := io.ReadAll(pr)
+		last <- rest
+	}()
+	select {
+	case <-last:
+		t.Fatal("the final byte arrived before the blob verified")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(src.gate)
+	assert.Equal(t, data[1999:2000], <-last)
+}
