@@ -58,8 +58,8 @@ type fill struct {
 	// index) runs. A publish that fails after it leaves those answers
 	// right: the bytes they read were the verified ones.
 	verified bool
-	err       error         // set when the fill failed
-	wake      chan struct{} // closed and replaced on every change
+	err      error         // set when the fill failed
+	wake     chan struct{} // closed and replaced on every change
 	// waiting holds the position each blocked reader waits at: a
 	// parallel fill fetches the pieces holding them first.
 	waiting map[*fillReader]int64
