@@ -181,10 +181,14 @@ func TestKill9DuringFillsThenRestartServesOnlyVerifiedBlobs(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 3, resumed, "each fill resumed with a Range from its partial file")
-	assert.Equal(t, 3.0, p2.metric(t, "modelgate_cache_blobs"))
+	// A client has its last byte once the blob verified; the publish
+	// (fsync, rename, index) finishes just after.
+	require.Eventually(t, func() bool { return p2.metric(t, "modelgate_cache_blobs") == 3 }, 10*time.Second, 10*time.Millisecond)
 	assert.Contains(t, p2.logs.String(), "resuming a fill from the bytes an earlier run left")
-	tmp, _ := os.ReadDir(filepath.Join(dataDir, "tmp"))
-	assert.Empty(t, tmp)
+	require.Eventually(t, func() bool {
+		tmp, _ := os.ReadDir(filepath.Join(dataDir, "tmp"))
+		return len(tmp) == 0
+	}, 10*time.Second, 10*time.Millisecond, "no temp file left")
 
 	// A second gateway on the same data_dir is refused, clearly.
 	cmd := exec.Command(bin)

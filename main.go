@@ -544,7 +544,10 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, func() error { transport.CloseIdleConnections(); return nil })
+	// Fill requests go over HTTP/1.1, one connection per piece; metadata
+	// keeps HTTP/2.
+	split := upstream.SplitFills(transport)
+	closers = append(closers, func() error { split.CloseIdleConnections(); return nil })
 	ca, err := mitmca.Load(cfg.MITM.CACert, cfg.MITM.CAKey, filepath.Join(cfg.DataDir, "ca"), caOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("mitm CA: %w", err)
@@ -571,7 +574,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	}
 	classify := func(r *http.Request) string { return classifyURL(r.URL) }
 	// Fill requests are capped per host; metadata passes straight through.
-	limited := &upstream.HostLimiter{Next: transport, Max: cfg.Upstream.MaxConnectionsPerHost,
+	limited := &upstream.HostLimiter{Next: split, Max: cfg.Upstream.MaxConnectionsPerHost,
 		OnChange: func(d int) { m.FillConnections.Add(float64(d)) }}
 	counted := m.InstrumentUpstream(limited, classify, authinject.CarriesCredential)
 	// A 429 makes the gateway back off that host for everyone; its own 429s

@@ -37,6 +37,10 @@ type Store interface {
 	Blobs(fn func(cache.BlobInfo) error) error
 	Blob(d cache.Digest) (cache.BlobInfo, error)
 	Has(d cache.Digest) bool
+	// AwaitPublished waits for a fill of d in flight to end and reports
+	// whether d is published (a reader has its last byte once the blob
+	// verified, a moment before it is on disk).
+	AwaitPublished(ctx context.Context, d cache.Digest) bool
 	Open(d cache.Digest) (*cache.Blob, error)
 	Get(ctx context.Context, d cache.Digest, size int64, src cache.Source) (*cache.Blob, cache.Result, error)
 	Remove(ctx context.Context, d cache.Digest) (bool, error)

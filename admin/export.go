@@ -299,7 +299,7 @@ func (s *Server) importBlob(ctx context.Context, d cache.Digest, size int64, r i
 	if _, err := io.Copy(io.Discard, rd); err != nil {
 		return fmt.Errorf("not imported (its bytes do not match its name?): %w", err)
 	}
-	if !s.opts.Store.Has(d) {
+	if !s.opts.Store.AwaitPublished(ctx, d) {
 		return errors.New("not published")
 	}
 	return nil

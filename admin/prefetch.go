@@ -113,7 +113,7 @@ func (s *Server) fetchFile(ctx context.Context, r *jobRun, i int) {
 			ferr = fmt.Errorf("the download ended after %d of %d bytes", live.Load(), size)
 		default:
 			digest, ferr = digestOfETag(etag)
-			if ferr == nil && !s.opts.Store.Has(digest) {
+			if ferr == nil && !s.opts.Store.AwaitPublished(ctx, digest) {
 				ferr = fmt.Errorf("the blob %s is not in the cache after its download", digest)
 			}
 		}

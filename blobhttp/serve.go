@@ -93,22 +93,27 @@ func Serve(w http.ResponseWriter, r *http.Request, size int64, etag string, open
 	}
 	w.WriteHeader(status)
 
-	var body io.Reader
+	var written int64
 	if f := b.File(); f != nil {
 		if _, err := f.Seek(start, io.SeekStart); err != nil {
 			return 0, src, fmt.Errorf("%w: seeking blob: %w", ErrIncomplete, err)
 		}
-		body = f
+		written, err = io.CopyN(w, f, n)
 	} else {
 		src = FromFill
-		rd, err := b.NewReader(r.Context(), start, end+1)
-		if err != nil {
-			return 0, src, fmt.Errorf("%w: %w", ErrIncomplete, err)
+		rd, rerr := b.NewReader(r.Context(), start, end+1)
+		if rerr != nil {
+			return 0, src, fmt.Errorf("%w: %w", ErrIncomplete, rerr)
 		}
 		defer rd.Close()
-		body = rd
+		// Not CopyN: its LimitReader would hide the reader's WriteTo,
+		// which sends the landed bytes from the file with sendfile. The
+		// reader ends at end+1 by itself.
+		written, err = io.Copy(w, rd)
+		if err == nil && written < n {
+			err = io.ErrUnexpectedEOF
+		}
 	}
-	written, err := io.CopyN(w, body, n)
 	if err != nil {
 		return written, src, fmt.Errorf("%w: %w", ErrIncomplete, err)
 	}

@@ -179,3 +179,22 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// AwaitPublished waits until a fill of d in flight, if any, has ended and
+// reports whether d is published. A reader gets its last byte once the
+// blob verified, a moment before the publish (fsync, rename, index) ends:
+// a caller that must know the blob is on disk, such as a prefetch job,
+// waits here.
+func (s *Store) AwaitPublished(ctx context.Context, d Digest) bool {
+	s.mu.Lock()
+	f := s.fills[d.String()]
+	s.mu.Unlock()
+	if f != nil {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return s.Has(d)
+}

@@ -56,8 +56,13 @@ type fill struct {
 	// trusted: the bytes come from a copy verified before it was stored
 	// (a shared tier), so readers need not hold back the final byte.
 	trusted bool
-	err     error         // set when the fill failed
-	wake    chan struct{} // closed and replaced on every change
+	// verified: every byte is on disk and the size and hash matched, so
+	// readers may have their final byte while the publish (fsync, rename,
+	// index) runs. A publish that fails after it leaves those answers
+	// right: the bytes they read were the verified ones.
+	verified bool
+	err      error         // set when the fill failed
+	wake     chan struct{} // closed and replaced on every change
 	// waiting holds the position each blocked reader waits at: a
 	// parallel fill fetches the pieces holding them first.
 	waiting map[*fillReader]int64
@@ -109,6 +114,14 @@ func (f *fill) changedLocked() {
 func (f *fill) landed(off, n int64) {
 	f.mu.Lock()
 	f.have.add(off, n)
+	f.changedLocked()
+	f.mu.Unlock()
+}
+
+// markVerified releases the final bytes readers hold back.
+func (f *fill) markVerified() {
+	f.mu.Lock()
+	f.verified = true
 	f.changedLocked()
 	f.mu.Unlock()
 }
@@ -216,6 +229,45 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo sends the reader's bytes to w as they land, straight from the
+// file: when w is an HTTP response on a TCP connection, net/http's
+// ReadFrom hands an *os.File (in an io.LimitedReader) to sendfile, so the
+// bytes already written go out without a copy through this process. The
+// final byte is held back exactly as Read holds it back.
+func (r *fillReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.pos < r.end && r.pass == nil {
+		limit, err := r.wait()
+		if err != nil {
+			if errors.Is(err, ErrStorage) && r.f.src != nil {
+				break // Read goes on from the upstream
+			}
+			return total, err
+		}
+		if _, err := r.file.Seek(r.pos, io.SeekStart); err != nil {
+			return total, fmt.Errorf("seeking blob being filled: %w", err)
+		}
+		want := limit - r.pos
+		n, err := io.Copy(w, &io.LimitedReader{R: r.file, N: want})
+		r.pos += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < want {
+			return total, fmt.Errorf("blob being filled: %w", io.ErrUnexpectedEOF)
+		}
+	}
+	if r.pos >= r.end {
+		return total, nil
+	}
+	n, err := io.Copy(w, readerOnly{r})
+	return total + n, err
+}
+
+// readerOnly hides WriteTo, so that io.Copy reads.
+type readerOnly struct{ io.Reader }
+
 func (r *fillReader) startPassThrough() error {
 	body, start, err := r.f.src(r.ctx, r.pos, r.f.size)
 	if err != nil {
@@ -248,13 +300,13 @@ func (r *fillReader) readPassThrough(p []byte) (int, error) {
 func (r *fillReader) wait() (int64, error) {
 	for {
 		r.f.mu.Lock()
-		if r.f.err != nil {
+		if r.f.err != nil && !r.f.verified {
 			err := r.f.err
 			r.f.mu.Unlock()
 			return 0, fmt.Errorf("%w: %w", errFillFailed, err)
 		}
 		limit := r.end
-		if !r.f.published {
+		if !r.f.published && !r.f.verified {
 			// Everything that has landed, but never the final byte of this
 			// response before the blob verified (unless the source is a
 			// copy verified before it was stored).

@@ -36,10 +36,20 @@ type prefixHasher struct {
 
 // landed announces [off, off+len(p)) — already written — to readers and
 // hashes whatever the prefix gained.
+//
+// Only one writer hashes at a time, and the others do not wait for it:
+// a writer that finds the hasher busy goes back to its connection, and
+// the busy one, which re-reads the prefix until it has caught up, hashes
+// its bytes (read back from the file). So parallel pieces are never
+// serialised behind the hash. The one window the busy writer can miss —
+// bytes announced just as it stops — is closed by the fill's final
+// advance, and by the next write.
 func (ph *prefixHasher) landed(off int64, p []byte) error {
-	ph.mu.Lock()
-	defer ph.mu.Unlock()
 	ph.f.landed(off, int64(len(p)))
+	if !ph.mu.TryLock() {
+		return nil
+	}
+	defer ph.mu.Unlock()
 	if off == ph.to {
 		ph.h.Write(p)
 		ph.to += int64(len(p))
@@ -54,8 +64,11 @@ func (ph *prefixHasher) advance() error {
 }
 
 func (ph *prefixHasher) advanceLocked() error {
-	end := ph.f.prefix()
-	for ph.to < end {
+	for {
+		end := ph.f.prefix()
+		if ph.to >= end {
+			return nil
+		}
 		if ph.buf == nil {
 			ph.buf = make([]byte, fillBufSize)
 		}
@@ -66,7 +79,6 @@ func (ph *prefixHasher) advanceLocked() error {
 		ph.h.Write(ph.buf[:n])
 		ph.to += int64(n)
 	}
-	return nil
 }
 
 // fillCopy moves the upstream's bytes of one fill into its temp file.

@@ -284,6 +284,10 @@ func TestAReaderPositionIsFetchedFirst(t *testing.T) {
 	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
 	require.NoError(t, err)
 	defer b.Close()
+	// Both connections are held (pieces 0 and 1) before the reader comes:
+	// otherwise the second worker may take the reader's piece as its
+	// first, and it lands before the reader is seen waiting.
+	require.Eventually(t, func() bool { return len(src.requested()) == 2 }, 5*time.Second, time.Millisecond)
 	// A reader waits at piece 7 while both connections are held.
 	r, err := b.NewReader(t.Context(), 7*testPiece+5, b.Size)
 	require.NoError(t, err)

@@ -188,6 +188,9 @@ type Store struct {
 	// writeAt writes fill bytes to the temp file; a test swaps it to
 	// simulate a full disk.
 	writeAt func(f *os.File, p []byte, off int64) (int, error)
+	// syncPublish makes a verified temp file durable before it is
+	// renamed into place; a test swaps it for a slow disk.
+	syncPublish func(f *os.File) error
 
 	ctx    context.Context // cancelled by Close: ends fills in flight
 	cancel context.CancelFunc
@@ -239,6 +242,7 @@ func Open(opts Options) (*Store, error) {
 		usage:         usage{open: map[Digest]int{}, touched: map[Digest]int64{}},
 		evictNow:      make(chan struct{}, 1),
 		writeAt:       (*os.File).WriteAt,
+		syncPublish:   (*os.File).Sync,
 		fills:         make(map[string]*fill),
 	}
 	if s.accessFlush <= 0 {
@@ -657,6 +661,10 @@ func (s *Store) download(f *fill, src Source) (err error) {
 			return err
 		}
 	}
+	// Whatever landed while another writer was hashing.
+	if err := ph.advance(); err != nil {
+		return err
+	}
 	if got := f.prefix(); got != f.size || ph.to != f.size {
 		return &SizeMismatchError{Want: f.size, Got: got}
 	}
@@ -683,6 +691,8 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	case got != f.digest.Hex:
 		return &DigestMismatchError{Want: f.digest, Got: got}
 	}
+	// Verified: readers need not wait for the disk sync of the publish.
+	f.markVerified()
 	if err := s.publish(f, tmp); err != nil {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
@@ -693,7 +703,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 // directory fsync, then the index record — in that order, so that a crash at
 // any point leaves either no blob or a complete one.
 func (s *Store) publish(f *fill, tmp *os.File) error {
-	if err := tmp.Sync(); err != nil {
+	if err := s.syncPublish(tmp); err != nil {
 		return fmt.Errorf("syncing temp file: %w", err)
 	}
 	if err := tmp.Chmod(0o400); err != nil { // read-only, and the gateway user's alone

@@ -865,3 +865,82 @@ func TestAStalledUpstreamBodyIsCutAndResumed(t *testing.T) {
 	assert.True(t, bytes.Equal(data, got))
 	assert.Equal(t, int32(2), calls.Load(), "the stalled body was cut and resumed once")
 }
+
+// Issue 9: once the hash matched, readers get their final byte at once;
+// the publish (fsync, rename, directory fsync, index) follows, and a slow
+// disk sync does not hold the answers back.
+func TestReadersGetTheFinalByteOnceVerifiedBeforeTheSync(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	syncing := make(chan struct{})
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the store's own cleanup, which waits for the fill
+	s.syncPublish = func(f *os.File) error {
+		close(syncing)
+		<-release
+		return f.Sync()
+	}
+	data := randomBytes(9, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data}
+
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	defer b.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		body, err := readAll(t, b, 0, b.Size)
+		assert.NoError(t, err)
+		got <- body
+	}()
+	<-syncing
+	select {
+	case body := <-got:
+		assert.True(t, bytes.Equal(data, body))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader waits for the blob's sync")
+	}
+	assert.False(t, s.Has(d), "published only after the sync")
+	releaseOnce()
+	require.Eventually(t, func() bool { return s.Has(d) && s.Stats().FillsInFlight == 0 }, 10*time.Second, time.Millisecond)
+}
+
+// WriteTo (the path that reaches sendfile) holds back the final byte until
+// the blob verified, as Read does.
+func TestWriteToHoldsBackTheFinalByteUntilVerified(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(4, 1<<20)
+	d := sha256Digest(t, data)
+	src := &countingSource{data: data, gate: make(chan struct{}), gateAt: 600 << 10}
+
+	b, _, err := s.Get(t.Context(), d, int64(len(data)), src.source)
+	require.NoError(t, err)
+	defer b.Close()
+	r, err := b.NewReader(t.Context(), 1000, 2000)
+	require.NoError(t, err)
+	defer r.Close()
+	wt, ok := r.(io.WriterTo)
+	require.True(t, ok)
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := wt.WriteTo(pw)
+		pw.CloseWithError(err)
+	}()
+	got := make([]byte, 999)
+	_, err = io.ReadFull(pr, got)
+	require.NoError(t, err)
+	assert.Equal(t, data[1000:1999], got)
+
+	last := make(chan []byte)
+	go func() {
+		rest, _ := io.ReadAll(pr)
+		last <- rest
+	}()
+	select {
+	case <-last:
+		t.Fatal("the final byte arrived before the blob verified")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(src.gate)
+	assert.Equal(t, data[1999:2000], <-last)
+}

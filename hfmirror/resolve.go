@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 
@@ -168,44 +169,136 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 	return origin.Shared(&m.heads, key, origin.Retrying(m.Retry, head))(ctx)
 }
 
-// blobSource fetches a file's bytes for the cache: a GET of the resolve URL
-// at the resolved commit, following every redirect (to the CDN, without any
-// credential). A fresh resolve per fill means a fresh signed CDN URL, never
-// a stale one from an earlier HEAD.
+// blobSource fetches a file's bytes for the cache. The Hub redirects a
+// resolve to a signed CDN URL; the fill asks for it once (a HEAD of the
+// resolve URL at the resolved commit) and sends every piece there, without
+// any credential, resolving a new one once for all pieces when the CDN
+// refuses it (expired). A fresh resolve per fill means a fresh signed URL,
+// never a stale one from an earlier HEAD. A file the Hub serves itself (no
+// redirect off the Hub) is fetched from the resolve URL.
 func (m *Mirror) blobSource(route hfhub.Route, meta hfhub.FileMeta, in *http.Request) cache.Source {
 	// The fill runs detached from the request, with the same identity.
 	// (The principal carries whose credential it uses.)
 	principal := authinject.PrincipalFrom(in.Context())
 	key := clientauth.FromContext(in.Context())
-	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
+	fillCtx := func(ctx context.Context) context.Context {
 		ctx = upstream.ForFill(authinject.WithPrincipal(ctx, principal))
-		ctx = clientauth.WithKey(ctx, key) // for the redirect policy
+		return clientauth.WithKey(ctx, key) // for the redirect policy
+	}
+	cdn := &upstream.SignedURL{Resolve: func(ctx context.Context) (*url.URL, error) {
+		return m.cdnLocation(fillCtx(ctx), route, meta)
+	}}
+	return func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
+		ctx = fillCtx(ctx)
 		if m.Offline {
 			return nil, 0, origin.ErrOffline
 		}
-		req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
+		u, gen, err := cdn.Get(ctx)
 		if err != nil {
 			return nil, 0, err
 		}
-		if rng := upstream.RangeHeader(off, end, meta.Size); rng != "" {
-			req.Header.Set("Range", rng)
+		if u == nil {
+			return m.fetchFromHub(ctx, route, meta, off, end)
 		}
-		resp, err := m.Upstream.Do(req, authinject.FollowAll)
+		resp, err := m.fetchCDN(ctx, u, off, end, meta.Size)
+		if err == nil && upstream.SignatureRefused(resp.StatusCode) {
+			// Most likely the signature expired: one new URL for every
+			// piece that meets the refusal.
+			upstream.DrainClose(resp.Body)
+			if u, _, err = cdn.Renew(ctx, gen); err != nil {
+				return nil, 0, err
+			}
+			if u == nil {
+				return m.fetchFromHub(ctx, route, meta, off, end)
+			}
+			resp, err = m.fetchCDN(ctx, u, off, end, meta.Size)
+		}
 		if err != nil {
 			return nil, 0, upstreamError(err)
 		}
 		start, err := upstream.BodyRange(resp, off, end, meta.Size)
 		if err != nil {
-			// A refusal by the Hub itself (token revoked, repo gone) is
-			// relayed; a CDN's is the gateway's problem, not the worker's.
-			if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
-				return nil, 0, origin.Refused(resp)
-			}
 			upstream.DrainClose(resp.Body)
 			return nil, 0, origin.BadAnswer(err)
 		}
 		return resp.Body, start, nil
 	}
+}
+
+// cdnLocation asks the Hub where the file's bytes are: the signed URL of
+// the redirect that leaves the Hub (its own redirects, for a renamed repo,
+// are followed under the access policy), or nil when the Hub answers with
+// the file itself.
+func (m *Mirror) cdnLocation(ctx context.Context, route hfhub.Route, meta hfhub.FileMeta) (*url.URL, error) {
+	req, err := m.newUpstreamRequest(ctx, http.MethodHead, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := m.Upstream.Do(req, authinject.FollowSameHost)
+	if err != nil {
+		return nil, upstreamError(err)
+	}
+	defer upstream.DrainClose(resp.Body)
+	if resp.StatusCode >= 400 {
+		// The Hub's own refusal (token revoked, repo gone) is relayed.
+		return nil, origin.Refused(resp)
+	}
+	if resp.StatusCode < 300 || resp.StatusCode >= 400 || resp.Header.Get("Location") == "" {
+		return nil, nil
+	}
+	u, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, origin.BadAnswer(errors.New("the hub's download redirect has no usable Location"))
+	}
+	if u.Scheme == "http" && resp.Request.URL.Scheme == "https" {
+		return nil, upstreamError(authinject.ErrDowngrade)
+	}
+	return u, nil
+}
+
+// fetchCDN GETs bytes [off, end) of the file at a signed CDN URL. No
+// credential goes along: the URL carries its own signature, and object
+// stores refuse a request with a second one. The caller checks the status.
+func (m *Mirror) fetchCDN(ctx context.Context, u *url.URL, off, end, size int64) (*http.Response, error) {
+	// Anonymous, whatever the fill's principal: not even a redirect from
+	// the CDN may pick up a credential.
+	ctx = authinject.WithPrincipal(ctx, authinject.Principal{Mode: authinject.ModeAnonymous})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	if rng := upstream.RangeHeader(off, end, size); rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	return m.Upstream.Do(req, authinject.FollowAll)
+}
+
+// fetchFromHub GETs bytes [off, end) of a file the Hub serves itself,
+// following every redirect.
+func (m *Mirror) fetchFromHub(ctx context.Context, route hfhub.Route, meta hfhub.FileMeta, off, end int64) (io.ReadCloser, int64, error) {
+	req, err := m.newUpstreamRequest(ctx, http.MethodGet, hfhub.ResolvePath(route.Repo, meta.Commit, route.Path), "", nil, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	if rng := upstream.RangeHeader(off, end, meta.Size); rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err := m.Upstream.Do(req, authinject.FollowAll)
+	if err != nil {
+		return nil, 0, upstreamError(err)
+	}
+	start, err := upstream.BodyRange(resp, off, end, meta.Size)
+	if err != nil {
+		// A refusal by the Hub itself (token revoked, repo gone) is
+		// relayed; a CDN's is the gateway's problem, not the worker's.
+		if resp.StatusCode >= 400 && authinject.CanonicalHost(resp.Request.URL) == authinject.CanonicalHost(m.Endpoint) {
+			return nil, 0, origin.Refused(resp)
+		}
+		upstream.DrainClose(resp.Body)
+		return nil, 0, origin.BadAnswer(err)
+	}
+	return resp.Body, start, nil
 }
 
 // upstreamError classifies an error of Upstream.Do: a refusal by the
@@ -279,11 +372,6 @@ func contentDisposition(name string) string {
 		return "inline"
 	}
 	return v
-}
-
-func readLimited(r io.Reader) []byte {
-	b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
-	return b
 }
 
 func jsonString(s string) string {

@@ -234,6 +234,9 @@ func (b *bench) gatewaySettings(bin string) error {
 	b.gwEnv = []string{
 		"MODELGATE_HUGGINGFACE_ENDPOINT=" + b.hubURL,
 		"MODELGATE_UPSTREAM_CA_FILE=" + b.cdn.certPath,
+		// The fake CDN is on loopback, which the gateway refuses to dial
+		// unless the operator names it (the Hub endpoint is exempt).
+		"MODELGATE_UPSTREAM_PRIVATE_HOSTS=" + strings.TrimPrefix(b.cdn.url, "https://"),
 		"MODELGATE_LOG_LEVEL=warn",
 		// Refuse blind tunnels: a CONNECT the gateway does not intercept
 		// would reach a real host, and this benchmark never wants that.

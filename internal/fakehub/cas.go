@@ -377,7 +377,7 @@ func (h *Hub) signXorb(p, rg, expires string) string {
 	h.mu.RLock()
 	gen := h.cas.signGen
 	h.mu.RUnlock()
-	m := hmac.New(sha256.New, h.signKey)
+	m := hmac.New(sha256.New, *h.signKey.Load())
 	m.Write([]byte("xorb\n" + strconv.Itoa(gen) + "\n" + p + "\n" + rg + "\n" + expires))
 	return hex.EncodeToString(m.Sum(nil))
 }

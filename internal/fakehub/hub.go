@@ -27,11 +27,11 @@
 package fakehub
 
 import (
-	"crypto/rand"
 	"crypto/x509"
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/modelgate/modelgate/internal/fakeserver"
@@ -57,9 +57,11 @@ type Options struct {
 // Hub is a running fake Hub plus its CDN. All methods are safe for
 // concurrent use, including while requests are in flight.
 type Hub struct {
-	opts    Options
-	srv     fakeserver.Servers        // the Hub and CDN listeners and their request log
-	signKey []byte                    // HMAC key for CDN URL signatures, private to this fake
+	opts Options
+	srv  fakeserver.Servers // the Hub and CDN listeners and their request log
+	// signKey is the HMAC key for CDN URL signatures, private to this
+	// fake; ExpireCDNURLs replaces it.
+	signKey atomic.Pointer[[]byte]
 	faults  fakeserver.Faults[string] // sha256 -> CDN fault knobs
 	// small holds the fault knobs of small files' bodies on
 	// /api/resolve-cache, keyed by their git blob id.
@@ -88,14 +90,13 @@ func New(t testing.TB, opts Options) *Hub {
 	}
 	h := &Hub{
 		opts:    opts,
-		signKey: make([]byte, 32),
 		repos:   map[string]*repoState{},
 		renames: map[string]string{},
 		blobs:   map[string]*fileState{},
 		xet:     map[string]string{},
 		cas:     newCASState(),
 	}
-	if _, err := rand.Read(h.signKey); err != nil {
+	if err := h.newSignKey(); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
 	}
 	h.srv.Start(t, fakeserver.Config{Name: "fakehub", MaxBody: maxRecordedBody},

@@ -46,6 +46,16 @@ func (h *Hub) IgnoreRangeBlob(sha256hex string, on bool) { h.faults.IgnoreRange(
 // FailBlob makes the next `times` CDN requests for the blob answer status.
 func (h *Hub) FailBlob(sha256hex string, status, times int) { h.faults.Fail(sha256hex, status, times) }
 
+// ExpireCDNURLs makes every signed CDN URL handed out so far fail as an
+// expired one does (403 AccessDenied), on requests that start from now on;
+// the Hub's later redirects hand out URLs that work. Requests in flight
+// finish.
+func (h *Hub) ExpireCDNURLs() {
+	if err := h.newSignKey(); err != nil {
+		panic("fakehub: generating a CDN signing key: " + err.Error())
+	}
+}
+
 // FailHub makes the next `times` requests to the Hub (not the CDN) answer
 // status with a JSON error, like an overloaded or broken Hub.
 func (h *Hub) FailHub(status, times int) {

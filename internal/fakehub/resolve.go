@@ -3,6 +3,7 @@ package fakehub
 import (
 	"compress/gzip"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -196,7 +197,7 @@ func (h *Hub) signedXetBridgeURL(rs *repoState, f *fileState) string {
 // sign is the CDN URL signature: HMAC-SHA256 over path and expiry with a key
 // only this fake knows, so tests catch code that forges or edits CDN URLs.
 func (h *Hub) sign(p, expires string) string {
-	m := hmac.New(sha256.New, h.signKey)
+	m := hmac.New(sha256.New, *h.signKey.Load())
 	m.Write([]byte(p + "\n" + expires))
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -210,4 +211,14 @@ func contentDisposition(name string) string {
 		return c
 	}, name)
 	return "inline; filename*=UTF-8''" + url.PathEscape(name) + `; filename="` + plain + `";`
+}
+
+// newSignKey starts signing CDN URLs with a fresh random key.
+func (h *Hub) newSignKey() error {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	h.signKey.Store(&key)
+	return nil
 }
