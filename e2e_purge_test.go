@@ -84,3 +84,83 @@ func TestPurgeOfABlobBeingServedWaitsForItsReader(t *testing.T) {
 	assert.Equal(t, 4, res.BlobsRemoved)
 	assert.False(t, g.hasBlob(t, sha))
 }
+
+// hubAsked counts the requests the fake Hub's API server received for
+// uri (escaped, as sent), or for any URI starting with it when it ends
+// in "*".
+func hubAsked(hub *fakehub.Hub, uri string) int {
+	n := 0
+	prefix, isPrefix := strings.CutSuffix(uri, "*")
+	for _, r := range hub.Requests() {
+		if r.Server == "hub" && (r.RequestURI == uri || isPrefix && strings.HasPrefix(r.RequestURI, prefix)) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPurgeDropsTheRepoCachedAPIAnswers(t *testing.T) {
+	tr := newTestHub(t, 1<<20)
+	tr.hub.AddRepo(fakehub.Repo{
+		ID:      "org/copy",
+		Refs:    map[string]string{"main": tr.main},
+		Commits: map[string][]fakehub.File{tr.main: {{Path: "same.safetensors", Data: tr.big, LFS: true}}},
+	})
+	g := startGateway(t, tr.hub, nil)
+	answers := map[string]string{ // request → the Hub URI it costs upstream
+		"/api/models/org/model/tree/" + tr.main:                     "/api/models/org/model/tree/" + tr.main,
+		"/api/models/org/model/tree/" + tr.pr:                       "/api/models/org/model/tree/" + tr.pr,
+		"/api/models/org/model/revision/main":                       "/api/models/org/model/revision/main",
+		"/api/models/org/model":                                     "/api/models/org/model",
+		"/api/models/org/copy/tree/" + tr.main:                      "/api/models/org/copy/tree/" + tr.main,
+		"/api/models/org/model/tree/main/sub%20dir":                 "/api/models/org/model/tree/main/sub%20dir",
+		"/api/models/org/model/tree/" + tr.main + "?recursive=true": "/api/models/org/model/tree/" + tr.main + "?recursive*",
+	}
+	ask := func() map[string]int {
+		t.Helper()
+		asked := map[string]int{}
+		for path, upstream := range answers {
+			before := hubAsked(tr.hub, upstream)
+			resp, body := g.mustDo(t, http.MethodGet, path, nil)
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
+			asked[path] = hubAsked(tr.hub, upstream) - before
+		}
+		return asked
+	}
+	// A download at main: the gateway learns main's commit (as a
+	// prefetch would), so that purging @main reaches the answers at it.
+	resp, _ := g.mustDo(t, http.MethodGet, "/org/model/resolve/main/config.json", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	for path, n := range ask() {
+		require.Positive(t, n, "%s: the first answer comes from the Hub", path)
+	}
+	for path, n := range ask() {
+		require.Zero(t, n, "%s: the second answer comes from the index", path)
+	}
+
+	// Purging one revision drops the answers at it (by name and at its
+	// commit), not those at another commit or of another repo.
+	code, b := g.adminDo(t, http.MethodPost, "/admin/v1/purge", "", map[string]any{"spec": "hf:org/model@main"})
+	require.Equal(t, http.StatusOK, code, string(b))
+	asked := ask()
+	for _, p := range []string{
+		"/api/models/org/model/tree/" + tr.main, "/api/models/org/model/revision/main",
+		"/api/models/org/model/tree/main/sub%20dir", "/api/models/org/model/tree/" + tr.main + "?recursive=true",
+	} {
+		assert.Equal(t, 1, asked[p], "%s must be asked again after purging @main", p)
+	}
+	assert.Zero(t, asked["/api/models/org/model/tree/"+tr.pr], "an answer at another commit stays")
+	assert.Zero(t, asked["/api/models/org/copy/tree/"+tr.main], "another repo's answer stays")
+
+	// Purging the repo drops every answer about it.
+	code, b = g.adminDo(t, http.MethodPost, "/admin/v1/purge", "", map[string]any{"spec": "hf:org/model"})
+	require.Equal(t, http.StatusOK, code, string(b))
+	asked = ask()
+	for path, n := range asked {
+		if strings.Contains(path, "org/copy") {
+			assert.Zero(t, n, "%s: another repo's answer stays", path)
+		} else {
+			assert.Equal(t, 1, n, "%s must be asked again after purging the repo", path)
+		}
+	}
+}

@@ -74,7 +74,7 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	// Scoped to whose credential answers: what one may see must not
 	// decide what another sees.
 	p := authinject.PrincipalFrom(r.Context())
-	key := p.Key(hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody)))
+	key := p.Key(hfhub.APIKey(route.Repo, route.Revision, requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody)))
 	if ttl >= 0 {
 		if a, ok := m.cachedAPIAnswer(key); ok {
 			info.Result = "hit"
@@ -97,7 +97,13 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 		// the policy for the new name upstream.
 		store := key
 		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
-			store = p.Key(hfhub.APIKey(requestDigest(r.Method, a.finalPath, query, reqBody)))
+			final := route
+			if u, err := url.Parse(a.finalPath); err == nil {
+				if fr, err := hfhub.ParseRoute(r.Method, u); err == nil {
+					final = fr
+				}
+			}
+			store = p.Key(hfhub.APIKey(final.Repo, final.Revision, requestDigest(r.Method, a.finalPath, query, reqBody)))
 		}
 		if ttl >= 0 {
 			enc, _ := json.Marshal(a)
