@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/modelgate/modelgate/admin"
+	"github.com/modelgate/modelgate/internal/fakecivitai"
 	"github.com/modelgate/modelgate/internal/fakehub"
 )
 
@@ -163,4 +164,30 @@ func TestPurgeDropsTheRepoCachedAPIAnswers(t *testing.T) {
 			assert.Equal(t, 1, n, "%s must be asked again after purging the repo", path)
 		}
 	}
+}
+
+func TestPurgeDropsTheCivitAIVersionCachedMetadata(t *testing.T) {
+	f := newCivitAIFixture(t, nil)
+	const meta = "/api/v1/model-versions/200"
+	out, err := f.g.cli(t, "", "prefetch", "civitai:200")
+	require.NoError(t, err, out)
+	get := func() int {
+		t.Helper()
+		before := f.civ.Count(fakecivitai.ServerAPI, http.MethodGet, meta)
+		resp, body := f.g.mustDo(t, http.MethodGet, meta, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		return f.civ.Count(fakecivitai.ServerAPI, http.MethodGet, meta) - before
+	}
+	require.Zero(t, get(), "the prefetch left the version's metadata cached")
+	other := f.civ.Count(fakecivitai.ServerAPI, http.MethodGet, "/api/v1/model-versions/100")
+	resp, _ := f.g.mustDo(t, http.MethodGet, "/api/v1/model-versions/100", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	code, b := f.g.adminDo(t, http.MethodPost, "/admin/v1/purge", "", map[string]any{"spec": "civitai:200"})
+	require.Equal(t, http.StatusOK, code, string(b))
+	assert.Equal(t, 1, get(), "after the purge the version's metadata is asked again")
+	resp, _ = f.g.mustDo(t, http.MethodGet, "/api/v1/model-versions/100", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, other+1, f.civ.Count(fakecivitai.ServerAPI, http.MethodGet, "/api/v1/model-versions/100"),
+		"another version's metadata stays cached")
 }

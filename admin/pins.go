@@ -191,6 +191,11 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 				cand[d] = true
 			}
 		}
+		// The version's cached metadata (and its last-known copy), under
+		// any principal.
+		s.scanAll(keyCivitAIAPI+"/api/v1/model-versions/"+spec.Version+"?", func(_, raw string, _ []byte) {
+			keys = append(keys, raw)
+		})
 	}
 	for _, k := range keys {
 		if err := s.opts.Index.Delete(k); err != nil {
