@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/modelgate/modelgate/admin"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/internal/fakecivitai"
 	"github.com/modelgate/modelgate/internal/fakehub"
@@ -329,4 +330,56 @@ func TestAria2cParallelRangesDownloadThroughTheMirror(t *testing.T) {
 	run() // warm
 	assert.Equal(t, 1, f.civ.StorageFetches(1001))
 	assert.Greater(t, f.g.metric(t, `modelgate_requests_total{result="hit",route="civitai_download"}`), 1.0)
+}
+
+func TestCivitAIPrefetchPrimaryThenAllServesDownloadsWithNoStorageFetch(t *testing.T) {
+	f := newCivitAIFixture(t, nil)
+
+	// civitai:<id> fills the primary file only.
+	out, err := f.g.cli(t, "", "prefetch", "civitai:100")
+	require.NoError(t, err, out)
+	assert.Equal(t, 1, f.civ.StorageFetches(1001))
+	assert.Equal(t, 0, f.civ.StorageFetches(1002), "civitai:<id> must not fetch the other files")
+
+	// civitai:<id>/all fills the rest; the primary is not fetched again.
+	out, err = f.g.cli(t, "", "prefetch", "civitai:100/all")
+	require.NoError(t, err, out)
+	assert.Equal(t, 1, f.civ.StorageFetches(1001))
+	assert.Equal(t, 1, f.civ.StorageFetches(1002))
+
+	// A worker downloads each file from the downloadUrl the version's
+	// metadata gives (what tools and catalogs use), and from the bare
+	// version URL (the primary): all from the cache.
+	resp, body := f.g.mustDo(t, http.MethodGet, "/api/v1/model-versions/100", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	var v struct {
+		Files []struct {
+			Name        string `json:"name"`
+			DownloadURL string `json:"downloadUrl"`
+		} `json:"files"`
+	}
+	require.NoError(t, json.Unmarshal(body, &v))
+	want := map[string][]byte{"dreamy-xl.safetensors": f.checkpt, "dreamy-xl.vae.safetensors": f.vae}
+	require.Len(t, v.Files, len(want))
+	paths := map[string][]byte{"/api/download/models/100": f.checkpt}
+	for _, file := range v.Files {
+		require.True(t, strings.HasPrefix(file.DownloadURL, f.g.URL+"/api/download/models/100"), file.DownloadURL)
+		paths[strings.TrimPrefix(file.DownloadURL, f.g.URL)] = want[file.Name]
+	}
+	for path, data := range paths {
+		resp, body := f.g.mustDo(t, http.MethodGet, path, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		assert.True(t, bytes.Equal(data, body), "%s differs", path)
+	}
+	assert.Equal(t, 1, f.civ.StorageFetches(1001), "the primary must be served from the cache")
+	assert.Equal(t, 1, f.civ.StorageFetches(1002), "the VAE must be served from the cache")
+
+	out, err = f.g.cli(t, "", "ls", "--json", "civitai:100")
+	require.NoError(t, err, out)
+	var inv admin.Inventory
+	require.NoError(t, json.Unmarshal([]byte(out), &inv))
+	require.Len(t, inv.Repos, 1)
+	assert.Equal(t, 2, inv.Repos[0].Cached)
+	assert.Equal(t, int64(len(f.checkpt)+len(f.vae)), inv.Repos[0].Bytes)
+	f.assertNoKeyLeaked(t)
 }

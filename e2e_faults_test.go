@@ -149,7 +149,10 @@ func TestTransientUpstreamErrorsAreRetriedAndPersistentOnesGiveUp(t *testing.T) 
 	resp, body = g.mustDo(t, http.MethodGet, "/org/model/resolve/main/xet.bin", nil)
 	assert.Equal(t, http.StatusBadGateway, resp.StatusCode, string(body))
 	assert.False(t, g.hasBlob(t, xsha))
-	assert.Equal(t, 1.0, g.metric(t, `modelgate_fill_failures_total{reason="upstream"}`))
+	// The fill counts its failure after its readers were told: wait for it.
+	assert.Eventually(t, func() bool {
+		return g.metric(t, `modelgate_fill_failures_total{reason="upstream"}`) == 1
+	}, 10*time.Second, 10*time.Millisecond, "one upstream fill failure")
 }
 
 func TestA429MakesTheGatewayBackOffForEveryone(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/clientauth"
+	"github.com/modelgate/modelgate/redact"
 	"github.com/modelgate/modelgate/reqinfo"
 )
 
@@ -264,7 +265,10 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.opts.Reload(); err != nil {
-		writeError(w, http.StatusInternalServerError, "reload failed; the current configuration stays: "+err.Error())
+		// A config error may quote the offending value, and a secret pasted
+		// into the wrong field would come back in the answer: masked like
+		// the log line of the same failure.
+		writeError(w, http.StatusInternalServerError, "reload failed; the current configuration stays: "+redact.String(err.Error()))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})

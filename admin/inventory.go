@@ -22,7 +22,10 @@ const (
 	keyHFLastRev = "hf/rev-last\x00"
 	keyHFSeen    = "hf/seen\x00"
 	keyCivitAI   = "civitai/download\x00"
-	civitaiLast  = "\x00last"
+	// keyCivitAIAPI + escaped path + "?" + query: civitai's cached
+	// metadata answers.
+	keyCivitAIAPI = "civitai/api\x00"
+	civitaiLast   = "\x00last"
 )
 
 // scanAll calls fn for every entry under prefix, unscoped and in every

@@ -139,15 +139,15 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 		if spec.Revision != "" {
 			commit = spec.Revision
 			if !hfhub.IsCommit(commit) {
-				v, err := s.opts.Index.Get(hfhub.LastRevisionKey(spec.Repo, spec.Revision))
-				if err != nil {
-					return res, nil // never resolved here: nothing cached under it
+				// Never resolved here: no file is cached under it (commit
+				// stays "", matching no file), but API answers may be.
+				if v, err := s.opts.Index.Get(hfhub.LastRevisionKey(spec.Repo, spec.Revision)); err == nil {
+					commit = string(v)
 				}
-				commit = string(v)
 			}
 		}
 		for _, f := range files {
-			if commit == "" || f.commit == commit {
+			if spec.Revision == "" || (commit != "" && f.commit == commit) {
 				keys = append(keys, f.raw)
 				cand[f.meta.Digest] = true
 			}
@@ -157,11 +157,21 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 			prefix := p + string(spec.Repo.Type) + "\x00" + spec.Repo.ID + "\x00"
 			s.scanAll(prefix, func(key, raw string, val []byte) {
 				rev := strings.TrimPrefix(key, prefix)
-				if spec.Revision == "" || rev == spec.Revision || string(val) == commit {
+				if spec.Revision == "" || rev == spec.Revision || (commit != "" && string(val) == commit) {
 					keys = append(keys, raw)
 				}
 			})
 		}
+		// Cached API answers (repo info, trees, paths-info, and their
+		// last-known copies), under any principal: of the revision purged
+		// (by name or at its commit), or all of the repo's.
+		apiPrefix := hfhub.APIKeyPrefix(spec.Repo)
+		s.scanAll(apiPrefix, func(key, raw string, _ []byte) {
+			rev, _, _ := strings.Cut(strings.TrimPrefix(key, apiPrefix), "\x00")
+			if spec.Revision == "" || rev == spec.Revision || (commit != "" && rev == commit) {
+				keys = append(keys, raw)
+			}
+		})
 		for d := range cand {
 			seen := hfhub.SeenKey(d, spec.Repo)
 			s.scanAll(seen, func(key, raw string, _ []byte) {
@@ -181,6 +191,11 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 				cand[d] = true
 			}
 		}
+		// The version's cached metadata (and its last-known copy), under
+		// any principal.
+		s.scanAll(keyCivitAIAPI+"/api/v1/model-versions/"+spec.Version+"?", func(_, raw string, _ []byte) {
+			keys = append(keys, raw)
+		})
 	}
 	for _, k := range keys {
 		if err := s.opts.Index.Delete(k); err != nil {

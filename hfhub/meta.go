@@ -140,9 +140,19 @@ func LastRevisionKey(repo Repo, rev string) string {
 	return keyLastRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
 }
 
-// APIKey is the index key of a cached API answer, given a digest of the
-// request that produced it.
-func APIKey(requestDigest string) string { return keyAPI + requestDigest }
+// APIKey is the index key of a cached API answer about repo at rev (""
+// for a repo's info without /revision/), given a digest of the request
+// that produced it. The repo and revision lead the key so that a purge
+// finds a repo's answers by prefix (see APIKeyPrefix).
+func APIKey(repo Repo, rev, requestDigest string) string {
+	return APIKeyPrefix(repo) + rev + "\x00" + requestDigest
+}
+
+// APIKeyPrefix starts every APIKey of repo; what follows it is the
+// revision, a NUL, and the request digest.
+func APIKeyPrefix(repo Repo) string {
+	return keyAPI + string(repo.Type) + "\x00" + repo.ID + "\x00"
+}
 
 // Pin is a cache.pinned entry for the Hub: a repository, and optionally
 // one revision of it.

@@ -371,8 +371,8 @@ func TestKeys_AreDistinctForDistinctInputsAndStable(t *testing.T) {
 		add(k, "RevisionKey"+strings.Join([]string{string(r.repo.Type), r.repo.ID, r.rev}, ","))
 	}
 	for _, a := range apis {
-		k := APIKey(a)
-		assert.Equal(t, k, APIKey(a), "APIKey is deterministic")
+		k := APIKey(Repo{Model, "a/b"}, "main", a)
+		assert.Equal(t, k, APIKey(Repo{Model, "a/b"}, "main", a), "APIKey is deterministic")
 		add(k, "APIKey("+a+")")
 	}
 	assert.Len(t, seen, len(files)+len(revs)+len(apis))
@@ -380,8 +380,12 @@ func TestKeys_AreDistinctForDistinctInputsAndStable(t *testing.T) {
 	t.Run("key kinds never share a prefix", func(t *testing.T) {
 		f := FileKey(Repo{Model, "a"}, testCommit, "b")
 		r := RevisionKey(Repo{Model, "a"}, testCommit)
-		a := APIKey("x")
+		a := APIKey(Repo{Model, "a"}, testCommit, "x")
 		assert.False(t, strings.HasPrefix(f, r) || strings.HasPrefix(r, f))
 		assert.False(t, strings.HasPrefix(a, r) || strings.HasPrefix(a, f))
+		// A repo's answers are found by its prefix, and only its own.
+		assert.True(t, strings.HasPrefix(a, APIKeyPrefix(Repo{Model, "a"})))
+		assert.False(t, strings.HasPrefix(APIKey(Repo{Model, "ab"}, "", "x"), APIKeyPrefix(Repo{Model, "a"})))
+		assert.False(t, strings.HasPrefix(APIKey(Repo{Dataset, "a"}, "", "x"), APIKeyPrefix(Repo{Model, "a"})))
 	})
 }

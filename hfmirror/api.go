@@ -74,7 +74,7 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 	}
 	// The key is scoped to whose credential answers (by origin.Answers):
 	// what one may see must not decide what another sees.
-	key := hfhub.APIKey(requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody))
+	key := hfhub.APIKey(route.Repo, route.Revision, requestDigest(r.Method, r.URL.EscapedPath(), query, reqBody))
 	fetch := func(ctx context.Context) (origin.Fetched, error) {
 		a, err := m.fetchAPI(ctx, r, route, query, reqBody)
 		if err != nil {
@@ -91,7 +91,13 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 		// new name), never under an alias: the alias must always meet
 		// the policy for the new name upstream.
 		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
-			f.KeepAs = hfhub.APIKey(requestDigest(r.Method, a.finalPath, query, reqBody))
+			final := route
+			if u, err := url.Parse(a.finalPath); err == nil {
+				if fr, err := hfhub.ParseRoute(r.Method, u); err == nil {
+					final = fr
+				}
+			}
+			f.KeepAs = hfhub.APIKey(final.Repo, final.Revision, requestDigest(r.Method, a.finalPath, query, reqBody))
 		}
 		return f, nil
 	}
