@@ -335,13 +335,46 @@ func (s *Service) ranges(ctx context.Context, xorb, fileHash, rp string, rs []by
 func (s *Service) stored(xorb string, rs []byteRange) ([][]byte, bool) {
 	var parts [][]byte
 	for _, r := range rs {
-		b, err := os.ReadFile(s.rangePath(xorb, r))
-		if err != nil || int64(len(b)) != r.end-r.start+1 {
+		b, _, err := s.readRange(xorb, r)
+		if err != nil {
 			return nil, false
 		}
 		parts = append(parts, b)
 	}
 	return parts, true
+}
+
+// readRange returns r of xorb from the store and the file it came from:
+// the range stored as such, or a slice of a stored range that covers it.
+// Xorb byte offsets are absolute and xorbs immutable, so another file's
+// wider range of a shared xorb (a base model's, for its fine-tune) serves
+// a narrower one without an upstream fetch.
+func (s *Service) readRange(xorb string, r byteRange) ([]byte, string, error) {
+	want := r.end - r.start + 1
+	p := s.rangePath(xorb, r)
+	if b, err := os.ReadFile(p); err == nil && int64(len(b)) == want {
+		return b, p, nil
+	}
+	dir := filepath.Dir(p)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, e := range ents {
+		a, b, ok := strings.Cut(e.Name(), "-")
+		st, err1 := strconv.ParseInt(a, 10, 64)
+		en, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil || st > r.start || en < r.end {
+			continue
+		}
+		cp := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(cp)
+		if err != nil || int64(len(data)) != en-st+1 {
+			continue
+		}
+		return data[r.start-st : r.end-st+1], cp, nil
+	}
+	return nil, "", os.ErrNotExist
 }
 
 // fetch gets rs of xorb upstream with the signed URL of the file's
@@ -475,8 +508,7 @@ func (s *Service) verify(fileHash string) {
 	for xorb, fetches := range rec.fetches {
 		for _, f := range fetches {
 			for _, rg := range f.Ranges {
-				p := s.rangePath(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
-				b, err := os.ReadFile(p)
+				b, p, err := s.readRange(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
 				if err != nil {
 					return // not all there yet
 				}
