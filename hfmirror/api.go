@@ -195,9 +195,6 @@ func (m *Mirror) fetchAPI(r *http.Request, route hfhub.Route, key, query string,
 		if len(data) > maxCachedAPIBody {
 			return apiAnswer{}, &badUpstreamError{err: fmt.Errorf("API answer larger than %d bytes", maxCachedAPIBody)}
 		}
-		if resp.StatusCode == http.StatusOK && (route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo) {
-			data = hfhub.StripXetFromEntries(data)
-		}
 		a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
 		if final, onHub := m.hubRoute(resp.Request.Method, resp.Request.URL); onHub && final.err == nil && final.Kind == route.Kind {
 			a.finalPath = strings.TrimPrefix(resp.Request.URL.EscapedPath(), strings.TrimSuffix(m.Endpoint.EscapedPath(), "/"))
@@ -225,12 +222,15 @@ func (m *Mirror) writeAPIAnswer(w http.ResponseWriter, r *http.Request, a apiAns
 		h.Set("Location", loc)
 	}
 	hfhub.RewriteNextLink(h, m.Endpoint, gatewayBase(r))
-	h.Set("Content-Length", itoa(int64(len(a.Body))))
+	// Kept whole in the index; which xetHash a worker sees follows the
+	// Xet policy of today, not of when the answer was fetched.
+	body := m.filterXetEntries(r, a.Body)
+	h.Set("Content-Length", itoa(int64(len(body))))
 	w.WriteHeader(a.Status)
 	if r.Method == http.MethodHead {
 		return
 	}
-	n, _ := w.Write(a.Body)
+	n, _ := w.Write(body)
 	m.countUpstreamBytes(int64(n))
 }
 

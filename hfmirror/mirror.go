@@ -72,6 +72,10 @@ type Options struct {
 	// RepoAllow and RepoDeny filter repositories for everyone
 	// (huggingface.repos); a worker key may narrow them further.
 	RepoAllow, RepoDeny []string
+	// Xet, when set, serves Xet for the files XetPolicy picks; nil hides
+	// every Xet hint (huggingface.xet: hide).
+	Xet       XetService
+	XetPolicy hfhub.XetPolicy
 }
 
 // Mirror is the http.Handler for Hub routes.
@@ -120,6 +124,8 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch route.Kind {
 	case hfhub.Resolve:
 		m.serveResolve(w, r, route)
+	case hfhub.XetReadToken:
+		m.serveXetToken(w, r, route)
 	case hfhub.RepoInfo, hfhub.Tree, hfhub.PathsInfo:
 		m.serveCachedAPI(w, r, route)
 	default:
