@@ -23,12 +23,21 @@ type XetService interface {
 const XetCASPrefix = "/xet/cas"
 
 // servesXet reports whether a Xet-backed file of size bytes is served over
-// Xet to this request. Only under the gateway's own identity: the gateway's
-// Xet service reads with the operator's credential, so a worker using its
-// own (or none) keeps downloading over plain HTTP, as the upstream lets it.
+// Xet to this request: see xetRequest, then the policy's size rule.
 func (m *Mirror) servesXet(ctx context.Context, size int64) bool {
+	return m.xetRequest(ctx) && m.XetPolicy.Serves(size)
+}
+
+// xetRequest reports whether this request may be served Xet at all. Only
+// in mirror mode: in proxy mode the links would name the Hub's own host,
+// whose CAS routes the gateway does not answer there yet. Only under the
+// gateway's own identity: its Xet service reads with the operator's
+// credential, so a worker using its own (or none) keeps downloading over
+// plain HTTP, as the upstream lets it.
+func (m *Mirror) xetRequest(ctx context.Context) bool {
 	p := authinject.PrincipalFrom(ctx)
-	return m.Xet != nil && p.Mode == authinject.ModeGateway && p.Scope == "" && m.XetPolicy.Serves(size)
+	return m.Xet != nil && m.XetPolicy.Any() && reqinfo.From(ctx).Mode == "mirror" &&
+		p.Mode == authinject.ModeGateway && p.Scope == ""
 }
 
 // xetResolve adds the Xet hints to a resolve answer when the file is served
@@ -68,8 +77,7 @@ func (m *Mirror) xetResolve(w http.ResponseWriter, r *http.Request, route hfhub.
 // refused as before.
 func (m *Mirror) serveXetToken(w http.ResponseWriter, r *http.Request, route hfhub.Route) {
 	info := reqinfo.From(r.Context())
-	p := authinject.PrincipalFrom(r.Context())
-	if m.Xet == nil || !m.XetPolicy.Any() || p.Mode != authinject.ModeGateway || p.Scope != "" {
+	if !m.xetRequest(r.Context()) {
 		info.Result = "forbidden"
 		writeError(w, http.StatusForbidden, "", "the gateway does not hand out Xet tokens: files download over plain HTTP from the gateway")
 		return
