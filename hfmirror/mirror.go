@@ -6,8 +6,9 @@
 // answers 200/206 itself from the blob cache — never with a redirect to a
 // CDN — so the bytes cross the internet once. API routes are forwarded
 // with the token; their answers are cached when they are about a commit
-// (forever) or a branch (for revision_ttl). Xet hints are removed
-// everywhere so stock clients download plain HTTP from the gateway.
+// (forever) or a branch (for revision_ttl). Xet hints are removed, so stock
+// clients download plain HTTP from the gateway, except for the files the
+// Xet policy serves over Xet from the gateway itself (xet.go).
 package hfmirror
 
 import (
