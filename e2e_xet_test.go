@@ -90,7 +90,13 @@ func newXetFixture(t *testing.T, mode string) *xetFixture {
 	f.tuned = bytes.Clone(f.base)
 	f.tuned[10*fakehub.XetChunkSize] ^= 1
 	commit := fakehub.Commit("xet-e2e")
-	for id, data := range map[string][]byte{"org/base": f.base, "org/tuned": f.tuned} {
+	// The base first, as on the Hub: the fine-tune's new chunks go into
+	// xorbs of their own and it names ranges inside the base's xorbs.
+	for _, r := range []struct {
+		id   string
+		data []byte
+	}{{"org/base", f.base}, {"org/tuned", f.tuned}} {
+		id, data := r.id, r.data
 		f.hub.AddRepo(fakehub.Repo{ID: id, Refs: map[string]string{"main": commit}, Commits: map[string][]fakehub.File{commit: {
 			{Path: "config.json", Data: []byte(`{"model_type":"llama"}`)},
 			{Path: "model.bin", Data: data, Xet: true},
