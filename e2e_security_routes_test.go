@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -253,8 +254,9 @@ func TestRenamedRepoOldNameDoesNotBypassRepoPolicy(t *testing.T) {
 }
 
 // Issue 10 item 3: the operator's token is lent only to the repository
-// reads clients make; account-level routes and Xet tokens are refused
-// before any upstream request.
+// reads clients make; account-level routes and Xet write tokens are
+// refused before any upstream request. A Xet read token is the gateway's
+// own (issue 14), never an upstream one.
 func TestOnlyAllowListedAPIRoutesAreForwarded(t *testing.T) {
 	f := newSecurityFixture(t, nil)
 	for _, tt := range []struct {
@@ -266,7 +268,6 @@ func TestOnlyAllowListedAPIRoutesAreForwarded(t *testing.T) {
 		{"/api/models?author=org", http.StatusForbidden, "account"},
 		{"/api/settings/webhooks", http.StatusForbidden, "account"},
 		{"/api/organizations/org/members", http.StatusForbidden, "account"},
-		{"/api/models/org/public/xet-read-token/main", http.StatusForbidden, "Xet"},
 		{"/api/models/org/public/xet-write-token/main", http.StatusForbidden, "Xet"},
 		{"/api/models/org/public/discussions", http.StatusForbidden, "account"},
 	} {
@@ -276,6 +277,27 @@ func TestOnlyAllowListedAPIRoutesAreForwarded(t *testing.T) {
 		assert.Contains(t, string(body), tt.message, tt.path)
 		assert.Equal(t, before, len(f.hub.Requests()), "refused before any upstream request: %s", tt.path)
 	}
+	// xet-read-token: the gateway's own token, with the gateway as casUrl,
+	// issued without any upstream request; never an upstream Xet token.
+	before := len(f.hub.Requests())
+	resp, body := f.g.mustDo(t, http.MethodGet, "/api/models/org/public/xet-read-token/main", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	var tok struct {
+		AccessToken string `json:"accessToken"`
+		CasURL      string `json:"casUrl"`
+		Exp         int64  `json:"exp"`
+	}
+	require.NoError(t, json.Unmarshal(body, &tok))
+	assert.True(t, strings.HasPrefix(tok.AccessToken, "mgx1."), "a gateway-issued token")
+	assert.Equal(t, f.g.URL+"/xet/cas", tok.CasURL)
+	assert.Equal(t, tok.AccessToken, resp.Header.Get("X-Xet-Access-Token"))
+	assert.Equal(t, tok.CasURL, resp.Header.Get("X-Xet-Cas-Url"))
+	assert.Equal(t, before, len(f.hub.Requests()), "issued by the gateway alone")
+	assert.Empty(t, f.hub.XetTokens(), "no upstream Xet token was even asked for")
+	for _, secret := range append(f.hub.XetTokens(), operatorToken) {
+		assert.NotContains(t, string(body), secret)
+	}
+
 	// Through the proxy too.
 	kf := &keyFixture{civitaiFixture: f.civitaiFixture}
 	resp, err := kf.proxyClientWithKey(t, "").Get("https://" + hubHost + "/api/whoami-v2")

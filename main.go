@@ -44,10 +44,12 @@ import (
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
-	"github.com/modelgate/modelgate/site"
+	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/s3tier"
+	"github.com/modelgate/modelgate/site"
 	"github.com/modelgate/modelgate/upstream"
 	"github.com/modelgate/modelgate/visionatrix"
+	"github.com/modelgate/modelgate/xet"
 )
 
 // defaultConfig is config.yaml as committed: used when -config is not
@@ -644,6 +646,35 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	}
 	var currentKeys atomic.Pointer[clientauth.Keys]
 	currentKeys.Store(keys)
+	var own []proxy.Endpoint
+	if cfg.HuggingFace.Xet != hfhub.XetHide && !cfg.Offline {
+		// Xet: the gateway's own tokens and CAS; the upstream side asks
+		// the Hub's token route with the operator's credential (through
+		// the injector) and the CAS with the operator's Xet token.
+		svc, err := xet.New(xet.Options{
+			Hub:      hfURL,
+			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}},
+			HubToken: func() string { return "" }, // attached by the injector, never held here
+			Dir:      filepath.Join(cfg.DataDir, "xet"),
+			KeyKnown: func(name string) bool { return currentKeys.Load().Known(name) },
+			HasFile:  mirror.HasXetFile,
+			Logger:   log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		mirror.Xet = svc
+		mirror.XetPolicy = hfhub.XetPolicy{Mode: cfg.HuggingFace.Xet, MinSize: int64(cfg.HuggingFace.XetMinSize)}
+		// Before the worker key check, like the probes: the reconstruction
+		// route authenticates with the gateway's Xet token (bound to a key
+		// name, refused once that key is revoked) and the xorb route with
+		// the gateway's URL signature; clients send neither a worker key.
+		own = append(own, proxy.Endpoint{Path: xet.CASPrefix + "/", Access: proxy.AccessClients,
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reqinfo.Set(r.Context(), "xet", "")
+				svc.ServeCAS(w, r, strings.TrimPrefix(r.URL.Path, xet.CASPrefix), requestBase(r))
+			})})
+	}
 	var keyed []proxy.Endpoint
 	if vix != nil {
 		// After the worker key, like a site: under require_key the
@@ -720,6 +751,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		},
 		RequireTLSForKeys: cfg.Clients.RequireTLSForKeys,
 		KeyedEndpoints:    keyed,
+		Endpoints:         own,
 		Admin:             adminSrv,
 		AdminAllow:        cfg.Admin.Allow,
 		OnRequest:         adminSrv.ObserveRequest,
@@ -756,6 +788,31 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	return &gateway{handler: handler, listen: gw.Listener, close: closeAll, setSecrets: setSecrets,
 		drain: func() { draining.Store(true) }, shutdown: gw.Shutdown, tls: tlsConf,
 		setReload: func(f func() error) { reloadFn.Store(&f) }}, nil
+}
+
+// xetUpstream is the Xet service's way out: requests to the Hub (its
+// xet-read-token route) through the injector, which attaches the
+// operator's credential; anything else (the CAS, xorb URLs) as is, with the
+// operator's Xet token the service set, and never a Hub credential.
+type xetUpstream struct {
+	hub     *authinject.Injector
+	hubHost string
+	rest    http.RoundTripper
+}
+
+func (x *xetUpstream) RoundTrip(r *http.Request) (*http.Response, error) {
+	if authinject.CanonicalHost(r.URL) == x.hubHost {
+		return x.hub.Do(r, authinject.FollowSameHost)
+	}
+	return x.rest.RoundTrip(r)
+}
+
+// requestBase is the scheme://host a client reached the gateway at.
+func requestBase(r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
 }
 
 // keySpecs hands the configured worker keys to clientauth.

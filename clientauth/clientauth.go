@@ -144,6 +144,18 @@ func (ks *Keys) LookupFingerprint(h Fingerprint) (*Key, bool) {
 	return found, found != nil
 }
 
+// Known reports whether a key named name is in the set: what a credential
+// the gateway issued for that key's holder (a Xet token) is checked
+// against, so that revoking the key revokes it too.
+func (ks *Keys) Known(name string) bool {
+	for i := range ks.keys {
+		if ks.keys[i].Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Generate returns a new random worker key and its sha256 (hex).
 func Generate() (key, sha string, err error) {
 	var b [24]byte

@@ -48,6 +48,8 @@ func TestGeneratedKeysAreFoundByTheirHashOnly(t *testing.T) {
 	assert.True(t, k.Allows(ScopeCivitAI), "no scopes: every scope")
 	_, ok = ks.Lookup(Prefix + "unknown")
 	assert.False(t, ok)
+	assert.True(t, ks.Known("two"))
+	assert.False(t, ks.Known("three"), "by name: what a Xet token issued for a key is checked against")
 
 	_, err = Load([]Spec{{Name: "bad", KeyFile: "/missing"}}, func(string) ([]byte, error) { return nil, errors.New("nope") })
 	assert.Error(t, err)

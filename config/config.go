@@ -241,6 +241,14 @@ type HuggingFaceConfig struct {
 	// whitespace is ignored). It cannot be combined with Token. Load reads
 	// the file into Token and clears TokenFile. Default empty.
 	TokenFile string `yaml:"token_file"`
+	// Xet says when the gateway serves Xet to its workers (mirror mode):
+	// "hide" never (every Xet hint is stripped: clients download plain
+	// HTTP), "serve" for every Xet-backed file, "auto" for Xet-backed
+	// files of at least XetMinSize. Default "auto".
+	Xet string `yaml:"xet"`
+	// XetMinSize is the size from which "auto" serves Xet. Default 50GB,
+	// the largest plain-HTTP download huggingface_hub 1.x accepts.
+	XetMinSize ByteSize `yaml:"xet_min_size"`
 }
 
 // CivitAIConfig configures the CivitAI upstream.
@@ -458,8 +466,10 @@ func Default() Config {
 			OrphanFillTimeout: Duration{10 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
-			Endpoint: "https://huggingface.co",
-			Repos:    RepoFilter{Allow: []string{}, Deny: []string{}},
+			Endpoint:   "https://huggingface.co",
+			Repos:      RepoFilter{Allow: []string{}, Deny: []string{}},
+			Xet:        "auto",
+			XetMinSize: 50e9,
 		},
 		CivitAI: CivitAIConfig{
 			Endpoint:    "https://civitai.com",
@@ -605,6 +615,12 @@ func (c *Config) Validate() error {
 	}
 	if !printable(c.HuggingFace.Token) {
 		fail("huggingface.token", "must not contain whitespace or control characters")
+	}
+	if !slices.Contains([]string{"auto", "serve", "hide"}, c.HuggingFace.Xet) {
+		fail("huggingface.xet", `must be "auto", "serve" or "hide", got %q`, c.HuggingFace.Xet)
+	}
+	if c.HuggingFace.XetMinSize < 0 {
+		fail("huggingface.xet_min_size", "must not be negative")
 	}
 	if msg := checkURL(c.CivitAI.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
 		fail("civitai.endpoint", "%s", msg)

@@ -48,6 +48,8 @@ func TestDefault(t *testing.T) {
 	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint)
 	assert.Empty(t, c.HuggingFace.Token)
 	assert.Empty(t, c.HuggingFace.TokenFile)
+	assert.Equal(t, "auto", c.HuggingFace.Xet)
+	assert.Equal(t, ByteSize(50e9), c.HuggingFace.XetMinSize)
 	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint)
 	assert.Empty(t, c.CivitAI.APIKey)
 	assert.Empty(t, c.Upstream.CAFile)
@@ -101,7 +103,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 73)
+	assert.Len(t, seen, 75)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -323,6 +325,8 @@ func TestInvalidValues(t *testing.T) {
 		{"negative ttl", "cache:\n  revision_ttl: -1s\n", nil, []string{"cache.revision_ttl: must be >= 0"}},
 		{"zero timeout", "upstream:\n  timeout: 0s\n", nil, []string{"upstream.timeout: must be > 0"}},
 		{"bad size", "cache:\n  max_size: lots\n", nil, []string{`cache.max_size: invalid size "lots"`}},
+		{"bad xet mode", "huggingface:\n  xet: always\n", nil, []string{`huggingface.xet: must be "auto", "serve" or "hide", got "always"`}},
+		{"bad xet size", "", map[string]string{"MODELGATE_HUGGINGFACE_XET_MIN_SIZE": "-1"}, []string{"huggingface.xet_min_size"}},
 		{"bad size unit", "cache:\n  max_size: 5XB\n", nil, []string{`cache.max_size: invalid size "5XB": unknown unit "XB"`}},
 		{"bad size env", "", map[string]string{"MODELGATE_CACHE_MAX_SIZE": "1.5.5GiB"},
 			[]string{"MODELGATE_CACHE_MAX_SIZE", "cache.max_size: invalid size"}},

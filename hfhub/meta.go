@@ -17,6 +17,7 @@ const (
 	HeaderRepoCommit   = "X-Repo-Commit"
 	HeaderLinkedEtag   = "X-Linked-Etag"
 	HeaderLinkedSize   = "X-Linked-Size"
+	HeaderXetHash      = "X-Xet-Hash"
 	HeaderErrorCode    = "X-Error-Code"
 	HeaderErrorMessage = "X-Error-Message"
 )
@@ -27,6 +28,9 @@ type FileMeta struct {
 	Commit string
 	Digest cache.Digest
 	Size   int64
+	// XetHash is the file's Xet hash when the Hub stores it in Xet ("":
+	// not Xet-backed, or learned before the gateway kept it).
+	XetHash string
 }
 
 // storedMeta is FileMeta as kept in the index.
@@ -34,6 +38,7 @@ type storedMeta struct {
 	Commit string `json:"commit"`
 	Digest string `json:"digest"`
 	Size   int64  `json:"size"`
+	Xet    string `json:"xet,omitempty"`
 }
 
 // ErrNotContentAddressed is returned when an answer's ETag is neither a
@@ -78,7 +83,11 @@ func ParseFileMeta(h http.Header, status int) (FileMeta, error) {
 	if err != nil || size < 0 {
 		return FileMeta{}, fmt.Errorf("upstream answer has no valid file size")
 	}
-	return FileMeta{Commit: commit, Digest: d, Size: size}, nil
+	xh := h.Get(HeaderXetHash)
+	if !sha256Re.MatchString(xh) {
+		xh = "" // not a Xet hash the gateway could serve
+	}
+	return FileMeta{Commit: commit, Digest: d, Size: size, XetHash: xh}, nil
 }
 
 // ETag is the quoted content id, as the Hub sends it.
@@ -86,7 +95,7 @@ func (m FileMeta) ETag() string { return `"` + m.Digest.Hex + `"` }
 
 // MarshalMeta encodes m for the index.
 func MarshalMeta(m FileMeta) []byte {
-	b, _ := json.Marshal(storedMeta{Commit: m.Commit, Digest: m.Digest.String(), Size: m.Size})
+	b, _ := json.Marshal(storedMeta{Commit: m.Commit, Digest: m.Digest.String(), Size: m.Size, Xet: m.XetHash})
 	return b
 }
 
@@ -100,7 +109,10 @@ func UnmarshalMeta(b []byte) (FileMeta, error) {
 	if err != nil {
 		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
 	}
-	return FileMeta{Commit: sm.Commit, Digest: d, Size: sm.Size}, nil
+	if !sha256Re.MatchString(sm.Xet) {
+		sm.Xet = ""
+	}
+	return FileMeta{Commit: sm.Commit, Digest: d, Size: sm.Size, XetHash: sm.Xet}, nil
 }
 
 // Index keys. Repo ids, revisions and paths are validated before they get
@@ -111,7 +123,15 @@ const (
 	keyLastRev = "hf/rev-last\x00"
 	keyAPI     = "hf/api\x00"
 	keySeen    = "hf/seen\x00"
+	keyXet     = "hf/xet\x00"
 )
+
+// XetFileKey is the index key recording that the gateway saw repo hold
+// the Xet file xetHash at commit (a resolve answer named it): what a
+// gateway Xet token for that repo and commit may reconstruct.
+func XetFileKey(xetHash string, repo Repo, commit string) string {
+	return keyXet + xetHash + "\x00" + string(repo.Type) + "\x00" + repo.ID + "\x00" + commit
+}
 
 // SeenKey is the index key recording that the gateway saw repo hold a
 // file with content d (a resolve answer named it); scoped by principal,

@@ -62,6 +62,9 @@ const (
 	// GET /api/{type}s/{repo}/refs and /api/{type}s/{repo}/commits/{rev}.
 	// Forwarded, never cached.
 	RepoAPI
+	// XetReadToken is GET /api/{type}s/{repo}/xet-read-token/{rev}: a Xet
+	// read token, which the gateway issues itself when it serves Xet.
+	XetReadToken
 	// OtherAPI is any other /api/ route (account-level calls, listings,
 	// Xet tokens, writes): never forwarded with the operator's token.
 	OtherAPI
@@ -86,6 +89,8 @@ func (k Kind) Name() string {
 		return "api_tree"
 	case PathsInfo:
 		return "api_paths_info"
+	case XetReadToken:
+		return "api_xet_token"
 	}
 	return "api_other"
 }
@@ -219,6 +224,8 @@ func parseAPI(method string, segs []string) (Route, error) {
 			kind = Tree
 		case rest[n] == "paths-info" && method == http.MethodPost && len(rest) == n+2:
 			kind = PathsInfo
+		case rest[n] == "xet-read-token" && get && len(rest) == n+2:
+			kind = XetReadToken
 		default:
 			continue
 		}

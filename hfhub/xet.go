@@ -89,13 +89,21 @@ func FilterAccept(accept string) string {
 // names a Xet hash) downloads through the gateway. Anything that is not a
 // JSON array of objects is returned unchanged.
 func StripXetFromEntries(body []byte) []byte {
+	return FilterXetEntries(body, func(int64) bool { return false })
+}
+
+// FilterXetEntries removes "xetHash" from the entries of a tree or
+// paths-info JSON array whose size keep refuses (the Xet files the gateway
+// does not serve over Xet). Anything that is not a JSON array of objects is
+// returned unchanged.
+func FilterXetEntries(body []byte, keep func(size int64) bool) []byte {
 	var entries []map[string]json.RawMessage
 	if err := json.Unmarshal(body, &entries); err != nil {
 		return body
 	}
 	changed := false
 	for _, e := range entries {
-		if _, ok := e["xetHash"]; ok {
+		if _, ok := e["xetHash"]; ok && !keep(entrySize(e)) {
 			delete(e, "xetHash")
 			changed = true
 		}
@@ -110,6 +118,71 @@ func StripXetFromEntries(body []byte) []byte {
 		return body
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+
+// entrySize is a tree entry's file size (lfs.size, else size; -1 if none).
+func entrySize(e map[string]json.RawMessage) int64 {
+	var lfs struct {
+		Size *int64 `json:"size"`
+	}
+	if json.Unmarshal(e["lfs"], &lfs) == nil && lfs.Size != nil {
+		return *lfs.Size
+	}
+	var size int64
+	if json.Unmarshal(e["size"], &size) == nil {
+		return size
+	}
+	return -1
+}
+
+// Xet modes (huggingface.xet).
+const (
+	XetAuto  = "auto"
+	XetServe = "serve"
+	XetHide  = "hide"
+)
+
+// XetPolicy decides which Xet-backed files the gateway serves over Xet:
+// none (hide), all (serve), or those of at least MinSize (auto), below
+// which plain HTTP through the gateway works for every client.
+type XetPolicy struct {
+	Mode    string
+	MinSize int64
+}
+
+// Serves reports whether a Xet-backed file of size bytes is served over Xet.
+func (p XetPolicy) Serves(size int64) bool {
+	switch p.Mode {
+	case XetServe:
+		return true
+	case XetAuto:
+		return size >= 0 && size >= p.MinSize
+	}
+	return false
+}
+
+// Any reports whether the policy may serve any file over Xet.
+func (p XetPolicy) Any() bool { return p.Mode == XetServe || p.Mode == XetAuto }
+
+// SetXetHeaders adds the Xet hints of a resolve answer the gateway serves
+// over Xet: X-Xet-Hash and a Link whose xet-auth (the token route) and
+// xet-reconstruction-info URLs both name the gateway (base), so no client
+// is ever pointed at the upstream CAS or handed an upstream token.
+func SetXetHeaders(h http.Header, base string, repo Repo, commit, xetHash, casPrefix string) {
+	h.Set(HeaderXetHash, xetHash)
+	h.Add("Link", "<"+base+"/api/"+repo.APIType()+"/"+repo.ID+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
+		base+casPrefix+"/v1/reconstructions/"+xetHash+`>; rel="xet-reconstruction-info"`)
+}
+
+// AcceptsXetFileInfo reports whether an Accept header asks for the Xet
+// file-info media type (huggingface.js's Xet discovery).
+func AcceptsXetFileInfo(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		if strings.EqualFold(strings.TrimSpace(strings.SplitN(part, ";", 2)[0]), XetFileInfoType) {
+			return true
+		}
+	}
+	return false
 }
 
 // RewriteNextLink points the rel="next" URL of a paginated answer at the

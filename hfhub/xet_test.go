@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -255,4 +256,49 @@ func TestRewriteNextLink_MatchesAnUpstreamWithAnExplicitPort(t *testing.T) {
 	h := hdr("Link", `<http://127.0.0.1:34567/api/models?cursor=x>; rel="next"`)
 	RewriteNextLink(h, upstream, "https://gw.example")
 	assert.Equal(t, `<https://gw.example/api/models?cursor=x>; rel="next"`, h.Get("Link"))
+}
+
+func TestXetPolicyServes(t *testing.T) {
+	for _, tt := range []struct {
+		mode string
+		size int64
+		want bool
+	}{
+		{XetHide, 100 << 30, false},
+		{XetServe, 1, true},
+		{XetAuto, 50e9 - 1, false},
+		{XetAuto, 50e9, true},
+		{XetAuto, -1, false}, // size unknown: not served
+	} {
+		p := XetPolicy{Mode: tt.mode, MinSize: 50e9}
+		assert.Equal(t, tt.want, p.Serves(tt.size), "%s %d", tt.mode, tt.size)
+	}
+	assert.False(t, XetPolicy{Mode: XetHide}.Any())
+	assert.True(t, XetPolicy{Mode: XetAuto}.Any())
+}
+
+func TestFilterXetEntriesKeepsServedSizes(t *testing.T) {
+	body := []byte(`[{"type":"file","path":"small","size":10,"xetHash":"aa","lfs":{"oid":"x","size":10}},` +
+		`{"type":"file","path":"big","size":500,"xetHash":"bb","lfs":{"oid":"y","size":500}},` +
+		`{"type":"file","path":"plain","size":3}]`)
+	out := string(FilterXetEntries(body, func(size int64) bool { return size >= 100 }))
+	assert.NotContains(t, out, `"aa"`, "below the size: stripped")
+	assert.Contains(t, out, `"xetHash":"bb"`, "at or above: kept")
+	assert.Equal(t, string(body), string(FilterXetEntries(body, func(int64) bool { return true })), "nothing to strip: unchanged")
+}
+
+func TestFileMetaKeepsXetHash(t *testing.T) {
+	xh := strings.Repeat("ab", 32)
+	h := http.Header{HeaderRepoCommit: {strings.Repeat("1", 40)}, HeaderLinkedEtag: {`"` + strings.Repeat("c", 64) + `"`},
+		HeaderLinkedSize: {"5"}, HeaderXetHash: {xh}}
+	m, err := ParseFileMeta(h, http.StatusFound)
+	require.NoError(t, err)
+	assert.Equal(t, xh, m.XetHash)
+	back, err := UnmarshalMeta(MarshalMeta(m))
+	require.NoError(t, err)
+	assert.Equal(t, m, back)
+	h.Set(HeaderXetHash, "not-a-hash")
+	m, err = ParseFileMeta(h, http.StatusFound)
+	require.NoError(t, err)
+	assert.Empty(t, m.XetHash)
 }

@@ -159,7 +159,7 @@ func decodeAPIAnswer(b []byte) (apiAnswer, bool) {
 
 // fetchAPI asks upstream (origin.Answers makes it one call for identical
 // concurrent requests, detached from each) and returns the buffered
-// answer, with Xet hints removed.
+// answer, whole: writeAPIAnswer filters its Xet hints by today's policy.
 func (m *Mirror) fetchAPI(ctx context.Context, r *http.Request, route hfhub.Route, query string, reqBody []byte) (apiAnswer, error) {
 	var body io.Reader
 	if r.Method == http.MethodPost {
@@ -184,9 +184,6 @@ func (m *Mirror) fetchAPI(ctx context.Context, r *http.Request, route hfhub.Rout
 	if len(data) > maxCachedAPIBody {
 		return apiAnswer{}, origin.BadAnswer(fmt.Errorf("API answer larger than %d bytes", maxCachedAPIBody))
 	}
-	if resp.StatusCode == http.StatusOK && (route.Kind == hfhub.Tree || route.Kind == hfhub.PathsInfo) {
-		data = hfhub.StripXetFromEntries(data)
-	}
 	a := apiAnswer{Status: resp.StatusCode, Header: http.Header{}, Body: data}
 	if final, onHub := m.hubRoute(resp.Request.Method, resp.Request.URL); onHub && final.err == nil && final.Kind == route.Kind {
 		a.finalPath = strings.TrimPrefix(resp.Request.URL.EscapedPath(), strings.TrimSuffix(m.Endpoint.EscapedPath(), "/"))
@@ -209,12 +206,15 @@ func (m *Mirror) writeAPIAnswer(w http.ResponseWriter, r *http.Request, a apiAns
 		h.Set("Location", loc)
 	}
 	hfhub.RewriteNextLink(h, m.Endpoint, gatewayBase(r))
-	h.Set("Content-Length", itoa(int64(len(a.Body))))
+	// Kept whole in the index; which xetHash a worker sees follows the
+	// Xet policy of today, not of when the answer was fetched.
+	body := m.filterXetEntries(r, a.Body)
+	h.Set("Content-Length", itoa(int64(len(body))))
 	w.WriteHeader(a.Status)
 	if r.Method == http.MethodHead {
 		return
 	}
-	n, _ := w.Write(a.Body)
+	n, _ := w.Write(body)
 	m.countUpstreamBytes(int64(n))
 }
 

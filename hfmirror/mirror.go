@@ -6,8 +6,9 @@
 // answers 200/206 itself from the blob cache — never with a redirect to a
 // CDN — so the bytes cross the internet once. API routes are forwarded
 // with the token; their answers are cached when they are about a commit
-// (forever) or a branch (for revision_ttl). Xet hints are removed
-// everywhere so stock clients download plain HTTP from the gateway.
+// (forever) or a branch (for revision_ttl). Xet hints are removed, so stock
+// clients download plain HTTP from the gateway, except for the files the
+// Xet policy serves over Xet from the gateway itself (xet.go).
 package hfmirror
 
 import (
@@ -72,6 +73,10 @@ type Options struct {
 	RepoAllow, RepoDeny []string
 	// Retry bounds the retries of metadata calls (zero: origin.DefaultRetry).
 	Retry origin.Retry
+	// Xet, when set, serves Xet for the files XetPolicy picks; nil hides
+	// every Xet hint (huggingface.xet: hide).
+	Xet       XetService
+	XetPolicy hfhub.XetPolicy
 }
 
 // Mirror is the http.Handler for Hub routes.
@@ -135,6 +140,8 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch route.Kind {
 	case hfhub.Resolve:
 		m.serveResolve(w, r, route)
+	case hfhub.XetReadToken:
+		m.serveXetToken(w, r, route)
 	case hfhub.RepoInfo, hfhub.Tree, hfhub.PathsInfo:
 		m.serveCachedAPI(w, r, route)
 	default:

@@ -47,6 +47,9 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 	h.Set(hfhub.HeaderLinkedEtag, meta.ETag())
 	h.Set(hfhub.HeaderLinkedSize, strconv.FormatInt(meta.Size, 10))
 	h.Set("Content-Disposition", contentDisposition(path.Base(route.Path)))
+	if m.xetResolve(w, r, route, meta) {
+		return
+	}
 
 	get := func() (*cache.Blob, cache.Result, error) {
 		// The fill is counted against this client's cap.
@@ -152,6 +155,13 @@ func (m *Mirror) headMeta(ctx context.Context, r *http.Request, route hfhub.Rout
 		// path): callers of this principal that may read this repo.
 		if err := m.Index.Set(p.Key(hfhub.SeenKey(meta.Digest, repo)), []byte{1}, 0); err != nil {
 			m.Logger.Warn("caching file metadata", "err", err)
+		}
+		if meta.XetHash != "" {
+			// What a gateway Xet token for this repo and commit may open
+			// (the size: whether the Xet policy serves it).
+			if err := m.Index.Set(p.Key(hfhub.XetFileKey(meta.XetHash, repo, meta.Commit)), []byte(strconv.FormatInt(meta.Size, 10)), 0); err != nil {
+				m.Logger.Warn("caching file metadata", "err", err)
+			}
 		}
 		if route.Revision != meta.Commit {
 			if m.RevisionTTL > 0 {

@@ -117,7 +117,7 @@ func validHash(h string) bool {
 func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, version, fileHash, base string) {
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	c, err := s.signer.Check(tok, time.Now())
-	if err == nil && c.Principal != "" && (s.opts.KeyKnown == nil || !s.opts.KeyKnown(c.Principal)) {
+	if err == nil && s.keyRevoked(c.Principal) {
 		err = errors.New("the worker key of this Xet token was revoked")
 	}
 	if err != nil {
@@ -157,10 +157,10 @@ func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, ve
 			continue
 		}
 		for _, f := range fetches {
-			u := s.xorbURL(base, xorb, fileHash, f.Ranges, exp)
+			u := s.xorbURL(base, xorb, fileHash, c.Principal, f.Ranges, exp)
 			v2[xorb] = append(v2[xorb], wireV2Fetch{URL: u, Ranges: f.Ranges})
 			for _, rg := range f.Ranges {
-				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(base, xorb, fileHash, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
+				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(base, xorb, fileHash, c.Principal, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
 			}
 		}
 	}
@@ -212,10 +212,24 @@ func rangesParam(rs []wireV2Range) string {
 	return strings.Join(parts, ",")
 }
 
-func (s *Service) xorbURL(base, xorb, fileHash string, rs []wireV2Range, exp string) string {
+// xorbURL is a gateway xorb URL for rs of xorb, signed for the file and
+// the worker key name (principal) the reconstruction was asked with: a
+// revoked key's URLs stop working at once, not when they expire.
+func (s *Service) xorbURL(base, xorb, fileHash, principal string, rs []wireV2Range, exp string) string {
 	rp := rangesParam(rs)
-	sig := s.signer.SignURL(xorb + "\n" + fileHash + "\n" + rp + "\n" + exp)
-	return base + CASPrefix + "/xorbs/" + xorb + "?f=" + fileHash + "&r=" + url.QueryEscape(rp) + "&exp=" + exp + "&sig=" + sig
+	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, principal, rp, exp))
+	return base + CASPrefix + "/xorbs/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(principal) +
+		"&r=" + url.QueryEscape(rp) + "&exp=" + exp + "&sig=" + sig
+}
+
+func xorbURLMessage(xorb, fileHash, principal, rp, exp string) string {
+	return xorb + "\n" + fileHash + "\n" + principal + "\n" + rp + "\n" + exp
+}
+
+// keyRevoked reports whether principal names a worker key that is no
+// longer configured.
+func (s *Service) keyRevoked(principal string) bool {
+	return principal != "" && (s.opts.KeyKnown == nil || !s.opts.KeyKnown(principal))
 }
 
 // reconstruction returns the file's reconstruction, from memory unless
@@ -240,10 +254,16 @@ func (s *Service) reconstruction(ctx context.Context, c Claims, fileHash string,
 
 func (s *Service) serveXorb(w http.ResponseWriter, r *http.Request, xorb string) {
 	q := r.URL.Query()
-	fileHash, rp, exp, sig := q.Get("f"), q.Get("r"), q.Get("exp"), q.Get("sig")
+	fileHash, principal, rp, exp, sig := q.Get("f"), q.Get("p"), q.Get("r"), q.Get("exp"), q.Get("sig")
 	e, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorb+"\n"+fileHash+"\n"+rp+"\n"+exp, sig) {
+	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorbURLMessage(xorb, fileHash, principal, rp, exp), sig) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "invalid or expired xorb URL"})
+		return
+	}
+	if s.keyRevoked(principal) {
+		// 401, not 403: a 403 makes clients ask the reconstruction again,
+		// which is refused the same way.
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the worker key of this xorb URL was revoked"})
 		return
 	}
 	if strings.ReplaceAll(r.Header.Get("Range"), " ", "") != "bytes="+rp {
@@ -315,13 +335,46 @@ func (s *Service) ranges(ctx context.Context, xorb, fileHash, rp string, rs []by
 func (s *Service) stored(xorb string, rs []byteRange) ([][]byte, bool) {
 	var parts [][]byte
 	for _, r := range rs {
-		b, err := os.ReadFile(s.rangePath(xorb, r))
-		if err != nil || int64(len(b)) != r.end-r.start+1 {
+		b, _, err := s.readRange(xorb, r)
+		if err != nil {
 			return nil, false
 		}
 		parts = append(parts, b)
 	}
 	return parts, true
+}
+
+// readRange returns r of xorb from the store and the file it came from:
+// the range stored as such, or a slice of a stored range that covers it.
+// Xorb byte offsets are absolute and xorbs immutable, so another file's
+// wider range of a shared xorb (a base model's, for its fine-tune) serves
+// a narrower one without an upstream fetch.
+func (s *Service) readRange(xorb string, r byteRange) ([]byte, string, error) {
+	want := r.end - r.start + 1
+	p := s.rangePath(xorb, r)
+	if b, err := os.ReadFile(p); err == nil && int64(len(b)) == want {
+		return b, p, nil
+	}
+	dir := filepath.Dir(p)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, e := range ents {
+		a, b, ok := strings.Cut(e.Name(), "-")
+		st, err1 := strconv.ParseInt(a, 10, 64)
+		en, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil || st > r.start || en < r.end {
+			continue
+		}
+		cp := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(cp)
+		if err != nil || int64(len(data)) != en-st+1 {
+			continue
+		}
+		return data[r.start-st : r.end-st+1], cp, nil
+	}
+	return nil, "", os.ErrNotExist
 }
 
 // fetch gets rs of xorb upstream with the signed URL of the file's
@@ -455,8 +508,7 @@ func (s *Service) verify(fileHash string) {
 	for xorb, fetches := range rec.fetches {
 		for _, f := range fetches {
 			for _, rg := range f.Ranges {
-				p := s.rangePath(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
-				b, err := os.ReadFile(p)
+				b, p, err := s.readRange(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
 				if err != nil {
 					return // not all there yet
 				}

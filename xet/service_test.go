@@ -190,3 +190,20 @@ func TestXetNoUpstreamTokenReachesWorker(t *testing.T) {
 }
 
 func tlsConfig(h *fakehub.Hub) *tls.Config { return &tls.Config{RootCAs: h.CertPool()} }
+
+func TestXetRevokedKeyStopsXorbFetchesMidDownload(t *testing.T) {
+	g := newGW(t)
+	c := g.client("w1")
+	c.BeforeFetch = func(done int) {
+		if done == 1 {
+			g.mu.Lock()
+			g.revoked["w1"] = true // after the reconstruction and one xorb fetch
+			g.mu.Unlock()
+		}
+	}
+	_, err := g.download(t, c, "org/base", g.bHash)
+	var se *xetclient.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusUnauthorized, se.Status, "the xorb URLs handed to a revoked key stop working")
+	assert.Equal(t, 2, c.Requests, "stopped at the first xorb fetch after the revocation")
+}

@@ -1,0 +1,126 @@
+package hfmirror
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/clientauth"
+	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/reqinfo"
+)
+
+// XetService is the gateway's Xet data plane (xet.Service implements it):
+// it issues the gateway's own Xet tokens and answers the CAS routes under
+// XetCASPrefix.
+type XetService interface {
+	ServeToken(w http.ResponseWriter, typ, repo, rev, principal, base string)
+}
+
+// XetCASPrefix is where the gateway's CAS routes live (xet.CASPrefix).
+const XetCASPrefix = "/xet/cas"
+
+// servesXet reports whether a Xet-backed file of size bytes is served over
+// Xet to this request: see xetRequest, then the policy's size rule.
+func (m *Mirror) servesXet(ctx context.Context, size int64) bool {
+	return m.xetRequest(ctx) && m.XetPolicy.Serves(size)
+}
+
+// xetRequest reports whether this request may be served Xet at all. Only
+// in mirror mode: in proxy mode the links would name the Hub's own host,
+// whose CAS routes the gateway does not answer there yet. Only under the
+// gateway's own identity: its Xet service reads with the operator's
+// credential, so a worker using its own (or none) keeps downloading over
+// plain HTTP, as the upstream lets it.
+func (m *Mirror) xetRequest(ctx context.Context) bool {
+	p := authinject.PrincipalFrom(ctx)
+	return m.Xet != nil && m.XetPolicy.Any() && reqinfo.From(ctx).Mode == "mirror" &&
+		p.Mode == authinject.ModeGateway && p.Scope == ""
+}
+
+// xetResolve adds the Xet hints to a resolve answer when the file is served
+// over Xet, pointing both links at the gateway. For huggingface.js's
+// discovery request (Accept: application/vnd.xet-fileinfo+json) it answers
+// the file info itself and reports true: the answer is complete.
+func (m *Mirror) xetResolve(w http.ResponseWriter, r *http.Request, route hfhub.Route, meta hfhub.FileMeta) bool {
+	if meta.XetHash == "" || !m.servesXet(r.Context(), meta.Size) {
+		return false
+	}
+	base := gatewayBase(r)
+	hfhub.SetXetHeaders(w.Header(), base, route.Repo, meta.Commit, meta.XetHash, XetCASPrefix)
+	if !hfhub.AcceptsXetFileInfo(r.Header.Get("Accept")) {
+		return false
+	}
+	reqinfo.From(r.Context()).Result = "xet"
+	body, _ := json.Marshal(map[string]any{
+		"hash":              meta.XetHash,
+		"etag":              meta.Digest.Hex,
+		"size":              meta.Size,
+		"refreshUrl":        base + "/api/" + route.Repo.APIType() + "/" + route.Repo.ID + "/xet-read-token/" + meta.Commit,
+		"reconstructionUrl": base + XetCASPrefix + "/v1/reconstructions/" + meta.XetHash,
+	})
+	w.Header().Set("Content-Type", hfhub.XetFileInfoType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("ETag", meta.ETag())
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return true
+}
+
+// serveXetToken answers the xet-read-token route with a gateway-issued
+// token bound to the repo, the revision and the worker's key, whose casUrl
+// is the gateway; never an upstream token. Without Xet served, it is
+// refused as before.
+func (m *Mirror) serveXetToken(w http.ResponseWriter, r *http.Request, route hfhub.Route) {
+	info := reqinfo.From(r.Context())
+	if !m.xetRequest(r.Context()) {
+		info.Result = "forbidden"
+		writeError(w, http.StatusForbidden, "", "the gateway does not hand out Xet tokens: files download over plain HTTP from the gateway")
+		return
+	}
+	var principal string
+	if k := clientauth.FromContext(r.Context()); k != nil {
+		principal = k.Name
+	}
+	info.Result = "xet"
+	m.Xet.ServeToken(w, string(route.Repo.Type), route.Repo.ID, route.Revision, principal, gatewayBase(r))
+}
+
+// HasXetFile reports whether the gateway's own metadata (under its own
+// identity) shows the Xet file xetHash in repo at rev (a commit, or a
+// branch or tag resolved through the index), of a size the Xet policy
+// serves: what a gateway Xet token for that repo and revision may
+// reconstruct.
+func (m *Mirror) HasXetFile(_ context.Context, typ, repo, rev, xetHash string) bool {
+	rp := hfhub.Repo{Type: hfhub.RepoType(typ), ID: repo}
+	commit := rev
+	if !hfhub.IsCommit(commit) {
+		b, err := m.Index.Get(hfhub.RevisionKey(rp, rev))
+		if err != nil {
+			if b, err = m.Index.Get(hfhub.LastRevisionKey(rp, rev)); err != nil {
+				return false
+			}
+		}
+		commit = string(b)
+	}
+	b, err := m.Index.Get(hfhub.XetFileKey(xetHash, rp, commit))
+	if err != nil {
+		return false
+	}
+	size, err := strconv.ParseInt(string(b), 10, 64)
+	return err == nil && m.XetPolicy.Serves(size)
+}
+
+// filterXetEntries keeps xetHash in a tree or paths-info answer only for
+// the files served over Xet to this request.
+func (m *Mirror) filterXetEntries(r *http.Request, body []byte) []byte {
+	route, err := hfhub.ParseRoute(r.Method, r.URL)
+	if err != nil || (route.Kind != hfhub.Tree && route.Kind != hfhub.PathsInfo) {
+		return body
+	}
+	return hfhub.FilterXetEntries(body, func(size int64) bool { return m.servesXet(r.Context(), size) })
+}
