@@ -295,6 +295,12 @@ func TestCivitAIFileWithoutPublishedHashIsKeyedByTheComputedOne(t *testing.T) {
 	assert.Empty(t, resp.Header.Get("ETag"), "no ETag before the hash is known")
 	assert.Equal(t, 1.0, f.g.metric(t, "modelgate_civitai_unverified_downloads_total"))
 
+	// The client has its last byte once the blob verified, a moment before
+	// the publish maps the download to it; a HEAD in between would resolve
+	// the download again. Wait for the fill to end first.
+	require.Eventually(t, func() bool {
+		return f.g.metric(t, `modelgate_fills_total{result="ok"}`) >= 1
+	}, 5*time.Second, 10*time.Millisecond)
 	require.Eventually(t, func() bool {
 		resp, _ := f.g.mustDo(t, http.MethodHead, "/api/download/models/300", nil)
 		return resp.Header.Get("ETag") == `"`+fakehub.SHA256Hex(f.unhashed)+`"`

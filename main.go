@@ -690,6 +690,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	// serve sets how a reload is done (SIGHUP and POST /admin/v1/reload
 	// do the same).
 	var reloadFn atomic.Pointer[func() error]
+	if len(cfg.Admin.Keys) == 0 {
+		// The admin API then trusts every process that reaches it over
+		// loopback: on a host other users share, that is all of them.
+		log.Warn("no admin.keys: the admin API (export, purge, import, reload, prefetch) answers any loopback client without a key; set admin.keys where other users share this host")
+	}
 	adminSrv, err := admin.New(admin.Options{
 		Index:   idx,
 		Store:   store,
@@ -931,7 +936,7 @@ func classifyIndexKey(key []byte) cache.KeyClass {
 	switch {
 	case hfhub.IsLastRevisionKey(k):
 		return cache.Counted
-	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k), visionatrix.IsCopyKey(k):
+	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k), visionatrix.IsCopyKey(k), admin.IsAuditKey(k):
 		return cache.Reclaimable
 	}
 	return cache.Kept

@@ -17,8 +17,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/reqinfo"
 )
@@ -97,6 +99,13 @@ func (e *edge) finish(r *http.Request, rec *recorder, info *reqinfo.Info, d time
 	level := slog.LevelInfo
 	if route == metrics.RouteHealth || route == metrics.RouteMetrics {
 		level = slog.LevelDebug
+	}
+	// A key carried in the path (/visionatrix/key/mgw_…/) is no part of
+	// what was asked for: the log line, the audit and the status page see
+	// the path served.
+	if strings.HasPrefix(r.URL.EscapedPath(), clientauth.PathKeyPrefix) {
+		r = r.Clone(r.Context())
+		clientauth.TakePath(r)
 	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),

@@ -33,8 +33,8 @@ var (
 	// Header-style "Authorization: Bearer xyz" or "Bearer xyz" in text.
 	bearer = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+`)
 	// Credentials that announce themselves by prefix: Hugging Face tokens,
-	// modelgate worker keys and admin keys.
-	prefixed = regexp.MustCompile(`\b(hf_|mgw_|mga_)[A-Za-z0-9_-]{8,}`)
+	// modelgate worker and admin keys, and the Xet tokens it issues.
+	prefixed = regexp.MustCompile(`\b(hf_|mgw_|mga_|mgx1\.)[A-Za-z0-9_.-]{8,}`)
 )
 
 // String masks the secrets inside s.

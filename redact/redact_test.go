@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -42,4 +43,11 @@ func TestHandlerRedactsAttributesMessagesAndErrors(t *testing.T) {
 	}
 	assert.Contains(t, out, "/org/model/resolve/main/config.json")
 	assert.Contains(t, out, "***")
+}
+
+func TestStringMasksTheXetTokensTheGatewayIssues(t *testing.T) {
+	got := String("reconstruction refused for Bearer-less token mgx1.eyJyZXBvIjoib3JnL20ifQ.c2lnbmF0dXJl in a message")
+	if strings.Contains(got, "eyJyZXBv") || strings.Contains(got, "c2lnbmF0dXJl") {
+		t.Fatalf("an mgx1 token survived: %s", got)
+	}
 }

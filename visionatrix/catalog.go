@@ -216,6 +216,10 @@ func (h *Handler) fetch(ctx context.Context, name string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	u := h.opts.CatalogURL.ResolveReference(&url.URL{Path: name})
+	// Anonymous: the catalog host is a third party, and not one of its
+	// redirects (onto the Hub, say) may pick up a credential the gateway
+	// holds for the host it lands on.
+	ctx = authinject.WithPrincipal(ctx, authinject.Principal{Mode: authinject.ModeAnonymous})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
