@@ -9,12 +9,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/reqinfo"
 )
 
 // auditPrefix keys the audit records: "admin/audit\x00<unix ns, 20
 // digits>\x00<seq>", so a scan runs in time order.
-const auditPrefix = "admin/audit\x00"
+const auditPrefix = indexkeys.AdminAudit
 
 // AuditRecord is one file download: who (worker key name, or the client
 // address without one), what, when.

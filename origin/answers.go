@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // LastKnownSuffix marks the index copy of the last good answer for a key,
 // kept for cache.last_known_ttl for when the origin is down.
-const LastKnownSuffix = "\x00last"
+const LastKnownSuffix = indexkeys.LastKnownSuffix
 
 // Index is the persistent metadata map; cache.Index implements it.
 type Index interface {
