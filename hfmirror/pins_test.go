@@ -48,7 +48,7 @@ func TestPinnedDigestsReadsTheIndexOncePerQuery(t *testing.T) {
 	}
 	put(hfhub.FileKey(a, c1, "x"), digestOf(t, 'a'), c1)
 	put(indexkeys.Scoped("w", hfhub.FileKey(a, c2, "y")), digestOf(t, 'b'), c2)
-	put(hfhub.FileKey(b, c1, "x"), digestOf(t, 'c'), c1)                          // b@main is c2: not pinned
+	put(hfhub.FileKey(b, c1, "x"), digestOf(t, 'c'), c1)                        // b@main is c2: not pinned
 	put(indexkeys.Scoped("w", hfhub.FileKey(b, c2, "x")), digestOf(t, 'd'), c2) // b@main
 	put(hfhub.FileKey(other, c1, "x"), digestOf(t, 'e'), c1)
 	require.NoError(t, ix.Set(hfhub.LastRevisionKey(b, "main"), []byte(c2), 0))
