@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -88,4 +89,18 @@ func TestLayering(t *testing.T) {
 			require.Positive(t, checked, "no package of the module checked")
 		})
 	}
+}
+
+// indexkeys owns the index layout for every layer, from cache up: it is a
+// leaf, importing nothing of the module.
+func TestIndexKeysIsALeaf(t *testing.T) {
+	for _, p := range depsOf(t, "./indexkeys") {
+		if p.ImportPath == module+"/indexkeys" {
+			for _, imp := range p.Imports {
+				assert.False(t, own(imp), "indexkeys imports %s", imp)
+			}
+			return
+		}
+	}
+	t.Fatal("indexkeys not listed")
 }
