@@ -69,6 +69,8 @@ func TestLayering(t *testing.T) {
 		{"cache imports no hub and no HTTP", "./cache/...",
 			append([]string{"net/http", "net/http/", module + "/proxy"}, hubs...)},
 		{"the edge imports no site package", "./proxy/...", hubs},
+		{"the Hub's protocol package needs no cache (digest is a leaf)", "./hfhub/...", []string{module + "/cache"}},
+		{"digest is a leaf", "./digest", []string{module + "/"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -631,7 +631,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	// The hash runs over the contiguous prefix as bytes land, once: what
 	// an earlier run left is hashed now, pieces that land out of order
 	// when the prefix reaches them.
-	ph := &prefixHasher{h: f.digest.newHash(f.size), f: f, file: tmp}
+	ph := &prefixHasher{h: f.digest.NewHash(f.size), f: f, file: tmp}
 	if err := ph.advance(); err != nil {
 		return err
 	}

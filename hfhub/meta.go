@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/digest"
 	"github.com/modelgate/modelgate/indexkeys"
 )
 
@@ -27,7 +27,7 @@ const (
 // resolved to, the content id and the size. It is immutable for a commit.
 type FileMeta struct {
 	Commit string
-	Digest cache.Digest
+	Digest digest.Digest
 	Size   int64
 	// XetHash is the file's Xet hash when the Hub stores it in Xet ("":
 	// not Xet-backed, or learned before the gateway kept it).
@@ -62,14 +62,14 @@ func ParseFileMeta(h http.Header, status int) (FileMeta, error) {
 	}
 	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
 	var (
-		d   cache.Digest
+		d   digest.Digest
 		err error
 	)
 	switch len(etag) {
 	case 64:
-		d, err = cache.NewDigest(cache.SHA256, etag)
+		d, err = digest.New(digest.SHA256, etag)
 	case 40:
-		d, err = cache.NewDigest(cache.GitSHA1, etag)
+		d, err = digest.New(digest.GitSHA1, etag)
 	default:
 		err = ErrNotContentAddressed
 	}
@@ -106,7 +106,7 @@ func UnmarshalMeta(b []byte) (FileMeta, error) {
 	if err := json.Unmarshal(b, &sm); err != nil {
 		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
 	}
-	d, err := cache.ParseDigest(sm.Digest)
+	d, err := digest.Parse(sm.Digest)
 	if err != nil {
 		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
 	}
@@ -130,13 +130,13 @@ func XetFileKey(xetHash string, repo Repo, commit string) string {
 // SeenKey is the index key recording that the gateway saw repo hold a
 // file with content d (a resolve answer named it); scoped by principal,
 // it says who may have the blob by its content id alone.
-func SeenKey(d cache.Digest, repo Repo) string {
+func SeenKey(d digest.Digest, repo Repo) string {
 	return indexkeys.HFSeenKey(d.String(), repo.URLPrefix()+repo.ID)
 }
 
 // SeenPrefix starts every SeenKey of d; what follows it is the repo as
 // written in URLs ("org/name", "datasets/org/name").
-func SeenPrefix(d cache.Digest) string { return indexkeys.HFSeenPrefix(d.String()) }
+func SeenPrefix(d digest.Digest) string { return indexkeys.HFSeenPrefix(d.String()) }
 
 // FileKey is the index key of a file at a commit.
 func FileKey(repo Repo, commit, path string) string {
