@@ -82,12 +82,12 @@ func (a *Answers) Get(ctx context.Context, key string, ttl time.Duration, fetch 
 				a.set(store, f.Value, ttl)
 			}
 			// Bounded in age (and, by index maintenance, in total size).
-			a.set(store+LastKnownSuffix, f.Value, a.LastKnownTTL)
+			a.set(indexkeys.LastKnown(store), f.Value, a.LastKnownTTL)
 		}
 		return f.Value, FromOrigin, nil
 	}
 	if IsDown(err) {
-		if b, lerr := a.Index.Get(scoped + LastKnownSuffix); lerr == nil {
+		if b, lerr := a.Index.Get(indexkeys.LastKnown(scoped)); lerr == nil {
 			if a.OnStale != nil {
 				a.OnStale()
 			}
