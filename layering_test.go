@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -68,6 +69,8 @@ func TestLayering(t *testing.T) {
 		{"cache imports no hub and no HTTP", "./cache/...",
 			append([]string{"net/http", "net/http/", module + "/proxy"}, hubs...)},
 		{"the edge imports no site package", "./proxy/...", hubs},
+		{"the Hub's protocol package needs no cache (digest is a leaf)", "./hfhub/...", []string{module + "/cache"}},
+		{"digest is a leaf", "./digest", []string{module + "/"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,4 +91,18 @@ func TestLayering(t *testing.T) {
 			require.Positive(t, checked, "no package of the module checked")
 		})
 	}
+}
+
+// indexkeys owns the index layout for every layer, from cache up: it is a
+// leaf, importing nothing of the module.
+func TestIndexKeysIsALeaf(t *testing.T) {
+	for _, p := range depsOf(t, "./indexkeys") {
+		if p.ImportPath == module+"/indexkeys" {
+			for _, imp := range p.Imports {
+				assert.False(t, own(imp), "indexkeys imports %s", imp)
+			}
+			return
+		}
+	}
+	t.Fatal("indexkeys not listed")
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
@@ -440,8 +441,11 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, idx.Close)
+	if _, err := indexkeys.Upgrade(idx, log); err != nil {
+		return nil, err
+	}
 	idx.StartMaintenance(cache.IndexLimits{
-		Classify:   classifyIndexKey,
+		Classify:   indexkeys.Classify,
 		MaxBytes:   int64(cfg.Cache.IndexMaxSize),
 		MaxCounted: maxLastRevisions,
 	}, indexMaintenanceEvery)
@@ -926,21 +930,6 @@ const (
 	// offline use (~150 bytes each).
 	maxLastRevisions = 100_000
 )
-
-// classifyIndexKey says which index entries maintenance may drop: copies
-// of upstream answers (bounded by cache.index_max_size), and the last
-// commit of each revision (bounded by count); blob records and file
-// metadata stay.
-func classifyIndexKey(key []byte) cache.KeyClass {
-	k := authinject.Unscoped(string(key))
-	switch {
-	case hfhub.IsLastRevisionKey(k):
-		return cache.Counted
-	case hfhub.IsCopyKey(k), civitai.IsCopyKey(k), visionatrix.IsCopyKey(k), admin.IsAuditKey(k):
-		return cache.Reclaimable
-	}
-	return cache.Kept
-}
 
 // caOptions is how the interception CA is created and rotated. With
 // listen_tls on, a new CA may also sign for the gateway's own names.

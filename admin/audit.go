@@ -9,18 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/reqinfo"
 )
 
 // auditPrefix keys the audit records: "admin/audit\x00<unix ns, 20
 // digits>\x00<seq>", so a scan runs in time order.
-const auditPrefix = "admin/audit\x00"
+const auditPrefix = indexkeys.AdminAudit
 
-// IsAuditKey reports whether an index key is an audit record: index
-// maintenance may drop the oldest of them to keep the index within
-// cache.index_max_size (a worker looping over downloads must not grow the
-// index, which counts against max_size, without bound).
-func IsAuditKey(k string) bool { return strings.HasPrefix(k, auditPrefix) }
 
 // AuditRecord is one file download: who (worker key name, or the client
 // address without one), what, when.

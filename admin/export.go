@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // The export format is a tar stream: every blob as
@@ -71,7 +71,7 @@ func (s *Server) exportSet(specs []Spec) ([]exportRecord, []cache.Digest, error)
 					commits[f.commit] = true
 				}
 			}
-			prefix := keyHFLastRev + string(spec.Repo.Type) + "\x00" + spec.Repo.ID + "\x00"
+			prefix := indexkeys.HFLastRevKey(string(spec.Repo.Type), spec.Repo.ID, "")
 			s.scanAll(prefix, func(_, raw string, val []byte) {
 				if commits[string(val)] {
 					recs = append(recs, exportRecord{Key: raw, Value: val})
@@ -232,7 +232,7 @@ func (s *Server) importStream(ctx context.Context, body io.Reader) (ImportResult
 		return res, errors.New("the stream has no " + exportIndexName + ": not a modelgate export")
 	}
 	for _, rec := range recs {
-		key := authinject.Unscoped(rec.Key)
+		key := indexkeys.Unscoped(rec.Key)
 		ttl := time.Duration(0)
 		switch {
 		case strings.HasPrefix(key, keyHFFile):

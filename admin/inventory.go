@@ -7,37 +7,26 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
-// Index key layouts read here. They are written by hfhub (FileKey,
-// LastRevisionKey, RevisionKey, SeenKey) and civitai (downloadKey); the
-// tests build keys with those functions so that a change of layout fails
-// them.
+// Index key layouts read here: indexkeys owns them.
 const (
-	keyHFFile    = "hf/file\x00"
-	keyHFRev     = "hf/rev\x00"
-	keyHFLastRev = "hf/rev-last\x00"
-	keyHFSeen    = "hf/seen\x00"
-	keyCivitAI   = "civitai/download\x00"
-	// keyCivitAIAPI + escaped path + "?" + query: civitai's cached
-	// metadata answers.
-	keyCivitAIAPI = "civitai/api\x00"
-	civitaiLast   = "\x00last"
+	keyHFFile     = indexkeys.HFFile
+	keyHFRev      = indexkeys.HFRev
+	keyHFLastRev  = indexkeys.HFLastRev
+	keyCivitAI    = indexkeys.CivitAIDownload
+	keyCivitAIAPI = indexkeys.CivitAIAPI
+	civitaiLast   = indexkeys.LastKnownSuffix
 )
 
 // scanAll calls fn for every entry under prefix, unscoped and in every
 // principal's scope, with the key unscoped (and the raw key).
 func (s *Server) scanAll(prefix string, fn func(key, raw string, val []byte)) error {
-	if err := s.opts.Index.Scan(prefix, func(k string, v []byte) error { fn(k, k, v); return nil }); err != nil {
-		return err
-	}
-	return s.opts.Index.Scan(authinject.ScopePrefix, func(k string, v []byte) error {
-		if u := authinject.Unscoped(k); strings.HasPrefix(u, prefix) {
-			fn(u, k, v)
-		}
+	return indexkeys.ScanEverywhere(s.opts.Index, prefix, func(k, raw string, v []byte) error {
+		fn(k, raw, v)
 		return nil
 	})
 }
@@ -52,15 +41,11 @@ type hfFile struct {
 }
 
 func parseHFFileKey(key string) (hfhub.Repo, string, string, bool) {
-	rest, ok := strings.CutPrefix(key, keyHFFile)
+	typ, id, commit, path, ok := indexkeys.ParseHFFile(key)
 	if !ok {
 		return hfhub.Repo{}, "", "", false
 	}
-	parts := strings.SplitN(rest, "\x00", 4)
-	if len(parts) != 4 {
-		return hfhub.Repo{}, "", "", false
-	}
-	return hfhub.Repo{Type: hfhub.RepoType(parts[0]), ID: parts[1]}, parts[2], parts[3], true
+	return hfhub.Repo{Type: hfhub.RepoType(typ), ID: id}, commit, path, true
 }
 
 // hfFiles returns every Hub file record, optionally of one repo.

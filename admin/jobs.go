@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // Job kinds and states.
@@ -28,7 +30,7 @@ const (
 
 // jobPrefix keys the job records in the index; queued and running ones
 // are resumed at start.
-const jobPrefix = "admin/job\x00"
+const jobPrefix = indexkeys.AdminJob
 
 // finishedJobTTL is how long a finished job stays listed.
 const finishedJobTTL = 7 * 24 * time.Hour

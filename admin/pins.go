@@ -9,10 +9,11 @@ import (
 
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // pinPrefix keys the pins set at runtime; they apply with cache.pinned.
-const pinPrefix = "admin/pin\x00"
+const pinPrefix = indexkeys.AdminPin
 
 // PinSpecs returns the pins set through the API, in the cache.pinned
 // form ("hf:org/name[@rev]", "civitai:<id>"), for the eviction's pin

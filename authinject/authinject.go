@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/upstream"
 )
 
@@ -306,27 +307,14 @@ func PrincipalFrom(ctx context.Context) Principal {
 
 // ScopePrefix starts every index key scoped to a principal other than
 // the gateway's own.
-const ScopePrefix = "scope\x00"
+// (indexkeys owns the layout.)
+const ScopePrefix = indexkeys.ScopePrefix
 
 // Key scopes an index key to p: the gateway's own entries keep their key.
-func (p Principal) Key(key string) string {
-	if p.Scope == "" {
-		return key
-	}
-	return ScopePrefix + p.Scope + "\x00" + key
-}
+func (p Principal) Key(key string) string { return indexkeys.Scoped(p.Scope, key) }
 
 // Unscoped returns the key a scoped index key was made from.
-func Unscoped(key string) string {
-	rest, ok := strings.CutPrefix(key, ScopePrefix)
-	if !ok {
-		return key
-	}
-	if _, k, ok := strings.Cut(rest, "\x00"); ok {
-		return k
-	}
-	return key
-}
+func Unscoped(key string) string { return indexkeys.Unscoped(key) }
 
 // ClientScope names the cache scope of a worker's own credential: a hash,
 // so the credential itself appears nowhere.

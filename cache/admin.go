@@ -154,7 +154,7 @@ func (s *Store) Verify(ctx context.Context, d Digest) error {
 			return &SizeMismatchError{Want: size, Got: b.Size}
 		}
 	}
-	h := d.newHash(b.Size)
+	h := d.NewHash(b.Size)
 	if _, err := io.Copy(h, ctxReader{ctx, io.NewSectionReader(b.file, 0, b.Size)}); err != nil {
 		return fmt.Errorf("cache: reading %s: %w", d, err)
 	}

@@ -1,83 +1,35 @@
 package cache
 
 import (
-	"crypto/sha1"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"hash"
-	"strconv"
-	"strings"
+
+	"github.com/modelgate/modelgate/digest"
 )
 
-// Algo names the hash function a Digest was computed with.
-type Algo string
+// The content id lives in the digest leaf package (hfhub needs it without
+// the cache); these names keep the cache's API as it was.
+type (
+	// Algo names the hash function a Digest was computed with.
+	Algo = digest.Algo
+	// Digest is the content id of a blob. Blobs are stored, shared and
+	// verified by their Digest alone; no request path ever becomes a
+	// file name.
+	Digest = digest.Digest
+)
 
 const (
 	// SHA256 is the plain SHA-256 of the content.
-	SHA256 Algo = "sha256"
-	// GitSHA1 is Git's blob id: SHA-1 over "blob <size>\x00" followed by the
-	// content. Small files in Git-backed repositories are identified this way,
-	// so the cache can verify them without trusting the upstream.
-	GitSHA1 Algo = "git-sha1"
+	SHA256 = digest.SHA256
+	// GitSHA1 is Git's blob id.
+	GitSHA1 = digest.GitSHA1
 )
-
-// Digest is the content id of a blob. Blobs are stored, shared and verified
-// by their Digest alone; no request path ever becomes a file name.
-type Digest struct {
-	Algo Algo
-	Hex  string // lower-case hex
-}
 
 // NewDigest checks hexStr against the length algo produces and returns the
 // Digest with the hex lower-cased.
-func NewDigest(algo Algo, hexStr string) (Digest, error) {
-	var want int
-	switch algo {
-	case SHA256:
-		want = 64
-	case GitSHA1:
-		want = 40
-	default:
-		return Digest{}, fmt.Errorf("unknown digest algorithm %q", algo)
-	}
-	h := strings.ToLower(hexStr)
-	if len(h) != want {
-		return Digest{}, fmt.Errorf("%s digest must be %d hex digits, got %d", algo, want, len(h))
-	}
-	if _, err := hex.DecodeString(h); err != nil {
-		return Digest{}, fmt.Errorf("%s digest is not hex", algo)
-	}
-	return Digest{Algo: algo, Hex: h}, nil
-}
+func NewDigest(algo Algo, hexStr string) (Digest, error) { return digest.New(algo, hexStr) }
 
-// ParseDigest parses the "algo:hex" form produced by String.
-func ParseDigest(s string) (Digest, error) {
-	algo, h, ok := strings.Cut(s, ":")
-	if !ok {
-		return Digest{}, fmt.Errorf("digest %q has no algorithm prefix", s)
-	}
-	return NewDigest(Algo(algo), h)
-}
-
-// String returns "algo:hex".
-func (d Digest) String() string { return string(d.Algo) + ":" + d.Hex }
-
-// IsZero reports whether d is the zero Digest.
-func (d Digest) IsZero() bool { return d.Hex == "" }
-
-// newHash returns a hash that, fed the size bytes of the content, sums to d
-// (a plain SHA-256 for the zero Digest).
-func (d Digest) newHash(size int64) hash.Hash {
-	switch d.Algo {
-	case GitSHA1:
-		h := sha1.New()
-		h.Write([]byte("blob " + strconv.FormatInt(size, 10) + "\x00"))
-		return h
-	default:
-		return sha256.New()
-	}
-}
+// ParseDigest parses the "algo:hex" form produced by Digest.String.
+func ParseDigest(s string) (Digest, error) { return digest.Parse(s) }
 
 // DigestMismatchError reports content whose hash is not the promised one.
 type DigestMismatchError struct {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // Index maintenance: the index holds two kinds of data. Some of it the
@@ -19,18 +21,20 @@ import (
 // of deleted or expired values back by itself. Maintain bounds them and
 // reclaims the space.
 
-// KeyClass says what maintenance may do with an index entry.
-type KeyClass int
+// KeyClass says what maintenance may do with an index entry; the classes
+// are indexkeys', which owns the key layout (and indexkeys.Classify is
+// the gateway's Classify).
+type KeyClass = indexkeys.Class
 
 const (
 	// Kept entries are never removed by maintenance.
-	Kept KeyClass = iota
+	Kept = indexkeys.Kept
 	// Reclaimable entries are copies of upstream answers: when together
 	// they exceed IndexLimits.MaxBytes, the least recently written go.
-	Reclaimable
+	Reclaimable = indexkeys.Reclaimable
 	// Counted entries are kept however old they are (offline mode relies
 	// on them), but only the IndexLimits.MaxCounted most recently written.
-	Counted
+	Counted = indexkeys.Counted
 )
 
 // IndexLimits bounds what the index keeps.

@@ -27,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // ErrStorage marks a fill that failed on the local disk rather than
@@ -202,7 +204,7 @@ type Store struct {
 	blobs, bytes, filling atomic.Int64
 }
 
-const blobKeyPrefix = "blob/"
+const blobKeyPrefix = indexkeys.Blob
 
 // Open prepares the directories under opts.Dir, removes temp files left by a
 // previous run, and counts the blobs the index knows.
@@ -629,7 +631,7 @@ func (s *Store) download(f *fill, src Source) (err error) {
 	// The hash runs over the contiguous prefix as bytes land, once: what
 	// an earlier run left is hashed now, pieces that land out of order
 	// when the prefix reaches them.
-	ph := &prefixHasher{h: f.digest.newHash(f.size), f: f, file: tmp}
+	ph := &prefixHasher{h: f.digest.NewHash(f.size), f: f, file: tmp}
 	if err := ph.advance(); err != nil {
 		return err
 	}
@@ -745,7 +747,7 @@ func (s *Store) publish(f *fill, tmp *os.File) error {
 	return nil
 }
 
-func blobKey(d Digest) string { return blobKeyPrefix + d.String() }
+func blobKey(d Digest) string { return indexkeys.BlobKey(d.String()) }
 
 // blobRecord is the index value of a blob published now (see makeRecord).
 func blobRecord(size int64) []byte {

@@ -16,6 +16,7 @@ import (
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/blobhttp"
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
@@ -65,10 +66,8 @@ func (p *pendingBody) discard() {
 	}
 }
 
-const keyDownload = "civitai/download\x00"
-
 func downloadKey(versionID string, params url.Values) string {
-	return keyDownload + versionID + "\x00" + params.Encode()
+	return indexkeys.CivitAIDownloadKey(versionID, params.Encode())
 }
 
 // serveDownload answers GET/HEAD /api/download/models/{versionID}.
@@ -171,7 +170,7 @@ func (h *Handler) lastKnownRef(key string, err error) (fileRef, bool) {
 	if !origin.IsDown(err) {
 		return fileRef{}, false
 	}
-	ref, ok := h.indexedRef(key + origin.LastKnownSuffix)
+	ref, ok := h.indexedRef(indexkeys.LastKnown(key))
 	if ok {
 		h.countStale("download")
 	}
@@ -187,7 +186,7 @@ func (h *Handler) remember(key string, ref fileRef) {
 	if err := h.Index.Set(key, b, h.DownloadTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
-	if err := h.Index.Set(key+origin.LastKnownSuffix, b, h.LastKnownTTL); err != nil {
+	if err := h.Index.Set(indexkeys.LastKnown(key), b, h.LastKnownTTL); err != nil {
 		h.Logger.Warn("caching CivitAI download mapping", "err", err)
 	}
 }
@@ -504,10 +503,22 @@ type Scanner interface {
 }
 
 // PinnedDigests returns the blobs the pinned model versions' downloads
-// map to, for eviction to keep.
+// map to, for eviction to keep. The mappings are read in one pass (under
+// every principal), whatever the number of pins.
 func PinnedDigests(idx Scanner, versionIDs []string) map[cache.Digest]bool {
 	out := map[cache.Digest]bool{}
-	keep := func(_ string, val []byte) error {
+	pinned := make(map[string]bool, len(versionIDs))
+	for _, id := range versionIDs {
+		pinned[id] = true
+	}
+	if len(pinned) == 0 {
+		return out
+	}
+	indexkeys.ScanEverywhere(idx, indexkeys.CivitAIDownload, func(key, _ string, val []byte) error {
+		id, _, _ := strings.Cut(strings.TrimPrefix(key, indexkeys.CivitAIDownload), "\x00")
+		if !pinned[id] {
+			return nil
+		}
 		var ref fileRef
 		if json.Unmarshal(val, &ref) == nil {
 			if d, err := cache.NewDigest(cache.SHA256, ref.SHA256); err == nil {
@@ -515,24 +526,6 @@ func PinnedDigests(idx Scanner, versionIDs []string) map[cache.Digest]bool {
 			}
 		}
 		return nil
-	}
-	for _, id := range versionIDs {
-		prefix := keyDownload + id + "\x00"
-		idx.Scan(prefix, keep)
-		// The same mappings made under other principals' scopes.
-		idx.Scan(authinject.ScopePrefix, func(key string, val []byte) error {
-			if strings.HasPrefix(authinject.Unscoped(key), prefix) {
-				return keep(key, val)
-			}
-			return nil
-		})
-	}
+	})
 	return out
-}
-
-// IsCopyKey reports whether an index key (unscoped) holds a copy of a
-// CivitAI answer that may be dropped and asked for again: metadata and
-// download mappings (and their last-known copies).
-func IsCopyKey(key string) bool {
-	return strings.HasPrefix(key, keyAPI) || strings.HasPrefix(key, keyDownload)
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/origin"
 	"github.com/modelgate/modelgate/reqinfo"
@@ -70,7 +71,6 @@ func (h *Handler) version(ctx context.Context, versionID string) (versionInfo, e
 }
 
 const (
-	keyAPI          = "civitai/api\x00"
 	maxMetadataBody = 8 << 20
 )
 
@@ -110,7 +110,7 @@ func (h *Handler) cachedAPI(ctx context.Context, escapedPath string, query url.V
 	if ttl <= 0 {
 		ttl = -1 // not kept, but for the last-known copy
 	}
-	return h.metadata.Get(ctx, keyAPI+escapedPath+"?"+query.Encode(), ttl, fetch)
+	return h.metadata.Get(ctx, indexkeys.CivitAIAPIKey(escapedPath, query.Encode()), ttl, fetch)
 }
 
 // serveMetadata answers a /api/v1/ route with the key, pointing every

@@ -9,7 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/digest"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // Headers of the Hub's resolve answers that clients read.
@@ -26,7 +27,7 @@ const (
 // resolved to, the content id and the size. It is immutable for a commit.
 type FileMeta struct {
 	Commit string
-	Digest cache.Digest
+	Digest digest.Digest
 	Size   int64
 	// XetHash is the file's Xet hash when the Hub stores it in Xet ("":
 	// not Xet-backed, or learned before the gateway kept it).
@@ -61,14 +62,14 @@ func ParseFileMeta(h http.Header, status int) (FileMeta, error) {
 	}
 	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
 	var (
-		d   cache.Digest
+		d   digest.Digest
 		err error
 	)
 	switch len(etag) {
 	case 64:
-		d, err = cache.NewDigest(cache.SHA256, etag)
+		d, err = digest.New(digest.SHA256, etag)
 	case 40:
-		d, err = cache.NewDigest(cache.GitSHA1, etag)
+		d, err = digest.New(digest.GitSHA1, etag)
 	default:
 		err = ErrNotContentAddressed
 	}
@@ -105,7 +106,7 @@ func UnmarshalMeta(b []byte) (FileMeta, error) {
 	if err := json.Unmarshal(b, &sm); err != nil {
 		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
 	}
-	d, err := cache.ParseDigest(sm.Digest)
+	d, err := digest.Parse(sm.Digest)
 	if err != nil {
 		return FileMeta{}, fmt.Errorf("decoding file metadata: %w", err)
 	}
@@ -115,34 +116,27 @@ func UnmarshalMeta(b []byte) (FileMeta, error) {
 	return FileMeta{Commit: sm.Commit, Digest: d, Size: sm.Size, XetHash: sm.Xet}, nil
 }
 
-// Index keys. Repo ids, revisions and paths are validated before they get
-// here, and the NUL separator cannot occur in any of them.
-const (
-	keyFile    = "hf/file\x00"
-	keyRev     = "hf/rev\x00"
-	keyLastRev = "hf/rev-last\x00"
-	keyAPI     = "hf/api\x00"
-	keySeen    = "hf/seen\x00"
-	keyXet     = "hf/xet\x00"
-)
+// Index keys: indexkeys owns their layout; these take the Hub's types.
+// Repo ids, revisions and paths are validated before they get here, and
+// the NUL separator cannot occur in any of them.
 
 // XetFileKey is the index key recording that the gateway saw repo hold
 // the Xet file xetHash at commit (a resolve answer named it): what a
 // gateway Xet token for that repo and commit may reconstruct.
 func XetFileKey(xetHash string, repo Repo, commit string) string {
-	return keyXet + xetHash + "\x00" + string(repo.Type) + "\x00" + repo.ID + "\x00" + commit
+	return indexkeys.HFXetKey(xetHash, string(repo.Type), repo.ID, commit)
 }
 
 // SeenKey is the index key recording that the gateway saw repo hold a
 // file with content d (a resolve answer named it); scoped by principal,
 // it says who may have the blob by its content id alone.
-func SeenKey(d cache.Digest, repo Repo) string {
-	return SeenPrefix(d) + repo.URLPrefix() + repo.ID
+func SeenKey(d digest.Digest, repo Repo) string {
+	return indexkeys.HFSeenKey(d.String(), repo.URLPrefix()+repo.ID)
 }
 
 // SeenPrefix starts every SeenKey of d; what follows it is the repo as
 // written in URLs ("org/name", "datasets/org/name").
-func SeenPrefix(d cache.Digest) string { return keySeen + d.String() + "\x00" }
+func SeenPrefix(d digest.Digest) string { return indexkeys.HFSeenPrefix(d.String()) }
 
 // FileKey is the index key of a file at a commit.
 func FileKey(repo Repo, commit, path string) string {
@@ -151,13 +145,13 @@ func FileKey(repo Repo, commit, path string) string {
 
 // RevisionKey is the index key of a revision's commit.
 func RevisionKey(repo Repo, rev string) string {
-	return keyRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
+	return indexkeys.HFRevKey(string(repo.Type), repo.ID, rev)
 }
 
 // LastRevisionKey is the index key of the last commit a revision was
 // seen at, kept without expiry for when the upstream is down.
 func LastRevisionKey(repo Repo, rev string) string {
-	return keyLastRev + string(repo.Type) + "\x00" + repo.ID + "\x00" + rev
+	return indexkeys.HFLastRevKey(string(repo.Type), repo.ID, rev)
 }
 
 // APIKey is the index key of a cached API answer about repo at rev (""
@@ -165,13 +159,13 @@ func LastRevisionKey(repo Repo, rev string) string {
 // that produced it. The repo and revision lead the key so that a purge
 // finds a repo's answers by prefix (see APIKeyPrefix).
 func APIKey(repo Repo, rev, requestDigest string) string {
-	return APIKeyPrefix(repo) + rev + "\x00" + requestDigest
+	return indexkeys.HFAPIKey(string(repo.Type), repo.ID, rev, requestDigest)
 }
 
 // APIKeyPrefix starts every APIKey of repo; what follows it is the
 // revision, a NUL, and the request digest.
 func APIKeyPrefix(repo Repo) string {
-	return keyAPI + string(repo.Type) + "\x00" + repo.ID + "\x00"
+	return indexkeys.HFAPIPrefix(string(repo.Type), repo.ID)
 }
 
 // Pin is a cache.pinned entry for the Hub: a repository, and optionally
@@ -212,20 +206,5 @@ func ParsePin(s string) (Pin, error) {
 // FileKeyPrefix is the index key prefix of a repo's files at commit, or at
 // every commit when commit is "".
 func FileKeyPrefix(repo Repo, commit string) string {
-	p := keyFile + string(repo.Type) + "\x00" + repo.ID + "\x00"
-	if commit != "" {
-		p += commit + "\x00"
-	}
-	return p
+	return indexkeys.HFFilePrefix(string(repo.Type), repo.ID, commit)
 }
-
-// IsCopyKey reports whether an index key (unscoped) holds a copy of an
-// upstream answer that may be dropped and asked for again: API answers
-// (and their last-known copies) and branch lookups.
-func IsCopyKey(key string) bool {
-	return strings.HasPrefix(key, keyAPI) || strings.HasPrefix(key, keyRev)
-}
-
-// IsLastRevisionKey reports whether an index key (unscoped) is the last
-// commit a revision was seen at, which offline mode relies on.
-func IsLastRevisionKey(key string) bool { return strings.HasPrefix(key, keyLastRev) }

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/digest"
 )
 
 const (
@@ -28,16 +28,16 @@ func hdr(kv ...string) http.Header {
 	return h
 }
 
-func sha256Digest(t *testing.T, hex string) cache.Digest {
+func sha256Digest(t *testing.T, hex string) digest.Digest {
 	t.Helper()
-	d, err := cache.NewDigest(cache.SHA256, hex)
+	d, err := digest.New(digest.SHA256, hex)
 	require.NoError(t, err)
 	return d
 }
 
-func gitDigest(t *testing.T, hex string) cache.Digest {
+func gitDigest(t *testing.T, hex string) digest.Digest {
 	t.Helper()
-	d, err := cache.NewDigest(cache.GitSHA1, hex)
+	d, err := digest.New(digest.GitSHA1, hex)
 	require.NoError(t, err)
 	return d
 }
@@ -168,11 +168,11 @@ func TestParseFileMeta_ReadsCommitContentIDAndSizeLikeHuggingfaceHub(t *testing.
 func TestParseFileMeta_PicksDigestAlgorithmByLength(t *testing.T) {
 	m, err := ParseFileMeta(hdr(HeaderRepoCommit, testCommit, HeaderLinkedEtag, `"`+testSHA256+`"`, HeaderLinkedSize, "1"), http.StatusFound)
 	require.NoError(t, err)
-	assert.Equal(t, cache.SHA256, m.Digest.Algo)
+	assert.Equal(t, digest.SHA256, m.Digest.Algo)
 
 	m, err = ParseFileMeta(hdr(HeaderRepoCommit, testCommit, "ETag", `"`+testSHA1+`"`, "Content-Length", "1"), http.StatusOK)
 	require.NoError(t, err)
-	assert.Equal(t, cache.GitSHA1, m.Digest.Algo)
+	assert.Equal(t, digest.GitSHA1, m.Digest.Algo)
 }
 
 func TestParseFileMeta_RejectsAnswersItCannotTrust(t *testing.T) {

@@ -1,11 +1,9 @@
 package hfmirror
 
 import (
-	"strings"
-
-	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/hfhub"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // PinIndex reads the index; cache.Index implements it.
@@ -17,9 +15,12 @@ type PinIndex interface {
 // PinnedDigests returns the blobs of the pinned repos (at the pinned
 // revision's last known commit, or at every commit the index knows), for
 // eviction to keep. A pinned revision the gateway has never resolved pins
-// nothing yet.
+// nothing yet. The file records are read in one pass (under every
+// principal), whatever the number of pins.
 func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
 	out := map[cache.Digest]bool{}
+	// repo ("type\x00id") -> pinned commits; "" pins every commit.
+	want := map[string]map[string]bool{}
 	for _, p := range pins {
 		commit := ""
 		if p.Revision != "" {
@@ -32,21 +33,28 @@ func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
 				commit = string(b)
 			}
 		}
-		prefix := hfhub.FileKeyPrefix(p.Repo, commit)
-		keep := func(_ string, val []byte) error {
-			if meta, err := hfhub.UnmarshalMeta(val); err == nil {
-				out[meta.Digest] = true
-			}
+		r := string(p.Repo.Type) + "\x00" + p.Repo.ID
+		if want[r] == nil {
+			want[r] = map[string]bool{}
+		}
+		want[r][commit] = true
+	}
+	if len(want) == 0 {
+		return out
+	}
+	indexkeys.ScanEverywhere(idx, indexkeys.HFFile, func(key, _ string, val []byte) error {
+		typ, id, commit, _, ok := indexkeys.ParseHFFile(key)
+		if !ok {
 			return nil
 		}
-		idx.Scan(prefix, keep)
-		// The same records made under other principals' scopes.
-		idx.Scan(authinject.ScopePrefix, func(key string, val []byte) error {
-			if strings.HasPrefix(authinject.Unscoped(key), prefix) {
-				return keep(key, val)
-			}
+		commits := want[typ+"\x00"+id]
+		if !commits[""] && !commits[commit] {
 			return nil
-		})
-	}
+		}
+		if meta, err := hfhub.UnmarshalMeta(val); err == nil {
+			out[meta.Digest] = true
+		}
+		return nil
+	})
 	return out
 }

@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/modelgate/modelgate/authinject"
+	"github.com/modelgate/modelgate/indexkeys"
 )
 
 // LastKnownSuffix marks the index copy of the last good answer for a key,
 // kept for cache.last_known_ttl for when the origin is down.
-const LastKnownSuffix = "\x00last"
+const LastKnownSuffix = indexkeys.LastKnownSuffix
 
 // Index is the persistent metadata map; cache.Index implements it.
 type Index interface {
@@ -81,12 +82,12 @@ func (a *Answers) Get(ctx context.Context, key string, ttl time.Duration, fetch 
 				a.set(store, f.Value, ttl)
 			}
 			// Bounded in age (and, by index maintenance, in total size).
-			a.set(store+LastKnownSuffix, f.Value, a.LastKnownTTL)
+			a.set(indexkeys.LastKnown(store), f.Value, a.LastKnownTTL)
 		}
 		return f.Value, FromOrigin, nil
 	}
 	if IsDown(err) {
-		if b, lerr := a.Index.Get(scoped + LastKnownSuffix); lerr == nil {
+		if b, lerr := a.Index.Get(indexkeys.LastKnown(scoped)); lerr == nil {
 			if a.OnStale != nil {
 				a.OnStale()
 			}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/clientauth"
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/upstream"
 )
@@ -83,17 +84,11 @@ func New(opts Options) *Handler {
 
 // Index keys: the fresh copy (expires after TTL) and the last good one.
 const (
-	keyFresh     = "vix/catalog\x00"
-	keyLastKnown = "vix/lastknown\x00"
+	keyFresh     = indexkeys.VixFresh
+	keyLastKnown = indexkeys.VixLastKnown
 	// maxCatalog bounds a catalog (the 2025 one is ~100 KB).
 	maxCatalog = 32 << 20
 )
-
-// IsCopyKey reports whether an index key holds a copy of a catalog, which
-// index maintenance may drop (it is fetched again).
-func IsCopyKey(key string) bool {
-	return strings.HasPrefix(key, keyFresh) || strings.HasPrefix(key, keyLastKnown)
-}
 
 // catalogName is what may follow /visionatrix/: one file name, as
 // Visionatrix appends to MODELS_CATALOG_URL (models_catalog.json,
