@@ -509,10 +509,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		return nil, err
 	}
 	closers = append(closers, store.Close)
-	metrics.RegisterCache(reg, func() (int64, int64, int64) {
-		s := store.Stats()
-		return s.Blobs, s.Bytes, s.FillsInFlight
-	}, store.DiskFree)
+	metrics.RegisterCache(reg, store)
 	metrics.RegisterCacheLimits(reg, int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree))
 
 	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
