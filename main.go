@@ -257,7 +257,7 @@ func newLogger(c config.LogConfig, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
+	if c.Format == config.LogJSON {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -644,7 +644,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	var currentKeys atomic.Pointer[clientauth.Keys]
 	currentKeys.Store(keys)
 	var own []proxy.Endpoint
-	if cfg.HuggingFace.Xet != hfhub.XetHide && !cfg.Offline {
+	if cfg.HuggingFace.Xet != config.XetHide && !cfg.Offline {
 		// Xet: the gateway's own tokens and CAS; the upstream side asks
 		// the Hub's token route with the operator's credential (through
 		// the injector) and the CAS with the operator's Xet token.
@@ -661,7 +661,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 			return nil, err
 		}
 		mirror.Xet = svc
-		mirror.XetPolicy = hfhub.XetPolicy{Mode: cfg.HuggingFace.Xet, MinSize: int64(cfg.HuggingFace.XetMinSize)}
+		mirror.XetPolicy = hfhub.XetPolicy{Mode: string(cfg.HuggingFace.Xet), MinSize: int64(cfg.HuggingFace.XetMinSize)}
 		// Before the worker key check, like the probes: the reconstruction
 		// route authenticates with the gateway's Xet token (bound to a key
 		// name, refused once that key is revoked) and the xorb route with
@@ -715,9 +715,9 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	closers = append(closers, adminSrv.Close)
 	gw, err := proxy.New(proxy.Options{
 		Keys:               currentKeys.Load,
-		RequireKey:         cfg.Clients.RequireKey == "all",
-		RequireKeyForGated: cfg.Clients.RequireKey == "gated",
-		PassOwnCredentials: cfg.Clients.OwnCredentials == "pass",
+		RequireKey:         cfg.Clients.RequireKey == config.RequireKeyAll,
+		RequireKeyForGated: cfg.Clients.RequireKey == config.RequireKeyGated,
+		PassOwnCredentials: cfg.Clients.OwnCredentials == config.OwnCredentialsPass,
 		HasCredential:      up.HasCredential,
 		// The order is mirror mode's: the Hub answers every path the
 		// sites before it do not.
@@ -727,7 +727,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 		Logger:              log,
 		CA:                  ca,
 		Intercept:           cfg.MITM.Hosts,
-		DenyTunnels:         cfg.Proxy.Tunnel == "deny",
+		DenyTunnels:         cfg.Proxy.Tunnel == config.TunnelDeny,
 		Offline:             cfg.Offline,
 		IdleTimeout:         cfg.Proxy.IdleTimeout.Duration,
 		DialTunnel:          upstream.TunnelDialer(upOpts, transport),
@@ -1024,7 +1024,7 @@ func rotateCA(cfg config.Config, stdout, stderr io.Writer) error {
 // Its transport has its own dialer through the outbound guard, exempting
 // only the bucket's endpoint (which is usually on a private address).
 func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEvent func(string)) (cache.Tier, error) {
-	if cfg.Storage.Backend != "s3" {
+	if cfg.Storage.Backend != config.BackendS3 {
 		return nil, nil
 	}
 	s3 := cfg.Storage.S3

@@ -127,3 +127,25 @@ func TestParseDuration(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "1s", string(text))
 }
+
+// TestEnumsReadTyped checks that the enumerated settings are read into
+// their types, case and spaces forgiven, from the file and from the
+// environment, and that several bad values are reported in one error.
+func TestEnumsReadTyped(t *testing.T) {
+	c, err := parse("clients:\n  require_key: GATED\n  own_credentials: ' pass '\nproxy:\n  tunnel: Deny\nlog:\n  format: JSON\n",
+		map[string]string{"MODELGATE_HUGGINGFACE_XET": "Serve", "MODELGATE_LOG_LEVEL": "WARN"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, RequireKeyGated, c.Clients.RequireKey)
+	assert.Equal(t, OwnCredentialsPass, c.Clients.OwnCredentials)
+	assert.Equal(t, TunnelDeny, c.Proxy.Tunnel)
+	assert.Equal(t, LogJSON, c.Log.Format)
+	assert.Equal(t, XetServe, c.HuggingFace.Xet)
+	assert.Equal(t, LogWarn, c.Log.Level)
+
+	_, err = parse("clients:\n  require_key: maybe\nproxy:\n  tunnel: sometimes\nshutdown_timeout: 0s\n", nil, nil)
+	require.Error(t, err)
+	for _, want := range []string{`line 2: clients.require_key: must be one of false, gated, all, got "maybe"`,
+		`line 4: proxy.tunnel: must be one of allow, deny, got "sometimes"`, "shutdown_timeout: must be > 0"} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
