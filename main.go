@@ -449,10 +449,7 @@ func build(cfg config.Config, log *slog.Logger) (_ *gateway, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
-	pinned, err := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
-	if err != nil {
-		return nil, err
-	}
+	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
 	// One guard for every outbound dial. The gateway's own requests (and
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
@@ -845,51 +842,41 @@ func upstreamCredentials(cfg config.Config) ([]authinject.Credential, error) {
 }
 
 // pinnedBlobs turns cache.pinned into the function eviction asks for the
-// blobs to keep: "hf:" entries through the Hub's file records,
-// "civitai:" entries through the download mappings.
-func pinnedBlobs(specs []string, idx *cache.Index, runtime func() []string) (func() map[cache.Digest]bool, error) {
-	hf, civ, err := parsePins(specs)
-	if err != nil {
-		return nil, fmt.Errorf("cache.pinned: %w", err)
-	}
+// blobs to keep: Hub pins through the Hub's file records, CivitAI pins
+// through the download mappings.
+func pinnedBlobs(pins []config.Pin, idx *cache.Index, runtime func() []string) func() map[cache.Digest]bool {
 	return func() map[cache.Digest]bool {
-		hf, civ := hf, civ
+		all := pins
 		if runtime != nil {
 			// Pins set through the admin API were checked when they were
 			// set; a bad one is skipped rather than unpinning the rest.
 			for _, spec := range runtime() {
-				if h, c, err := parsePins([]string{spec}); err == nil {
-					hf, civ = append(hf, h...), append(civ, c...)
+				if p, err := config.ParsePin(spec); err == nil {
+					all = append(all[:len(all):len(all)], p)
 				}
 			}
 		}
+		hf, civ := splitPins(all)
 		keep := hfmirror.PinnedDigests(idx, hf)
 		for d := range civitai.PinnedDigests(idx, civ) {
 			keep[d] = true
 		}
 		return keep
-	}, nil
+	}
 }
 
-// parsePins splits pin specs into Hub pins and CivitAI version ids.
-func parsePins(specs []string) ([]hfhub.Pin, []string, error) {
+// splitPins splits pins into Hub pins and CivitAI version ids.
+func splitPins(pins []config.Pin) ([]hfhub.Pin, []string) {
 	var hf []hfhub.Pin
 	var civ []string
-	for _, spec := range specs {
-		switch kind, rest, _ := strings.Cut(spec, ":"); kind {
-		case "hf":
-			p, err := hfhub.ParsePin(rest)
-			if err != nil {
-				return nil, nil, err
-			}
-			hf = append(hf, p)
-		case "civitai":
-			civ = append(civ, rest)
-		default:
-			return nil, nil, fmt.Errorf("%q is neither hf: nor civitai:", spec)
+	for _, p := range pins {
+		if p.IsHub() {
+			hf = append(hf, hfhub.Pin{Repo: hfhub.Repo{Type: hfhub.RepoType(p.RepoType), ID: p.Repo}, Revision: p.Revision})
+		} else {
+			civ = append(civ, p.Version)
 		}
 	}
-	return hf, civ, nil
+	return hf, civ
 }
 
 func fillFailureReason(err error) string {

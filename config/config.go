@@ -197,7 +197,7 @@ type CacheConfig struct {
 	// Pinned lists what eviction must keep: "hf:org/repo" (every cached
 	// revision), "hf:org/repo@rev", "hf:datasets/org/name", or
 	// "civitai:<modelVersionId>". Default empty.
-	Pinned []string `yaml:"pinned"`
+	Pinned []Pin `yaml:"pinned"`
 	// RevisionTTL is how long an answer mapping a branch or tag to a commit
 	// is trusted before the upstream is asked again. 0 means always ask.
 	// Default 60s.
@@ -458,7 +458,7 @@ func Default() Config {
 		Cache: CacheConfig{
 			MaxSize:           0,
 			MinFree:           5 << 30,
-			Pinned:            []string{},
+			Pinned:            []Pin{},
 			RevisionTTL:       Duration{60 * time.Second},
 			LastKnownTTL:      Duration{7 * 24 * time.Hour},
 			IndexMaxSize:      1 << 30,
@@ -532,10 +532,6 @@ var (
 	repoPattern = regexp.MustCompile(`^((datasets|spaces)/)?[A-Za-z0-9*?._-]+(/[A-Za-z0-9*?._-]+)?$`)
 )
 
-// pinPattern is the shape of a cache.pinned entry; the Hub part is checked
-// fully when the gateway starts.
-var pinPattern = regexp.MustCompile(`^(hf:((datasets|spaces)/)?[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(@[A-Za-z0-9._/-]+)?|civitai:[0-9]{1,12})$`)
-
 // checkEnum reports v under key unless u accepts it: a value set in code
 // rather than read from the file or the environment is checked here.
 func checkEnum(fail func(key, format string, args ...any), key, v string, u encoding.TextUnmarshaler) {
@@ -595,11 +591,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MinFree < 0 {
 		fail("cache.min_free", "must be >= 0 (0 means no floor), got %d", int64(c.Cache.MinFree))
-	}
-	for _, p := range c.Cache.Pinned {
-		if !pinPattern.MatchString(p) {
-			fail("cache.pinned", `%q is not "hf:org/repo[@rev]", "hf:datasets/org/name[@rev]" or "civitai:<versionId>"`, p)
-		}
 	}
 	if c.Cache.RevisionTTL.Duration < 0 {
 		fail("cache.revision_ttl", "must be >= 0, got %s", c.Cache.RevisionTTL)

@@ -149,3 +149,54 @@ func TestEnumsReadTyped(t *testing.T) {
 		assert.Contains(t, err.Error(), want)
 	}
 }
+
+// TestPins checks that cache.pinned is parsed into Pins when the config
+// loads, with the full Hub grammar (what the gateway used to check only at
+// start), and that each pin's canonical form reads back to itself.
+func TestPins(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Pin
+		wantErr string
+	}{
+		{in: "hf:org/repo", want: Pin{RepoType: "model", Repo: "org/repo"}},
+		{in: "hf:gpt2", want: Pin{RepoType: "model", Repo: "gpt2"}},
+		{in: "hf:org/repo@refs/pr/3", want: Pin{RepoType: "model", Repo: "org/repo", Revision: "refs/pr/3"}},
+		{in: "hf:datasets/org/data@v1.0", want: Pin{RepoType: "dataset", Repo: "org/data", Revision: "v1.0"}},
+		{in: "hf:spaces/org/app", want: Pin{RepoType: "space", Repo: "org/app"}},
+		{in: "civitai:4201", want: Pin{Version: "4201"}},
+		{in: "org/repo", wantErr: "no hf: or civitai: prefix"},
+		{in: "s3:org/repo", wantErr: `unknown prefix "s3:"`},
+		{in: "hf:org/re--po", wantErr: "invalid repo id"},
+		{in: "hf:org/repo-", wantErr: "invalid repo id"},
+		{in: "hf:a/b/c", wantErr: "not [datasets/|spaces/]org/name"},
+		{in: "hf:org/repo@", wantErr: "invalid revision"},
+		{in: "hf:org/repo@main.lock", wantErr: "invalid revision"},
+		{in: "hf:org/repo@a..b", wantErr: "invalid revision"},
+		{in: "civitai:abc", wantErr: "must be a number"},
+		{in: "civitai:0", wantErr: "must be a number"},
+		{in: "civitai:1234567890123", wantErr: "must be a number"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParsePin(tt.in)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+			assert.Equal(t, tt.in, got.String())
+		})
+	}
+
+	c, err := parse("cache:\n  pinned: [\"hf:org/a@main\"]\n", map[string]string{}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []Pin{{RepoType: "model", Repo: "org/a", Revision: "main"}}, c.Cache.Pinned)
+	c, err = parse("", map[string]string{"MODELGATE_CACHE_PINNED": "hf:datasets/o/d, civitai:7"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []Pin{{RepoType: "dataset", Repo: "o/d"}, {Version: "7"}}, c.Cache.Pinned)
+	_, err = parse("cache:\n  pinned: [\"hf:org/a--b\"]\n", nil, nil)
+	require.ErrorContains(t, err, `line 2: cache.pinned: "hf:org/a--b" is not`)
+}
