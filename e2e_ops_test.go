@@ -70,7 +70,7 @@ func buildForTest(t *testing.T, hub *fakehub.Hub) *app.App {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
-	cfg.HuggingFace.Endpoint = hub.URL()
+	cfg.HuggingFace.Endpoint = config.MustEndpoint(hub.URL())
 	cfg.Upstream.CAFile = hub.CAFile()
 	cfg.Cache.MinFree = 0
 	require.NoError(t, cfg.Validate())

@@ -241,13 +241,11 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	metrics.RegisterCache(reg, store)
 	metrics.RegisterCacheLimits(reg, int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree))
 
-	hfURL, err := url.Parse(cfg.HuggingFace.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("huggingface.endpoint: %w", err)
-	}
-	civURL, err := url.Parse(cfg.CivitAI.Endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("civitai.endpoint: %w", err)
+	// Parsed and checked when the config loaded; a config built in code
+	// without them is refused here rather than failing on first use.
+	hfURL, civURL := cfg.HuggingFace.Endpoint.URL(), cfg.CivitAI.Endpoint.URL()
+	if hfURL == nil || civURL == nil {
+		return nil, errors.New("huggingface.endpoint and civitai.endpoint must be set")
 	}
 	var parent []string
 	if u, err := url.Parse(cfg.Upstream.Proxy); err == nil && u.Host != "" {
@@ -488,7 +486,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	closers = append(closers, gw.Close)
 	handler := http.Handler(gw)
 	setSecrets := func(next config.Config) error {
-		if next.HuggingFace.Endpoint != cfg.HuggingFace.Endpoint || next.CivitAI.Endpoint != cfg.CivitAI.Endpoint {
+		if next.HuggingFace.Endpoint.String() != cfg.HuggingFace.Endpoint.String() || next.CivitAI.Endpoint.String() != cfg.CivitAI.Endpoint.String() {
 			return errors.New("an endpoint changed; that needs a restart")
 		}
 		creds, err := upstreamCredentials(next)

@@ -19,7 +19,7 @@ func testConfig(t *testing.T, hub *fakehub.Hub) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = "127.0.0.1:0"
-	cfg.HuggingFace.Endpoint = hub.URL()
+	cfg.HuggingFace.Endpoint = config.MustEndpoint(hub.URL())
 	cfg.Upstream.CAFile = hub.CAFile()
 	cfg.Cache.MinFree = 0
 	cfg.ShutdownTimeout = config.Duration{Duration: 5 * time.Second}
@@ -42,7 +42,7 @@ func TestReloadTakesCredentialsAndRefusesEndpoints(t *testing.T) {
 	require.NoError(t, a.Reload(next))
 
 	moved := cfg
-	moved.HuggingFace.Endpoint = "http://127.0.0.1:1"
+	moved.HuggingFace.Endpoint = config.MustEndpoint("http://127.0.0.1:1")
 	err = a.Reload(moved)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "restart")

@@ -27,8 +27,8 @@ func (a *App) Serve(ctx context.Context, ready chan<- string) error {
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("modelgate listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
-		"huggingface", cfg.HuggingFace.Endpoint, "hf_token", cfg.HuggingFace.Token != "",
-		"civitai", cfg.CivitAI.Endpoint, "civitai_key", cfg.CivitAI.APIKey != "", "offline", cfg.Offline)
+		"huggingface", cfg.HuggingFace.Endpoint.String(), "hf_token", cfg.HuggingFace.Token != "",
+		"civitai", cfg.CivitAI.Endpoint.String(), "civitai_key", cfg.CivitAI.APIKey != "", "offline", cfg.Offline)
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}

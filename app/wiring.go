@@ -73,11 +73,11 @@ func keySpecs(keys []config.ClientKey) []clientauth.Spec {
 // upstreamCredentials binds the Hugging Face token and the CivitAI key to
 // their endpoints' hosts.
 func upstreamCredentials(cfg config.Config) ([]authinject.Credential, error) {
-	hf, err := authinject.Bearer(cfg.HuggingFace.Endpoint, cfg.HuggingFace.Token.Reveal())
+	hf, err := authinject.Bearer(cfg.HuggingFace.Endpoint.String(), cfg.HuggingFace.Token.Reveal())
 	if err != nil {
 		return nil, err
 	}
-	civ, err := authinject.Bearer(cfg.CivitAI.Endpoint, cfg.CivitAI.APIKey.Reveal())
+	civ, err := authinject.Bearer(cfg.CivitAI.Endpoint.String(), cfg.CivitAI.APIKey.Reveal())
 	if err != nil {
 		return nil, err
 	}

@@ -233,7 +233,7 @@ type HuggingFaceConfig struct {
 	// Endpoint is the base URL of the hub, an absolute http(s) URL without
 	// query or fragment; a trailing "/" is removed. Default
 	// "https://huggingface.co".
-	Endpoint string `yaml:"endpoint"`
+	Endpoint Endpoint `yaml:"endpoint"`
 	// Token is the access token sent upstream for gated and private
 	// repositories. If empty it is read from TokenFile, then from the
 	// environment variables HF_TOKEN and HF_AUTH_TOKEN. Default empty.
@@ -257,7 +257,7 @@ type CivitAIConfig struct {
 	// Endpoint is the base URL of CivitAI, an absolute http(s) URL without
 	// query or fragment; a trailing "/" is removed. Default
 	// "https://civitai.com".
-	Endpoint string `yaml:"endpoint"`
+	Endpoint Endpoint `yaml:"endpoint"`
 	// APIKey is the API key sent upstream. If empty it is read from the
 	// environment variables CIVITAI_API_KEY, CA_AUTH_TOKEN and CA_API_KEY,
 	// in that order. Default empty.
@@ -467,13 +467,13 @@ func Default() Config {
 			OrphanFillTimeout: Duration{10 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
-			Endpoint:   "https://huggingface.co",
+			Endpoint:   MustEndpoint("https://huggingface.co"),
 			Repos:      RepoFilter{Allow: []string{}, Deny: []string{}},
 			Xet:        "auto",
 			XetMinSize: 50e9,
 		},
 		CivitAI: CivitAIConfig{
-			Endpoint:    "https://civitai.com",
+			Endpoint:    MustEndpoint("https://civitai.com"),
 			MetadataTTL: Duration{10 * time.Minute},
 			DownloadTTL: Duration{24 * time.Hour},
 		},
@@ -601,8 +601,8 @@ func (c *Config) Validate() error {
 	if c.Cache.IndexMaxSize <= 0 {
 		fail("cache.index_max_size", "must be > 0, got %d", int64(c.Cache.IndexMaxSize))
 	}
-	if msg := checkURL(c.HuggingFace.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
-		fail("huggingface.endpoint", "%s", msg)
+	if !c.HuggingFace.Endpoint.IsSet() {
+		fail("huggingface.endpoint", endpointWant)
 	}
 	if c.HuggingFace.Token != "" && c.HuggingFace.TokenFile != "" {
 		fail("huggingface.token", "cannot be combined with huggingface.token_file; set only one")
@@ -614,8 +614,8 @@ func (c *Config) Validate() error {
 	if c.HuggingFace.XetMinSize < 0 {
 		fail("huggingface.xet_min_size", "must not be negative")
 	}
-	if msg := checkURL(c.CivitAI.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
-		fail("civitai.endpoint", "%s", msg)
+	if !c.CivitAI.Endpoint.IsSet() {
+		fail("civitai.endpoint", endpointWant)
 	}
 	if c.CivitAI.MetadataTTL.Duration < 0 {
 		fail("civitai.metadata_ttl", "must be >= 0, got %s", c.CivitAI.MetadataTTL)

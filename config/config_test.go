@@ -45,12 +45,12 @@ func TestDefault(t *testing.T) {
 	assert.Equal(t, "./data", c.DataDir)
 	assert.Equal(t, ByteSize(0), c.Cache.MaxSize)
 	assert.Equal(t, 60*time.Second, c.Cache.RevisionTTL.Duration)
-	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint)
+	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint.String())
 	assert.Empty(t, c.HuggingFace.Token)
 	assert.Empty(t, c.HuggingFace.TokenFile)
 	assert.Equal(t, XetAuto, c.HuggingFace.Xet)
 	assert.Equal(t, ByteSize(50e9), c.HuggingFace.XetMinSize)
-	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint)
+	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint.String())
 	assert.Empty(t, c.CivitAI.APIKey)
 	assert.Empty(t, c.Upstream.CAFile)
 	assert.Empty(t, c.Upstream.Proxy)
@@ -141,14 +141,17 @@ func TestYAMLOverrides(t *testing.T) {
 			name: "huggingface, trailing slash trimmed",
 			yaml: "huggingface:\n  endpoint: http://hub.test:8081/mirror/\n  token: hf_yaml\n",
 			want: func(c *Config) {
-				c.HuggingFace.Endpoint = "http://hub.test:8081/mirror"
+				c.HuggingFace.Endpoint = MustEndpoint("http://hub.test:8081/mirror")
 				c.HuggingFace.Token = "hf_yaml"
 			},
 		},
 		{
 			name: "civitai",
 			yaml: "civitai:\n  endpoint: https://civitai.test/\n  api_key: ca_yaml\n",
-			want: func(c *Config) { c.CivitAI.Endpoint = "https://civitai.test"; c.CivitAI.APIKey = "ca_yaml" },
+			want: func(c *Config) {
+				c.CivitAI.Endpoint = MustEndpoint("https://civitai.test")
+				c.CivitAI.APIKey = "ca_yaml"
+			},
 		},
 		{
 			name: "upstream",
@@ -272,9 +275,9 @@ func TestEnvOverrides(t *testing.T) {
 				"MODELGATE_LOG_FORMAT":           "json",
 			},
 			want: func(c *Config) {
-				c.HuggingFace.Endpoint = "https://hf.test"
+				c.HuggingFace.Endpoint = MustEndpoint("https://hf.test")
 				c.HuggingFace.Token = "hf_env"
-				c.CivitAI.Endpoint = "http://ca.test"
+				c.CivitAI.Endpoint = MustEndpoint("http://ca.test")
 				c.CivitAI.APIKey = "ca_env"
 				c.Upstream.CAFile = "/ca.pem"
 				c.Upstream.Proxy = "http://proxy.test:3128"

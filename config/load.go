@@ -81,8 +81,6 @@ func load(data []byte, source string, getenv func(string) string, readFile func(
 
 // normalize puts values in canonical form before validation.
 func normalize(c *Config) {
-	c.HuggingFace.Endpoint = strings.TrimRight(c.HuggingFace.Endpoint, "/")
-	c.CivitAI.Endpoint = strings.TrimRight(c.CivitAI.Endpoint, "/")
 	// The enum types normalize what they read; these cover values set in
 	// code.
 	c.Log.Level = LogLevel(strings.ToLower(strings.TrimSpace(string(c.Log.Level))))

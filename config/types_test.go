@@ -200,3 +200,24 @@ func TestPins(t *testing.T) {
 	_, err = parse("cache:\n  pinned: [\"hf:org/a--b\"]\n", nil, nil)
 	require.ErrorContains(t, err, `line 2: cache.pinned: "hf:org/a--b" is not`)
 }
+
+// TestEndpointParsedOnce checks that an endpoint is a parsed URL from the
+// file and the environment, that URL hands out a copy (a caller extending
+// it cannot change the config), and that a refused one echoes no password.
+func TestEndpointParsedOnce(t *testing.T) {
+	c, err := parse("huggingface:\n  endpoint: http://hub.test:8081/mirror/\n",
+		map[string]string{"MODELGATE_CIVITAI_ENDPOINT": "https://ca.test"}, nil)
+	require.NoError(t, err)
+	u := c.HuggingFace.Endpoint.URL()
+	require.NotNil(t, u)
+	assert.Equal(t, "hub.test:8081", u.Host)
+	assert.Equal(t, "/mirror", u.Path)
+	u.Path += "/api"
+	assert.Equal(t, "http://hub.test:8081/mirror", c.HuggingFace.Endpoint.String())
+	assert.Equal(t, "ca.test", c.CivitAI.Endpoint.URL().Host)
+
+	_, err = parse("huggingface:\n  endpoint: https://user:hunter2@hub.test\n", nil, nil)
+	require.ErrorContains(t, err, "huggingface.endpoint: must not contain credentials")
+	assert.NotContains(t, err.Error(), "hunter2")
+	require.Error(t, (&Config{}).Validate(), "an unset endpoint does not validate")
+}
