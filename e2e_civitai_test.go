@@ -74,7 +74,7 @@ func newCivitAIFixture(t *testing.T, edit func(*config.Config)) *civitaiFixture 
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(caFile, append(hubCA, civCA...), 0o600))
 	f.g = startGateway(t, f.hub, func(c *config.Config) {
-		c.CivitAI.Endpoint = f.civ.URL()
+		c.CivitAI.Endpoint = config.MustEndpoint(f.civ.URL())
 		c.CivitAI.APIKey = civitaiKey
 		c.Upstream.CAFile = caFile
 		c.Upstream.PrivateHosts = append(c.Upstream.PrivateHosts, hostPort(f.civ.R2URL()), hostPort(f.civ.B2URL()))

@@ -174,7 +174,7 @@ func TestEvictionKeepsPinnedReposAndRefetchesEvictedBlobsOnDemand(t *testing.T) 
 	tr := newTestHub(t, 1<<20)
 	g := startGateway(t, tr.hub, func(c *config.Config) {
 		c.Cache.MaxSize = config.ByteSize(2<<20 + 512<<10)
-		c.Cache.Pinned = []string{"hf:org/gated@main"}
+		c.Cache.Pinned = []config.Pin{{RepoType: "model", Repo: "org/gated", Revision: "main"}}
 	})
 	get := func(path string, want []byte) {
 		t.Helper()

@@ -93,7 +93,7 @@ func startReloadableGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Co
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
-	cfg.HuggingFace.Endpoint = hub.URL()
+	cfg.HuggingFace.Endpoint = config.MustEndpoint(hub.URL())
 	cfg.HuggingFace.Token = operatorToken
 	cfg.Upstream.CAFile = hub.CAFile()
 	cfg.Upstream.Timeout = config.Duration{Duration: 5 * time.Second}

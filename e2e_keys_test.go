@@ -30,7 +30,7 @@ type keyFixture struct {
 	render, hfOnly string // worker keys
 }
 
-func newKeyFixture(t *testing.T, requireKey string) *keyFixture {
+func newKeyFixture(t *testing.T, requireKey config.RequireKey) *keyFixture {
 	t.Helper()
 	render, renderSHA, err := clientauth.Generate()
 	require.NoError(t, err)

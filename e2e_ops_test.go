@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/modelgate/modelgate/app"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/internal/fakehub"
 )
@@ -65,17 +66,17 @@ func TestReadyzIsOpenToEveryNetworkLikeHealthz(t *testing.T) {
 
 // buildForTest wires a gateway without a listener, for tests of its
 // handler and lifecycle hooks.
-func buildForTest(t *testing.T, hub *fakehub.Hub) *gateway {
+func buildForTest(t *testing.T, hub *fakehub.Hub) *app.App {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
-	cfg.HuggingFace.Endpoint = hub.URL()
+	cfg.HuggingFace.Endpoint = config.MustEndpoint(hub.URL())
 	cfg.Upstream.CAFile = hub.CAFile()
 	cfg.Cache.MinFree = 0
 	require.NoError(t, cfg.Validate())
-	gw, err := build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	gw, err := app.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, err)
-	t.Cleanup(gw.close)
+	t.Cleanup(gw.Close)
 	return gw
 }
 
@@ -89,11 +90,11 @@ func TestReadyzAnswers503OnceTheGatewayDrains(t *testing.T) {
 			req.Header.Set("Accept", accept)
 		}
 		rec := httptest.NewRecorder()
-		gw.handler.ServeHTTP(rec, req)
+		gw.Handler().ServeHTTP(rec, req)
 		return rec
 	}
 	assert.Equal(t, http.StatusOK, probe("").Code)
-	gw.drain()
+	gw.Drain()
 	rec := probe("")
 	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
 	assert.Equal(t, "draining\n", rec.Body.String())
@@ -110,8 +111,8 @@ func TestHealthcheckCommandAsksReadyz(t *testing.T) {
 	assert.Equal(t, "ready\n", out.String())
 
 	gw := buildForTest(t, tr.hub)
-	gw.drain()
-	draining := httptest.NewServer(gw.handler)
+	gw.Drain()
+	draining := httptest.NewServer(gw.Handler())
 	defer draining.Close()
 	err := run([]string{"healthcheck", "-url", draining.URL}, io.Discard, io.Discard)
 	require.Error(t, err)

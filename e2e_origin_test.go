@@ -102,7 +102,7 @@ func TestChainedGatewaysServeGatedFilesForBothHubs(t *testing.T) {
 	// The parent serves the fixture's CivitAI and this test's Hub.
 	parent.g.Stop()
 	parent.g = startGateway(t, tr.hub, func(c *config.Config) {
-		c.CivitAI.Endpoint = parent.civ.URL()
+		c.CivitAI.Endpoint = config.MustEndpoint(parent.civ.URL())
 		c.CivitAI.APIKey = civitaiKey
 		c.Upstream.CAFile = mergedCA(t, tr.hub.CAFile(), parent.civ.CAFile())
 		c.Upstream.PrivateHosts = append(c.Upstream.PrivateHosts, hostPort(parent.civ.R2URL()), hostPort(parent.civ.B2URL()))
@@ -110,9 +110,9 @@ func TestChainedGatewaysServeGatedFilesForBothHubs(t *testing.T) {
 	child := startGateway(t, tr.hub, func(c *config.Config) {
 		// The parent is on loopback: reachable because it is the
 		// configured endpoint, with no private_hosts entry of its own.
-		c.HuggingFace.Endpoint = parent.g.URL
+		c.HuggingFace.Endpoint = config.MustEndpoint(parent.g.URL)
 		c.HuggingFace.Token = ""
-		c.CivitAI.Endpoint = parent.g.URL
+		c.CivitAI.Endpoint = config.MustEndpoint(parent.g.URL)
 		c.CivitAI.APIKey = ""
 		c.Upstream.PrivateHosts = nil
 	})

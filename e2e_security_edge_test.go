@@ -477,7 +477,7 @@ func TestUpstreamRedirectsPassTheTargetGuard(t *testing.T) {
 			var to atomic.Value
 			hostile := hostileHub(t, tc.tlsUpstream, &to)
 			g := startGateway(t, tr.hub, func(c *config.Config) {
-				c.HuggingFace.Endpoint = hostile.URL
+				c.HuggingFace.Endpoint = config.MustEndpoint(hostile.URL)
 				c.Upstream.CAFile = httptestCAFile(t, internalTLS)
 				c.Proxy.AllowPrivateTargets = tc.allowPrivate
 			})

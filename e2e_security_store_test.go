@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/modelgate/modelgate/app"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/internal/fakecivitai"
 	"github.com/modelgate/modelgate/internal/fakehub"
@@ -136,7 +137,9 @@ func TestDataDirIsPrivateToTheGatewayUser(t *testing.T) {
 	// The interception CA is created in data_dir/ca too.
 	resp, _ = g.mustDo(t, http.MethodGet, "/ca.pem", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.True(t, g.hasBlob(t, fakehub.SHA256Hex(tr.big)))
+	// The blob is published a moment after its last byte reached the
+	// client; wait for it rather than race it.
+	require.Eventually(t, func() bool { return g.hasBlob(t, fakehub.SHA256Hex(tr.big)) }, 5*time.Second, 5*time.Millisecond)
 
 	var files int
 	require.NoError(t, filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
@@ -164,15 +167,15 @@ func TestALooseCAKeyIsRefusedAtStart(t *testing.T) {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.MITM.CACert, cfg.MITM.CAKey = cert, key
-	_, err = build(cfg, slog.New(slog.DiscardHandler))
+	_, err = app.New(cfg, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "mitm.ca_key")
 	assert.Contains(t, err.Error(), "0640")
 
 	require.NoError(t, os.Chmod(key, 0o600))
-	gw, err := build(cfg, slog.New(slog.DiscardHandler))
+	gw, err := app.New(cfg, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	gw.close()
+	gw.Close()
 }
 
 // `modelgate ca --new` makes /ca.pem serve both certificates for the

@@ -40,7 +40,7 @@ type vixFixture struct {
 	mu          sync.Mutex
 }
 
-func newVixFixture(t *testing.T, requireKey string) *vixFixture {
+func newVixFixture(t *testing.T, requireKey config.RequireKey) *vixFixture {
 	t.Helper()
 	f := &vixFixture{gated: fakehub.RandomData(21, 3<<20+17)}
 	var keySHA, otherSHA string

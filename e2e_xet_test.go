@@ -83,7 +83,7 @@ type xetFixture struct {
 // Xet files share most xorbs, and the gateway in mirror mode with
 // huggingface.xet as given and require_key: all (two worker keys; a reload
 // drops w1).
-func newXetFixture(t *testing.T, mode string) *xetFixture {
+func newXetFixture(t *testing.T, mode config.XetMode) *xetFixture {
 	t.Helper()
 	f := &xetFixture{hub: fakehub.New(t, fakehub.Options{Token: operatorToken}), rec: &fullRecorder{rt: &http.Transport{DisableCompression: true}}}
 	f.base = fakehub.RandomData(70, 19*fakehub.XetChunkSize+77)
@@ -282,8 +282,8 @@ func TestXetServedThroughTheGatewayInMirrorMode(t *testing.T) {
 // 50GB) and hide, the resolve answer, the tree and the token route are as
 // they were before Xet was served.
 func TestXetHiddenBelowTheAutoSizeAndWhenHidden(t *testing.T) {
-	for _, mode := range []string{"auto", "hide"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []config.XetMode{"auto", "hide"} {
+		t.Run(string(mode), func(t *testing.T) {
 			f := newXetFixture(t, mode)
 			hash, links := f.discover(t, f.w1, "/org/base/resolve/main/model.bin")
 			assert.Empty(t, hash, "no X-Xet-Hash")

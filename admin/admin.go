@@ -33,7 +33,6 @@ import (
 // implements it.
 type Store interface {
 	Stats() cache.Stats
-	DiskFree() (int64, error)
 	Fills() []cache.FillProgress
 	Blobs(fn func(cache.BlobInfo) error) error
 	Blob(d cache.Digest) (cache.BlobInfo, error)

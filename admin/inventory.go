@@ -242,8 +242,7 @@ func (s *Server) inventory(filter *Spec, withFiles bool) (Inventory, error) {
 		return inv.Repos[i].LastAccess.After(inv.Repos[j].LastAccess)
 	})
 	st := s.opts.Store.Stats()
-	free, _ := s.opts.Store.DiskFree()
-	inv.Totals = CacheStatus{Blobs: st.Blobs, Bytes: st.Bytes, IndexBytes: s.opts.Index.DiskSize(), MaxSize: s.opts.MaxSize, DiskFree: free, Fills: st.FillsInFlight}
+	inv.Totals = CacheStatus{Blobs: st.Blobs, Bytes: st.Bytes, IndexBytes: s.opts.Index.DiskSize(), MaxSize: s.opts.MaxSize, DiskFree: st.DiskFree, Fills: st.FillsInFlight}
 	return inv, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 )
 
@@ -34,11 +35,13 @@ func ParseSpec(raw string) (Spec, error) {
 	}
 	switch kind {
 	case "hf":
-		p, err := hfhub.ParsePin(rest)
+		// The grammar of cache.pinned, so that a pin set here reads like
+		// one in the file.
+		p, err := config.ParsePin(raw)
 		if err != nil {
-			return Spec{}, fmt.Errorf("spec %q: %w", raw, err)
+			return Spec{}, fmt.Errorf("spec %w", err)
 		}
-		return Spec{Raw: raw, Repo: p.Repo, Revision: p.Revision}, nil
+		return Spec{Raw: raw, Repo: hfhub.Repo{Type: hfhub.RepoType(p.RepoType), ID: p.Repo}, Revision: p.Revision}, nil
 	case "civitai":
 		id, all := strings.CutSuffix(rest, "/all")
 		if n, err := strconv.ParseUint(id, 10, 64); err != nil || n == 0 || len(id) > 12 {

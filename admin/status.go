@@ -343,10 +343,9 @@ type FillStatus struct {
 
 func (s *Server) status() Status {
 	st := s.opts.Store.Stats()
-	free, _ := s.opts.Store.DiskFree()
 	out := Status{Time: time.Now().UTC(), Offline: s.opts.Offline,
 		Cache: CacheStatus{Blobs: st.Blobs, Bytes: st.Bytes, IndexBytes: s.opts.Index.DiskSize(),
-			MaxSize: s.opts.MaxSize, DiskFree: free, Fills: st.FillsInFlight}}
+			MaxSize: s.opts.MaxSize, DiskFree: st.DiskFree, Fills: st.FillsInFlight}}
 	d, span := s.traffic.window()
 	tr := TrafficStatus{WindowSeconds: span.Seconds(), BytesBySource: map[string]float64{"cache": 0, "fill": 0, "upstream": 0}}
 	ups := map[string]*UpstreamStatus{}

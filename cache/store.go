@@ -309,15 +309,34 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Stats is a snapshot of what the store holds.
+// Stats is a snapshot of what the store holds, taken in one call so that a
+// metrics scrape or a status page reads the store once rather than through
+// one callback per number.
 type Stats struct {
 	Blobs, Bytes  int64 // published blobs and their total size
 	FillsInFlight int64
+	// DiskFree is the space available on the data directory's file system;
+	// 0 when the probe failed (DiskFreeErr says why).
+	DiskFree    int64
+	DiskFreeErr error
+	// IndexBytes is the index's size on disk as Options.IndexSize reports
+	// it; 0 without one.
+	IndexBytes int64
 }
 
-// Stats returns the current counts.
+// Stats returns a snapshot of the current counts, the free space and the
+// index size. The free-space probe is a statfs call, cheap enough for every
+// scrape.
 func (s *Store) Stats() Stats {
-	return Stats{Blobs: s.blobs.Load(), Bytes: s.bytes.Load(), FillsInFlight: s.filling.Load()}
+	st := Stats{Blobs: s.blobs.Load(), Bytes: s.bytes.Load(), FillsInFlight: s.filling.Load()}
+	st.DiskFree, st.DiskFreeErr = s.DiskFree()
+	if st.DiskFreeErr != nil {
+		st.DiskFree = 0
+	}
+	if s.indexSize != nil {
+		st.IndexBytes = s.indexSize()
+	}
+	return st
 }
 
 func (s *Store) blobPath(d Digest) string {

@@ -210,7 +210,10 @@ func TestColdThenWarmFetchesUpstreamOnce(t *testing.T) {
 	b.Close()
 
 	assert.Equal(t, int32(1), src.calls.Load())
-	assert.Equal(t, Stats{Blobs: 1, Bytes: int64(len(data))}, s.Stats())
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.Blobs)
+	assert.Equal(t, int64(len(data)), st.Bytes)
+	assert.Zero(t, st.FillsInFlight)
 
 	fi, err := os.Stat(s.blobPath(d))
 	require.NoError(t, err)
@@ -422,7 +425,9 @@ func TestReopenCountsPublishedBlobsAndDropsTempFiles(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "tmp", "leftover.partial"), []byte("x"), 0o644))
 
 	s2, _ := newStore(t, dir)
-	assert.Equal(t, Stats{Blobs: 1, Bytes: int64(len(data))}, s2.Stats())
+	st := s2.Stats()
+	assert.Equal(t, int64(1), st.Blobs)
+	assert.Equal(t, int64(len(data)), st.Bytes)
 	tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
 	assert.Empty(t, tmp)
 }
@@ -943,4 +948,34 @@ func TestWriteToHoldsBackTheFinalByteUntilVerified(t *testing.T) {
 	}
 	close(src.gate)
 	assert.Equal(t, data[1999:2000], <-last)
+}
+
+// TestStatsSnapshot checks that one Stats call carries the free space and
+// the index size alongside the counts, and that a failing free-space probe
+// reads as 0 with its error rather than a stale or invented number.
+func TestStatsSnapshot(t *testing.T) {
+	tests := []struct {
+		name     string
+		diskFree func() (int64, error)
+		wantFree int64
+		wantErr  bool
+	}{
+		{"probe answers", func() (int64, error) { return 12345, nil }, 12345, false},
+		{"probe fails", func() (int64, error) { return 99, errors.New("statfs: no such device") }, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+			require.NoError(t, err)
+			defer idx.Close()
+			s, err := Open(Options{Dir: dir, Index: idx, DiskFree: tt.diskFree, IndexSize: func() int64 { return 777 }})
+			require.NoError(t, err)
+			defer s.Close()
+			st := s.Stats()
+			assert.Equal(t, tt.wantFree, st.DiskFree)
+			assert.Equal(t, tt.wantErr, st.DiskFreeErr != nil)
+			assert.Equal(t, int64(777), st.IndexBytes)
+		})
+	}
 }

@@ -8,6 +8,7 @@
 package config
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
 	"net"
@@ -79,7 +80,7 @@ type Config struct {
 type StorageConfig struct {
 	// Backend is "disk" (data_dir only) or "s3" (data_dir in front of the
 	// bucket in storage.s3). Default "disk".
-	Backend string `yaml:"backend"`
+	Backend StorageBackend `yaml:"backend"`
 	// S3 is the shared bucket, for backend s3.
 	S3 S3Config `yaml:"s3"`
 }
@@ -196,7 +197,7 @@ type CacheConfig struct {
 	// Pinned lists what eviction must keep: "hf:org/repo" (every cached
 	// revision), "hf:org/repo@rev", "hf:datasets/org/name", or
 	// "civitai:<modelVersionId>". Default empty.
-	Pinned []string `yaml:"pinned"`
+	Pinned []Pin `yaml:"pinned"`
 	// RevisionTTL is how long an answer mapping a branch or tag to a commit
 	// is trusted before the upstream is asked again. 0 means always ask.
 	// Default 60s.
@@ -232,7 +233,7 @@ type HuggingFaceConfig struct {
 	// Endpoint is the base URL of the hub, an absolute http(s) URL without
 	// query or fragment; a trailing "/" is removed. Default
 	// "https://huggingface.co".
-	Endpoint string `yaml:"endpoint"`
+	Endpoint Endpoint `yaml:"endpoint"`
 	// Token is the access token sent upstream for gated and private
 	// repositories. If empty it is read from TokenFile, then from the
 	// environment variables HF_TOKEN and HF_AUTH_TOKEN. Default empty.
@@ -245,7 +246,7 @@ type HuggingFaceConfig struct {
 	// "hide" never (every Xet hint is stripped: clients download plain
 	// HTTP), "serve" for every Xet-backed file, "auto" for Xet-backed
 	// files of at least XetMinSize. Default "auto".
-	Xet string `yaml:"xet"`
+	Xet XetMode `yaml:"xet"`
 	// XetMinSize is the size from which "auto" serves Xet. Default 50GB,
 	// the largest plain-HTTP download huggingface_hub 1.x accepts.
 	XetMinSize ByteSize `yaml:"xet_min_size"`
@@ -256,7 +257,7 @@ type CivitAIConfig struct {
 	// Endpoint is the base URL of CivitAI, an absolute http(s) URL without
 	// query or fragment; a trailing "/" is removed. Default
 	// "https://civitai.com".
-	Endpoint string `yaml:"endpoint"`
+	Endpoint Endpoint `yaml:"endpoint"`
 	// APIKey is the API key sent upstream. If empty it is read from the
 	// environment variables CIVITAI_API_KEY, CA_AUTH_TOKEN and CA_API_KEY,
 	// in that order. Default empty.
@@ -317,9 +318,9 @@ type UpstreamConfig struct {
 type LogConfig struct {
 	// Level is the minimum level logged: debug, info, warn or error.
 	// Default "info".
-	Level string `yaml:"level"`
+	Level LogLevel `yaml:"level"`
 	// Format is the log line format: text or json. Default "text".
-	Format string `yaml:"format"`
+	Format LogFormat `yaml:"format"`
 }
 
 // RepoFilter is a global allow/deny list of Hugging Face repositories:
@@ -357,7 +358,7 @@ type MITMConfig struct {
 type ProxyConfig struct {
 	// Tunnel is "allow" (CONNECT to any other host is a blind tunnel the
 	// gateway never decodes) or "deny" (refused with 403). Default "allow".
-	Tunnel string `yaml:"tunnel"`
+	Tunnel TunnelPolicy `yaml:"tunnel"`
 	// IdleTimeout closes a tunnel or an intercepted connection on which no
 	// byte moved in either direction for this long. Default 5m.
 	IdleTimeout Duration `yaml:"idle_timeout"`
@@ -401,7 +402,7 @@ type ClientsConfig struct {
 	// credentials: public models only) or "all" (every request needs a
 	// known worker key; /healthz, /metrics and /ca.pem excepted: the
 	// network allow-lists govern those). Default "false".
-	RequireKey string `yaml:"require_key"`
+	RequireKey RequireKey `yaml:"require_key"`
 	// OwnCredentials is what happens to a worker's own upstream credential
 	// (a Hub token that is not a worker key): "replace" (the gateway's is
 	// sent instead) or "pass" (the worker's is forwarded, to its own host
@@ -409,7 +410,7 @@ type ClientsConfig struct {
 	// worker's own credential are cached under that credential's hash, so
 	// each worker reaches a file only through its own access check.
 	// Default "replace".
-	OwnCredentials string `yaml:"own_credentials"`
+	OwnCredentials OwnCredentials `yaml:"own_credentials"`
 	// RequireTLSForKeys refuses (403) a request presenting a worker key
 	// (mgw_) or an admin key (mga_) over plain HTTP, except from a
 	// loopback client (one connecting from the loopback address it
@@ -457,7 +458,7 @@ func Default() Config {
 		Cache: CacheConfig{
 			MaxSize:           0,
 			MinFree:           5 << 30,
-			Pinned:            []string{},
+			Pinned:            []Pin{},
 			RevisionTTL:       Duration{60 * time.Second},
 			LastKnownTTL:      Duration{7 * 24 * time.Hour},
 			IndexMaxSize:      1 << 30,
@@ -466,13 +467,13 @@ func Default() Config {
 			OrphanFillTimeout: Duration{10 * time.Second},
 		},
 		HuggingFace: HuggingFaceConfig{
-			Endpoint:   "https://huggingface.co",
+			Endpoint:   MustEndpoint("https://huggingface.co"),
 			Repos:      RepoFilter{Allow: []string{}, Deny: []string{}},
 			Xet:        "auto",
 			XetMinSize: 50e9,
 		},
 		CivitAI: CivitAIConfig{
-			Endpoint:    "https://civitai.com",
+			Endpoint:    MustEndpoint("https://civitai.com"),
 			MetadataTTL: Duration{10 * time.Minute},
 			DownloadTTL: Duration{24 * time.Hour},
 		},
@@ -531,15 +532,13 @@ var (
 	repoPattern = regexp.MustCompile(`^((datasets|spaces)/)?[A-Za-z0-9*?._-]+(/[A-Za-z0-9*?._-]+)?$`)
 )
 
-// pinPattern is the shape of a cache.pinned entry; the Hub part is checked
-// fully when the gateway starts.
-var pinPattern = regexp.MustCompile(`^(hf:((datasets|spaces)/)?[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(@[A-Za-z0-9._/-]+)?|civitai:[0-9]{1,12})$`)
-
-var (
-	logLevels      = []string{"debug", "info", "warn", "error"}
-	logFormats     = []string{"text", "json"}
-	tunnelPolicies = []string{"allow", "deny"}
-)
+// checkEnum reports v under key unless u accepts it: a value set in code
+// rather than read from the file or the environment is checked here.
+func checkEnum(fail func(key, format string, args ...any), key, v string, u encoding.TextUnmarshaler) {
+	if err := u.UnmarshalText([]byte(v)); err != nil {
+		fail(key, "%s", err)
+	}
+}
 
 // Validate checks every setting and returns all problems found, joined; each
 // one starts with the key it concerns, e.g.
@@ -593,11 +592,6 @@ func (c *Config) Validate() error {
 	if c.Cache.MinFree < 0 {
 		fail("cache.min_free", "must be >= 0 (0 means no floor), got %d", int64(c.Cache.MinFree))
 	}
-	for _, p := range c.Cache.Pinned {
-		if !pinPattern.MatchString(p) {
-			fail("cache.pinned", `%q is not "hf:org/repo[@rev]", "hf:datasets/org/name[@rev]" or "civitai:<versionId>"`, p)
-		}
-	}
 	if c.Cache.RevisionTTL.Duration < 0 {
 		fail("cache.revision_ttl", "must be >= 0, got %s", c.Cache.RevisionTTL)
 	}
@@ -607,8 +601,8 @@ func (c *Config) Validate() error {
 	if c.Cache.IndexMaxSize <= 0 {
 		fail("cache.index_max_size", "must be > 0, got %d", int64(c.Cache.IndexMaxSize))
 	}
-	if msg := checkURL(c.HuggingFace.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
-		fail("huggingface.endpoint", "%s", msg)
+	if !c.HuggingFace.Endpoint.IsSet() {
+		fail("huggingface.endpoint", endpointWant)
 	}
 	if c.HuggingFace.Token != "" && c.HuggingFace.TokenFile != "" {
 		fail("huggingface.token", "cannot be combined with huggingface.token_file; set only one")
@@ -616,14 +610,12 @@ func (c *Config) Validate() error {
 	if !printable(c.HuggingFace.Token) {
 		fail("huggingface.token", "must not contain whitespace or control characters")
 	}
-	if !slices.Contains([]string{"auto", "serve", "hide"}, c.HuggingFace.Xet) {
-		fail("huggingface.xet", `must be "auto", "serve" or "hide", got %q`, c.HuggingFace.Xet)
-	}
+	checkEnum(fail, "huggingface.xet", string(c.HuggingFace.Xet), new(XetMode))
 	if c.HuggingFace.XetMinSize < 0 {
 		fail("huggingface.xet_min_size", "must not be negative")
 	}
-	if msg := checkURL(c.CivitAI.Endpoint, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
-		fail("civitai.endpoint", "%s", msg)
+	if !c.CivitAI.Endpoint.IsSet() {
+		fail("civitai.endpoint", endpointWant)
 	}
 	if c.CivitAI.MetadataTTL.Duration < 0 {
 		fail("civitai.metadata_ttl", "must be >= 0, got %s", c.CivitAI.MetadataTTL)
@@ -681,15 +673,9 @@ func (c *Config) Validate() error {
 	if c.MITM.CAOverlap.Duration < 0 {
 		fail("mitm.ca_overlap", "must be >= 0, got %s", c.MITM.CAOverlap)
 	}
-	if !slices.Contains(tunnelPolicies, c.Proxy.Tunnel) {
-		fail("proxy.tunnel", "must be one of %s, got %q", strings.Join(tunnelPolicies, ", "), c.Proxy.Tunnel)
-	}
-	if !slices.Contains([]string{"false", "gated", "all"}, c.Clients.RequireKey) {
-		fail("clients.require_key", `must be "false", "gated" or "all", got %q`, c.Clients.RequireKey)
-	}
-	if c.Clients.OwnCredentials != "replace" && c.Clients.OwnCredentials != "pass" {
-		fail("clients.own_credentials", `must be "replace" or "pass", got %q`, c.Clients.OwnCredentials)
-	}
+	checkEnum(fail, "proxy.tunnel", string(c.Proxy.Tunnel), new(TunnelPolicy))
+	checkEnum(fail, "clients.require_key", string(c.Clients.RequireKey), new(RequireKey))
+	checkEnum(fail, "clients.own_credentials", string(c.Clients.OwnCredentials), new(OwnCredentials))
 	names := map[string]bool{}
 	for i, k := range c.Clients.Keys {
 		key := fmt.Sprintf("clients.keys[%d]", i)
@@ -744,12 +730,8 @@ func (c *Config) Validate() error {
 	if c.Proxy.BodyReadTimeout.Duration <= 0 {
 		fail("proxy.body_read_timeout", "must be > 0, got %s", c.Proxy.BodyReadTimeout)
 	}
-	if !slices.Contains(logLevels, c.Log.Level) {
-		fail("log.level", "must be one of %s, got %q", strings.Join(logLevels, ", "), c.Log.Level)
-	}
-	if !slices.Contains(logFormats, c.Log.Format) {
-		fail("log.format", "must be one of %s, got %q", strings.Join(logFormats, ", "), c.Log.Format)
-	}
+	checkEnum(fail, "log.level", string(c.Log.Level), new(LogLevel))
+	checkEnum(fail, "log.format", string(c.Log.Format), new(LogFormat))
 	return errors.Join(errs...)
 }
 
@@ -802,11 +784,11 @@ var s3BucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 
 func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
 	switch c.Storage.Backend {
-	case "disk":
+	case BackendDisk:
 		return
-	case "s3":
+	case BackendS3:
 	default:
-		fail("storage.backend", `must be "disk" or "s3", got %q`, c.Storage.Backend)
+		checkEnum(fail, "storage.backend", string(c.Storage.Backend), new(StorageBackend))
 		return
 	}
 	s3 := c.Storage.S3

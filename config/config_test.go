@@ -45,18 +45,18 @@ func TestDefault(t *testing.T) {
 	assert.Equal(t, "./data", c.DataDir)
 	assert.Equal(t, ByteSize(0), c.Cache.MaxSize)
 	assert.Equal(t, 60*time.Second, c.Cache.RevisionTTL.Duration)
-	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint)
+	assert.Equal(t, "https://huggingface.co", c.HuggingFace.Endpoint.String())
 	assert.Empty(t, c.HuggingFace.Token)
 	assert.Empty(t, c.HuggingFace.TokenFile)
-	assert.Equal(t, "auto", c.HuggingFace.Xet)
+	assert.Equal(t, XetAuto, c.HuggingFace.Xet)
 	assert.Equal(t, ByteSize(50e9), c.HuggingFace.XetMinSize)
-	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint)
+	assert.Equal(t, "https://civitai.com", c.CivitAI.Endpoint.String())
 	assert.Empty(t, c.CivitAI.APIKey)
 	assert.Empty(t, c.Upstream.CAFile)
 	assert.Empty(t, c.Upstream.Proxy)
 	assert.Equal(t, 30*time.Second, c.Upstream.Timeout.Duration)
-	assert.Equal(t, "info", c.Log.Level)
-	assert.Equal(t, "text", c.Log.Format)
+	assert.Equal(t, LogInfo, c.Log.Level)
+	assert.Equal(t, LogText, c.Log.Format)
 	require.NoError(t, c.Validate())
 
 	// Empty input, no file and a comment-only file all give the defaults.
@@ -141,14 +141,17 @@ func TestYAMLOverrides(t *testing.T) {
 			name: "huggingface, trailing slash trimmed",
 			yaml: "huggingface:\n  endpoint: http://hub.test:8081/mirror/\n  token: hf_yaml\n",
 			want: func(c *Config) {
-				c.HuggingFace.Endpoint = "http://hub.test:8081/mirror"
+				c.HuggingFace.Endpoint = MustEndpoint("http://hub.test:8081/mirror")
 				c.HuggingFace.Token = "hf_yaml"
 			},
 		},
 		{
 			name: "civitai",
 			yaml: "civitai:\n  endpoint: https://civitai.test/\n  api_key: ca_yaml\n",
-			want: func(c *Config) { c.CivitAI.Endpoint = "https://civitai.test"; c.CivitAI.APIKey = "ca_yaml" },
+			want: func(c *Config) {
+				c.CivitAI.Endpoint = MustEndpoint("https://civitai.test")
+				c.CivitAI.APIKey = "ca_yaml"
+			},
 		},
 		{
 			name: "upstream",
@@ -272,9 +275,9 @@ func TestEnvOverrides(t *testing.T) {
 				"MODELGATE_LOG_FORMAT":           "json",
 			},
 			want: func(c *Config) {
-				c.HuggingFace.Endpoint = "https://hf.test"
+				c.HuggingFace.Endpoint = MustEndpoint("https://hf.test")
 				c.HuggingFace.Token = "hf_env"
-				c.CivitAI.Endpoint = "http://ca.test"
+				c.CivitAI.Endpoint = MustEndpoint("http://ca.test")
 				c.CivitAI.APIKey = "ca_env"
 				c.Upstream.CAFile = "/ca.pem"
 				c.Upstream.Proxy = "http://proxy.test:3128"
@@ -325,7 +328,7 @@ func TestInvalidValues(t *testing.T) {
 		{"negative ttl", "cache:\n  revision_ttl: -1s\n", nil, []string{"cache.revision_ttl: must be >= 0"}},
 		{"zero timeout", "upstream:\n  timeout: 0s\n", nil, []string{"upstream.timeout: must be > 0"}},
 		{"bad size", "cache:\n  max_size: lots\n", nil, []string{`cache.max_size: invalid size "lots"`}},
-		{"bad xet mode", "huggingface:\n  xet: always\n", nil, []string{`huggingface.xet: must be "auto", "serve" or "hide", got "always"`}},
+		{"bad xet mode", "huggingface:\n  xet: always\n", nil, []string{`huggingface.xet: must be one of auto, serve, hide, got "always"`}},
 		{"bad xet size", "", map[string]string{"MODELGATE_HUGGINGFACE_XET_MIN_SIZE": "-1"}, []string{"huggingface.xet_min_size"}},
 		{"bad size unit", "cache:\n  max_size: 5XB\n", nil, []string{`cache.max_size: invalid size "5XB": unknown unit "XB"`}},
 		{"bad size env", "", map[string]string{"MODELGATE_CACHE_MAX_SIZE": "1.5.5GiB"},
@@ -354,8 +357,8 @@ func TestInvalidValues(t *testing.T) {
 		{"per-client cap above the total", "proxy:\n  max_connections: 10\n  max_connections_per_client: 11\n", nil, []string{"proxy.max_connections_per_client: must be from 1 to proxy.max_connections (10)"}},
 		{"no body read time", "", map[string]string{"MODELGATE_PROXY_BODY_READ_TIMEOUT": "0s"}, []string{"proxy.body_read_timeout: must be > 0"}},
 		{"no shutdown time", "", map[string]string{"MODELGATE_SHUTDOWN_TIMEOUT": "0s"}, []string{"shutdown_timeout: must be > 0"}},
-		{"bad require_key", "clients:\n  require_key: maybe\n", nil, []string{`clients.require_key: must be "false", "gated" or "all"`}},
-		{"bad own_credentials", "clients:\n  own_credentials: keep\n", nil, []string{`clients.own_credentials: must be "replace" or "pass"`}},
+		{"bad require_key", "clients:\n  require_key: maybe\n", nil, []string{`clients.require_key: must be one of false, gated, all, got "maybe"`}},
+		{"bad own_credentials", "clients:\n  own_credentials: keep\n", nil, []string{`clients.own_credentials: must be one of replace, pass, got "keep"`}},
 		{"key without hash or file", "clients:\n  keys:\n    - name: a\n", nil, []string{"clients.keys[0]: needs exactly one of key_sha256 and key_file"}},
 		{"key with bad hash", "clients:\n  keys:\n    - name: a\n      key_sha256: xyz\n", nil, []string{"clients.keys[0]: key_sha256 must be 64 hex digits"}},
 		{"key with bad scope", "clients:\n  keys:\n    - name: a\n      key_file: /k\n      scopes: [s3]\n", nil, []string{`unknown scope "s3"`}},
@@ -583,14 +586,14 @@ func TestStorageS3Config(t *testing.T) {
 		check   func(t *testing.T, c Config)
 	}{
 		{name: "disk by default", check: func(t *testing.T, c Config) {
-			assert.Equal(t, "disk", c.Storage.Backend)
+			assert.Equal(t, BackendDisk, c.Storage.Backend)
 			assert.Equal(t, 30*time.Second, c.Cluster.LeaseTTL.Duration)
 		}},
 		{name: "s3 with AWS variables", yaml: "storage: {backend: S3, s3: {endpoint: 'http://10.0.0.9:9000/', bucket: models, prefix: mg}}",
 			env: map[string]string{"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "sess-tok"},
 			check: func(t *testing.T, c Config) {
 				s3 := c.Storage.S3
-				assert.Equal(t, "s3", c.Storage.Backend)
+				assert.Equal(t, BackendS3, c.Storage.Backend)
 				assert.Equal(t, "http://10.0.0.9:9000", s3.Endpoint)
 				assert.Equal(t, "mg/", s3.Prefix)
 				assert.Equal(t, "AKIDEXAMPLE", s3.AccessKeyID.Reveal())

@@ -58,9 +58,13 @@ func load(data []byte, source string, getenv func(string) string, readFile func(
 	cfg := Default()
 	if err := decodeYAML(data, &cfg); err != nil {
 		if source != "" {
-			return Config{}, fmt.Errorf("config: %s: %w", source, err)
+			err = fmt.Errorf("%s: %w", source, err)
 		}
-		return Config{}, fmt.Errorf("config: %w", err)
+		// What the file got wrong is reported with what Validate finds in
+		// the rest (a bad value left its default in place), so that one
+		// run lists every problem.
+		normalize(&cfg)
+		return Config{}, fmt.Errorf("config: %w", errors.Join(err, cfg.Validate()))
 	}
 	if err := applyEnv(&cfg, getenv); err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
@@ -77,11 +81,11 @@ func load(data []byte, source string, getenv func(string) string, readFile func(
 
 // normalize puts values in canonical form before validation.
 func normalize(c *Config) {
-	c.HuggingFace.Endpoint = strings.TrimRight(c.HuggingFace.Endpoint, "/")
-	c.CivitAI.Endpoint = strings.TrimRight(c.CivitAI.Endpoint, "/")
-	c.Log.Level = strings.ToLower(strings.TrimSpace(c.Log.Level))
-	c.Log.Format = strings.ToLower(strings.TrimSpace(c.Log.Format))
-	c.Storage.Backend = strings.ToLower(strings.TrimSpace(c.Storage.Backend))
+	// The enum types normalize what they read; these cover values set in
+	// code.
+	c.Log.Level = LogLevel(strings.ToLower(strings.TrimSpace(string(c.Log.Level))))
+	c.Log.Format = LogFormat(strings.ToLower(strings.TrimSpace(string(c.Log.Format))))
+	c.Storage.Backend = StorageBackend(strings.ToLower(strings.TrimSpace(string(c.Storage.Backend))))
 	c.Storage.S3.Endpoint = strings.TrimRight(c.Storage.S3.Endpoint, "/")
 	if p := c.Storage.S3.Prefix; p != "" && !strings.HasSuffix(p, "/") {
 		c.Storage.S3.Prefix = p + "/"
@@ -108,7 +112,7 @@ func resolveSecrets(c *Config, getenv func(string) string, readFile func(string)
 	if hf.Token == "" {
 		hf.Token = firstEnv(getenv, "HF_TOKEN", "HF_AUTH_TOKEN")
 	}
-	if c.Storage.Backend == "s3" {
+	if c.Storage.Backend == BackendS3 {
 		s3 := &c.Storage.S3
 		if s3.AccessKeyID == "" && s3.SecretAccessKey == "" {
 			s3.AccessKeyID = firstEnv(getenv, "AWS_ACCESS_KEY_ID")
@@ -176,6 +180,7 @@ func decodeSection(n *yaml.Node, v reflect.Value, path []string) error {
 		return fmt.Errorf("line %d: %s: must be a mapping of keys, got %s", n.Line, strings.Join(path, "."), nodeKind(n))
 	}
 	seen := make(map[string]int)
+	var badValues []error
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := resolveAlias(n.Content[i]), n.Content[i+1]
 		p := append(path[:len(path):len(path)], k.Value)
@@ -194,15 +199,17 @@ func decodeSection(n *yaml.Node, v reflect.Value, path []string) error {
 		}
 		if !isLeaf(f.Type()) {
 			if err := decodeSection(val, f, p); err != nil {
-				return err
+				badValues = append(badValues, err)
 			}
 			continue
 		}
+		// A bad value is reported with the others rather than alone: the
+		// enum and pin types refuse their value as they read it.
 		if err := decodeLeaf(resolveAlias(val), f); err != nil {
-			return fmt.Errorf("line %d: %s: %w", val.Line, key, err)
+			badValues = append(badValues, fmt.Errorf("line %d: %s: %w", val.Line, key, err))
 		}
 	}
-	return nil
+	return errors.Join(badValues...)
 }
 
 var typeErrorLine = regexp.MustCompile(`^line \d+: `)

@@ -127,3 +127,97 @@ func TestParseDuration(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "1s", string(text))
 }
+
+// TestEnumsReadTyped checks that the enumerated settings are read into
+// their types, case and spaces forgiven, from the file and from the
+// environment, and that several bad values are reported in one error.
+func TestEnumsReadTyped(t *testing.T) {
+	c, err := parse("clients:\n  require_key: GATED\n  own_credentials: ' pass '\nproxy:\n  tunnel: Deny\nlog:\n  format: JSON\n",
+		map[string]string{"MODELGATE_HUGGINGFACE_XET": "Serve", "MODELGATE_LOG_LEVEL": "WARN"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, RequireKeyGated, c.Clients.RequireKey)
+	assert.Equal(t, OwnCredentialsPass, c.Clients.OwnCredentials)
+	assert.Equal(t, TunnelDeny, c.Proxy.Tunnel)
+	assert.Equal(t, LogJSON, c.Log.Format)
+	assert.Equal(t, XetServe, c.HuggingFace.Xet)
+	assert.Equal(t, LogWarn, c.Log.Level)
+
+	_, err = parse("clients:\n  require_key: maybe\nproxy:\n  tunnel: sometimes\nshutdown_timeout: 0s\n", nil, nil)
+	require.Error(t, err)
+	for _, want := range []string{`line 2: clients.require_key: must be one of false, gated, all, got "maybe"`,
+		`line 4: proxy.tunnel: must be one of allow, deny, got "sometimes"`, "shutdown_timeout: must be > 0"} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
+// TestPins checks that cache.pinned is parsed into Pins when the config
+// loads, with the full Hub grammar (what the gateway used to check only at
+// start), and that each pin's canonical form reads back to itself.
+func TestPins(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Pin
+		wantErr string
+	}{
+		{in: "hf:org/repo", want: Pin{RepoType: "model", Repo: "org/repo"}},
+		{in: "hf:gpt2", want: Pin{RepoType: "model", Repo: "gpt2"}},
+		{in: "hf:org/repo@refs/pr/3", want: Pin{RepoType: "model", Repo: "org/repo", Revision: "refs/pr/3"}},
+		{in: "hf:datasets/org/data@v1.0", want: Pin{RepoType: "dataset", Repo: "org/data", Revision: "v1.0"}},
+		{in: "hf:spaces/org/app", want: Pin{RepoType: "space", Repo: "org/app"}},
+		{in: "civitai:4201", want: Pin{Version: "4201"}},
+		{in: "org/repo", wantErr: "no hf: or civitai: prefix"},
+		{in: "s3:org/repo", wantErr: `unknown prefix "s3:"`},
+		{in: "hf:org/re--po", wantErr: "invalid repo id"},
+		{in: "hf:org/repo-", wantErr: "invalid repo id"},
+		{in: "hf:a/b/c", wantErr: "not [datasets/|spaces/]org/name"},
+		{in: "hf:org/repo@", wantErr: "invalid revision"},
+		{in: "hf:org/repo@main.lock", wantErr: "invalid revision"},
+		{in: "hf:org/repo@a..b", wantErr: "invalid revision"},
+		{in: "civitai:abc", wantErr: "must be a number"},
+		{in: "civitai:0", wantErr: "must be a number"},
+		{in: "civitai:1234567890123", wantErr: "must be a number"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParsePin(tt.in)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+			assert.Equal(t, tt.in, got.String())
+		})
+	}
+
+	c, err := parse("cache:\n  pinned: [\"hf:org/a@main\"]\n", map[string]string{}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []Pin{{RepoType: "model", Repo: "org/a", Revision: "main"}}, c.Cache.Pinned)
+	c, err = parse("", map[string]string{"MODELGATE_CACHE_PINNED": "hf:datasets/o/d, civitai:7"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []Pin{{RepoType: "dataset", Repo: "o/d"}, {Version: "7"}}, c.Cache.Pinned)
+	_, err = parse("cache:\n  pinned: [\"hf:org/a--b\"]\n", nil, nil)
+	require.ErrorContains(t, err, `line 2: cache.pinned: "hf:org/a--b" is not`)
+}
+
+// TestEndpointParsedOnce checks that an endpoint is a parsed URL from the
+// file and the environment, that URL hands out a copy (a caller extending
+// it cannot change the config), and that a refused one echoes no password.
+func TestEndpointParsedOnce(t *testing.T) {
+	c, err := parse("huggingface:\n  endpoint: http://hub.test:8081/mirror/\n",
+		map[string]string{"MODELGATE_CIVITAI_ENDPOINT": "https://ca.test"}, nil)
+	require.NoError(t, err)
+	u := c.HuggingFace.Endpoint.URL()
+	require.NotNil(t, u)
+	assert.Equal(t, "hub.test:8081", u.Host)
+	assert.Equal(t, "/mirror", u.Path)
+	u.Path += "/api"
+	assert.Equal(t, "http://hub.test:8081/mirror", c.HuggingFace.Endpoint.String())
+	assert.Equal(t, "ca.test", c.CivitAI.Endpoint.URL().Host)
+
+	_, err = parse("huggingface:\n  endpoint: https://user:hunter2@hub.test\n", nil, nil)
+	require.ErrorContains(t, err, "huggingface.endpoint: must not contain credentials")
+	assert.NotContains(t, err.Error(), "hunter2")
+	require.Error(t, (&Config{}).Validate(), "an unset endpoint does not validate")
+}

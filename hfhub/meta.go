@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -168,39 +167,11 @@ func APIKeyPrefix(repo Repo) string {
 	return indexkeys.HFAPIPrefix(string(repo.Type), repo.ID)
 }
 
-// Pin is a cache.pinned entry for the Hub: a repository, and optionally
-// one revision of it.
+// Pin is a Hub pin (cache.pinned, parsed by the config package): a
+// repository, and optionally one revision of it.
 type Pin struct {
 	Repo     Repo
 	Revision string // "" pins every cached revision
-}
-
-// ParsePin parses the part of a cache.pinned entry after "hf:":
-// "org/repo", "org/repo@rev", "datasets/org/name", "spaces/org/name@rev".
-func ParsePin(s string) (Pin, error) {
-	repoPart, rev, hasRev := strings.Cut(s, "@")
-	segs := strings.Split(repoPart, "/")
-	typ := Model
-	switch segs[0] {
-	case "datasets":
-		typ, segs = Dataset, segs[1:]
-	case "spaces":
-		typ, segs = Space, segs[1:]
-	}
-	if len(segs) < 1 || len(segs) > 2 {
-		return Pin{}, fmt.Errorf("pinned repo %q is not [datasets/|spaces/]org/name", s)
-	}
-	repo, err := parseRepo(typ, segs)
-	if err != nil {
-		return Pin{}, err
-	}
-	p := Pin{Repo: repo}
-	if hasRev {
-		if p.Revision, err = parseRevision(url.PathEscape(rev)); err != nil {
-			return Pin{}, err
-		}
-	}
-	return p, nil
 }
 
 // FileKeyPrefix is the index key prefix of a repo's files at commit, or at

@@ -11,6 +11,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modelgate/modelgate/cache"
 )
 
 const namespace = "modelgate"
@@ -248,28 +250,48 @@ func RegisterCacheLimits(reg prometheus.Registerer, maxSize, minFree int64) {
 	}
 }
 
+// CacheStats is what the cache collector reads of the blob store;
+// *cache.Store implements it.
+type CacheStats interface {
+	Stats() cache.Stats
+}
+
 // RegisterCache exports the cache's blob count, bytes and fills in flight,
-// and the data directory's free space, read at scrape time rather than
-// mirrored into gauges.
-func RegisterCache(reg prometheus.Registerer, stats func() (blobs, bytes, fills int64), diskFree func() (int64, error)) {
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "disk_free_bytes",
-			Help: "Free space available on the data directory's file system.",
-		}, func() float64 { n, _ := diskFree(); return float64(n) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "cache_blobs",
-			Help: "Published blobs on disk.",
-		}, func() float64 { b, _, _ := stats(); return float64(b) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "cache_blob_bytes",
-			Help: "Total size of the published blobs on disk.",
-		}, func() float64 { _, n, _ := stats(); return float64(n) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "fills_in_flight",
-			Help: "Blob fills downloading right now.",
-		}, func() float64 { _, _, f := stats(); return float64(f) }),
-	)
+// and the data directory's free space, from one Stats snapshot taken at
+// scrape time: the store pushes nothing, and the four numbers of a scrape
+// come from the same moment.
+func RegisterCache(reg prometheus.Registerer, store CacheStats) {
+	reg.MustRegister(newCacheCollector(store))
+}
+
+type cacheCollector struct {
+	store                            CacheStats
+	diskFree, blobs, bytes, inFlight *prometheus.Desc
+}
+
+func newCacheCollector(store CacheStats) *cacheCollector {
+	return &cacheCollector{
+		store:    store,
+		diskFree: prometheus.NewDesc(namespace+"_disk_free_bytes", "Free space available on the data directory's file system.", nil, nil),
+		blobs:    prometheus.NewDesc(namespace+"_cache_blobs", "Published blobs on disk.", nil, nil),
+		bytes:    prometheus.NewDesc(namespace+"_cache_blob_bytes", "Total size of the published blobs on disk.", nil, nil),
+		inFlight: prometheus.NewDesc(namespace+"_fills_in_flight", "Blob fills downloading right now.", nil, nil),
+	}
+}
+
+func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.diskFree
+	ch <- c.blobs
+	ch <- c.bytes
+	ch <- c.inFlight
+}
+
+func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.store.Stats()
+	ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(st.DiskFree))
+	ch <- prometheus.MustNewConstMetric(c.blobs, prometheus.GaugeValue, float64(st.Blobs))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(st.FillsInFlight))
 }
 
 // RegisterBuildInfo exports modelgate_build_info, a constant 1 whose labels
