@@ -17,7 +17,6 @@ import (
 // digits>\x00<seq>", so a scan runs in time order.
 const auditPrefix = indexkeys.AdminAudit
 
-
 // AuditRecord is one file download: who (worker key name, or the client
 // address without one), what, when.
 type AuditRecord struct {
