@@ -63,6 +63,13 @@ func startProcess(t *testing.T, bin, dataDir string, hub *fakehub.Hub, extraEnv 
 	if !slices.ContainsFunc(extraEnv, func(e string) bool { return strings.HasPrefix(e, "MODELGATE_HUGGINGFACE_TOKEN") }) {
 		cmd.Env = append(cmd.Env, "MODELGATE_HUGGINGFACE_TOKEN="+operatorToken)
 	}
+	return runProcess(t, cmd)
+}
+
+// runProcess starts cmd, a gateway binary, collects its log and waits for
+// it to listen; cleanup kills it if the test has not stopped it.
+func runProcess(t *testing.T, cmd *exec.Cmd) *gatewayProcess {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

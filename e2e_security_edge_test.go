@@ -118,32 +118,7 @@ func startConfiguredProcess(t *testing.T, bin, configYAML string) *gatewayProces
 	cmd := exec.Command(bin, "-config", cfgPath)
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	p := &gatewayProcess{cmd: cmd, logs: &syncBuffer{}}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.logs.Write([]byte(line + "\n"))
-			if m := listeningRe.FindStringSubmatch(line); m != nil {
-				addr <- m[1]
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		p.url = "http://" + a
-	case <-time.After(20 * time.Second):
-		t.Fatalf("gateway did not start: %s", p.logs.String())
-	}
-	return p
+	return runProcess(t, cmd)
 }
 
 // echoServer echoes every line back, until the peer closes.
