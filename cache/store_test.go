@@ -280,23 +280,7 @@ func TestReaderStreamsWhileFillingButHoldsBackFinalByte(t *testing.T) {
 	r, err := b.NewReader(t.Context(), 1000, 2000)
 	require.NoError(t, err)
 	defer r.Close()
-	got := make([]byte, 999)
-	_, err = io.ReadFull(r, got)
-	require.NoError(t, err)
-	assert.Equal(t, data[1000:1999], got)
-
-	last := make(chan []byte)
-	go func() {
-		rest, _ := io.ReadAll(r)
-		last <- rest
-	}()
-	select {
-	case <-last:
-		t.Fatal("the final byte arrived before the blob verified")
-	case <-time.After(100 * time.Millisecond):
-	}
-	close(src.gate)
-	assert.Equal(t, data[1999:2000], <-last)
+	assertFinalByteHeldBack(t, r, data, src.gate)
 }
 
 func TestCorruptUpstreamIsNeverPublishedAndReadersFail(t *testing.T) {
@@ -931,23 +915,7 @@ func TestWriteToHoldsBackTheFinalByteUntilVerified(t *testing.T) {
 		_, err := wt.WriteTo(pw)
 		pw.CloseWithError(err)
 	}()
-	got := make([]byte, 999)
-	_, err = io.ReadFull(pr, got)
-	require.NoError(t, err)
-	assert.Equal(t, data[1000:1999], got)
-
-	last := make(chan []byte)
-	go func() {
-		rest, _ := io.ReadAll(pr)
-		last <- rest
-	}()
-	select {
-	case <-last:
-		t.Fatal("the final byte arrived before the blob verified")
-	case <-time.After(100 * time.Millisecond):
-	}
-	close(src.gate)
-	assert.Equal(t, data[1999:2000], <-last)
+	assertFinalByteHeldBack(t, pr, data, src.gate)
 }
 
 // TestStatsSnapshot checks that one Stats call carries the free space and
@@ -978,4 +946,28 @@ func TestStatsSnapshot(t *testing.T) {
 			assert.Equal(t, int64(777), st.IndexBytes)
 		})
 	}
+}
+
+// assertFinalByteHeldBack reads bytes 1000–1998 of data from r (a reader
+// of [1000, 2000)) at once, checks the final byte does not come while the
+// source is held at gate, then releases it and gets that byte.
+func assertFinalByteHeldBack(t *testing.T, r io.Reader, data []byte, gate chan struct{}) {
+	t.Helper()
+	got := make([]byte, 999)
+	_, err := io.ReadFull(r, got)
+	require.NoError(t, err)
+	assert.Equal(t, data[1000:1999], got)
+
+	last := make(chan []byte)
+	go func() {
+		rest, _ := io.ReadAll(r)
+		last <- rest
+	}()
+	select {
+	case <-last:
+		t.Fatal("the final byte arrived before the blob verified")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	assert.Equal(t, data[1999:2000], <-last)
 }
