@@ -381,7 +381,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		// the injector) and the CAS with the operator's Xet token.
 		svc, err := xet.New(xet.Options{
 			Hub:      hfURL,
-			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}},
+			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}, CheckRedirect: xetRedirect},
 			HubToken: func() string { return "" }, // attached by the injector, never held here
 			Dir:      filepath.Join(cfg.DataDir, "xet"),
 			KeyKnown: func(name string) bool { return currentKeys.Load().Known(name) },

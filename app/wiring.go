@@ -43,6 +43,20 @@ func (x *xetUpstream) RoundTrip(r *http.Request) (*http.Response, error) {
 	return x.rest.RoundTrip(r)
 }
 
+// xetRedirect is the Xet client's redirect policy: the CAS calls carry the
+// operator's Xet token, and net/http keeps Authorization on a redirect to
+// the same host, plain http included; a downgrade is refused, as authinject
+// refuses it for every other upstream.
+func xetRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Scheme == "http" && via[len(via)-1].URL.Scheme == "https" {
+		return authinject.ErrDowngrade
+	}
+	return nil
+}
+
 // requestBase is the scheme://host a client reached the gateway at.
 func requestBase(r *http.Request) string {
 	if r.TLS != nil {
@@ -51,7 +65,6 @@ func requestBase(r *http.Request) string {
 	return "http://" + r.Host
 }
 
-// keySpecs hands the configured worker keys to clientauth.
 // adminKeySpecs converts admin.keys for clientauth.LoadAdmin.
 func adminKeySpecs(keys []config.AdminKey) []clientauth.Spec {
 	out := make([]clientauth.Spec, len(keys))
@@ -61,6 +74,7 @@ func adminKeySpecs(keys []config.AdminKey) []clientauth.Spec {
 	return out
 }
 
+// keySpecs hands the configured worker keys to clientauth.
 func keySpecs(keys []config.ClientKey) []clientauth.Spec {
 	out := make([]clientauth.Spec, len(keys))
 	for i, k := range keys {
