@@ -344,16 +344,24 @@ func (fc *fillCopy) save() error {
 // extentsPath is the file beside a temp file that lists its ranges.
 func extentsPath(tmpPath string) string { return tmpPath + ".extents" }
 
+// syncTemp makes a temp file's written bytes durable (a variable so that a
+// test can land bytes while it runs).
+var syncTemp = (*os.File).Sync
+
+// saveExtents records the ranges of the temp file that are on disk. The
+// ranges are read before the sync: each was written before it was
+// announced, so the sync makes all of them durable, while a range that
+// lands during the sync may not be, and must wait for the next save.
 func (s *Store) saveExtents(f *fill, tmp *os.File) error {
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("%w: syncing temp file: %w", ErrStorage, err)
-	}
 	f.mu.Lock()
 	var b strings.Builder
 	for _, sp := range f.have.spans {
 		fmt.Fprintf(&b, "%d %d\n", sp[0], sp[1])
 	}
 	f.mu.Unlock()
+	if err := syncTemp(tmp); err != nil {
+		return fmt.Errorf("%w: syncing temp file: %w", ErrStorage, err)
+	}
 	path := extentsPath(tmp.Name())
 	if err := os.WriteFile(path+".new", []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("%w: writing %s: %w", ErrStorage, path, err)
