@@ -393,6 +393,25 @@ type coldResult struct {
 	gw1, gw8, gwN    []coldGateway
 	unDirect         []float64 // MiB/s, uncapped, whole file
 	unFill           []coldGateway
+	rss              []coldGateway // the rss section: clients on the whole file, uncapped
+}
+
+// runRSS measures the gateway's peak RSS while its fill fetches the whole
+// test file from the uncapped CDN (with its default 8 connections) and
+// --cold-clients single-stream clients read it, each round on a fresh
+// gateway.
+func (b *bench) runRSS(bin string) ([]coldGateway, error) {
+	logf("rss: %s, %d clients, CDN uncapped, %d rounds", fmtSize(b.size), b.coldClients, b.rounds)
+	var out []coldGateway
+	for r := range b.rounds {
+		g, err := b.throughGateway(bin, repo, b.size, b.sha, streamSpec{n: b.coldClients})
+		if err != nil {
+			return nil, err
+		}
+		logf("rss round %d: %.2fs, %.3fx upstream, peak RSS %.1f MiB", r+1, g.wall, g.upstream, hwmOf(g))
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 func (b *bench) runCold(bin string) (*coldResult, error) {
@@ -458,6 +477,15 @@ func (b *bench) printCold(c *coldResult) {
 	if c == nil {
 		return
 	}
+	if len(c.rss) > 0 {
+		fmt.Printf("\nRSS: a fresh gateway fills %s from the uncapped CDN while %d single-stream clients read it; %d rounds\n",
+			fmtSize(b.size), b.coldClients, len(c.rss))
+		fmt.Printf("  wall s: %s; upstream: %s; peak RSS (VmHWM) MiB: %s\n", fmtListPrec(mapf(c.rss, wallOf), 2),
+			fmtListPrec(mapf(c.rss, upstreamOf), 3), fmtListPrec(mapf(c.rss, hwmOf), 1))
+	}
+	if len(c.direct8) == 0 {
+		return
+	}
 	d8 := median(c.direct8)
 	fmt.Printf("\nCOLD: fake CDN over TLS, %s at %s/s per response; medians of %d rounds; gateway in mirror mode, a fresh one per measurement\n",
 		fmtSize(b.coldSize), fmtSize(b.coldRate), c.rounds)
@@ -506,7 +534,12 @@ func (b *bench) printTargets(c *coldResult, sections []*section) {
 		ok         bool
 	}
 	var ts []tgt
-	if c != nil {
+	if c != nil && len(c.rss) > 0 {
+		rss := slicesMax(mapf(c.rss, hwmOf))
+		rssMax := 64 + float64(b.coldClients)
+		ts = append(ts, tgt{fmt.Sprintf("peak RSS MiB, %s fill, %d clients", fmtSize(b.size), b.coldClients), fmt.Sprintf("<= %.0f", rssMax), rss, rss <= rssMax})
+	}
+	if c != nil && len(c.direct8) > 0 {
 		d8 := median(c.direct8)
 		r1 := medianOf(c.gw1, mibpsOf) / d8
 		r8 := medianOf(c.gw8, mibpsOf) / d8

@@ -85,6 +85,9 @@ const (
 	modeHTTP  = "http"
 	modeHTTPS = "https"
 	modeCold  = "cold"
+	// modeRSS: the gateway's peak RSS while 8 connections fill the whole
+	// test file (run with --size 4GiB) and --cold-clients clients read it.
+	modeRSS = "rss"
 )
 
 func main() {
@@ -92,7 +95,7 @@ func main() {
 		sizeFlag    = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
 		rounds      = flag.Int("rounds", 5, "measurements per target and stream count; the median is reported")
 		httpsRounds = flag.Int("https-rounds", 0, "rounds for the https section (default: --rounds)")
-		modesFl     = flag.String("modes", "cold,http,https", "comma-separated sections: cold (cold gateway vs direct to a throttled fake CDN, and the uncapped first fill), http (warm, mirror mode vs nginx over HTTP), https (warm, CONNECT interception vs nginx over TLS)")
+		modesFl     = flag.String("modes", "cold,http,https", "comma-separated sections: cold (cold gateway vs direct to a throttled fake CDN, and the uncapped first fill), rss (peak RSS while the whole test file is filled with --cold-clients clients reading it; use --size 4GiB), http (warm, mirror mode vs nginx over HTTP), https (warm, CONNECT interception vs nginx over TLS)")
 		gateway     = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
 		nginxBin    = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
 		tmpBase     = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
@@ -150,8 +153,8 @@ func main() {
 	var modes []string
 	for _, m := range strings.Split(*modesFl, ",") {
 		m = strings.ToLower(strings.TrimSpace(m))
-		if m != modeHTTP && m != modeHTTPS && m != modeCold {
-			fatalf("--modes: unknown section %q (want cold, http, https)", m)
+		if m != modeHTTP && m != modeHTTPS && m != modeCold && m != modeRSS {
+			fatalf("--modes: unknown section %q (want cold, rss, http, https)", m)
 		}
 		if !slices.Contains(modes, m) {
 			modes = append(modes, m)
@@ -414,8 +417,17 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []streamS
 			return err
 		}
 	}
+	if b.hasMode(modeRSS) {
+		if cold == nil {
+			cold = &coldResult{}
+		}
+		if cold.rss, err = b.runRSS(gatewayBin); err != nil {
+			return err
+		}
+	}
 	if !b.hasMode(modeHTTP) && !b.hasMode(modeHTTPS) {
 		b.printCold(cold)
+		b.printTargets(cold, nil)
 		return nil
 	}
 
