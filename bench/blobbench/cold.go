@@ -257,10 +257,12 @@ func (b *bench) gatewaySettings(bin string) error {
 	}
 	var cfg struct {
 		Upstream map[string]any `yaml:"upstream"`
+		Cluster  map[string]any `yaml:"cluster"`
 	}
 	if err := yaml.Unmarshal(out, &cfg); err != nil {
 		return fmt.Errorf("%s config: %w", bin, err)
 	}
+	_, b.clusterPeers = cfg.Cluster["advertise"]
 	for _, key := range []string{"fill_connections", "fill_piece_size", "max_connections_per_host"} {
 		cur, known := cfg.Upstream[key]
 		val := b.fillKeys[key]
@@ -289,6 +291,11 @@ func (b *bench) startGateway(bin string) (*proc, string, []byte, error) {
 	if err != nil {
 		return nil, "", nil, err
 	}
+	return b.startGatewayOn(bin, port, nil)
+}
+
+// startGatewayOn is startGateway on a given port, with extra settings.
+func (b *bench) startGatewayOn(bin string, port int, extraEnv []string) (*proc, string, []byte, error) {
 	b.nGateway++
 	dataDir := b.gwDataDir(b.nGateway)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -296,6 +303,7 @@ func (b *bench) startGateway(bin string) (*proc, string, []byte, error) {
 	cmd.Dir = filepath.Join(b.dir, "gwcwd")
 	cmd.Env = append(cleanEnv(), b.gwEnv...)
 	cmd.Env = append(cmd.Env, "MODELGATE_LISTEN="+addr, "MODELGATE_DATA_DIR="+dataDir)
+	cmd.Env = append(cmd.Env, extraEnv...)
 	p, err := b.start("gateway", filepath.Join(b.dir, fmt.Sprintf("gateway%d.log", b.nGateway)), cmd)
 	if err != nil {
 		return nil, "", nil, err

@@ -45,6 +45,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/minio/minio-go/v7"
 	"io"
 	"math/big"
 	mrand "math/rand/v2"
@@ -88,6 +89,8 @@ const (
 	// modeRSS: the gateway's peak RSS while 8 connections fill the whole
 	// test file (run with --size 4GiB) and --cold-clients clients read it.
 	modeRSS = "rss"
+	// modeCluster: gateways on one S3 bucket (versitygw), issue 13.
+	modeCluster = "cluster"
 )
 
 func main() {
@@ -95,7 +98,7 @@ func main() {
 		sizeFlag    = flag.String("size", "1GiB", "test file size: bytes or a number with B, KiB, MiB, GiB (or KB, MB, GB)")
 		rounds      = flag.Int("rounds", 5, "measurements per target and stream count; the median is reported")
 		httpsRounds = flag.Int("https-rounds", 0, "rounds for the https section (default: --rounds)")
-		modesFl     = flag.String("modes", "cold,http,https", "comma-separated sections: cold (cold gateway vs direct to a throttled fake CDN, and the uncapped first fill), rss (peak RSS while the whole test file is filled with --cold-clients clients reading it; use --size 4GiB), http (warm, mirror mode vs nginx over HTTP), https (warm, CONNECT interception vs nginx over TLS)")
+		modesFl     = flag.String("modes", "cold,http,https", "comma-separated sections: cold (cold gateway vs direct to a throttled fake CDN, and the uncapped first fill), rss (peak RSS while the whole test file is filled with --cold-clients clients reading it; use --size 4GiB), cluster (gateways on one versitygw bucket: cold clients over 3 gateways vs 1, warm hits from the bucket vs the hot tier vs nginx), http (warm, mirror mode vs nginx over HTTP), https (warm, CONNECT interception vs nginx over TLS)")
 		gateway     = flag.String("gateway", "/tmp/mg", "path of the gateway binary")
 		nginxBin    = flag.String("nginx", "", "path of the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
 		tmpBase     = flag.String("tmp", os.TempDir(), "base directory for the test file, the gateway's data dir and nginx's files")
@@ -153,8 +156,8 @@ func main() {
 	var modes []string
 	for _, m := range strings.Split(*modesFl, ",") {
 		m = strings.ToLower(strings.TrimSpace(m))
-		if m != modeHTTP && m != modeHTTPS && m != modeCold && m != modeRSS {
-			fatalf("--modes: unknown section %q (want cold, rss, http, https)", m)
+		if m != modeHTTP && m != modeHTTPS && m != modeCold && m != modeRSS && m != modeCluster {
+			fatalf("--modes: unknown section %q (want cold, rss, cluster, http, https)", m)
 		}
 		if !slices.Contains(modes, m) {
 			modes = append(modes, m)
@@ -228,6 +231,11 @@ type bench struct {
 	cdn      *fakeCDN
 	hubURL   string
 	nGateway int // gateways started so far (each gets its own data dir)
+
+	// The cluster section: the bucket's client, and whether the gateway
+	// has cluster.advertise (peer streaming).
+	s3           *minio.Client
+	clusterPeers bool
 
 	mu    sync.Mutex
 	procs []*proc
@@ -425,9 +433,16 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []streamS
 			return err
 		}
 	}
+	var cluster *clusterResult
+	if b.hasMode(modeCluster) {
+		if cluster, err = b.runCluster(gatewayBin, nginxBin); err != nil {
+			return err
+		}
+	}
 	if !b.hasMode(modeHTTP) && !b.hasMode(modeHTTPS) {
 		b.printCold(cold)
 		b.printTargets(cold, nil)
+		b.printCluster(cluster)
 		return nil
 	}
 
@@ -476,7 +491,7 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []streamS
 	// 6. Warm measurements, one section per mode.
 	var sections []*section
 	for _, mode := range b.modes {
-		if mode == modeCold {
+		if mode == modeCold || mode == modeRSS || mode == modeCluster {
 			continue
 		}
 		sec := &section{mode: mode, rounds: b.rounds}
@@ -603,6 +618,7 @@ func (b *bench) run(gatewayBin, nginxBin, tmpBase string, streamCounts []streamS
 	fmt.Printf("nginx peak RSS (VmHWM, summed over its processes): %.1f MiB\n", kib2mib(ngHWM))
 	fmt.Println("client CPU s/GiB is the benchmark's own download loop (gateway / nginx measurements).")
 	b.printTargets(cold, sections)
+	b.printCluster(cluster)
 	return nil
 }
 
