@@ -57,6 +57,12 @@ func (f fileHost) Site() site.Site {
 		CDNHosts: hostmatch.MustParse("*.cdn.files.test"),
 		ServeCDN: func(w http.ResponseWriter, r *http.Request, _ http.Handler) { answer("files-cdn")(w, r) },
 		Endpoint: f.endpoint,
+		// Under the content hosts' pattern, answered first.
+		SelfAuthHosts: hostmatch.MustParse("tok.cdn.files.test"),
+		ServeSelfAuth: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Auth", r.Header.Get("Authorization"))
+			answer("files-self")(w, r)
+		}),
 	}
 }
 
@@ -141,6 +147,15 @@ func TestAnExtraSiteIsServedInBothModes(t *testing.T) {
 		{"plain proxy request", proxied, "http://files.test/files/e.bin", "", 200, "files", "files /files/e.bin", "w1", "gateway"},
 		{"not intercepted, tunnels denied", proxied, "https://other.test/files/a", "", 0, "", "", "", ""},
 	}
+	// A self-authenticating host gets the credential the site issued, as
+	// the worker sent it (the worker key itself still taken off).
+	resp, body := get(proxied, "https://tok.cdn.files.test/recon/1", "site-issued-token")
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	assert.Equal(t, "files-self /recon/1", body)
+	assert.Equal(t, "Bearer site-issued-token", resp.Header.Get("X-Auth"))
+	assert.Equal(t, "w1", resp.Header.Get("X-Worker"))
+	assert.Equal(t, "no", resp.Header.Get("X-Saw-Key"))
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.status == 0 {
