@@ -443,3 +443,9 @@ var errBadRange = &rangeError{}
 type rangeError struct{}
 
 func (*rangeError) Error() string { return "bad Range" }
+
+// XetHashOf is the Xet file hash the fake gives a file holding data.
+func XetHashOf(data []byte) string {
+	_, h := xetLayout(data)
+	return h.String()
+}
