@@ -23,29 +23,29 @@ import (
 // of their own, as in production.
 
 type namedHub struct {
-	hub            *fakehub.Hub
-	commit         string
-	held, notHeld  []byte // LFS files: one the test caches first, one it never does
-	xet            []byte
-	heldSHA, bSHA  string
-	heldPath, bPth string
+	hub                *fakehub.Hub
+	commit             string
+	held, miss         []byte // LFS files: one the test caches first, one it never does
+	xet                []byte
+	heldSHA, missSHA   string
+	heldPath, missPath string
 }
 
 func newNamedHub(t *testing.T) *namedHub {
 	t.Helper()
 	n := &namedHub{
-		hub:     fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{workerToken}, PublicNames: true}),
-		commit:  fakehub.Commit("named"),
-		held:    fakehub.RandomData(90, 1<<20+7),
-		notHeld: fakehub.RandomData(91, 512<<10+3),
-		xet:     fakehub.RandomData(92, 5*fakehub.XetChunkSize+9),
+		hub:    fakehub.New(t, fakehub.Options{Token: operatorToken, OtherTokens: []string{workerToken}, PublicNames: true}),
+		commit: fakehub.Commit("named"),
+		held:   fakehub.RandomData(90, 1<<20+7),
+		miss:   fakehub.RandomData(91, 512<<10+3),
+		xet:    fakehub.RandomData(92, 5*fakehub.XetChunkSize+9),
 	}
-	n.heldSHA, n.bSHA = fakehub.SHA256Hex(n.held), fakehub.SHA256Hex(n.notHeld)
-	n.heldPath, n.bPth = "held.bin", "not-held.bin"
+	n.heldSHA, n.missSHA = fakehub.SHA256Hex(n.held), fakehub.SHA256Hex(n.miss)
+	n.heldPath, n.missPath = "held.bin", "not-held.bin"
 	n.hub.AddRepo(fakehub.Repo{ID: "org/named", Refs: map[string]string{"main": n.commit}, Commits: map[string][]fakehub.File{n.commit: {
 		{Path: "config.json", Data: []byte(`{"model_type":"named"}`)},
 		{Path: n.heldPath, Data: n.held, LFS: true},
-		{Path: n.bPth, Data: n.notHeld, LFS: true},
+		{Path: n.missPath, Data: n.miss, LFS: true},
 		{Path: "x.bin", Data: n.xet, Xet: true},
 	}}})
 	return n
@@ -127,7 +127,7 @@ func TestProxyModeCDNHostHitAndRelayWithoutCredentials(t *testing.T) {
 	require.True(t, bytes.Equal(n.held, body))
 	require.Equal(t, 1, n.hub.CDNBodyFetches(n.heldSHA))
 
-	heldURL, missURL := n.signedURL(t, n.heldPath), n.signedURL(t, n.bPth)
+	heldURL, missURL := n.signedURL(t, n.heldPath), n.signedURL(t, n.missPath)
 	require.True(t, strings.HasPrefix(heldURL, "https://"+fakehub.CDNHost+"/"), heldURL)
 
 	code, hdr, body = g.curl(t, heldURL)
@@ -138,9 +138,9 @@ func TestProxyModeCDNHostHitAndRelayWithoutCredentials(t *testing.T) {
 	before := len(cdnRequests(n.hub, fakehub.CDNHost))
 	code, hdr, body = g.curl(t, missURL, "-H", "Authorization: Bearer "+workerToken, "-H", "Cookie: "+cookie)
 	require.Equal(t, http.StatusOK, code, hdr)
-	assert.True(t, bytes.Equal(n.notHeld, body), "the blob it does not hold, relayed")
-	assert.Equal(t, 1, n.hub.CDNBodyFetches(n.bSHA), "relayed to the CDN once")
-	assert.False(t, g.hasBlob(t, n.bSHA), "a relay is not a fill")
+	assert.True(t, bytes.Equal(n.miss, body), "the blob it does not hold, relayed")
+	assert.Equal(t, 1, n.hub.CDNBodyFetches(n.missSHA), "relayed to the CDN once")
+	assert.False(t, g.hasBlob(t, n.missSHA), "a relay is not a fill")
 	relayed := cdnRequests(n.hub, fakehub.CDNHost)[before:]
 	require.Len(t, relayed, 1, "the relay reached the CDN under its own name")
 	assert.Empty(t, relayed[0].Header.Values("Authorization"))
