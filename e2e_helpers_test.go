@@ -99,9 +99,13 @@ func startReloadableGateway(t *testing.T, hub *fakehub.Hub, edit func(*config.Co
 	cfg.Upstream.Timeout = config.Duration{Duration: 5 * time.Second}
 	cfg.Log.Level = "debug"
 	cfg.Cache.MinFree = 0 // the test machine's free space is not the test's business
-	// The fake CDN listens on loopback like everything here; the operator
-	// of such a site would name it the same way.
-	cfg.Upstream.PrivateHosts = []string{hostPort(hub.CDNURL())}
+	// The fake CDN and CAS listen on loopback like everything here; the
+	// operator of such a site would name them the same way. A hub with
+	// PublicNames stands for the real CDN and CAS hosts: the gateway
+	// reaches those names through the operator's overrides, whose targets
+	// are these listeners.
+	cfg.Upstream.PrivateHosts = hub.Listeners()
+	cfg.Upstream.Resolve = hub.Resolve()
 	if edit != nil {
 		edit(&cfg)
 	}

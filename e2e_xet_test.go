@@ -85,7 +85,14 @@ type xetFixture struct {
 // drops w1).
 func newXetFixture(t *testing.T, mode config.XetMode) *xetFixture {
 	t.Helper()
-	f := &xetFixture{hub: fakehub.New(t, fakehub.Options{Token: operatorToken}), rec: &fullRecorder{rt: &http.Transport{DisableCompression: true}}}
+	return newXetFixtureOn(t, mode, fakehub.Options{Token: operatorToken})
+}
+
+// newXetFixtureOn is newXetFixture with the fake Hub's options (say, its
+// CDN and CAS under their public names).
+func newXetFixtureOn(t *testing.T, mode config.XetMode, opts fakehub.Options) *xetFixture {
+	t.Helper()
+	f := &xetFixture{hub: fakehub.New(t, opts), rec: &fullRecorder{rt: &http.Transport{DisableCompression: true}}}
 	f.base = fakehub.RandomData(70, 19*fakehub.XetChunkSize+77)
 	f.tuned = bytes.Clone(f.base)
 	f.tuned[10*fakehub.XetChunkSize] ^= 1
@@ -111,7 +118,6 @@ func newXetFixture(t *testing.T, mode config.XetMode) *xetFixture {
 	var cfg config.Config
 	edit := func(c *config.Config) {
 		c.HuggingFace.Xet = mode
-		c.Upstream.PrivateHosts = append(c.Upstream.PrivateHosts, hostPort(f.hub.CASURL()))
 		c.Clients.RequireKey = "all"
 		c.Clients.Keys = []config.ClientKey{{Name: "w1", KeySHA256: w1SHA}, {Name: "w2", KeySHA256: w2SHA}}
 		cfg = *c
@@ -215,23 +221,6 @@ func TestXetServedThroughTheGatewayInMirrorMode(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, string(body), `"xetHash":"`+hash+`"`)
 
-	// Proxy mode does not serve Xet yet: its answers stay plain HTTP
-	// (the Xet hosts are not answered by the gateway's CAS there).
-	pc := f.g.proxyClient(t)
-	pu, _ := url.Parse(f.g.URL)
-	pu.User = url.UserPassword("worker", f.w2)
-	pc.Transport.(*recordingTransport).rt.(*http.Transport).Proxy = http.ProxyURL(pu)
-	resp, err = pc.Head("https://" + hubHost + "/org/base/resolve/main/model.bin")
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Empty(t, resp.Header.Get("X-Xet-Hash"), "no Xet in proxy mode")
-	assert.Empty(t, resp.Header.Values("Link"))
-	resp, err = pc.Get("https://" + hubHost + "/api/models/org/base/xet-read-token/main")
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "no gateway Xet token in proxy mode")
-
 	// The write token stays refused.
 	resp, _ = f.g.mustDo(t, http.MethodGet, "/api/models/org/base/xet-write-token/main", http.Header{"Authorization": {"Bearer " + f.w2}})
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
@@ -314,5 +303,108 @@ func TestXetHiddenBelowTheAutoSizeAndWhenHidden(t *testing.T) {
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, f.base, body)
 		})
+	}
+}
+
+// proxyHTTP is a worker behind HTTPS_PROXY with key in the proxy URL,
+// trusting the gateway's CA, keeping everything it received.
+func (f *xetFixture) proxyHTTP(t *testing.T, key string) (*http.Client, *fullRecorder) {
+	t.Helper()
+	pc := f.g.proxyClient(t)
+	pu, _ := url.Parse(f.g.URL)
+	pu.User = url.UserPassword("worker", key)
+	pc.Transport.(*recordingTransport).rt.(*http.Transport).Proxy = http.ProxyURL(pu)
+	rec := &fullRecorder{rt: pc.Transport}
+	return &http.Client{Transport: rec, CheckRedirect: pc.CheckRedirect}, rec
+}
+
+// casRequests are the requests the fake CAS received under host whose
+// path starts with prefix.
+func casRequests(hub *fakehub.Hub, host, prefix string) []fakehub.Request {
+	var out []fakehub.Request
+	for _, r := range hub.Requests() {
+		if r.Server == "cas" && strings.EqualFold(r.Host, host) && strings.HasPrefix(r.RequestURI, prefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestXetServedThroughTheGatewayInProxyMode: an unmodified worker behind
+// HTTPS_PROXY (the Hub's own names, the gateway's CA) discovers Xet from
+// the resolve answer, whose links name the Hub and its CAS host; the
+// gateway answers the token route with its own token (casUrl the CAS
+// host), and the intercepted CAS and transfer hosts with its own Xet
+// service: the download is byte-exact, the fine-tune's shared xorbs cross
+// the upstream once, and no upstream token reaches the worker. The fake
+// CAS, under its real names, is reached by the gateway through
+// upstream.resolve.
+func TestXetServedThroughTheGatewayInProxyMode(t *testing.T) {
+	f := newXetFixtureOn(t, "serve", fakehub.Options{Token: operatorToken, PublicNames: true})
+	pc, rec := f.proxyHTTP(t, f.w1)
+
+	discover := func(path string) (string, map[string]string) {
+		t.Helper()
+		resp, err := pc.Head("https://" + hubHost + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return resp.Header.Get("X-Xet-Hash"), xetLinks(resp.Header)
+	}
+	hash, links := discover("/org/base/resolve/main/model.bin")
+	require.Len(t, hash, 64, "X-Xet-Hash kept in proxy mode")
+	auth, recon := links["xet-auth"], links["xet-reconstruction-info"]
+	require.True(t, strings.HasPrefix(auth, "https://"+hubHost+"/api/models/org/base/xet-read-token/"), "xet-auth names the Hub the worker used: %s", auth)
+	require.Equal(t, "https://"+fakehub.CASHost+"/v1/reconstructions/"+hash, recon, "the reconstruction link names the CAS host")
+
+	c := &xetclient.Client{HTTP: pc}
+	tok, err := c.GetToken(auth)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(tok.AccessToken, "mgx1."), "a gateway-issued token")
+	assert.Equal(t, "https://"+fakehub.CASHost, tok.CasURL)
+	r, err := c.Reconstruct(tok.CasURL, tok.AccessToken, hash)
+	require.NoError(t, err)
+	require.NotEmpty(t, r.Xorbs)
+	for _, fetches := range r.Xorbs {
+		for _, fe := range fetches {
+			u, err := url.Parse(fe.URL)
+			require.NoError(t, err)
+			assert.Equal(t, fakehub.TransferHost, u.Host, "xorb URLs name the transfer host")
+			assert.NotEmpty(t, u.Query().Get("sig"), "signed by the gateway")
+		}
+	}
+	got, err := c.Download(tok.CasURL, tok.AccessToken, hash)
+	require.NoError(t, err)
+	require.Equal(t, f.base, got, "the Xet download is byte-exact")
+
+	tHash, tLinks := discover("/org/tuned/resolve/main/model.bin")
+	tTok, err := c.GetToken(tLinks["xet-auth"])
+	require.NoError(t, err)
+	got, err = c.Download(tTok.CasURL, tTok.AccessToken, tHash)
+	require.NoError(t, err)
+	require.Equal(t, f.tuned, got)
+	for _, x := range f.hub.XorbHashes(hash) {
+		assert.LessOrEqual(t, f.hub.XorbFetches(x), 1, "a base xorb crosses the upstream at most once")
+	}
+
+	// The gateway, not the worker, spoke to the upstream CAS, under its
+	// real names.
+	assert.NotEmpty(t, casRequests(f.hub, fakehub.CASHost, "/v2/reconstructions/"), "the gateway asked the CAS host")
+	assert.NotEmpty(t, casRequests(f.hub, fakehub.TransferHost, "/xorbs/default/"), "and fetched xorbs from the transfer host")
+	assert.Contains(t, f.g.Logs.String(), "mode=mitm")
+
+	// An upstream Xet token is worth nothing at the intercepted CAS.
+	upstreamXet := f.hub.XetTokens()
+	require.NotEmpty(t, upstreamXet, "the gateway did use upstream Xet tokens")
+	_, err = c.Reconstruct(tok.CasURL, upstreamXet[0], hash)
+	var se *xetclient.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusUnauthorized, se.Status)
+
+	seen := rec.bytes()
+	assertNoLeak(t, "Xet worker traffic", seen, append(upstreamXet, operatorToken)...)
+	assert.NotContains(t, string(seen), "xet-jwt-", "no upstream Xet token of any kind")
+	for _, l := range f.hub.Listeners() {
+		assert.NotContains(t, string(seen), l, "the worker is never pointed at the upstream's listeners")
 	}
 }

@@ -190,7 +190,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
 	// only the parent proxy they are sent through.
-	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
+	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets, cfg.Upstream.Resolve)
 	tier, err := sharedTier(cfg, guard, log, metrics.RegisterCluster(reg))
 	if err != nil {
 		return nil, err

@@ -295,6 +295,15 @@ type UpstreamConfig struct {
 	// connection (redirect hops included) to such an address is refused,
 	// except to the configured endpoints and parent proxy. Default empty.
 	PrivateHosts []string `yaml:"private_hosts"`
+	// Resolve maps host:port names to the host:port dialled instead, for
+	// every outbound connection of the gateway (its own requests, every
+	// redirect hop, relays and tunnels on a worker's behalf): curl's
+	// --resolve, Docker's extra_hosts. TLS verifies the original name. The
+	// target passes the outbound guard as any address would (an exempt
+	// host:port in private_hosts, or proxy.allow_private_targets, for a
+	// private one). With upstream.proxy set, the gateway's own requests
+	// go to the parent, which resolves names itself. Default empty.
+	Resolve Resolve `yaml:"resolve"`
 	// MaxFillAttempts caps the upstream requests one blob download may make
 	// in total, progress or not, so an upstream that cuts every transfer
 	// cannot keep a download alive forever. Default 20.
@@ -481,6 +490,7 @@ func Default() Config {
 			Timeout:               Duration{30 * time.Second},
 			Retries:               5,
 			PrivateHosts:          []string{},
+			Resolve:               Resolve{},
 			MaxFillAttempts:       20,
 			MaxFillTime:           Duration{6 * time.Hour},
 			FillConnections:       8,
@@ -639,6 +649,9 @@ func (c *Config) Validate() error {
 		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 || strings.ContainsAny(host, "*/ @") {
 			fail("upstream.private_hosts", "%q is not host:port", hp)
 		}
+	}
+	for _, msg := range checkResolve(c.Upstream.Resolve) {
+		fail("upstream.resolve", "%s", msg)
 	}
 	if c.Cache.MaxFills < 1 || c.Cache.MaxFills > 100000 {
 		fail("cache.max_fills", "must be from 1 to 100000, got %d", c.Cache.MaxFills)

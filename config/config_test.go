@@ -103,7 +103,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 75)
+	assert.Len(t, seen, 76)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -353,6 +353,11 @@ func TestInvalidValues(t *testing.T) {
 		{"bad metrics network", "", map[string]string{"MODELGATE_CLIENTS_METRICS_ALLOW": "nope"}, []string{"clients.metrics_allow:"}},
 		{"bad tunnel pattern", "proxy:\n  tunnel_allow: [\"a/b\"]\n", nil, []string{"proxy.tunnel_allow:"}},
 		{"private host without port", "upstream:\n  private_hosts: [minio.lan]\n", nil, []string{`upstream.private_hosts: "minio.lan" is not host:port`}},
+		{"resolve name without port", "upstream:\n  resolve: {\"cdn.test\": \"10.0.0.7:443\"}\n", nil, []string{`upstream.resolve: "cdn.test" is not name:port`}},
+		{"resolve an address", "upstream:\n  resolve: {\"10.0.0.1:443\": \"10.0.0.7:443\"}\n", nil, []string{`upstream.resolve: "10.0.0.1:443" names an address`}},
+		{"resolve a pattern", "upstream:\n  resolve: {\"*.hf.co:443\": \"10.0.0.7:443\"}\n", nil, []string{`upstream.resolve: "*.hf.co:443" is not name:port`}},
+		{"resolve target without port", "", map[string]string{"MODELGATE_UPSTREAM_RESOLVE": "cdn.test:443=10.0.0.7"}, []string{`upstream.resolve: "cdn.test:443": target "10.0.0.7" is not host:port`}},
+		{"resolve entry without target", "", map[string]string{"MODELGATE_UPSTREAM_RESOLVE": "cdn.test:443"}, []string{`MODELGATE_UPSTREAM_RESOLVE`, `is not name:port=address:port`}},
 		{"no connections", "proxy:\n  max_connections: 0\n", nil, []string{"proxy.max_connections: must be > 0"}},
 		{"per-client cap above the total", "proxy:\n  max_connections: 10\n  max_connections_per_client: 11\n", nil, []string{"proxy.max_connections_per_client: must be from 1 to proxy.max_connections (10)"}},
 		{"no body read time", "", map[string]string{"MODELGATE_PROXY_BODY_READ_TIMEOUT": "0s"}, []string{"proxy.body_read_timeout: must be > 0"}},
@@ -635,4 +640,20 @@ func TestStorageS3Config(t *testing.T) {
 			tt.check(t, c)
 		})
 	}
+}
+
+// upstream.resolve reads as a map from the file and as name=target pairs
+// from its variable, and an empty default.
+func TestResolveLoads(t *testing.T) {
+	c, err := parse("upstream:\n  resolve:\n    \"cdn-lfs.hf.co:443\": \"10.0.0.7:8443\"\n", nil, nil)
+	require.NoError(t, err)
+	assert.Equal(t, Resolve{"cdn-lfs.hf.co:443": "10.0.0.7:8443"}, c.Upstream.Resolve)
+
+	c, err = parse("", map[string]string{"MODELGATE_UPSTREAM_RESOLVE": "a.test:443=10.0.0.7:443, b.test:443=mirror.lan:8443"}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, Resolve{"a.test:443": "10.0.0.7:443", "b.test:443": "mirror.lan:8443"}, c.Upstream.Resolve)
+
+	assert.Empty(t, Default().Upstream.Resolve)
+	_, err = parse("upstream:\n  resolve: [a.test]\n", nil, nil)
+	assert.Error(t, err, "a list is not a map")
 }

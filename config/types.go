@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"math"
 	"math/big"
+	"net"
 	"net/netip"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -307,4 +309,58 @@ func (ns *Networks) UnmarshalText(text []byte) error {
 	}
 	*ns = v
 	return nil
+}
+
+// Resolve maps host:port names the gateway dials to the host:port it dials
+// instead (upstream.resolve), like curl's --resolve or Docker's
+// extra_hosts: TLS still verifies, and Host still names, the original
+// name. Names match case-insensitively. In a MODELGATE_* variable it is a
+// comma-separated list of name:port=address:port entries.
+type Resolve map[string]string
+
+// UnmarshalText reads the environment form:
+// "cdn-lfs.hf.co:443=10.0.0.7:443,other:443=10.0.0.8:8443".
+func (r *Resolve) UnmarshalText(text []byte) error {
+	out := Resolve{}
+	for item := range strings.SplitSeq(string(text), ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		from, to, ok := strings.Cut(item, "=")
+		if !ok {
+			return fmt.Errorf("%q is not name:port=address:port", item)
+		}
+		out[strings.TrimSpace(from)] = strings.TrimSpace(to)
+	}
+	*r = out
+	return nil
+}
+
+// checkResolve validates upstream.resolve: each name is a host name (not
+// an address, not a pattern) with a port, each target a host:port.
+func checkResolve(r Resolve) []string {
+	var msgs []string
+	for from, to := range r {
+		host, port, err := net.SplitHostPort(from)
+		if err != nil || !validPort(port) || host == "" || strings.ContainsAny(host, "*/ @[]") {
+			msgs = append(msgs, fmt.Sprintf("%q is not name:port", from))
+			continue
+		}
+		if _, err := netip.ParseAddr(host); err == nil {
+			msgs = append(msgs, fmt.Sprintf("%q names an address, not a host name", from))
+			continue
+		}
+		thost, tport, err := net.SplitHostPort(to)
+		if err != nil || !validPort(tport) || thost == "" || strings.ContainsAny(thost, "*/ @") {
+			msgs = append(msgs, fmt.Sprintf("%q: target %q is not host:port", from, to))
+		}
+	}
+	sort.Strings(msgs)
+	return msgs
+}
+
+func validPort(p string) bool {
+	n, err := strconv.ParseUint(p, 10, 16)
+	return err == nil && n > 0
 }

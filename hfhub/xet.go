@@ -165,13 +165,41 @@ func (p XetPolicy) Serves(size int64) bool {
 func (p XetPolicy) Any() bool { return p.Mode == XetServe || p.Mode == XetAuto }
 
 // SetXetHeaders adds the Xet hints of a resolve answer the gateway serves
-// over Xet: X-Xet-Hash and a Link whose xet-auth (the token route) and
-// xet-reconstruction-info URLs both name the gateway (base), so no client
-// is ever pointed at the upstream CAS or handed an upstream token.
-func SetXetHeaders(h http.Header, base string, repo Repo, commit, xetHash, casPrefix string) {
+// over Xet: X-Xet-Hash and a Link whose xet-auth (the token route, on
+// base) and xet-reconstruction-info (on cas) URLs both name the gateway:
+// in mirror mode its own address, in proxy mode the Hub's and the CAS's
+// hosts, which it intercepts. So no client is ever pointed at the
+// upstream CAS or handed an upstream token.
+func SetXetHeaders(h http.Header, base string, repo Repo, commit, xetHash, cas string) {
 	h.Set(HeaderXetHash, xetHash)
 	h.Add("Link", "<"+base+"/api/"+repo.APIType()+"/"+repo.ID+"/xet-read-token/"+commit+`>; rel="xet-auth", <`+
-		base+casPrefix+"/v1/reconstructions/"+xetHash+`>; rel="xet-reconstruction-info"`)
+		cas+"/v1/reconstructions/"+xetHash+`>; rel="xet-reconstruction-info"`)
+}
+
+// The Hub's Xet data-plane hosts (UPSTREAMS.md §3): the CAS API and the
+// xorb transfer hosts, US and EU. In proxy mode the gateway intercepts
+// them (the default *.hf.co) and answers them itself.
+const (
+	XetCASHost      = "cas-server.xethub.hf.co"
+	xetCASPrefix    = "cas-server."
+	xetTransferPrfx = "transfer."
+)
+
+// XetHosts are the Xet CAS and transfer hosts the gateway answers in
+// proxy mode. cas-bridge.xethub.hf.co is not among them: it serves whole
+// files over plain HTTP (the Xet bridge), a CDN like the others.
+var XetHosts = []string{
+	"cas-server.xethub.hf.co", "cas-server.xethub-eu.hf.co",
+	"transfer.xethub.hf.co", "transfer.xethub-eu.hf.co",
+}
+
+// XetTransferHost is the transfer host paired with a Xet CAS or transfer
+// host (cas-server.xethub-eu.hf.co -> transfer.xethub-eu.hf.co).
+func XetTransferHost(host string) string {
+	if rest, ok := strings.CutPrefix(host, xetCASPrefix); ok {
+		return xetTransferPrfx + rest
+	}
+	return host
 }
 
 // AcceptsXetFileInfo reports whether an Accept header asks for the Xet

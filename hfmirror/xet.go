@@ -3,8 +3,10 @@ package hfmirror
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/clientauth"
@@ -16,7 +18,12 @@ import (
 // it issues the gateway's own Xet tokens and answers the CAS routes under
 // XetCASPrefix.
 type XetService interface {
-	ServeToken(w http.ResponseWriter, typ, repo, rev, principal, base string)
+	// ServeTokenFor answers the token route with a gateway token whose
+	// casUrl is cas.
+	ServeTokenFor(w http.ResponseWriter, typ, repo, rev, principal, cas string)
+	// ServeCASAt answers the CAS routes (reconstructions, xorbs) at path;
+	// the xorb URLs it hands out start with xorbBase.
+	ServeCASAt(w http.ResponseWriter, r *http.Request, path, xorbBase string)
 }
 
 // XetCASPrefix is where the gateway's CAS routes live (xet.CASPrefix).
@@ -28,16 +35,44 @@ func (m *Mirror) servesXet(ctx context.Context, size int64) bool {
 	return m.xetRequest(ctx) && m.XetPolicy.Serves(size)
 }
 
-// xetRequest reports whether this request may be served Xet at all. Only
-// in mirror mode: in proxy mode the links would name the Hub's own host,
-// whose CAS routes the gateway does not answer there yet. Only under the
-// gateway's own identity: its Xet service reads with the operator's
-// credential, so a worker using its own (or none) keeps downloading over
-// plain HTTP, as the upstream lets it.
+// xetRequest reports whether this request may be served Xet at all. In
+// mirror mode, and in proxy mode inside an interception (where the links
+// name the Hub's own CAS host, which the gateway answers too); not for a
+// plain http:// proxy request. Only under the gateway's own identity: its
+// Xet service reads with the operator's credential, so a worker using its
+// own (or none) keeps downloading over plain HTTP, as the upstream lets
+// it.
 func (m *Mirror) xetRequest(ctx context.Context) bool {
 	p := authinject.PrincipalFrom(ctx)
-	return m.Xet != nil && m.XetPolicy.Any() && reqinfo.From(ctx).Mode == "mirror" &&
+	mode := reqinfo.From(ctx).Mode
+	return m.Xet != nil && m.XetPolicy.Any() && (mode == "mirror" || mode == "mitm") &&
 		p.Mode == authinject.ModeGateway && p.Scope == ""
+}
+
+// xetCAS is the casUrl (and the base of reconstruction links) for this
+// request: the gateway's own /xet/cas in mirror mode; in proxy mode the
+// Hub's CAS host, intercepted and answered by ServeXetHost, as the Hub
+// itself names it.
+func xetCAS(r *http.Request) string {
+	if reqinfo.From(r.Context()).Mode == "mitm" {
+		return "https://" + hfhub.XetCASHost
+	}
+	return gatewayBase(r) + XetCASPrefix
+}
+
+// ServeXetHost answers proxy-mode requests to the Hub's Xet CAS and
+// transfer hosts (hfhub.XetHosts) with the gateway's own Xet service: the
+// reconstruction route checks the gateway's Xet token, the xorb route the
+// gateway's URL signature; an upstream Xet token is worth nothing here.
+// The xorb URLs it hands out name the transfer host paired with the host
+// the worker used.
+func (m *Mirror) ServeXetHost(w http.ResponseWriter, r *http.Request) {
+	reqinfo.Set(r.Context(), "xet", "")
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	m.Xet.ServeCASAt(w, r, r.URL.Path, "https://"+hfhub.XetTransferHost(strings.ToLower(host))+"/xorbs/default")
 }
 
 // xetResolve adds the Xet hints to a resolve answer when the file is served
@@ -48,8 +83,8 @@ func (m *Mirror) xetResolve(w http.ResponseWriter, r *http.Request, route hfhub.
 	if meta.XetHash == "" || !m.servesXet(r.Context(), meta.Size) {
 		return false
 	}
-	base := gatewayBase(r)
-	hfhub.SetXetHeaders(w.Header(), base, route.Repo, meta.Commit, meta.XetHash, XetCASPrefix)
+	base, cas := gatewayBase(r), xetCAS(r)
+	hfhub.SetXetHeaders(w.Header(), base, route.Repo, meta.Commit, meta.XetHash, cas)
 	if !hfhub.AcceptsXetFileInfo(r.Header.Get("Accept")) {
 		return false
 	}
@@ -59,7 +94,7 @@ func (m *Mirror) xetResolve(w http.ResponseWriter, r *http.Request, route hfhub.
 		"etag":              meta.Digest.Hex,
 		"size":              meta.Size,
 		"refreshUrl":        base + "/api/" + route.Repo.APIType() + "/" + route.Repo.ID + "/xet-read-token/" + meta.Commit,
-		"reconstructionUrl": base + XetCASPrefix + "/v1/reconstructions/" + meta.XetHash,
+		"reconstructionUrl": cas + "/v1/reconstructions/" + meta.XetHash,
 	})
 	w.Header().Set("Content-Type", hfhub.XetFileInfoType)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -87,7 +122,7 @@ func (m *Mirror) serveXetToken(w http.ResponseWriter, r *http.Request, route hfh
 		principal = k.Name
 	}
 	info.Result = "xet"
-	m.Xet.ServeToken(w, string(route.Repo.Type), route.Repo.ID, route.Revision, principal, gatewayBase(r))
+	m.Xet.ServeTokenFor(w, string(route.Repo.Type), route.Repo.ID, route.Revision, principal, xetCAS(r))
 }
 
 // HasXetFile reports whether the gateway's own metadata (under its own

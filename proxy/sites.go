@@ -33,6 +33,12 @@ func (g *Gateway) serveSite(w http.ResponseWriter, r *http.Request, host string)
 		}
 	}
 	for i := range g.sites {
+		if s := &g.sites[i]; s.ServeSelfAuth != nil && s.SelfAuthHosts.Match(host, "") {
+			g.serveSelfAuth(w, r, s)
+			return
+		}
+	}
+	for i := range g.sites {
 		if s := &g.sites[i]; s.CDNHosts.Match(host, "") {
 			g.serveCDN(w, r, s)
 			return
@@ -62,4 +68,17 @@ func (g *Gateway) serveCDN(w http.ResponseWriter, r *http.Request, s *site.Site)
 		return
 	}
 	g.forwardWithoutCredentials(w, r)
+}
+
+// serveSelfAuth answers a request to one of site s's self-authenticating
+// hosts: the site checks the credential it issued, which stays on the
+// request; no principal is decided, so none of the gateway's credentials
+// can be attached on the way out.
+func (g *Gateway) serveSelfAuth(w http.ResponseWriter, r *http.Request, s *site.Site) {
+	if k := clientauth.FromContext(r.Context()); k != nil && !k.Allows(s.Name) {
+		reqinfo.From(r.Context()).Result = "forbidden"
+		http.Error(w, "this worker key may not use "+s.Title, http.StatusForbidden)
+		return
+	}
+	s.ServeSelfAuth.ServeHTTP(w, r)
 }

@@ -57,6 +57,12 @@ func (f fileHost) Site() site.Site {
 		CDNHosts: hostmatch.MustParse("*.cdn.files.test"),
 		ServeCDN: func(w http.ResponseWriter, r *http.Request, _ http.Handler) { answer("files-cdn")(w, r) },
 		Endpoint: f.endpoint,
+		// Under the content hosts' pattern, answered first.
+		SelfAuthHosts: hostmatch.MustParse("tok.cdn.files.test"),
+		ServeSelfAuth: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Auth", r.Header.Get("Authorization"))
+			answer("files-self")(w, r)
+		}),
 	}
 }
 
@@ -74,8 +80,13 @@ func boolString(b bool) string {
 // the edge naming it.
 func TestAnExtraSiteIsServedInBothModes(t *testing.T) {
 	const workerKey = "mgw_filesTESTkey0123456789"
+	const otherScopeKey = "mgw_otherSCOPEkey987654321"
 	sum := sha256.Sum256([]byte(workerKey))
-	keys, err := clientauth.Load([]clientauth.Spec{{Name: "w1", KeySHA256: hex.EncodeToString(sum[:])}}, nil)
+	other := sha256.Sum256([]byte(otherScopeKey))
+	keys, err := clientauth.Load([]clientauth.Spec{
+		{Name: "w1", KeySHA256: hex.EncodeToString(sum[:])},
+		{Name: "w2", KeySHA256: hex.EncodeToString(other[:]), Scopes: []string{"civitai"}},
+	}, nil)
 	require.NoError(t, err)
 	ca, err := mitmca.Load("", "", t.TempDir(), mitmca.Options{Hosts: []string{"files.test", "*.cdn.files.test"}})
 	require.NoError(t, err)
@@ -141,6 +152,23 @@ func TestAnExtraSiteIsServedInBothModes(t *testing.T) {
 		{"plain proxy request", proxied, "http://files.test/files/e.bin", "", 200, "files", "files /files/e.bin", "w1", "gateway"},
 		{"not intercepted, tunnels denied", proxied, "https://other.test/files/a", "", 0, "", "", "", ""},
 	}
+	// A self-authenticating host gets the credential the site issued, as
+	// the worker sent it (the worker key itself still taken off).
+	resp, body := get(proxied, "https://tok.cdn.files.test/recon/1", "site-issued-token")
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	assert.Equal(t, "files-self /recon/1", body)
+	assert.Equal(t, "Bearer site-issued-token", resp.Header.Get("X-Auth"))
+	assert.Equal(t, "w1", resp.Header.Get("X-Worker"))
+	assert.Equal(t, "no", resp.Header.Get("X-Saw-Key"))
+	// Only for keys that may use the site.
+	otherProxied := &http.Client{Transport: &http.Transport{
+		Proxy:           http.ProxyURL(&url.URL{Scheme: "http", User: url.UserPassword("w2", otherScopeKey), Host: ln.Addr().String()}),
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+	}}
+	resp, body = get(otherProxied, "https://tok.cdn.files.test/recon/1", "site-issued-token")
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, body)
+	assert.Empty(t, resp.Header.Get("X-Site"))
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.status == 0 {

@@ -22,7 +22,7 @@ type targets struct{ guard *upstream.Guard }
 
 func newTargets(guard *upstream.Guard, allowPrivate bool) *targets {
 	if guard == nil {
-		guard = upstream.NewGuard(allowPrivate)
+		guard = upstream.NewGuard(allowPrivate, nil)
 	}
 	return &targets{guard: guard}
 }

@@ -48,6 +48,16 @@ type Site struct {
 	// edge relays every such request without credentials itself, for
 	// keys whose scopes include Name.
 	ServeCDN func(w http.ResponseWriter, r *http.Request, forward http.Handler)
+	// SelfAuthHosts are content hosts the site answers itself with
+	// credentials the gateway issued (the Hub's Xet CAS and transfer
+	// hosts: the gateway's Xet tokens and signed xorb URLs). They are
+	// matched before CDNHosts. ServeSelfAuth gets such a request as the
+	// worker sent it, Authorization included (a worker key already taken
+	// off), with no principal: the gateway's upstream credentials never
+	// apply there, the handler checks its own. The edge answers only keys
+	// whose scopes include Name.
+	SelfAuthHosts hostmatch.Patterns
+	ServeSelfAuth http.Handler
 
 	// Endpoint is where the site's requests really go; the gateway's
 	// credential for the site is the one bound to its host. The edge asks

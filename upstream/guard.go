@@ -75,15 +75,27 @@ type Guard struct {
 // guardState is what every view of a Guard shares.
 type guardState struct {
 	allowPrivate bool
-	listenPorts  atomic.Value // map[string]bool: the gateway's own ports, once listening
-	portsMu      sync.Mutex   // serialises SetListenAddr's copy-on-write
-	local        map[netip.Addr]bool
+	// resolve maps lower-case host:port names to the host:port dialled
+	// instead (upstream.resolve); the target then passes the guard as
+	// any address would.
+	resolve     map[string]string
+	listenPorts atomic.Value // map[string]bool: the gateway's own ports, once listening
+	portsMu     sync.Mutex   // serialises SetListenAddr's copy-on-write
+	local       map[netip.Addr]bool
 }
 
 // NewGuard returns a guard with no exemptions; allowPrivate lets it reach
-// private addresses (proxy.allow_private_targets).
-func NewGuard(allowPrivate bool) *Guard {
-	s := &guardState{allowPrivate: allowPrivate, local: map[netip.Addr]bool{}}
+// private addresses (proxy.allow_private_targets). resolve maps host:port
+// names to the host:port dialled instead (upstream.resolve), for every
+// view of the guard: the override is where the connection goes, and the
+// guard checks (and exempts) that target, never the name it stands for.
+func NewGuard(allowPrivate bool, resolve map[string]string) *Guard {
+	s := &guardState{allowPrivate: allowPrivate, local: map[netip.Addr]bool{}, resolve: map[string]string{}}
+	for from, to := range resolve {
+		if host, port, err := net.SplitHostPort(from); err == nil {
+			s.resolve[exemptKey(host, port)] = to
+		}
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {
 			if p, err := netip.ParsePrefix(a.String()); err == nil {
@@ -137,8 +149,27 @@ func (g *Guard) Check(ip netip.Addr, port string) error {
 	return nil
 }
 
-// Resolve looks host up and returns the first address Check allows.
+// target applies upstream.resolve: the host and port dialled for
+// host:port.
+func (g *Guard) target(host, port string) (string, string) {
+	if to, ok := g.state.resolve[exemptKey(host, port)]; ok {
+		if h, p, err := net.SplitHostPort(to); err == nil {
+			return h, p
+		}
+	}
+	return host, port
+}
+
+// Resolve looks host up (after upstream.resolve) and returns the first
+// address Check allows; with an override, the port to dial may differ
+// from port, so callers that dial use Dial.
 func (g *Guard) Resolve(ctx context.Context, host, port string) (netip.Addr, error) {
+	host, port = g.target(host, port)
+	return g.resolveTarget(ctx, host, port)
+}
+
+// resolveTarget looks up a host:port already mapped by target.
+func (g *Guard) resolveTarget(ctx context.Context, host, port string) (netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return ip, g.Check(ip, port)
 	}
@@ -174,6 +205,8 @@ func (g *Guard) Dial(dial DialFunc) DialFunc {
 		if err != nil {
 			return nil, err
 		}
+		host, port = g.target(host, port)
+		addr = net.JoinHostPort(host, port)
 		if g.exempt[exemptKey(host, port)] {
 			// Still never the gateway itself, even when an endpoint says so.
 			if ip, err := netip.ParseAddr(host); err == nil && g.Check(ip, port) == ErrSelfTarget {
@@ -181,7 +214,7 @@ func (g *Guard) Dial(dial DialFunc) DialFunc {
 			}
 			return dial(ctx, network, addr)
 		}
-		ip, err := g.Resolve(ctx, host, port)
+		ip, err := g.resolveTarget(ctx, host, port)
 		if err != nil {
 			return nil, fmt.Errorf("dialling %s: %w", addr, err)
 		}

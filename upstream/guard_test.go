@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -27,10 +28,10 @@ func TestGuardDialsOnlyAllowedAddresses(t *testing.T) {
 	defer self.Close()
 	open := ln.Addr().String()
 
-	strict := NewGuard(false)
+	strict := NewGuard(false, nil)
 	strict.SetListenAddr(self.Addr())
 	exempt := strict.Exempting(open, self.Addr().String(), "no-port")
-	lax := NewGuard(true)
+	lax := NewGuard(true, nil)
 	lax.SetListenAddr(self.Addr())
 	var d net.Dialer
 	tests := []struct {
@@ -66,4 +67,71 @@ func TestGuardDialsOnlyAllowedAddresses(t *testing.T) {
 func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// upstream.resolve sends a name's connections to another address, for
+// every view of the guard, and the guard checks that address: a private
+// target is dialled only where it is exempt (or private targets allowed),
+// never because of the name it stands for.
+func TestGuardResolveOverride(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan struct{}, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	self, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer self.Close()
+	target := ln.Addr().String()
+	resolve := map[string]string{"CDN-LFS.hf.test:443": target, "self.hf.test:443": self.Addr().String()}
+
+	strict := NewGuard(false, resolve)
+	strict.SetListenAddr(self.Addr())
+	lax := NewGuard(true, resolve)
+	lax.SetListenAddr(self.Addr())
+	var d net.Dialer
+	tests := []struct {
+		name  string
+		guard *Guard
+		addr  string
+		want  error
+	}{
+		{"a private target exempt by address", strict.Exempting(target), "cdn-lfs.hf.test:443", nil},
+		{"the name is matched case-insensitively", strict.Exempting(target), "Cdn-Lfs.HF.test:443", nil},
+		{"a private target not exempt", strict, "cdn-lfs.hf.test:443", ErrPrivateTarget},
+		{"exempting the name does not exempt its target", strict.Exempting("cdn-lfs.hf.test:443"), "cdn-lfs.hf.test:443", ErrPrivateTarget},
+		{"private targets allowed", lax, "cdn-lfs.hf.test:443", nil},
+		{"never the gateway itself", lax.Exempting(self.Addr().String()), "self.hf.test:443", ErrSelfTarget},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tt.guard.Dial(d.DialContext)(context.Background(), "tcp", tt.addr)
+			if tt.want != nil {
+				assert.ErrorIs(t, err, tt.want)
+				return
+			}
+			require.NoError(t, err)
+			c.Close()
+			select {
+			case <-accepted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the override's target was not dialled")
+			}
+		})
+	}
+	// The proxy's CONNECT pre-check sees the same target.
+	_, err = strict.Resolve(context.Background(), "cdn-lfs.hf.test", "443")
+	assert.ErrorIs(t, err, ErrPrivateTarget)
+	ip, err := lax.Resolve(context.Background(), "cdn-lfs.hf.test", "443")
+	require.NoError(t, err)
+	assert.True(t, ip.IsLoopback())
 }

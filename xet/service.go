@@ -83,9 +83,14 @@ func New(opts Options) (*Service, error) {
 // repo at rev (a commit) and the worker key principal; base is the
 // gateway's scheme://host as the client reached it.
 func (s *Service) ServeToken(w http.ResponseWriter, typ, repo, rev, principal, base string) {
+	s.ServeTokenFor(w, typ, repo, rev, principal, base+CASPrefix)
+}
+
+// ServeTokenFor is ServeToken with the casUrl given whole: in proxy mode
+// the CAS is the Hub's own CAS host, which the gateway intercepts.
+func (s *Service) ServeTokenFor(w http.ResponseWriter, typ, repo, rev, principal, cas string) {
 	exp := time.Now().Add(s.opts.TokenTTL)
 	tok := s.signer.Issue(Claims{RepoType: typ, Repo: repo, Rev: rev, Principal: principal, Exp: exp.Unix()})
-	cas := base + CASPrefix
 	w.Header().Set("X-Xet-Access-Token", tok)
 	w.Header().Set("X-Xet-Token-Expiration", strconv.FormatInt(exp.Unix(), 10))
 	w.Header().Set("X-Xet-Cas-Url", cas)
@@ -96,12 +101,23 @@ func (s *Service) ServeToken(w http.ResponseWriter, typ, repo, rev, principal, b
 // ServeCAS answers the routes under CASPrefix (path is the rest):
 // /v1|v2/reconstructions/{hash} and /xorbs/{xorb}.
 func (s *Service) ServeCAS(w http.ResponseWriter, r *http.Request, path, base string) {
+	s.ServeCASAt(w, r, path, base+CASPrefix+"/xorbs")
+}
+
+// ServeCASAt is ServeCAS with the base of the xorb URLs a reconstruction
+// names given whole (the xorb URL is xorbBase/{xorb}?…): in proxy mode the
+// Hub's own transfer host, "https://transfer.xethub.hf.co/xorbs/default".
+// The xorb route answers /xorbs/{xorb} and /xorbs/default/{xorb}.
+func (s *Service) ServeCASAt(w http.ResponseWriter, r *http.Request, path, xorbBase string) {
 	segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if len(segs) == 3 && segs[0] == "xorbs" && segs[1] == "default" {
+		segs = []string{"xorbs", segs[2]}
+	}
 	switch {
 	case r.Method != http.MethodGet:
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "GET only"})
 	case len(segs) == 3 && (segs[0] == "v1" || segs[0] == "v2") && segs[1] == "reconstructions" && validHash(segs[2]):
-		s.serveReconstruction(w, r, segs[0], segs[2], base)
+		s.serveReconstruction(w, r, segs[0], segs[2], xorbBase)
 	case len(segs) == 2 && segs[0] == "xorbs" && validHash(segs[1]):
 		s.serveXorb(w, r, segs[1])
 	default:
@@ -114,7 +130,7 @@ func validHash(h string) bool {
 	return err == nil && strings.ToLower(h) == h
 }
 
-func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, version, fileHash, base string) {
+func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, version, fileHash, xorbBase string) {
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	c, err := s.signer.Check(tok, time.Now())
 	if err == nil && s.keyRevoked(c.Principal) {
@@ -157,10 +173,10 @@ func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, ve
 			continue
 		}
 		for _, f := range fetches {
-			u := s.xorbURL(base, xorb, fileHash, c.Principal, f.Ranges, exp)
+			u := s.xorbURL(xorbBase, xorb, fileHash, c.Principal, f.Ranges, exp)
 			v2[xorb] = append(v2[xorb], wireV2Fetch{URL: u, Ranges: f.Ranges})
 			for _, rg := range f.Ranges {
-				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(base, xorb, fileHash, c.Principal, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
+				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(xorbBase, xorb, fileHash, c.Principal, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
 			}
 		}
 	}
@@ -215,10 +231,10 @@ func rangesParam(rs []wireV2Range) string {
 // xorbURL is a gateway xorb URL for rs of xorb, signed for the file and
 // the worker key name (principal) the reconstruction was asked with: a
 // revoked key's URLs stop working at once, not when they expire.
-func (s *Service) xorbURL(base, xorb, fileHash, principal string, rs []wireV2Range, exp string) string {
+func (s *Service) xorbURL(xorbBase, xorb, fileHash, principal string, rs []wireV2Range, exp string) string {
 	rp := rangesParam(rs)
 	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, principal, rp, exp))
-	return base + CASPrefix + "/xorbs/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(principal) +
+	return xorbBase + "/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(principal) +
 		"&r=" + url.QueryEscape(rp) + "&exp=" + exp + "&sig=" + sig
 }
 

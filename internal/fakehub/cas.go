@@ -171,8 +171,9 @@ func (h *Hub) casAddFile(repo string, f *fileState) {
 	h.cas.files[f.xetHash] = cf
 }
 
-// CASURL is the fake CAS's base URL (the casUrl of its Xet tokens).
-func (h *Hub) CASURL() string { return h.srv.URL(serverCAS) }
+// CASURL is the fake CAS's base URL (the casUrl of its Xet tokens):
+// "https://127.0.0.1:PORT", or "https://"+CASHost with PublicNames.
+func (h *Hub) CASURL() string { return h.publicURL(serverCAS, CASHost) }
 
 // XetTokens returns every Xet access token the Hub has issued, for leak
 // scans.
@@ -369,7 +370,7 @@ func (h *Hub) signedXorbURL(xorb string, brs []casRange) string {
 	p := "/xorbs/default/" + xorb
 	rg := rangeHeader(brs)
 	expires := strconv.FormatInt(time.Now().Add(XorbURLLifetime).Unix(), 10)
-	return h.CASURL() + p + "?X-Xet-Signed-Range=" + url.QueryEscape(rg) +
+	return h.transferURL() + p + "?X-Xet-Signed-Range=" + url.QueryEscape(rg) +
 		"&Expires=" + expires + "&Signature=" + h.signXorb(p, rg, expires) + "&Key-Pair-Id=K1"
 }
 
@@ -442,3 +443,9 @@ var errBadRange = &rangeError{}
 type rangeError struct{}
 
 func (*rangeError) Error() string { return "bad Range" }
+
+// XetHashOf is the Xet file hash the fake gives a file holding data.
+func XetHashOf(data []byte) string {
+	_, h := xetLayout(data)
+	return h.String()
+}

@@ -30,6 +30,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,7 +53,25 @@ type Options struct {
 	// PageSize is the maximum number of tree entries per page (default 1000,
 	// the Hub's documented page size).
 	PageSize int
+	// PublicNames puts the CDN and the CAS under the Hub's real host
+	// names, as in production: LFS redirects go to https://CDNHost, Xet
+	// bridge redirects to https://XetBridgeHost, the Xet tokens' casUrl
+	// and reconstruction links name https://CASHost and xorb URLs
+	// https://TransferHost, all on port 443 with certificates for those
+	// names (CAFile holds their CA). A client reaches them through a name
+	// override (Resolve): the gateway's upstream.resolve, curl --resolve.
+	// The Hub itself stays at URL (the gateway's configured endpoint).
+	PublicNames bool
 }
+
+// The real names the fake stands for with Options.PublicNames
+// (UPSTREAMS.md §1, §3).
+const (
+	CDNHost       = "cdn-lfs-us-1.hf.co"
+	XetBridgeHost = "cas-bridge.xethub.hf.co"
+	CASHost       = "cas-server.xethub.hf.co"
+	TransferHost  = "transfer.xethub.hf.co"
+)
 
 // Hub is a running fake Hub plus its CDN. All methods are safe for
 // concurrent use, including while requests are in flight.
@@ -99,18 +118,47 @@ func New(t testing.TB, opts Options) *Hub {
 	if err := h.newSignKey(); err != nil {
 		t.Fatalf("fakehub: generating the CDN signing key: %v", err)
 	}
+	cdn := fakeserver.Server{Name: serverCDN, Handler: h.serveCDN}
+	cas := fakeserver.Server{Name: serverCAS, Handler: h.serveCAS}
+	if opts.PublicNames {
+		cdn.Names = []string{CDNHost, XetBridgeHost}
+		cas.Names = []string{CASHost, TransferHost}
+	}
 	h.srv.Start(t, fakeserver.Config{Name: "fakehub", MaxBody: maxRecordedBody},
-		fakeserver.Server{Name: serverHub, Handler: h.serveHub},
-		fakeserver.Server{Name: serverCDN, Handler: h.serveCDN},
-		fakeserver.Server{Name: serverCAS, Handler: h.serveCAS})
+		fakeserver.Server{Name: serverHub, Handler: h.serveHub}, cdn, cas)
 	return h
 }
 
 // URL is the Hub's base URL, "https://127.0.0.1:PORT".
 func (h *Hub) URL() string { return h.srv.URL(serverHub) }
 
-// CDNURL is the CDN's base URL, "https://127.0.0.1:PORT".
-func (h *Hub) CDNURL() string { return h.srv.URL(serverCDN) }
+// CDNURL is the CDN's base URL for LFS files: "https://127.0.0.1:PORT",
+// or "https://"+CDNHost with PublicNames.
+func (h *Hub) CDNURL() string { return h.publicURL(serverCDN, CDNHost) }
+
+// xetBridgeURL is where Xet files' plain-HTTP redirects go.
+func (h *Hub) xetBridgeURL() string { return h.publicURL(serverCDN, XetBridgeHost) }
+
+// transferURL is the base of signed xorb URLs.
+func (h *Hub) transferURL() string { return h.publicURL(serverCAS, TransferHost) }
+
+func (h *Hub) publicURL(server, name string) string {
+	if h.opts.PublicNames {
+		return "https://" + name
+	}
+	return h.srv.URL(server)
+}
+
+// Resolve maps the public names ("name:443") to the listeners that serve
+// them, for upstream.resolve; empty without PublicNames.
+func (h *Hub) Resolve() map[string]string { return h.srv.Resolve() }
+
+// Listeners are the CDN's and the CAS's own addresses (host:port on
+// loopback), whatever names stand for them: what a gateway must be let
+// reach although they are loopback addresses (upstream.private_hosts).
+func (h *Hub) Listeners() []string {
+	return []string{strings.TrimPrefix(h.srv.URL(serverCDN), "https://"), strings.TrimPrefix(h.srv.URL(serverCAS), "https://")}
+}
 
 // CAFile is the path of a PEM file holding the certificate(s) both servers
 // present, suitable as an upstream ca_file.

@@ -187,7 +187,7 @@ func (h *Hub) signedCDNURL(rs *repoState, f *fileState) string {
 func (h *Hub) signedXetBridgeURL(rs *repoState, f *fileState) string {
 	p := "/xet-bridge-us/" + rs.key[:24] + "/" + f.xetHash
 	expires := strconv.FormatInt(time.Now().Add(cdnURLLifetime).Unix(), 10)
-	return h.CDNURL() + p +
+	return h.xetBridgeURL() + p +
 		"?response-content-disposition=" + url.QueryEscape(contentDisposition(path.Base(f.Path))) +
 		"&Expires=" + expires +
 		"&Signature=" + h.sign(p, expires) +

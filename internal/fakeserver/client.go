@@ -1,9 +1,12 @@
 package fakeserver
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,6 +21,14 @@ func (s *Servers) Client(t testing.TB) *http.Client {
 		Transport: &http.Transport{
 			TLSClientConfig:    &tls.Config{RootCAs: s.CertPool()},
 			DisableCompression: true,
+			// Public names reach their servers, like curl --resolve.
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if to, ok := s.resolve[strings.ToLower(addr)]; ok {
+					addr = to
+				}
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			},
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       30 * time.Second,

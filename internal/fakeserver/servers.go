@@ -12,15 +12,18 @@ package fakeserver
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -35,6 +38,13 @@ type Server struct {
 	Name string
 	// Handler answers the server's requests once they are recorded.
 	Handler http.HandlerFunc
+	// Names are public host names the server stands for on port 443
+	// (say, a CDN's). The servers then present a certificate for them
+	// (and for 127.0.0.1) from a CA made for this set, which CAFile and
+	// CertPool hold; Resolve maps each name:443 to the server's address,
+	// for a client that dials by such an override (curl --resolve, the
+	// gateway's upstream.resolve).
+	Names []string
 }
 
 // Config configures a Servers set.
@@ -58,6 +68,7 @@ type Servers struct {
 	name    string
 	maxBody int
 	urls    map[string]string
+	resolve map[string]string // "name:443" -> "127.0.0.1:port"
 	caFile  string
 	pool    *x509.CertPool
 
@@ -84,6 +95,18 @@ func (s *Servers) Start(t testing.TB, cfg Config, servers ...Server) {
 		}
 	}
 	s.name, s.maxBody, s.urls = cfg.Name, cfg.MaxBody, make(map[string]string, len(servers))
+	s.resolve = map[string]string{}
+	var names []string
+	for _, sv := range servers {
+		names = append(names, sv.Names...)
+	}
+	var named *namedTLS
+	if len(names) > 0 {
+		var err error
+		if named, err = newNamedTLS(names); err != nil {
+			t.Fatalf("%s: making the certificate for %v: %v", cfg.Name, names, err)
+		}
+	}
 	base, stop := context.WithCancelCause(context.Background())
 	started := make([]*httptest.Server, len(servers))
 	for i, sv := range servers {
@@ -93,6 +116,12 @@ func (s *Servers) Start(t testing.TB, cfg Config, servers ...Server) {
 		ts := httptest.NewUnstartedServer(s.record(sv.Name, sv.Handler))
 		ts.Config.BaseContext = func(net.Listener) context.Context { return base }
 		s.urls[sv.Name] = "https://" + ts.Listener.Addr().String()
+		for _, n := range sv.Names {
+			s.resolve[strings.ToLower(n)+":443"] = ts.Listener.Addr().String()
+		}
+		if named != nil {
+			ts.TLS = &tls.Config{Certificates: []tls.Certificate{named.leaf}}
+		}
 		started[i] = ts
 	}
 	for _, ts := range started {
@@ -108,7 +137,15 @@ func (s *Servers) Start(t testing.TB, cfg Config, servers ...Server) {
 	s.pool = x509.NewCertPool()
 	var pemData []byte
 	var seen []*x509.Certificate
+	if named != nil {
+		// One CA signed every server's certificate: trusting it is enough.
+		s.pool.AddCert(named.ca)
+		pemData = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: named.ca.Raw})
+	}
 	for i, ts := range started {
+		if named != nil {
+			break
+		}
 		if ts.URL != s.urls[servers[i].Name] {
 			t.Fatalf("%s: server %s moved on start: %s", cfg.Name, servers[i].Name, ts.URL)
 		}
@@ -135,6 +172,10 @@ func (s *Servers) URL(name string) string {
 	}
 	return u
 }
+
+// Resolve maps each server's public names ("name:443", lower case) to
+// its listener's address; empty when no server has Names.
+func (s *Servers) Resolve() map[string]string { return maps.Clone(s.resolve) }
 
 // CAFile is the path of a PEM file holding the certificate(s) the servers
 // present, suitable as an upstream ca_file.
