@@ -313,16 +313,17 @@ func (t *Tier) fromBucket(d cache.Digest) cache.TierFill {
 	}
 }
 
-// leaseDoc is a lease's content; only the etag matters to the protocol,
-// the rest is for an operator reading the bucket.
+// leaseDoc is a lease's content; only the etag matters to the lease
+// protocol, and Advertise to peer streaming; the rest is for an operator
+// reading the bucket.
 type leaseDoc struct {
-	Node string `json:"node"`
+	Node    string    `json:"node"`
+	Nonce   string    `json:"nonce"`
+	Written time.Time `json:"written"`
+	TTL     string    `json:"ttl"`
 	// Advertise is where the holder serves its fill to the other nodes
 	// (peer streaming), when it does.
-	Advertise string    `json:"advertise,omitempty"`
-	Nonce     string    `json:"nonce"`
-	Written   time.Time `json:"written"`
-	TTL       string    `json:"ttl"`
+	Advertise string `json:"advertise,omitempty"`
 }
 
 func (t *Tier) leaseBody() []byte {
