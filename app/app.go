@@ -191,7 +191,8 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	// even on private addresses; tunnels and relays, on a worker's behalf,
 	// only the parent proxy they are sent through.
 	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets, cfg.Upstream.Resolve)
-	tier, err := sharedTier(cfg, guard, log, metrics.RegisterCluster(reg))
+	clusterEvents, clusterBytes := metrics.RegisterCluster(reg), metrics.RegisterClusterBytes(reg)
+	tier, err := sharedTier(cfg, guard, log, reg, clusterEvents, clusterBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -374,7 +375,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	}
 	var currentKeys atomic.Pointer[clientauth.Keys]
 	currentKeys.Store(keys)
-	var own []proxy.Endpoint
+	own := []proxy.Endpoint{peerEndpoint(cfg, store, log, clusterEvents, clusterBytes)}
 	if cfg.HuggingFace.Xet != config.XetHide && !cfg.Offline {
 		// Xet: the gateway's own tokens and CAS; the upstream side asks
 		// the Hub's token route with the operator's credential (through

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/modelgate/modelgate/authinject"
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/civitai"
@@ -21,6 +23,7 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
+	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/s3tier"
 	"github.com/modelgate/modelgate/upstream"
@@ -235,7 +238,7 @@ func listenerTLS(cfg config.Config, ca *mitmca.CA, log *slog.Logger) (*tls.Confi
 // sharedTier returns the S3 tier of storage.backend s3, or nil for disk.
 // Its transport has its own dialer through the outbound guard, exempting
 // only the bucket's endpoint (which is usually on a private address).
-func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEvent func(string)) (cache.Tier, error) {
+func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, reg prometheus.Registerer, onEvent func(string), onBytes func(string, int64)) (cache.Tier, error) {
 	if cfg.Storage.Backend != config.BackendS3 {
 		return nil, nil
 	}
@@ -252,6 +255,14 @@ func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEv
 	if err != nil {
 		return nil, fmt.Errorf("storage.s3: %w", err)
 	}
+	var peerSecret []byte
+	var peers http.RoundTripper
+	if cfg.Cluster.Secret != "" {
+		peerSecret = []byte(cfg.Cluster.Secret.Reveal())
+		if peers, err = peerTransport(cfg, guard); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
 	tier, err := s3tier.New(s3tier.Options{
 		Endpoint:        s3.Endpoint,
 		Bucket:          s3.Bucket,
@@ -261,15 +272,20 @@ func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEv
 		AccessKeyID:     s3.AccessKeyID.Reveal(),
 		SecretAccessKey: s3.SecretAccessKey.Reveal(),
 		SessionToken:    s3.SessionToken.Reveal(),
-		Transport:       transport,
+		Transport:       metrics.InstrumentS3(reg, transport),
 		LeaseTTL:        cfg.Cluster.LeaseTTL.Duration,
 		Node:            cfg.Cluster.Node,
 		Logger:          log.With("component", "s3tier"),
 		OnEvent:         onEvent,
+		OnBytes:         onBytes,
+		Advertise:       cfg.Cluster.Advertise,
+		PeerSecret:      peerSecret,
+		PeerTransport:   peers,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL)
+	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL,
+		"peer_streaming", len(peerSecret) > 0, "advertise", cfg.Cluster.Advertise)
 	return tier, nil
 }

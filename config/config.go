@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -124,6 +125,21 @@ type ClusterConfig struct {
 	// Node names this gateway in the leases it writes (for operators
 	// reading the bucket). Default: the host name.
 	Node string `yaml:"node"`
+	// Secret turns on peer streaming: a gateway waiting for another's
+	// fill streams it from that gateway (its Advertise URL, read from the
+	// lease) instead of waiting for the upload. Every gateway of the
+	// cluster has the same one; it signs the node-to-node requests (HMAC,
+	// never sent). At least 32 characters. Default "" (off).
+	Secret Secret `yaml:"secret"`
+	// SecretFile is a file holding Secret (trimmed), instead of Secret.
+	SecretFile string `yaml:"secret_file"`
+	// Advertise is where the other gateways reach this one: an http(s)
+	// URL without a path, "http://10.0.0.5:8080". Required with Secret.
+	Advertise string `yaml:"advertise"`
+	// Peers are the networks the other gateways' Advertise addresses are
+	// in: peer connections go there and nowhere else, and the node-to-node
+	// endpoint answers only them. Required with Secret.
+	Peers Networks `yaml:"peers"`
 }
 
 // TLSConfig is the certificate of the TLS listener (listen_tls).
@@ -533,7 +549,7 @@ func Default() Config {
 			Format: "text",
 		},
 		Storage: StorageConfig{Backend: "disk"},
-		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}},
+		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}, Peers: Networks{}},
 	}
 }
 
@@ -593,6 +609,7 @@ func (c *Config) Validate() error {
 		fail("data_dir", "must not be empty")
 	}
 	c.validateStorage(fail)
+	c.validateCluster(fail)
 	if c.Cache.MaxSize < 0 {
 		fail("cache.max_size", "must be >= 0 (0 means unbounded), got %d", int64(c.Cache.MaxSize))
 	}
@@ -826,5 +843,43 @@ func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
 	}
 	if c.Cluster.LeaseTTL.Duration < time.Second {
 		fail("cluster.lease_ttl", "must be >= 1s, got %s", c.Cluster.LeaseTTL)
+	}
+}
+
+// MinClusterSecret is the shortest cluster.secret accepted.
+const MinClusterSecret = 32
+
+// validateCluster checks the peer-streaming keys (cluster.lease_ttl is
+// checked with the bucket it belongs to).
+func (c *Config) validateCluster(fail func(key, format string, args ...any)) {
+	cl := c.Cluster
+	if cl.Secret == "" {
+		if cl.Advertise != "" {
+			fail("cluster.advertise", "needs cluster.secret (peer streaming is off without it)")
+		}
+		if len(cl.Peers) > 0 {
+			fail("cluster.peers", "needs cluster.secret (peer streaming is off without it)")
+		}
+		return
+	}
+	if c.Storage.Backend != BackendS3 {
+		fail("cluster.secret", "needs storage.backend s3 (peers find each other through the bucket's leases)")
+	}
+	if !printable(cl.Secret) {
+		fail("cluster.secret", "must not contain whitespace or control characters")
+	} else if len(cl.Secret) < MinClusterSecret {
+		fail("cluster.secret", "must be at least %d characters, got %d (e.g. openssl rand -hex 32)", MinClusterSecret, len(cl.Secret))
+	}
+	if cl.Advertise == "" {
+		fail("cluster.advertise", "is required with cluster.secret: the URL the other gateways reach this one at, e.g. http://10.0.0.5:8080")
+	} else if msg := checkURL(cl.Advertise, "must be an absolute http(s) URL", false, "http", "https"); msg != "" {
+		fail("cluster.advertise", "%s", msg)
+	} else if u, _ := url.Parse(cl.Advertise); u.Path != "" && u.Path != "/" {
+		fail("cluster.advertise", "must have no path, got %q", u.Path)
+	} else if ip, err := netip.ParseAddr(u.Hostname()); err == nil && ip.IsUnspecified() {
+		fail("cluster.advertise", "must be an address the other gateways can reach, not %s", u.Hostname())
+	}
+	if len(cl.Peers) == 0 {
+		fail("cluster.peers", "is required with cluster.secret: the networks of the other gateways, e.g. [10.0.0.0/24]")
 	}
 }

@@ -103,7 +103,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 76)
+	assert.Len(t, seen, 80)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -656,4 +656,74 @@ func TestResolveLoads(t *testing.T) {
 	assert.Empty(t, Default().Upstream.Resolve)
 	_, err = parse("upstream:\n  resolve: [a.test]\n", nil, nil)
 	assert.Error(t, err, "a list is not a map")
+}
+
+func TestClusterPeerConfig(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef-SUPERSECRET"
+	const s3 = "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models}}\n"
+	files := map[string]string{"/run/secret": "  " + secret + "\n", "/run/empty": "\n"}
+	readFile := func(p string) ([]byte, error) {
+		if v, ok := files[p]; ok {
+			return []byte(v), nil
+		}
+		return nil, fmt.Errorf("open %s: no such file", p)
+	}
+	tests := []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "off by default", yaml: s3, check: func(t *testing.T, c Config) {
+			assert.Empty(t, c.Cluster.Secret)
+			assert.Empty(t, c.Cluster.Peers)
+		}},
+		{name: "on", yaml: s3 + "cluster: {secret: " + secret + ", advertise: 'http://10.0.0.5:8080/', peers: [10.0.0.0/24, 127.0.0.1]}",
+			check: func(t *testing.T, c Config) {
+				assert.Equal(t, secret, c.Cluster.Secret.Reveal())
+				assert.Equal(t, "http://10.0.0.5:8080", c.Cluster.Advertise)
+				assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("127.0.0.1/32")}, []netip.Prefix(c.Cluster.Peers))
+				assert.NotContains(t, fmt.Sprintf("%v %+v %#v", c, c, c), "SUPERSECRET")
+				dump, err := yaml.Marshal(c)
+				require.NoError(t, err)
+				assert.NotContains(t, string(dump), "SUPERSECRET")
+			}},
+		{name: "from the environment", yaml: s3,
+			env: map[string]string{"MODELGATE_CLUSTER_SECRET": secret, "MODELGATE_CLUSTER_ADVERTISE": "https://gw-1.lan:8443", "MODELGATE_CLUSTER_PEERS": "10.0.0.0/8,fd00::/8"},
+			check: func(t *testing.T, c Config) {
+				assert.Equal(t, secret, c.Cluster.Secret.Reveal())
+				assert.Len(t, c.Cluster.Peers, 2)
+			}},
+		{name: "from a file", yaml: s3 + "cluster: {secret_file: /run/secret, advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}",
+			check: func(t *testing.T, c Config) {
+				assert.Equal(t, secret, c.Cluster.Secret.Reveal())
+				assert.Empty(t, c.Cluster.SecretFile)
+			}},
+		{name: "file and value", yaml: s3 + "cluster: {secret: " + secret + ", secret_file: /run/secret, advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.secret_file"},
+		{name: "empty file", yaml: s3 + "cluster: {secret_file: /run/empty, advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.secret_file"},
+		{name: "short secret", yaml: s3 + "cluster: {secret: SUPERSECRET, advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.secret: must be at least 32"},
+		{name: "secret with a space", yaml: s3 + "cluster: {secret: '" + secret + " x', advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.secret: must not contain whitespace"},
+		{name: "secret without s3", yaml: "cluster: {secret: " + secret + ", advertise: 'http://10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.secret: needs storage.backend s3"},
+		{name: "no advertise", yaml: s3 + "cluster: {secret: " + secret + ", peers: [10.0.0.0/24]}", wantErr: "cluster.advertise: is required"},
+		{name: "advertise not a URL", yaml: s3 + "cluster: {secret: " + secret + ", advertise: '10.0.0.5:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.advertise: must be an absolute http(s) URL"},
+		{name: "advertise with a path", yaml: s3 + "cluster: {secret: " + secret + ", advertise: 'http://10.0.0.5:8080/x', peers: [10.0.0.0/24]}", wantErr: "cluster.advertise: must have no path"},
+		{name: "advertise unspecified", yaml: s3 + "cluster: {secret: " + secret + ", advertise: 'http://0.0.0.0:8080', peers: [10.0.0.0/24]}", wantErr: "cluster.advertise: must be an address"},
+		{name: "no peers", yaml: s3 + "cluster: {secret: " + secret + ", advertise: 'http://10.0.0.5:8080'}", wantErr: "cluster.peers: is required"},
+		{name: "bad peers", yaml: s3 + "cluster: {secret: " + secret + ", advertise: 'http://10.0.0.5:8080', peers: [10.0.0/33]}", wantErr: "cluster.peers"},
+		{name: "advertise without secret", yaml: s3 + "cluster: {advertise: 'http://10.0.0.5:8080'}", wantErr: "cluster.advertise: needs cluster.secret"},
+		{name: "peers without secret", yaml: s3 + "cluster: {peers: [10.0.0.0/24]}", wantErr: "cluster.peers: needs cluster.secret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml), func(k string) string { return tt.env[k] }, readFile)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				assert.NotContains(t, err.Error(), "SUPERSECRET")
+				return
+			}
+			require.NoError(t, err)
+			tt.check(t, c)
+		})
+	}
 }

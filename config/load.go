@@ -87,6 +87,7 @@ func normalize(c *Config) {
 	c.Log.Format = LogFormat(strings.ToLower(strings.TrimSpace(string(c.Log.Format))))
 	c.Storage.Backend = StorageBackend(strings.ToLower(strings.TrimSpace(string(c.Storage.Backend))))
 	c.Storage.S3.Endpoint = strings.TrimRight(c.Storage.S3.Endpoint, "/")
+	c.Cluster.Advertise = strings.TrimRight(c.Cluster.Advertise, "/")
 	if p := c.Storage.S3.Prefix; p != "" && !strings.HasSuffix(p, "/") {
 		c.Storage.S3.Prefix = p + "/"
 	}
@@ -111,6 +112,20 @@ func resolveSecrets(c *Config, getenv func(string) string, readFile func(string)
 	}
 	if hf.Token == "" {
 		hf.Token = firstEnv(getenv, "HF_TOKEN", "HF_AUTH_TOKEN")
+	}
+	if cl := &c.Cluster; cl.SecretFile != "" {
+		if cl.Secret != "" {
+			return errors.New("cluster.secret_file: cannot be combined with cluster.secret; set only one")
+		}
+		data, err := readFile(cl.SecretFile)
+		if err != nil {
+			return fmt.Errorf("cluster.secret_file: %w", err)
+		}
+		sec := strings.TrimSpace(string(data))
+		if sec == "" {
+			return fmt.Errorf("cluster.secret_file: %s is empty", cl.SecretFile)
+		}
+		cl.Secret, cl.SecretFile = Secret(sec), ""
 	}
 	if c.Storage.Backend == BackendS3 {
 		s3 := &c.Storage.S3

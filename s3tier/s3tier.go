@@ -72,8 +72,21 @@ type Options struct {
 	Logger   *slog.Logger
 	// OnEvent, when set, counts what happens: "bucket_hit", "lease_taken",
 	// "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_failed",
-	// "unreachable" (a fill went on locally without the bucket).
+	// "unreachable" (a fill went on locally without the bucket), and for
+	// peer streaming "peer_stream", "peer_fallback".
 	OnEvent func(event string)
+	// OnBytes, when set, counts the bytes fills got from each source:
+	// "bucket", "peer", "upstream".
+	OnBytes func(source string, n int64)
+
+	// Peer streaming (see peer.go), off while PeerSecret is empty.
+	// Advertise is this gateway's URL for the others (cluster.advertise),
+	// written into the leases it takes.
+	Advertise string
+	// PeerSecret is cluster.secret: it signs requests to other gateways.
+	PeerSecret []byte
+	// PeerTransport carries them; its dials reach only cluster.peers.
+	PeerTransport http.RoundTripper
 }
 
 // Tier is a cache.Tier over one bucket.
@@ -88,6 +101,11 @@ type Tier struct {
 	partSize uint64
 	log      *slog.Logger
 	onEvent  func(string)
+	onBytes  func(string, int64)
+
+	advertise  string
+	peerSecret []byte
+	peerClient *http.Client
 }
 
 var _ cache.Tier = (*Tier)(nil)
@@ -123,7 +141,21 @@ func New(opts Options) (*Tier, error) {
 		c: c, core: minio.Core{Client: c},
 		bucket: opts.Bucket, prefix: opts.Prefix,
 		ttl: opts.LeaseTTL, node: opts.Node, partSize: opts.PartSize,
-		log: opts.Logger, onEvent: opts.OnEvent,
+		log: opts.Logger, onEvent: opts.OnEvent, onBytes: opts.OnBytes,
+		advertise: opts.Advertise, peerSecret: opts.PeerSecret,
+	}
+	if len(t.peerSecret) > 0 {
+		if opts.PeerTransport == nil {
+			return nil, errors.New("s3tier: peer streaming needs a PeerTransport")
+		}
+		t.peerClient = &http.Client{
+			Transport: opts.PeerTransport,
+			// A peer answers itself; a redirect is not followed anywhere.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	if t.onBytes == nil {
+		t.onBytes = func(string, int64) {}
 	}
 	if t.ttl <= 0 {
 		t.ttl = 30 * time.Second
@@ -198,23 +230,32 @@ func (t *Tier) Source(d cache.Digest) cache.Source {
 // otherwise the upstream, once this node holds the blob's lease, or the
 // bucket's copy once the holder published it.
 func (t *Tier) Fill(ctx context.Context, d cache.Digest, size int64, upstream cache.Source) (cache.TierFill, error) {
+	return t.fill(ctx, d, size, upstream, "")
+}
+
+// fill is Fill; with peer streaming on, a node that finds another holding
+// the lease streams from it, unless it is skipPeer (a holder that already
+// failed this fill).
+func (t *Tier) fill(ctx context.Context, d cache.Digest, size int64, upstream cache.Source, skipPeer string) (cache.TierFill, error) {
 	var (
 		seenETag  string
 		seenAt    time.Time
 		lastOK    = time.Now()
 		announced bool
+		// peerChecked is the lease etag whose holder was last looked up.
+		peerChecked string
 	)
 	for {
 		has, err := t.Has(ctx, d, size)
 		if err == nil && has {
 			t.onEvent("bucket_hit")
-			return t.fromBucket(d), nil
+			return t.counted(t.fromBucket(d), "bucket"), nil
 		}
 		if err == nil {
 			var l *lease
 			l, seenETag, seenAt, err = t.tryLease(ctx, d, seenETag, seenAt)
 			if err == nil && l != nil {
-				return l.fill(upstream), nil
+				return t.counted(l.fill(upstream), "upstream"), nil
 			}
 		}
 		switch {
@@ -226,10 +267,18 @@ func (t *Tier) Fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 			if time.Since(lastOK) >= t.ttl || !announced {
 				t.log.Warn("shared bucket unreachable; filling locally from the upstream", "blob", d.String(), "err", err)
 				t.onEvent("unreachable")
-				return cache.TierFill{Source: upstream}, nil
+				return t.counted(cache.TierFill{Source: upstream}, "upstream"), nil
 			}
 		default:
 			lastOK = time.Now()
+			if seenETag != peerChecked {
+				// A lease new to us (or renewed): does it name a holder
+				// this node can stream from?
+				peerChecked = seenETag
+				if tf, ok := t.streamFromPeer(ctx, d, size, upstream, skipPeer); ok {
+					return tf, nil
+				}
+			}
 			if !announced {
 				announced = true
 				t.onEvent("lease_wait")
@@ -264,19 +313,23 @@ func (t *Tier) fromBucket(d cache.Digest) cache.TierFill {
 	}
 }
 
-// leaseDoc is a lease's content; only the etag matters to the protocol,
-// the rest is for an operator reading the bucket.
+// leaseDoc is a lease's content; only the etag matters to the lease
+// protocol, and Advertise to peer streaming; the rest is for an operator
+// reading the bucket.
 type leaseDoc struct {
 	Node    string    `json:"node"`
 	Nonce   string    `json:"nonce"`
 	Written time.Time `json:"written"`
 	TTL     string    `json:"ttl"`
+	// Advertise is where the holder serves its fill to the other nodes
+	// (peer streaming), when it does.
+	Advertise string `json:"advertise,omitempty"`
 }
 
 func (t *Tier) leaseBody() []byte {
 	var n [12]byte
 	_, _ = rand.Read(n[:])
-	b, _ := json.Marshal(leaseDoc{Node: t.node, Nonce: hex.EncodeToString(n[:]), Written: time.Now().UTC(), TTL: t.ttl.String()})
+	b, _ := json.Marshal(leaseDoc{Node: t.node, Advertise: t.advertise, Nonce: hex.EncodeToString(n[:]), Written: time.Now().UTC(), TTL: t.ttl.String()})
 	return b
 }
 

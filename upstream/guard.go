@@ -70,6 +70,9 @@ var specialRanges = []netip.Prefix{
 type Guard struct {
 	state  *guardState
 	exempt map[string]bool // lower-case host:port
+	// only, when set, is the whole of what this view may reach (see
+	// Only); the private-address policy does not apply then.
+	only []netip.Prefix
 }
 
 // guardState is what every view of a Guard shares.
@@ -120,6 +123,23 @@ func (g *Guard) Exempting(hostports ...string) *Guard {
 	return v
 }
 
+// ErrOutsidePeers refuses a peer connection to an address outside
+// cluster.peers.
+var ErrOutsidePeers error = Refusal("refusing to connect to a gateway peer outside cluster.peers")
+
+// Only returns a view of g (same own address) that reaches the addresses
+// inside nets and nothing else, private or public: the dials to other
+// gateways of a cluster (cluster.peers), whose addresses come from the
+// shared bucket and so must not be able to point anywhere else. The
+// gateway's own listener stays refused. An empty nets reaches nothing.
+func (g *Guard) Only(nets []netip.Prefix) *Guard {
+	only := make([]netip.Prefix, 0, len(nets))
+	for _, p := range nets {
+		only = append(only, p.Masked())
+	}
+	return &Guard{state: g.state, exempt: map[string]bool{}, only: only}
+}
+
 func exemptKey(host, port string) string {
 	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
 }
@@ -142,6 +162,14 @@ func (g *Guard) Check(ip netip.Addr, port string) error {
 	s := g.state
 	if s.listenPorts.Load().(map[string]bool)[port] && (ip.IsLoopback() || ip.IsUnspecified() || s.local[ip]) {
 		return ErrSelfTarget
+	}
+	if g.only != nil {
+		for _, p := range g.only {
+			if p.Contains(ip) {
+				return nil
+			}
+		}
+		return ErrOutsidePeers
 	}
 	if !s.allowPrivate && PrivateAddr(ip) {
 		return ErrPrivateTarget

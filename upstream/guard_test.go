@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -33,6 +34,10 @@ func TestGuardDialsOnlyAllowedAddresses(t *testing.T) {
 	exempt := strict.Exempting(open, self.Addr().String(), "no-port")
 	lax := NewGuard(true, nil)
 	lax.SetListenAddr(self.Addr())
+	// Peers: loopback only (as in the tests), even on a guard that
+	// reaches private addresses; the exemptions do not carry over.
+	peers := lax.Exempting("192.0.2.1:80").Only([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
+	noPeers := strict.Only(nil)
 	var d net.Dialer
 	tests := []struct {
 		name  string
@@ -48,6 +53,12 @@ func TestGuardDialsOnlyAllowedAddresses(t *testing.T) {
 		{"the gateway itself, even exempt", exempt, self.Addr().String(), ErrSelfTarget},
 		{"private allowed", lax, open, nil},
 		{"the gateway itself, private allowed", lax, self.Addr().String(), ErrSelfTarget},
+		{"a peer inside cluster.peers", peers, open, nil},
+		{"a private address outside cluster.peers", peers, "10.1.2.3:8080", ErrOutsidePeers},
+		{"the metadata service, outside cluster.peers", peers, "169.254.169.254:80", ErrOutsidePeers},
+		{"a public address, outside cluster.peers", peers, "192.0.2.1:80", ErrOutsidePeers},
+		{"the gateway itself, inside cluster.peers", peers, self.Addr().String(), ErrSelfTarget},
+		{"no cluster.peers: nothing", noPeers, open, ErrOutsidePeers},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
