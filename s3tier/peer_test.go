@@ -127,7 +127,7 @@ func newPeerNode(t *testing.T, srv *versity.Server, ttl time.Duration, secret, s
 		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey,
 		LeaseTTL: ttl, Node: t.Name(), OnEvent: n.ev.add, OnBytes: n.addBytes, Transport: http.DefaultTransport,
 		Advertise: n.srv.URL, PeerSecret: secret,
-		PeerTransport: &http.Transport{DialContext: upstream.NewGuard(false).Only(dialNets).Dial(d.DialContext)},
+		PeerTransport: &http.Transport{DialContext: upstream.NewGuard(false, nil).Only(dialNets).Dial(d.DialContext)},
 	})
 	require.NoError(t, err)
 	n.tier = tier
