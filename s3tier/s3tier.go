@@ -72,8 +72,23 @@ type Options struct {
 	Logger   *slog.Logger
 	// OnEvent, when set, counts what happens: "bucket_hit", "lease_taken",
 	// "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_failed",
-	// "unreachable" (a fill went on locally without the bucket).
+	// "unreachable" (a fill went on locally without the bucket), "evicted".
 	OnEvent func(event string)
+
+	// Eviction of the bucket's blobs (see evict.go).
+	//
+	// MaxSize bounds the total size of the bucket's blobs; 0 is unbounded.
+	MaxSize int64
+	// AccessEvery is how often at most a node records that it read a
+	// blob. Default 1h.
+	AccessEvery time.Duration
+	// EvictEvery is how often StartMaintenance runs an eviction. Default 1m.
+	EvictEvery time.Duration
+	// Pinned returns the blobs this node's pins resolve to; they are
+	// published to the bucket and no node evicts them.
+	Pinned func() map[cache.Digest]bool
+	// OnEvict, when set, is called for every blob evicted from the bucket.
+	OnEvict func(d cache.Digest, size int64)
 }
 
 // Tier is a cache.Tier over one bucket.
@@ -88,6 +103,7 @@ type Tier struct {
 	partSize uint64
 	log      *slog.Logger
 	onEvent  func(string)
+	ev       evictState
 }
 
 var _ cache.Tier = (*Tier)(nil)
@@ -128,6 +144,7 @@ func New(opts Options) (*Tier, error) {
 	if t.ttl <= 0 {
 		t.ttl = 30 * time.Second
 	}
+	t.ev.init(opts)
 	// Waiters look often enough to notice a finished blob or an expired
 	// lease soon, rarely enough not to load the store.
 	t.poll = min(max(t.ttl/10, 50*time.Millisecond), 2*time.Second)
@@ -205,10 +222,10 @@ func (t *Tier) Fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 		announced bool
 	)
 	for {
-		has, err := t.Has(ctx, d, size)
+		has, rd, err := t.openRead(ctx, d, size)
 		if err == nil && has {
 			t.onEvent("bucket_hit")
-			return t.fromBucket(d), nil
+			return t.fromBucket(d, rd), nil
 		}
 		if err == nil {
 			var l *lease
@@ -247,11 +264,12 @@ func (t *Tier) Fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 }
 
 // fromBucket fills the hot tier from the bucket's verified copy.
-func (t *Tier) fromBucket(d cache.Digest) cache.TierFill {
+func (t *Tier) fromBucket(d cache.Digest, rd *bucketRead) cache.TierFill {
 	return cache.TierFill{
 		Source:  t.Source(d),
 		Trusted: true,
 		Done: func(_ string, err error) {
+			rd.end()
 			var mismatch *cache.DigestMismatchError
 			if errors.As(err, &mismatch) {
 				// Only a verified blob is ever uploaded, so this copy was
