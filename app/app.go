@@ -37,6 +37,7 @@ import (
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
+	"github.com/modelgate/modelgate/s3tier"
 	"github.com/modelgate/modelgate/reqinfo"
 	"github.com/modelgate/modelgate/site"
 	"github.com/modelgate/modelgate/upstream"
@@ -185,15 +186,36 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
-	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
+	// The pins set through the admin API on any gateway of a cluster
+	// (read from the bucket by the shared tier) apply here too.
+	var shared *s3tier.Tier
+	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string {
+		pins := admin.RuntimePins(idx)
+		if shared != nil {
+			pins = append(pins, shared.KnownPins()...)
+		}
+		return pins
+	})
 	// One guard for every outbound dial. The gateway's own requests (and
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
 	// only the parent proxy they are sent through.
 	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets)
-	tier, err := sharedTier(cfg, guard, log, metrics.RegisterCluster(reg))
+	shared, err = sharedTier(cfg, guard, log, metrics.RegisterCluster(reg), pinned)
 	if err != nil {
 		return nil, err
+	}
+	var tier cache.Tier // nil unless shared: no typed nil in the interface
+	var cluster admin.Cluster
+	if shared != nil {
+		tier, cluster = shared, clusterAdmin{shared}
+		countEvicted := metrics.RegisterClusterBucket(reg, int64(cfg.Storage.S3.MaxSize), func() (int64, int64) {
+			st := shared.Stats()
+			return st.Blobs, st.Bytes
+		})
+		shared.SetOnEvict(func(_ cache.Digest, size int64) { countEvicted(size) })
+		shared.StartMaintenance()
+		closers = append(closers, shared.Close)
 	}
 	store, err := cache.Open(cache.Options{
 		Tier:              tier,
@@ -444,6 +466,8 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		QuarantineDir: filepath.Join(cfg.DataDir, "quarantine"),
 		Offline:       cfg.Offline,
 		Errors:        ring,
+		Cluster:       cluster,
+		Node:          clusterNode(shared),
 	})
 	if err != nil {
 		return nil, err

@@ -235,7 +235,8 @@ func listenerTLS(cfg config.Config, ca *mitmca.CA, log *slog.Logger) (*tls.Confi
 // sharedTier returns the S3 tier of storage.backend s3, or nil for disk.
 // Its transport has its own dialer through the outbound guard, exempting
 // only the bucket's endpoint (which is usually on a private address).
-func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEvent func(string)) (cache.Tier, error) {
+// pinned resolves this gateway's pins for the bucket's eviction.
+func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEvent func(string), pinned func() map[cache.Digest]bool) (*s3tier.Tier, error) {
 	if cfg.Storage.Backend != config.BackendS3 {
 		return nil, nil
 	}
@@ -266,10 +267,13 @@ func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, onEv
 		Node:            cfg.Cluster.Node,
 		Logger:          log.With("component", "s3tier"),
 		OnEvent:         onEvent,
+		MaxSize:         int64(s3.MaxSize),
+		EvictEvery:      s3.EvictInterval.Duration,
+		Pinned:          pinned,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL)
+	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL, "max_size", s3.MaxSize)
 	return tier, nil
 }

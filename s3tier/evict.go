@@ -37,15 +37,17 @@ type evictState struct {
 	accessEvery time.Duration
 	bg          sync.WaitGroup // access records in flight
 
-	maxSize int64
-	every   time.Duration
+	maxSize  int64
+	every    time.Duration
+	freshFor time.Duration // blobs used more recently are not evicted
 	pinned  func() map[cache.Digest]bool
 	onEvict func(d cache.Digest, size int64)
 
 	mu         sync.Mutex
 	seenETag   string // the eviction lease as last seen, and when
 	seenAt     time.Time
-	lastPinned []byte // the pinned/<node> document last written
+	lastPinned []byte   // the pinned/<node> document last written
+	pins       []string // the bucket's pins/ as last read
 	stats      BucketStats
 
 	stop     chan struct{}
@@ -64,6 +66,7 @@ func (e *evictState) init(opts Options) {
 	if e.every <= 0 {
 		e.every = time.Minute
 	}
+	e.freshFor = 2 * e.every
 	e.pinned = opts.Pinned
 	e.onEvict = opts.OnEvict
 	e.stop = make(chan struct{})
@@ -280,6 +283,11 @@ type EvictResult struct {
 // until the bucket's blobs fit MaxSize.
 func (t *Tier) Evict(ctx context.Context) (EvictResult, error) {
 	var res EvictResult
+	// The pins set on other gateways first: Options.Pinned may resolve
+	// them (through KnownPins) into this node's list.
+	if _, err := t.Pins(ctx); err != nil {
+		return res, err
+	}
 	if err := t.PublishPinned(ctx); err != nil {
 		// Without our list another node could evict what we pin; so
 		// could we.
@@ -307,12 +315,19 @@ func (t *Tier) Evict(ctx context.Context) (EvictResult, error) {
 	if t.ev.maxSize <= 0 || res.Bytes <= t.ev.maxSize {
 		return res, nil
 	}
+	now, err := l.bucketNow(ctx)
+	if err != nil {
+		return res, err
+	}
 	over := res.Bytes - t.ev.maxSize
 	for _, b := range blobs {
 		if over <= 0 {
 			break
 		}
-		if b.Pinned {
+		if b.Pinned || now.Sub(b.LastAccess) < t.ev.freshFor {
+			// A blob used a moment ago may be pinned on a gateway that
+			// has not published its list since: each publishes every
+			// EvictEvery, and fresh blobs wait out two of those.
 			continue
 		}
 		if l.isLost() {
@@ -449,6 +464,16 @@ func (t *Tier) takeEvictLease(ctx context.Context) (*evictLease, error) {
 	return l, nil
 }
 
+// bucketNow is the time on the bucket's clock: when it wrote the lease
+// (renewed at most TTL/3 ago).
+func (l *evictLease) bucketNow(ctx context.Context) (time.Time, error) {
+	info, err := l.t.c.StatObject(ctx, l.t.bucket, l.t.evictLeaseKey(), minio.StatObjectOptions{})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("s3tier: stat eviction lease: %w", err)
+	}
+	return info.LastModified, nil
+}
+
 func (l *evictLease) isLost() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -550,3 +575,10 @@ func (t *Tier) Close() error {
 	t.ev.bg.Wait()
 	return nil
 }
+
+// SetOnEvict sets Options.OnEvict (for a counter registered once the Tier
+// exists); call it before StartMaintenance.
+func (t *Tier) SetOnEvict(f func(d cache.Digest, size int64)) { t.ev.onEvict = f }
+
+// Node is the name this gateway writes into the bucket.
+func (t *Tier) Node() string { return t.node }

@@ -22,6 +22,7 @@ func newEvictTier(t testing.TB, srv *versity.Server, node string, maxSize int64,
 		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey,
 		LeaseTTL: time.Second, Node: node, Transport: http.DefaultTransport,
 		MaxSize: maxSize, AccessEvery: time.Hour, Pinned: pinned,
+		EvictEvery: time.Millisecond, // and so no grace for fresh blobs
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { tier.Close() })
@@ -75,6 +76,7 @@ func threeBlobs(t *testing.T, srv *versity.Server, tier *Tier) (a, b, c cache.Di
 	other := newEvictTier(t, srv, "reader-node", 0, nil)
 	other.Touch(a)
 	require.Eventually(t, func() bool { return len(srv.Keys(t, "mg/access/sha256/"+a.Hex+"/")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	nextBucketSecond(t, tier) // none of them is "used just now"
 	return a, b, c
 }
 

@@ -64,6 +64,7 @@ func (l *lease) done(path string, err error) {
 		return
 	}
 	l.t.onEvent("upload")
+	l.t.Touch(l.d) // used now: its upload's date may be its start's
 }
 
 // renewLoop rewrites the lease every TTL/3 while the fill moves bytes. A
