@@ -40,8 +40,8 @@ type evictState struct {
 	maxSize  int64
 	every    time.Duration
 	freshFor time.Duration // blobs used more recently are not evicted
-	pinned  func() map[cache.Digest]bool
-	onEvict func(d cache.Digest, size int64)
+	pinned   func() map[cache.Digest]bool
+	onEvict  func(d cache.Digest, size int64)
 
 	mu         sync.Mutex
 	seenETag   string // the eviction lease as last seen, and when
