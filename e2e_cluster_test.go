@@ -19,7 +19,7 @@ import (
 
 // startClusterGateway starts a gateway with storage.backend s3 on the
 // versitygw bucket, its own data_dir, named node.
-func startClusterGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, node string) *gatewayUnderTest {
+func startClusterGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, node string, edits ...func(*config.Config)) *gatewayUnderTest {
 	t.Helper()
 	g := startGateway(t, hub, func(c *config.Config) {
 		c.Storage.Backend = "s3"
@@ -30,6 +30,9 @@ func startClusterGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, no
 		c.Cluster.LeaseTTL = config.Duration{Duration: 2 * time.Second}
 		c.Cluster.Node = node
 		c.Upstream.FillPieceSize = 1 << 20 // parallel ranged fills, from the CDN and from the bucket
+		for _, edit := range edits {
+			edit(c)
+		}
 	})
 	g.addSecrets(srv.SecretKey)
 	return g

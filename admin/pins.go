@@ -274,6 +274,20 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 	if err != nil {
 		return res, err
 	}
+	if s.opts.Cluster != nil {
+		// What this gateway's pins resolve to without the records just
+		// dropped, before the bucket's copies are weighed against every
+		// gateway's pinned list.
+		ctx, cancel := context.WithTimeout(ctx, clusterTimeout)
+		_, err := s.opts.Cluster.Pins(ctx)
+		if err == nil {
+			err = s.opts.Cluster.PublishPinned(ctx)
+		}
+		cancel()
+		if err != nil {
+			return res, fmt.Errorf("the shared bucket: %w", err)
+		}
+	}
 	for d := range cand {
 		if still[d] {
 			res.BlobsShared++
