@@ -232,3 +232,33 @@ func fillKeys(t testing.TB, srv *versity.Server) []string {
 	}
 	return out
 }
+
+// A blob served from the hot tier is recorded as used in the bucket, at
+// most once per AccessEvery however often it is read.
+func TestHotTierHitsRecordAccessCoarsely(t *testing.T) {
+	srv := versity.Start(t)
+	data := randomBytes(15, 300<<10)
+	d, size := digestOf(t, data), int64(len(data))
+	var ev events
+	tier := newTier(t, srv, time.Second, &ev)
+	s := newStore(t, tier)
+	require.True(t, bytes.Equal(data, get(t, s, d, size, (&origin{data: data}).source, 0, size)))
+	require.Eventually(t, func() bool { return ev.get("upload") == 1 }, 10*time.Second, 10*time.Millisecond)
+	access := "mg/access/sha256/" + d.Hex + "/"
+	require.Eventually(t, func() bool { return len(srv.Keys(t, access)) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the upload counts as a use")
+	require.NoError(t, srv.Client(t).RemoveObject(context.Background(), srv.Bucket, srv.Keys(t, access)[0], minio.RemoveObjectOptions{}))
+
+	for range 5 {
+		get(t, s, d, size, nil, 0, 10)
+	}
+	tier.Close() // waits for records in flight
+	assert.Empty(t, srv.Keys(t, access), "within the hour, hits write nothing")
+
+	tier.ev.accessMu.Lock()
+	clear(tier.ev.accessed) // an hour later
+	tier.ev.accessMu.Unlock()
+	get(t, s, d, size, nil, 0, 10)
+	require.Eventually(t, func() bool { return len(srv.Keys(t, access)) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"a hit an hour later is recorded")
+}
