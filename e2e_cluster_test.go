@@ -26,6 +26,7 @@ func startClusterGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, no
 		c.Storage.S3 = config.S3Config{
 			Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "mg/", PathStyle: true,
 			AccessKeyID: config.Secret(srv.AccessKey), SecretAccessKey: config.Secret(srv.SecretKey),
+			EvictInterval: c.Storage.S3.EvictInterval, // the default
 		}
 		c.Cluster.LeaseTTL = config.Duration{Duration: 2 * time.Second}
 		c.Cluster.Node = node
