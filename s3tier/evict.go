@@ -308,6 +308,9 @@ func (t *Tier) Evict(ctx context.Context) (EvictResult, error) {
 	if err != nil {
 		return res, err
 	}
+	if err := t.tidy(ctx, l, blobs); err != nil {
+		return res, err
+	}
 	res.Blobs = len(blobs)
 	for _, b := range blobs {
 		res.Bytes += b.Size
@@ -358,6 +361,49 @@ func (t *Tier) Evict(ctx context.Context) (EvictResult, error) {
 		t.log.Warn("the shared bucket stays over storage.s3.max_size: what is left is pinned or being read", "over_bytes", over)
 	}
 	return res, nil
+}
+
+// jobRetention is how long a job record nobody rewrote stays in the
+// bucket: a running job rewrites it at every file, and the gateways keep
+// finished jobs this long too.
+const jobRetention = 7 * 24 * time.Hour
+
+// tidy removes what nothing needs any more: access records of blobs the
+// bucket does not hold (hot-tier hits of blobs that were never uploaded,
+// or that went another way than eviction), and job records past
+// jobRetention.
+func (t *Tier) tidy(ctx context.Context, l *evictLease, blobs []BucketBlob) error {
+	held := make(map[cache.Digest]bool, len(blobs))
+	for _, b := range blobs {
+		held[b.Digest] = true
+	}
+	now, err := l.bucketNow(ctx)
+	if err != nil {
+		return err
+	}
+	var stale []string
+	err = t.list(ctx, "access", func(o minio.ObjectInfo) {
+		// Older than a record period only: an upload that finished
+		// after the listing of blobs has a fresh record.
+		if d, _, ok := t.parseDigestKey(o.Key, "access"); ok && !held[d] && now.Sub(o.LastModified) > t.ev.accessEvery {
+			stale = append(stale, o.Key)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	err = t.list(ctx, "jobs", func(o minio.ObjectInfo) {
+		if now.Sub(o.LastModified) > jobRetention {
+			stale = append(stale, o.Key)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range stale {
+		t.removeKey(k)
+	}
+	return nil
 }
 
 // removeBlob deletes blob d from the bucket unless a node is reading it:

@@ -262,3 +262,24 @@ func TestHotTierHitsRecordAccessCoarsely(t *testing.T) {
 	require.Eventually(t, func() bool { return len(srv.Keys(t, access)) == 1 }, 5*time.Second, 10*time.Millisecond,
 		"a hit an hour later is recorded")
 }
+
+// The evictor drops access records of blobs the bucket does not hold once
+// they are older than a record period, and job records past retention.
+func TestEvictTidiesOrphans(t *testing.T) {
+	srv := versity.Start(t)
+	tier := newEvictTier(t, srv, "evictor", 0, nil)
+	tier.ev.accessEvery = time.Second
+	ctx := context.Background()
+	held := putBlob(t, tier, randomBytes(16, 1000))
+	gone := digestOf(t, []byte("never uploaded"))
+	for _, d := range []cache.Digest{held, gone} {
+		require.NoError(t, tier.putEmpty(ctx, tier.objKey("access", d)+"/n"))
+	}
+	require.NoError(t, tier.PutJob(ctx, "abc1", []byte(`{"id":"abc1"}`)))
+	nextBucketSecond(t, tier)
+	nextBucketSecond(t, tier) // the records are now over a second old
+	_, err := tier.Evict(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"mg/access/sha256/" + held.Hex + "/n"}, srv.Keys(t, "mg/access/"))
+	assert.Len(t, srv.Keys(t, "mg/jobs/"), 1, "a recent job record stays")
+}
