@@ -283,3 +283,18 @@ func TestEvictTidiesOrphans(t *testing.T) {
 	assert.Equal(t, []string{"mg/access/sha256/" + held.Hex + "/n"}, srv.Keys(t, "mg/access/"))
 	assert.Len(t, srv.Keys(t, "mg/jobs/"), 1, "a recent job record stays")
 }
+
+// A blob used within two evict intervals is kept over the bound: a gateway
+// that pinned it may not have published its list yet.
+func TestEvictSparesFreshBlobs(t *testing.T) {
+	srv := versity.Start(t)
+	tier := newEvictTier(t, srv, "evictor", 1, nil)
+	tier.ev.freshFor = time.Hour // as with evict_interval 30m
+	d := putBlob(t, tier, randomBytes(17, 1000))
+	nextBucketSecond(t, tier)
+	res, err := tier.Evict(context.Background())
+	require.NoError(t, err)
+	assert.True(t, res.Ran)
+	assert.Empty(t, res.Evicted)
+	assert.Equal(t, []string{d.Hex}, blobKeys(t, srv))
+}
