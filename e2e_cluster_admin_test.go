@@ -75,8 +75,11 @@ func TestClusterPinsJobsEvictionAndPurge(t *testing.T) {
 		require.Eventually(t, func() bool { return !bucketHas(t, srv, s) }, 30*time.Second, 50*time.Millisecond,
 			"B evicts the unpinned %s", f.path)
 	}
-	assert.GreaterOrEqual(t, b.metric(t, `modelgate_cluster_events_total{event="evicted"}`), 2.0)
-	assert.GreaterOrEqual(t, b.metric(t, `modelgate_cluster_evicted_bytes_total`), float64(len(other)+len(later)))
+	// Counted just after the blob is gone.
+	require.Eventually(t, func() bool {
+		return b.metric(t, `modelgate_cluster_events_total{event="evicted"}`) == 2 &&
+			b.metric(t, `modelgate_cluster_evicted_bytes_total`) == float64(len(other)+len(later))
+	}, 10*time.Second, 20*time.Millisecond)
 	assert.True(t, bucketHas(t, srv, sha), "the blob pinned on A stays in the bucket")
 
 	// B's inventory lists the bucket.
@@ -92,7 +95,20 @@ func TestClusterPinsJobsEvictionAndPurge(t *testing.T) {
 	assert.False(t, inv.Bucket[i].LastAccess.IsZero())
 	assert.False(t, inv.Bucket[i].Local, "B never served it")
 
-	// Purged on A: gone from the bucket too.
+	// B serves the file from the bucket: a hot copy there too.
+	resp, body := b.mustDo(t, http.MethodGet, "/org/model/resolve/main/model.safetensors", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, len(tr.big), len(body))
+	require.Eventually(t, func() bool { return b.hasBlob(t, sha) }, 10*time.Second, 20*time.Millisecond)
+
+	// Unpinned on B, for every gateway.
+	code, body = b.adminDo(t, http.MethodDelete, "/admin/v1/pins", "", map[string]any{"spec": "hf:org/model"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	code, body = a.adminDo(t, http.MethodGet, "/admin/v1/pins", "", nil)
+	require.Equal(t, http.StatusOK, code, string(body))
+	assert.NotContains(t, string(body), `"hf:org/model"`, "unpinned on B, unpinned on A")
+
+	// Purged on A: gone from the bucket, and from B's hot tier.
 	code, body = a.adminDo(t, http.MethodPost, "/admin/v1/purge", "", map[string]any{"spec": "hf:org/model"})
 	require.Equal(t, http.StatusOK, code, string(body))
 	var pr admin.PurgeResult
@@ -100,4 +116,6 @@ func TestClusterPinsJobsEvictionAndPurge(t *testing.T) {
 	assert.GreaterOrEqual(t, pr.BucketBlobsRemoved, 2, "model.safetensors and xet.bin: %s", body)
 	assert.False(t, bucketHas(t, srv, sha))
 	assert.False(t, a.hasBlob(t, sha))
+	require.Eventually(t, func() bool { return !b.hasBlob(t, sha) }, 10*time.Second, 50*time.Millisecond,
+		"B drops its hot copy of a blob purged on A")
 }

@@ -98,14 +98,13 @@ func (s *Server) addPin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.opts.Cluster != nil {
-		// In the bucket first: a pin the other gateways do not see would
-		// not protect the bucket's copy.
+		// In a cluster the bucket holds the pins, so that an unpin on any
+		// gateway unpins everywhere.
 		if err := s.opts.Cluster.AddPin(r.Context(), spec.String()); err != nil {
 			writeError(w, http.StatusBadGateway, "recording the pin in the shared bucket: "+err.Error())
 			return
 		}
-	}
-	if err := s.opts.Index.Set(pinPrefix+spec.String(), nil, 0); err != nil {
+	} else if err := s.opts.Index.Set(pinPrefix+spec.String(), nil, 0); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}

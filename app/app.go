@@ -214,7 +214,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			return st.Blobs, st.Bytes
 		})
 		shared.SetOnEvict(func(_ cache.Digest, size int64) { countEvicted(size) })
-		shared.StartMaintenance()
+		// Closed after the store: its fills' last uploads record uses.
 		closers = append(closers, shared.Close)
 	}
 	store, err := cache.Open(cache.Options{
@@ -264,6 +264,10 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		return nil, err
 	}
 	closers = append(closers, store.Close)
+	if shared != nil {
+		shared.SetOnPurged(func(d cache.Digest) { dropPurged(store, pinned, d, log) })
+		shared.StartMaintenance()
+	}
 	metrics.RegisterCache(reg, store)
 	metrics.RegisterCacheLimits(reg, int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree))
 

@@ -3,8 +3,11 @@ package app
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"time"
 
 	"github.com/modelgate/modelgate/admin"
+	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/s3tier"
 )
 
@@ -41,4 +44,22 @@ func clusterNode(t *s3tier.Tier) string {
 		return ""
 	}
 	return t.Node()
+}
+
+// dropPurged removes this gateway's hot copy of a blob an operator purged
+// on another gateway of the cluster, unless a pin here keeps it (the
+// removal waits for its readers).
+func dropPurged(store *cache.Store, pinned func() map[cache.Digest]bool, d cache.Digest, log *slog.Logger) {
+	if pinned()[d] {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	removed, err := store.Remove(ctx, d)
+	switch {
+	case err != nil:
+		log.Warn("dropping the hot copy of a blob purged in the cluster failed", "blob", d.String(), "err", err)
+	case removed:
+		log.Info("dropped the hot copy of a blob purged in the cluster", "blob", d.String())
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -23,6 +24,9 @@ import (
 //	                        the spec, "hf:org/name@rev", "civitai:<id>")
 //	jobs/<id>.json          a prefetch or verify job as last saved by the
 //	                        gateway running it
+//	purged/<algo>/<hex>     a blob an operator purged: every gateway drops
+//	                        its hot copy (unless it pins it); removed when
+//	                        the blob is uploaded again, or after a week
 
 func (t *Tier) pinKey(spec string) string {
 	sum := sha256.Sum256([]byte(spec))
@@ -186,5 +190,48 @@ func (t *Tier) Purge(ctx context.Context, d cache.Digest) (held, removed bool, e
 		return true, false, nil
 	}
 	removed, err = t.removeBlob(ctx, d)
-	return true, removed, err
+	if err != nil || !removed {
+		return true, removed, err
+	}
+	if err := t.putEmpty(ctx, t.objKey("purged", d)); err != nil {
+		// The bucket's copy is gone; only the other hot copies stay.
+		t.log.Warn("recording a purge for the other gateways failed; their hot copies stay", "blob", d.String(), "err", err)
+	}
+	return true, true, nil
 }
+
+// applyPurges drops this gateway's hot copies of the blobs purged on any
+// gateway since it last looked (all the recorded ones, after a start).
+func (t *Tier) applyPurges(ctx context.Context) error {
+	if t.ev.onPurged == nil {
+		return nil
+	}
+	type mark struct {
+		key string
+		at  time.Time
+		d   cache.Digest
+	}
+	var marks []mark
+	err := t.list(ctx, "purged", func(o minio.ObjectInfo) {
+		if d, tail, ok := t.parseDigestKey(o.Key, "purged"); ok && tail == "" {
+			marks = append(marks, mark{o.Key, o.LastModified, d})
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range marks {
+		t.ev.mu.Lock()
+		seen := t.ev.purgesSeen[m.key].Equal(m.at)
+		t.ev.purgesSeen[m.key] = m.at
+		t.ev.mu.Unlock()
+		if !seen {
+			t.ev.onPurged(m.d)
+		}
+	}
+	return nil
+}
+
+// SetOnPurged sets what drops this gateway's hot copy of a blob purged on
+// any gateway; call it before StartMaintenance.
+func (t *Tier) SetOnPurged(f func(d cache.Digest)) { t.ev.onPurged = f }

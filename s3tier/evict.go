@@ -48,6 +48,8 @@ type evictState struct {
 	seenAt     time.Time
 	lastPinned []byte   // the pinned/<node> document last written
 	pins       []string // the bucket's pins/ as last read
+	onPurged   func(d cache.Digest)
+	purgesSeen map[string]time.Time // purged/ marks applied, by key
 	stats      BucketStats
 
 	stop     chan struct{}
@@ -57,6 +59,7 @@ type evictState struct {
 
 func (e *evictState) init(opts Options) {
 	e.accessed = map[cache.Digest]time.Time{}
+	e.purgesSeen = map[string]time.Time{}
 	e.accessEvery = opts.AccessEvery
 	if e.accessEvery <= 0 {
 		e.accessEvery = time.Hour
@@ -364,14 +367,15 @@ func (t *Tier) Evict(ctx context.Context) (EvictResult, error) {
 }
 
 // jobRetention is how long a job record nobody rewrote stays in the
-// bucket: a running job rewrites it at every file, and the gateways keep
-// finished jobs this long too.
+// bucket (a running job rewrites it at every file, and the gateways keep
+// finished jobs this long too), and a purge's mark (a gateway down for
+// longer keeps its hot copy).
 const jobRetention = 7 * 24 * time.Hour
 
 // tidy removes what nothing needs any more: access records of blobs the
 // bucket does not hold (hot-tier hits of blobs that were never uploaded,
-// or that went another way than eviction), and job records past
-// jobRetention.
+// or that went another way than eviction), and job records and purge
+// marks past jobRetention.
 func (t *Tier) tidy(ctx context.Context, l *evictLease, blobs []BucketBlob) error {
 	held := make(map[cache.Digest]bool, len(blobs))
 	for _, b := range blobs {
@@ -386,6 +390,14 @@ func (t *Tier) tidy(ctx context.Context, l *evictLease, blobs []BucketBlob) erro
 		// Older than a record period only: an upload that finished
 		// after the listing of blobs has a fresh record.
 		if d, _, ok := t.parseDigestKey(o.Key, "access"); ok && !held[d] && now.Sub(o.LastModified) > t.ev.accessEvery {
+			stale = append(stale, o.Key)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	err = t.list(ctx, "purged", func(o minio.ObjectInfo) {
+		if now.Sub(o.LastModified) > jobRetention {
 			stale = append(stale, o.Key)
 		}
 	})
@@ -592,6 +604,9 @@ func (t *Tier) StartMaintenance() {
 				case <-ctx.Done():
 				}
 			}()
+			if err := t.applyPurges(ctx); err != nil {
+				t.log.Warn("reading the purges of the shared bucket failed", "err", err)
+			}
 			res, err := t.Evict(ctx)
 			cancel()
 			if err != nil {
