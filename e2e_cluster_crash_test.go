@@ -91,7 +91,7 @@ func TestClusterKill9HolderIsTakenOver(t *testing.T) {
 
 	// The bucket: the blob, verified, and no lease left.
 	require.Eventually(t, func() bool {
-		keys := srv.Keys(t, "mg/")
+		keys := fillKeys(t, srv)
 		return len(keys) == 1 && keys[0] == "mg/blobs/sha256/"+sha
 	}, 10*time.Second, 20*time.Millisecond)
 	obj, err := srv.Client(t).GetObject(context.Background(), srv.Bucket, "mg/blobs/sha256/"+sha, minio.GetObjectOptions{})

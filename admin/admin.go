@@ -84,6 +84,11 @@ type Options struct {
 	Offline bool
 	// Errors, when set, holds recent warnings and errors for the page.
 	Errors *ErrorRing
+	// Cluster, when set, is the bucket several gateways share: pins,
+	// purges, jobs and the inventory then apply cluster-wide.
+	Cluster Cluster
+	// Node names this gateway in the jobs it runs (cluster.node).
+	Node string
 }
 
 // Server answers /admin/v1/ and the status page.

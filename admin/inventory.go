@@ -151,6 +151,10 @@ type InventoryRepo struct {
 type Inventory struct {
 	Repos  []InventoryRepo `json:"repos"`
 	Totals CacheStatus     `json:"totals"`
+	// Bucket lists the shared bucket's blobs (storage.backend s3), least
+	// recently used first; BucketError says why it is missing.
+	Bucket      []BucketBlob `json:"bucket,omitempty"`
+	BucketError string       `json:"bucket_error,omitempty"`
 }
 
 func (s *Server) inventory(filter *Spec, withFiles bool) (Inventory, error) {
@@ -281,6 +285,13 @@ func (s *Server) serveInventory(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
+	}
+	if s.opts.Cluster != nil {
+		if inv.Bucket, err = s.bucketInventory(r.Context()); err != nil {
+			inv.BucketError = err.Error()
+		} else if inv.Bucket == nil {
+			inv.Bucket = []BucketBlob{}
+		}
 	}
 	writeJSON(w, http.StatusOK, inv)
 }

@@ -68,6 +68,8 @@ type Job struct {
 	Error       string    `json:"error,omitempty"`
 	Files       []JobFile `json:"files,omitempty"`
 	Quarantined []string  `json:"quarantined,omitempty"`
+	// Node is the gateway running the job (with a shared bucket).
+	Node string `json:"node,omitempty"`
 }
 
 // terminal reports whether the job has ended.
@@ -166,7 +168,7 @@ func (js *jobs) create(kind, spec string, include, exclude []string) (*jobRun, e
 	var b [8]byte
 	rand.Read(b[:])
 	j := Job{ID: hex.EncodeToString(b[:]), Kind: kind, Spec: spec, Include: include, Exclude: exclude,
-		State: StateQueued, Created: time.Now().UTC()}
+		State: StateQueued, Created: time.Now().UTC(), Node: js.s.opts.Node}
 	r := &jobRun{job: j, wake: make(chan struct{})}
 	if err := js.persist(r); err != nil {
 		return nil, err
@@ -191,6 +193,7 @@ func (js *jobs) persist(r *jobRun) error {
 	if err := js.s.opts.Index.Set(jobPrefix+j.ID, b, ttl); err != nil {
 		return fmt.Errorf("admin: recording job: %w", err)
 	}
+	js.s.saveJobShared(j.ID, b)
 	return nil
 }
 
@@ -350,7 +353,16 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	run, ok := s.jobs.get(r.PathValue("id"))
 	if !ok {
-		writeError(w, http.StatusNotFound, errNoJob.Error())
+		// Another gateway's job, as it last saved it to the bucket.
+		j, found, err := s.sharedJob(r.Context(), r.PathValue("id"))
+		switch {
+		case err != nil:
+			writeError(w, http.StatusBadGateway, "reading the job from the shared bucket: "+err.Error())
+		case !found:
+			writeError(w, http.StatusNotFound, errNoJob.Error())
+		default:
+			writeJSON(w, http.StatusOK, j)
+		}
 		return
 	}
 	j, _ := run.snapshot(true)

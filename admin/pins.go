@@ -18,7 +18,25 @@ const pinPrefix = indexkeys.AdminPin
 // PinSpecs returns the pins set through the API, in the cache.pinned
 // form ("hf:org/name[@rev]", "civitai:<id>"), for the eviction's pin
 // resolver.
-func (s *Server) PinSpecs() []string { return RuntimePins(s.opts.Index) }
+func (s *Server) PinSpecs() []string {
+	pins := RuntimePins(s.opts.Index)
+	if s.opts.Cluster != nil {
+		pins = mergePins(pins, s.opts.Cluster.KnownPins())
+	}
+	return pins
+}
+
+// mergePins returns the sorted union of two pin lists.
+func mergePins(a, b []string) []string {
+	out := append([]string{}, a...)
+	for _, p := range b {
+		if !contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // RuntimePins reads the pins set through the API from the index.
 func RuntimePins(idx interface {
@@ -61,6 +79,15 @@ func (s *Server) pinSpec(r *http.Request) (Spec, error) {
 }
 
 func (s *Server) listPins(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Cluster != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), clusterTimeout)
+		_, err := s.opts.Cluster.Pins(ctx) // refresh what KnownPins returns
+		cancel()
+		if err != nil {
+			writeError(w, http.StatusBadGateway, "reading the pins from the shared bucket: "+err.Error())
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"pins": append([]string{}, s.PinSpecs()...)})
 }
 
@@ -70,10 +97,18 @@ func (s *Server) addPin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := s.opts.Index.Set(pinPrefix+spec.String(), nil, 0); err != nil {
+	if s.opts.Cluster != nil {
+		// In a cluster the bucket holds the pins, so that an unpin on any
+		// gateway unpins everywhere.
+		if err := s.opts.Cluster.AddPin(r.Context(), spec.String()); err != nil {
+			writeError(w, http.StatusBadGateway, "recording the pin in the shared bucket: "+err.Error())
+			return
+		}
+	} else if err := s.opts.Index.Set(pinPrefix+spec.String(), nil, 0); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	s.publishPinned(r.Context())
 	s.log.Info("pinned", "spec", spec.String())
 	writeJSON(w, http.StatusOK, map[string]any{"pinned": spec.String(), "pins": s.PinSpecs()})
 }
@@ -84,16 +119,39 @@ func (s *Server) removePin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if _, err := s.opts.Index.Get(pinPrefix + spec.String()); err != nil {
-		writeError(w, http.StatusNotFound, spec.String()+" is not pinned at runtime (pins in cache.pinned change with the config)")
-		return
+	shared := false
+	if s.opts.Cluster != nil {
+		var err error
+		if shared, err = s.opts.Cluster.RemovePin(r.Context(), spec.String()); err != nil {
+			writeError(w, http.StatusBadGateway, "removing the pin from the shared bucket: "+err.Error())
+			return
+		}
 	}
-	if err := s.opts.Index.Delete(pinPrefix + spec.String()); err != nil {
+	if _, err := s.opts.Index.Get(pinPrefix + spec.String()); err != nil {
+		if !shared {
+			writeError(w, http.StatusNotFound, spec.String()+" is not pinned at runtime (pins in cache.pinned change with the config)")
+			return
+		}
+	} else if err := s.opts.Index.Delete(pinPrefix + spec.String()); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	s.publishPinned(r.Context())
 	s.log.Info("unpinned", "spec", spec.String())
 	writeJSON(w, http.StatusOK, map[string]any{"unpinned": spec.String(), "pins": append([]string{}, s.PinSpecs()...)})
+}
+
+// publishPinned tells the other gateways at once what this gateway's pins
+// now resolve to (the maintenance does it too, every evict_interval).
+func (s *Server) publishPinned(ctx context.Context) {
+	if s.opts.Cluster == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, clusterTimeout)
+	defer cancel()
+	if err := s.opts.Cluster.PublishPinned(ctx); err != nil {
+		s.log.Warn("publishing the pinned blobs to the shared bucket failed; the next maintenance run retries", "err", err)
+	}
 }
 
 // PurgeResult is the answer of POST /admin/v1/purge.
@@ -103,6 +161,10 @@ type PurgeResult struct {
 	BlobsRemoved int    `json:"blobs_removed"`
 	BytesFreed   int64  `json:"bytes_freed"`
 	BlobsShared  int    `json:"blobs_kept_shared"`
+	// With a shared bucket: blobs removed from it, and blobs kept in it
+	// because a gateway pinned them or was reading them.
+	BucketBlobsRemoved int `json:"bucket_blobs_removed,omitempty"`
+	BucketBlobsKept    int `json:"bucket_blobs_kept,omitempty"`
 }
 
 func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
@@ -211,10 +273,27 @@ func (s *Server) purgeSpec(ctx context.Context, spec Spec) (PurgeResult, error) 
 	if err != nil {
 		return res, err
 	}
+	if s.opts.Cluster != nil {
+		// What this gateway's pins resolve to without the records just
+		// dropped, before the bucket's copies are weighed against every
+		// gateway's pinned list.
+		ctx, cancel := context.WithTimeout(ctx, clusterTimeout)
+		_, err := s.opts.Cluster.Pins(ctx)
+		if err == nil {
+			err = s.opts.Cluster.PublishPinned(ctx)
+		}
+		cancel()
+		if err != nil {
+			return res, fmt.Errorf("the shared bucket: %w", err)
+		}
+	}
 	for d := range cand {
 		if still[d] {
 			res.BlobsShared++
 			continue
+		}
+		if err := s.purgeShared(ctx, d, &res); err != nil {
+			return res, err
 		}
 		bi, err := s.opts.Store.Blob(d)
 		if err != nil {

@@ -38,6 +38,7 @@ import (
 	"github.com/modelgate/modelgate/proxy"
 	"github.com/modelgate/modelgate/redact"
 	"github.com/modelgate/modelgate/reqinfo"
+	"github.com/modelgate/modelgate/s3tier"
 	"github.com/modelgate/modelgate/site"
 	"github.com/modelgate/modelgate/upstream"
 	"github.com/modelgate/modelgate/visionatrix"
@@ -185,16 +186,37 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
-	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
+	// The pins set through the admin API on any gateway of a cluster
+	// (read from the bucket by the shared tier) apply here too.
+	var shared *s3tier.Tier
+	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string {
+		pins := admin.RuntimePins(idx)
+		if shared != nil {
+			pins = append(pins, shared.KnownPins()...)
+		}
+		return pins
+	})
 	// One guard for every outbound dial. The gateway's own requests (and
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
 	// only the parent proxy they are sent through.
 	guard := upstream.NewGuard(cfg.Proxy.AllowPrivateTargets, cfg.Upstream.Resolve)
 	clusterEvents, clusterBytes := metrics.RegisterCluster(reg), metrics.RegisterClusterBytes(reg)
-	tier, err := sharedTier(cfg, guard, log, reg, clusterEvents, clusterBytes)
+	shared, err = sharedTier(cfg, guard, log, reg, clusterEvents, clusterBytes, pinned)
 	if err != nil {
 		return nil, err
+	}
+	var tier cache.Tier // nil unless shared: no typed nil in the interface
+	var cluster admin.Cluster
+	if shared != nil {
+		tier, cluster = shared, clusterAdmin{shared}
+		countEvicted := metrics.RegisterClusterBucket(reg, int64(cfg.Storage.S3.MaxSize), func() (int64, int64) {
+			st := shared.Stats()
+			return st.Blobs, st.Bytes
+		})
+		shared.SetOnEvict(func(_ cache.Digest, size int64) { countEvicted(size) })
+		// Closed after the store: its fills' last uploads record uses.
+		closers = append(closers, shared.Close)
 	}
 	store, err := cache.Open(cache.Options{
 		Tier:              tier,
@@ -243,6 +265,10 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		return nil, err
 	}
 	closers = append(closers, store.Close)
+	if shared != nil {
+		shared.SetOnPurged(func(d cache.Digest) { dropPurged(store, pinned, d, log) })
+		shared.StartMaintenance()
+	}
 	metrics.RegisterCache(reg, store)
 	metrics.RegisterCacheLimits(reg, int64(cfg.Cache.MaxSize), int64(cfg.Cache.MinFree))
 
@@ -445,6 +471,8 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		QuarantineDir: filepath.Join(cfg.DataDir, "quarantine"),
 		Offline:       cfg.Offline,
 		Errors:        ring,
+		Cluster:       cluster,
+		Node:          clusterNode(shared),
 	})
 	if err != nil {
 		return nil, err

@@ -238,7 +238,8 @@ func listenerTLS(cfg config.Config, ca *mitmca.CA, log *slog.Logger) (*tls.Confi
 // sharedTier returns the S3 tier of storage.backend s3, or nil for disk.
 // Its transport has its own dialer through the outbound guard, exempting
 // only the bucket's endpoint (which is usually on a private address).
-func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, reg prometheus.Registerer, onEvent func(string), onBytes func(string, int64)) (cache.Tier, error) {
+// pinned resolves this gateway's pins for the bucket's eviction.
+func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, reg prometheus.Registerer, onEvent func(string), onBytes func(string, int64), pinned func() map[cache.Digest]bool) (*s3tier.Tier, error) {
 	if cfg.Storage.Backend != config.BackendS3 {
 		return nil, nil
 	}
@@ -281,11 +282,14 @@ func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, reg 
 		Advertise:       cfg.Cluster.Advertise,
 		PeerSecret:      peerSecret,
 		PeerTransport:   peers,
+		MaxSize:         int64(s3.MaxSize),
+		EvictEvery:      s3.EvictInterval.Duration,
+		Pinned:          pinned,
 	})
 	if err != nil {
 		return nil, err
 	}
 	log.Info("blobs shared through an S3 bucket", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", s3.Prefix, "lease_ttl", cfg.Cluster.LeaseTTL,
-		"peer_streaming", len(peerSecret) > 0, "advertise", cfg.Cluster.Advertise)
+		"max_size", s3.MaxSize, "peer_streaming", len(peerSecret) > 0, "advertise", cfg.Cluster.Advertise)
 	return tier, nil
 }

@@ -364,6 +364,7 @@ func (s *Store) Open(d Digest) (*Blob, error) {
 		file.Close()
 		return nil, fmt.Errorf("cache: stat %s: %w", d, err)
 	}
+	s.touchTier(d)
 	return s.track(&Blob{Digest: d, Size: fi.Size(), file: file}), nil
 }
 
@@ -529,6 +530,7 @@ func (s *Store) openPublished(d Digest, size int64) (*Blob, error) {
 		file.Close()
 		return nil, fmt.Errorf("cache: blob %s: %w", d, &SizeMismatchError{Want: size, Got: fi.Size()})
 	}
+	s.touchTier(d)
 	return s.track(&Blob{Digest: d, Size: size, file: file}), nil
 }
 

@@ -20,6 +20,13 @@ type Tier interface {
 	Fill(ctx context.Context, d Digest, size int64, upstream Source) (TierFill, error)
 }
 
+// TierToucher is a Tier that wants to hear of every blob this disk
+// serves, so that it can rank its own copies by use across the nodes (the
+// hot tier's hits never reach Fill). Touch must not block.
+type TierToucher interface {
+	Touch(d Digest)
+}
+
 // TierFill is a Tier's answer for one fill.
 type TierFill struct {
 	// Source is where the fill gets its bytes.
@@ -53,4 +60,11 @@ func (s *Store) tierFill(f *fill, src Source) (TierFill, error) {
 		f.mu.Unlock()
 	}
 	return tf, nil
+}
+
+// touchTier tells the tier that a published blob is served from this disk.
+func (s *Store) touchTier(d Digest) {
+	if t, ok := s.tier.(TierToucher); ok {
+		t.Touch(d)
+	}
 }

@@ -112,6 +112,13 @@ type S3Config struct {
 	AccessKeyID     Secret `yaml:"access_key_id"`
 	SecretAccessKey Secret `yaml:"secret_access_key"`
 	SessionToken    Secret `yaml:"session_token"`
+	// MaxSize bounds the total size of the bucket's blobs; the least
+	// recently used (across all gateways) are evicted, never a pinned one
+	// or one a gateway is reading. 0 means unbounded. Default 0.
+	MaxSize ByteSize `yaml:"max_size"`
+	// EvictInterval is how often each gateway offers to run the bucket's
+	// eviction (one at a time runs it). Must be >= 1s. Default 1m.
+	EvictInterval Duration `yaml:"evict_interval"`
 }
 
 // ClusterConfig configures how gateways sharing one bucket agree that one
@@ -548,7 +555,7 @@ func Default() Config {
 			Level:  "info",
 			Format: "text",
 		},
-		Storage: StorageConfig{Backend: "disk"},
+		Storage: StorageConfig{Backend: "disk", S3: S3Config{EvictInterval: Duration{time.Minute}}},
 		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}, Peers: Networks{}},
 	}
 }
@@ -840,6 +847,12 @@ func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
 	}
 	if (s3.AccessKeyID == "") != (s3.SecretAccessKey == "") {
 		fail("storage.s3.access_key_id", "storage.s3.access_key_id and secret_access_key must be set together")
+	}
+	if s3.MaxSize < 0 {
+		fail("storage.s3.max_size", "must be >= 0 (0 means unbounded), got %d", int64(s3.MaxSize))
+	}
+	if s3.EvictInterval.Duration < time.Second {
+		fail("storage.s3.evict_interval", "must be >= 1s, got %s", s3.EvictInterval)
 	}
 	if c.Cluster.LeaseTTL.Duration < time.Second {
 		fail("cluster.lease_ttl", "must be >= 1s, got %s", c.Cluster.LeaseTTL)

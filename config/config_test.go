@@ -103,7 +103,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 80)
+	assert.Len(t, seen, 82)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -620,6 +620,13 @@ func TestStorageS3Config(t *testing.T) {
 		{name: "bad bucket", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: Models_1}}", wantErr: "storage.s3.bucket"},
 		{name: "half the keys", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, access_key_id: a}}", wantErr: "storage.s3.access_key_id"},
 		{name: "short lease", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models}}\ncluster: {lease_ttl: 100ms}", wantErr: "cluster.lease_ttl"},
+		{name: "negative bucket bound", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, max_size: -1}}", wantErr: "storage.s3.max_size"},
+		{name: "short evict interval", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, evict_interval: 10ms}}", wantErr: "storage.s3.evict_interval"},
+		{name: "bucket bound", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, max_size: 500GB}}",
+			check: func(t *testing.T, c Config) {
+				assert.EqualValues(t, 500_000_000_000, c.Storage.S3.MaxSize)
+				assert.Equal(t, time.Minute, c.Storage.S3.EvictInterval.Duration, "default")
+			}},
 		{name: "env override", env: map[string]string{"MODELGATE_STORAGE_BACKEND": "s3", "MODELGATE_STORAGE_S3_ENDPOINT": "http://h:9000", "MODELGATE_STORAGE_S3_BUCKET": "models", "MODELGATE_STORAGE_S3_PATH_STYLE": "true", "MODELGATE_CLUSTER_LEASE_TTL": "5s"},
 			check: func(t *testing.T, c Config) {
 				assert.True(t, c.Storage.S3.PathStyle)

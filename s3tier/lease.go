@@ -64,6 +64,8 @@ func (l *lease) done(path string, err error) {
 		return
 	}
 	l.t.onEvent("upload")
+	l.t.Touch(l.d)                           // used now: its upload's date may be its start's
+	l.t.removeKey(l.t.objKey("purged", l.d)) // fetched again since a purge
 }
 
 // renewLoop rewrites the lease every TTL/3 while the fill moves bytes. A

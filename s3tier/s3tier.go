@@ -72,8 +72,8 @@ type Options struct {
 	Logger   *slog.Logger
 	// OnEvent, when set, counts what happens: "bucket_hit", "lease_taken",
 	// "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_failed",
-	// "unreachable" (a fill went on locally without the bucket), and for
-	// peer streaming "peer_stream", "peer_fallback".
+	// "unreachable" (a fill went on locally without the bucket), "evicted",
+	// and for peer streaming "peer_stream", "peer_fallback".
 	OnEvent func(event string)
 	// OnBytes, when set, counts the bytes fills got from each source:
 	// "bucket", "peer", "upstream".
@@ -87,6 +87,21 @@ type Options struct {
 	PeerSecret []byte
 	// PeerTransport carries them; its dials reach only cluster.peers.
 	PeerTransport http.RoundTripper
+
+	// Eviction of the bucket's blobs (see evict.go).
+	//
+	// MaxSize bounds the total size of the bucket's blobs; 0 is unbounded.
+	MaxSize int64
+	// AccessEvery is how often at most a node records that it read a
+	// blob. Default 1h.
+	AccessEvery time.Duration
+	// EvictEvery is how often StartMaintenance runs an eviction. Default 1m.
+	EvictEvery time.Duration
+	// Pinned returns the blobs this node's pins resolve to; they are
+	// published to the bucket and no node evicts them.
+	Pinned func() map[cache.Digest]bool
+	// OnEvict, when set, is called for every blob evicted from the bucket.
+	OnEvict func(d cache.Digest, size int64)
 }
 
 // Tier is a cache.Tier over one bucket.
@@ -106,6 +121,7 @@ type Tier struct {
 	advertise  string
 	peerSecret []byte
 	peerClient *http.Client
+	ev         evictState
 }
 
 var _ cache.Tier = (*Tier)(nil)
@@ -160,6 +176,7 @@ func New(opts Options) (*Tier, error) {
 	if t.ttl <= 0 {
 		t.ttl = 30 * time.Second
 	}
+	t.ev.init(opts)
 	// Waiters look often enough to notice a finished blob or an expired
 	// lease soon, rarely enough not to load the store.
 	t.poll = min(max(t.ttl/10, 50*time.Millisecond), 2*time.Second)
@@ -246,10 +263,10 @@ func (t *Tier) fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 		peerChecked string
 	)
 	for {
-		has, err := t.Has(ctx, d, size)
+		has, rd, err := t.openRead(ctx, d, size)
 		if err == nil && has {
 			t.onEvent("bucket_hit")
-			return t.counted(t.fromBucket(d), "bucket"), nil
+			return t.counted(t.fromBucket(d, rd), "bucket"), nil
 		}
 		if err == nil {
 			var l *lease
@@ -296,11 +313,12 @@ func (t *Tier) fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 }
 
 // fromBucket fills the hot tier from the bucket's verified copy.
-func (t *Tier) fromBucket(d cache.Digest) cache.TierFill {
+func (t *Tier) fromBucket(d cache.Digest, rd *bucketRead) cache.TierFill {
 	return cache.TierFill{
 		Source:  t.Source(d),
 		Trusted: true,
 		Done: func(_ string, err error) {
+			rd.end()
 			var mismatch *cache.DigestMismatchError
 			if errors.As(err, &mismatch) {
 				// Only a verified blob is ever uploaded, so this copy was
