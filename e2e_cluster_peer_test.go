@@ -36,6 +36,7 @@ func startPeerGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, node 
 		c.Storage.S3 = config.S3Config{
 			Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "mg/", PathStyle: true,
 			AccessKeyID: config.Secret(srv.AccessKey), SecretAccessKey: config.Secret(srv.SecretKey),
+			EvictInterval: c.Storage.S3.EvictInterval, // the default
 		}
 		c.Cluster.LeaseTTL = config.Duration{Duration: ttl}
 		c.Cluster.Node = node
@@ -91,7 +92,7 @@ func TestClusterPeerStreaming(t *testing.T) {
 	assert.EqualValues(t, 1, b.metric(t, `modelgate_cluster_events_total{event="peer_stream"}`))
 	assert.EqualValues(t, 1, c.metric(t, `modelgate_cluster_events_total{event="peer_stream"}`))
 	assert.Zero(t, a.metric(t, `modelgate_cluster_events_total{event="upload"}`))
-	assert.Equal(t, []string{"mg/leases/sha256/" + sha}, srv.Keys(t, "mg/"), "the bucket holds the lease and no blob yet")
+	assert.Equal(t, []string{"mg/leases/sha256/" + sha}, fillKeys(t, srv), "the bucket holds the lease and no blob yet")
 
 	release()
 	for i, r := range []struct {
@@ -115,7 +116,7 @@ func TestClusterPeerStreaming(t *testing.T) {
 	assert.EqualValues(t, len(tr.big), a.metric(t, `modelgate_cluster_bytes_total{source="upstream"}`))
 	assert.Greater(t, a.metric(t, `modelgate_s3_request_duration_seconds_count{op="put"}`), 0.0)
 	require.Eventually(t, func() bool {
-		keys := srv.Keys(t, "mg/")
+		keys := fillKeys(t, srv)
 		return len(keys) == 1 && keys[0] == "mg/blobs/sha256/"+sha
 	}, 10*time.Second, 20*time.Millisecond, "the bucket holds the blob and no lease")
 }
@@ -223,7 +224,7 @@ func TestClusterPeerHolderKilledMidStream(t *testing.T) {
 		assert.Less(t, len(got), len(data), "a's client must not get a complete body from a killed gateway")
 	}
 	require.Eventually(t, func() bool {
-		keys := srv.Keys(t, "mg/")
+		keys := fillKeys(t, srv)
 		return len(keys) == 1 && keys[0] == "mg/blobs/sha256/"+sha
 	}, 10*time.Second, 20*time.Millisecond)
 	obj, err := srv.Client(t).GetObject(context.Background(), srv.Bucket, "mg/blobs/sha256/"+sha, minio.GetObjectOptions{})
