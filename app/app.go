@@ -384,9 +384,11 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}, CheckRedirect: xetRedirect},
 			HubToken: func() string { return "" }, // attached by the injector, never held here
 			Dir:      filepath.Join(cfg.DataDir, "xet"),
-			KeyKnown: func(name string) bool { return currentKeys.Load().Known(name) },
-			HasFile:  mirror.HasXetFile,
-			Logger:   log,
+			KeyAllows: func(name, typ, repo string) bool {
+				return currentKeys.Load().AllowsHubRepo(name, indexkeys.HFURLRepo(typ, repo))
+			},
+			HasFile: mirror.HasXetFile,
+			Logger:  log,
 		})
 		if err != nil {
 			return nil, err

@@ -31,9 +31,11 @@ type Options struct {
 	Client   *http.Client  // upstream client for the Hub and the CAS
 	HubToken func() string // the operator's Hub token
 	Dir      string        // where the secret and the xorb ranges live
-	// KeyKnown reports whether a worker key name is still configured; a
-	// token whose key was revoked is refused.
-	KeyKnown func(name string) bool
+	// KeyAllows reports whether the worker key named name is still
+	// configured and, as configured now, may read repo (type, id): checked
+	// at every use of a token or xorb URL issued for that key, so that a
+	// reload that removes the key or narrows its scope takes effect at once.
+	KeyAllows func(name, repoType, repo string) bool
 	// HasFile reports whether the gateway's own metadata shows fileHash as
 	// a file of repo at rev.
 	HasFile  func(ctx context.Context, typ, repo, rev, fileHash string) bool
@@ -117,8 +119,8 @@ func validHash(h string) bool {
 func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, version, fileHash, base string) {
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	c, err := s.signer.Check(tok, time.Now())
-	if err == nil && s.keyRevoked(c.Principal) {
-		err = errors.New("the worker key of this Xet token was revoked")
+	if err == nil && s.keyDenied(c.Principal, c.RepoType, c.Repo) {
+		err = errors.New("the worker key of this Xet token was revoked or no longer reaches this repo")
 	}
 	if err != nil {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
@@ -157,10 +159,10 @@ func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, ve
 			continue
 		}
 		for _, f := range fetches {
-			u := s.xorbURL(base, xorb, fileHash, c.Principal, f.Ranges, exp)
+			u := s.xorbURL(base, xorb, fileHash, c, f.Ranges, exp)
 			v2[xorb] = append(v2[xorb], wireV2Fetch{URL: u, Ranges: f.Ranges})
 			for _, rg := range f.Ranges {
-				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(base, xorb, fileHash, c.Principal, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
+				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(base, xorb, fileHash, c, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
 			}
 		}
 	}
@@ -212,24 +214,26 @@ func rangesParam(rs []wireV2Range) string {
 	return strings.Join(parts, ",")
 }
 
-// xorbURL is a gateway xorb URL for rs of xorb, signed for the file and
-// the worker key name (principal) the reconstruction was asked with: a
-// revoked key's URLs stop working at once, not when they expire.
-func (s *Service) xorbURL(base, xorb, fileHash, principal string, rs []wireV2Range, exp string) string {
+// xorbURL is a gateway xorb URL for rs of xorb, signed for the file, the
+// repo and the worker key name (principal) the reconstruction was asked
+// with: a revoked key's URLs, or those of a repo its key no longer
+// reaches, stop working at once, not when they expire.
+func (s *Service) xorbURL(base, xorb, fileHash string, c Claims, rs []wireV2Range, exp string) string {
 	rp := rangesParam(rs)
-	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, principal, rp, exp))
-	return base + CASPrefix + "/xorbs/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(principal) +
+	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, c.Principal, c.RepoType, c.Repo, rp, exp))
+	return base + CASPrefix + "/xorbs/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(c.Principal) +
+		"&t=" + url.QueryEscape(c.RepoType) + "&repo=" + url.QueryEscape(c.Repo) +
 		"&r=" + url.QueryEscape(rp) + "&exp=" + exp + "&sig=" + sig
 }
 
-func xorbURLMessage(xorb, fileHash, principal, rp, exp string) string {
-	return xorb + "\n" + fileHash + "\n" + principal + "\n" + rp + "\n" + exp
+func xorbURLMessage(xorb, fileHash, principal, typ, repo, rp, exp string) string {
+	return xorb + "\n" + fileHash + "\n" + principal + "\n" + typ + "\n" + repo + "\n" + rp + "\n" + exp
 }
 
-// keyRevoked reports whether principal names a worker key that is no
-// longer configured.
-func (s *Service) keyRevoked(principal string) bool {
-	return principal != "" && (s.opts.KeyKnown == nil || !s.opts.KeyKnown(principal))
+// keyDenied reports whether principal names a worker key that is no
+// longer configured, or no longer reaches repo.
+func (s *Service) keyDenied(principal, typ, repo string) bool {
+	return principal != "" && (s.opts.KeyAllows == nil || !s.opts.KeyAllows(principal, typ, repo))
 }
 
 // reconstruction returns the file's reconstruction, from memory unless
@@ -255,15 +259,16 @@ func (s *Service) reconstruction(ctx context.Context, c Claims, fileHash string,
 func (s *Service) serveXorb(w http.ResponseWriter, r *http.Request, xorb string) {
 	q := r.URL.Query()
 	fileHash, principal, rp, exp, sig := q.Get("f"), q.Get("p"), q.Get("r"), q.Get("exp"), q.Get("sig")
+	typ, repo := q.Get("t"), q.Get("repo")
 	e, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorbURLMessage(xorb, fileHash, principal, rp, exp), sig) {
+	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorbURLMessage(xorb, fileHash, principal, typ, repo, rp, exp), sig) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "invalid or expired xorb URL"})
 		return
 	}
-	if s.keyRevoked(principal) {
+	if s.keyDenied(principal, typ, repo) {
 		// 401, not 403: a 403 makes clients ask the reconstruction again,
 		// which is refused the same way.
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the worker key of this xorb URL was revoked"})
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the worker key of this xorb URL was revoked or no longer reaches its repo"})
 		return
 	}
 	if strings.ReplaceAll(r.Header.Get("Range"), " ", "") != "bytes="+rp {

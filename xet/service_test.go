@@ -59,7 +59,7 @@ func newGW(t *testing.T) *gw {
 	}
 	svc, err := New(Options{
 		Hub: hubURL, Client: client, HubToken: func() string { return opToken }, Dir: t.TempDir(),
-		KeyKnown: func(name string) bool { g.mu.Lock(); defer g.mu.Unlock(); return !g.revoked[name] },
+		KeyAllows: func(name, _, _ string) bool { g.mu.Lock(); defer g.mu.Unlock(); return !g.revoked[name] },
 		HasFile: func(_ context.Context, typ, repo, rev, fh string) bool {
 			return typ == "model" && rev == c && files[fh] == repo
 		},
