@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/modelgate/modelgate/xet/xetchunk"
 	"github.com/modelgate/modelgate/xet/xethash"
 )
 
@@ -532,13 +533,7 @@ func (s *Service) verify(fileHash string) {
 					return
 				}
 				paths = append(paths, p)
-				chunks, err := decodeChunks(b)
-				if errors.Is(err, errCompressed) {
-					// Not checkable here (no LZ4 decoder yet): the ranges
-					// stay provisional, served only as the upstream would
-					// have served them, and are not fetched again.
-					return
-				}
+				chunks, err := xetchunk.DecodeAll(b)
 				if err != nil || int64(len(chunks)) != rg.Chunks.End-rg.Chunks.Start {
 					s.drop(fileHash, paths)
 					return
@@ -610,33 +605,6 @@ func (s *Service) drop(fileHash string, paths []string) {
 func (s *Service) Verified(fileHash string) bool {
 	_, err := os.Stat(filepath.Join(s.opts.Dir, "verified", fileHash))
 	return err == nil
-}
-
-// decodeChunks splits xorb bytes into chunk payloads behind their 8-byte
-// headers. Only uncompressed chunks (scheme 0) can be hashed here; LZ4 and
-// byte-grouped LZ4 chunks make the file unverifiable (it stays provisional).
-// errCompressed: a chunk is LZ4 or byte-grouped LZ4, which this gateway
-// cannot decode yet, so its file cannot be verified here.
-var errCompressed = errors.New("compressed chunk")
-
-func decodeChunks(b []byte) ([][]byte, error) {
-	var out [][]byte
-	for len(b) > 0 {
-		if len(b) < 8 || b[0] != 0 {
-			return nil, errors.New("bad chunk header")
-		}
-		clen := int(b[1]) | int(b[2])<<8 | int(b[3])<<16
-		ulen := int(b[5]) | int(b[6])<<8 | int(b[7])<<16
-		if b[4] != 0 {
-			return nil, errCompressed
-		}
-		if clen != ulen || len(b) < 8+clen {
-			return nil, errors.New("bad chunk")
-		}
-		out = append(out, b[8:8+clen])
-		b = b[8+clen:]
-	}
-	return out, nil
 }
 
 func writeAtomic(p string, b []byte) error {

@@ -1,13 +1,16 @@
 package xet
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/modelgate/modelgate/internal/fakehub"
 	"github.com/modelgate/modelgate/internal/xetclient"
+	"github.com/modelgate/modelgate/xet/xetchunk"
 )
 
 const opToken = "hf_operator_xet_test"
@@ -34,8 +38,15 @@ type gw struct {
 // newGW starts the fake Hub with a base model and a fine-tune sharing
 // xorbs, and a gateway serving the Service's routes the way the mirror
 // mounts them (the worker's key name comes in X-Test-Key here).
-func newGW(t *testing.T) *gw {
+func newGW(t *testing.T) *gw { return newGWWith(t, nil) }
+
+// newGWWith is newGW with prepare run on the fake Hub before the files are
+// added (compression, say).
+func newGWWith(t *testing.T, prepare func(*fakehub.Hub)) *gw {
 	g := &gw{hub: fakehub.New(t, fakehub.Options{Token: opToken}), revoked: map[string]bool{}}
+	if prepare != nil {
+		prepare(g.hub)
+	}
 	g.base = fakehub.RandomData(20, 19*fakehub.XetChunkSize+77)
 	g.tuned = append([]byte(nil), g.base...)
 	g.tuned[10*fakehub.XetChunkSize] ^= 1
@@ -206,4 +217,43 @@ func TestXetRevokedKeyStopsXorbFetchesMidDownload(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusUnauthorized, se.Status, "the xorb URLs handed to a revoked key stop working")
 	assert.Equal(t, 2, c.Requests, "stopped at the first xorb fetch after the revocation")
+}
+
+// TestXetCompressedChunksVerified: files whose chunks the CAS stores LZ4-
+// or byte-grouped-LZ4-compressed are decoded, hashed and verified like
+// uncompressed ones; a corrupt compressed xorb fails verification and its
+// ranges are dropped and fetched again.
+func TestXetCompressedChunksVerified(t *testing.T) {
+	for _, sc := range []xetchunk.Scheme{xetchunk.LZ4, xetchunk.ByteGrouping4LZ4} {
+		t.Run(fmt.Sprint("scheme", sc), func(t *testing.T) {
+			g := newGWWith(t, func(h *fakehub.Hub) { h.SetXetCompression(sc) })
+			got, err := g.download(t, g.client("w1"), "org/base", g.bHash)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(g.base, got))
+			assert.True(t, g.svc.Verified(g.bHash), "compressed chunks are decoded and the file verified")
+
+			x := ownXorb(g.hub.XorbHashes(g.tHash), g.hub.XorbHashes(g.bHash))
+			g.hub.CorruptXorb(x, true)
+			got, _ = g.download(t, g.client("w1"), "org/tuned", g.tHash)
+			assert.False(t, bytes.Equal(g.tuned, got), "the corrupt bytes are what the client got")
+			assert.False(t, g.svc.Verified(g.tHash), "a corrupt compressed xorb fails verification")
+			fetches := g.hub.XorbFetches(x)
+			g.hub.CorruptXorb(x, false)
+			got, err = g.download(t, g.client("w1"), "org/tuned", g.tHash)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(g.tuned, got), "the dropped ranges were fetched again")
+			assert.Greater(t, g.hub.XorbFetches(x), fetches)
+			assert.True(t, g.svc.Verified(g.tHash))
+		})
+	}
+}
+
+// ownXorb is the first of xs that others does not hold.
+func ownXorb(xs, others []string) string {
+	for _, x := range xs {
+		if !slices.Contains(others, x) {
+			return x
+		}
+	}
+	panic("no xorb of its own")
 }
