@@ -185,7 +185,9 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	if retries == 0 {
 		retries = -1 // cache.Options: negative means none, zero the default
 	}
-	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) })
+	// Set once the Xet service exists (it needs the store this feeds).
+	var xetRanges atomic.Pointer[func(map[string]bool) map[cache.Digest]bool]
+	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string { return admin.RuntimePins(idx) }, &xetRanges)
 	// One guard for every outbound dial. The gateway's own requests (and
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
@@ -384,6 +386,9 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}, CheckRedirect: xetRedirect},
 			HubToken: func() string { return "" }, // attached by the injector, never held here
 			Dir:      filepath.Join(cfg.DataDir, "xet"),
+			Store:    store,
+			Index:    idx,
+			Metrics:  xetMetrics(m),
 			KeyAllows: func(name, typ, repo string) bool {
 				return currentKeys.Load().AllowsHubRepo(name, indexkeys.HFURLRepo(typ, repo))
 			},
@@ -394,6 +399,8 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			return nil, err
 		}
 		mirror.Xet = svc
+		rangesOf := svc.RangesOf
+		xetRanges.Store(&rangesOf)
 		mirror.XetPolicy = hfhub.XetPolicy{Mode: string(cfg.HuggingFace.Xet), MinSize: int64(cfg.HuggingFace.XetMinSize)}
 		// Before the worker key check, like the probes: the reconstruction
 		// route authenticates with the gateway's Xet token (bound to a key

@@ -30,6 +30,7 @@ const (
 	// Xet (package xet).
 	XetRecon    = "xet/recon\x00"    // file hash -> reconstruction terms and ranges (no URLs)
 	XetVerified = "xet/verified\x00" // file hash -> verified against its chunks
+	XetOrigin   = "xet/origin\x00"   // xorb range digest hex -> file hash it was fetched for
 
 	// CivitAI.
 	CivitAIDownload = "civitai/download\x00" // version id, query -> file
@@ -171,6 +172,10 @@ func XetReconKey(fileHash string) string { return XetRecon + fileHash }
 // against its hash.
 func XetVerifiedKey(fileHash string) string { return XetVerified + fileHash }
 
+// XetOriginKey records which Xet file a stored xorb range (by its digest's
+// hex) was fetched for, to count the bytes other files share.
+func XetOriginKey(rangeHex string) string { return XetOrigin + rangeHex }
+
 // CivitAIDownloadPrefix starts every CivitAIDownloadKey of a version.
 func CivitAIDownloadPrefix(versionID string) string { return CivitAIDownload + versionID + "\x00" }
 
@@ -213,7 +218,7 @@ func Classify(key []byte) Class {
 	case strings.HasPrefix(k, HFAPI), strings.HasPrefix(k, HFRev),
 		strings.HasPrefix(k, CivitAIAPI), strings.HasPrefix(k, CivitAIDownload),
 		strings.HasPrefix(k, VixFresh), strings.HasPrefix(k, VixLastKnown),
-		strings.HasPrefix(k, XetRecon),
+		strings.HasPrefix(k, XetRecon), strings.HasPrefix(k, XetOrigin),
 		// Audit records too: a worker looping over downloads must not
 		// grow the index, which counts against max_size, without bound.
 		strings.HasPrefix(k, AdminAudit):

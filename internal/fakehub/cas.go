@@ -231,6 +231,10 @@ func (h *Hub) ExpireXorbURLs() {
 	h.cas.signGen++
 }
 
+// ThrottleXorb slows the bodies of xorb's answers to bytesPerSec (0: no
+// limit).
+func (h *Hub) ThrottleXorb(xorb string, bytesPerSec int) { h.xorbFaults.Throttle(xorb, bytesPerSec) }
+
 // CorruptXorb makes the CAS serve xorb with its tail corrupted.
 func (h *Hub) CorruptXorb(xorb string, on bool) { h.xorbFaults.Corrupt(xorb, on) }
 
