@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -89,4 +92,66 @@ func TestXetTokenFollowsTheKeysNarrowedScope(t *testing.T) {
 	got, err := c2.Download(tTok.CasURL, tTok.AccessToken, tHash)
 	require.NoError(t, err)
 	require.Equal(t, f.tuned, got)
+}
+
+// xetHashIn returns the xetHash of path in a tree or paths-info answer.
+func xetHashIn(t *testing.T, body []byte, path string) string {
+	t.Helper()
+	var entries []struct {
+		Path    string `json:"path"`
+		XetHash string `json:"xetHash"`
+	}
+	require.NoError(t, json.Unmarshal(body, &entries), string(body))
+	for _, e := range entries {
+		if e.Path == path {
+			return e.XetHash
+		}
+	}
+	t.Fatalf("%s not listed: %s", path, body)
+	return ""
+}
+
+// TestXetTokenForAFileOnlyListed: a client that goes from a tree or
+// paths-info answer's xetHash straight to the token route (huggingface_hub
+// >= 1.22, without a HEAD) is served, because the gateway recorded which
+// repo holds that file when it listed it; a token for another repo still
+// does not open it.
+func TestXetTokenForAFileOnlyListed(t *testing.T) {
+	f := newXetScopeFixture(t)
+	key := http.Header{"Authorization": {"Bearer " + f.w2}}
+	resp, body := f.g.mustDo(t, http.MethodGet, "/api/models/org/base/tree/main", key)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	bHash := xetHashIn(t, body, "model.bin")
+	require.Len(t, bHash, 64)
+
+	req, err := http.NewRequest(http.MethodPost, f.g.URL+"/api/models/org/tuned/paths-info/main", strings.NewReader("paths=model.bin&expand=false"))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+f.w2)
+	presp, err := f.client().Do(req)
+	require.NoError(t, err)
+	pbody, err := io.ReadAll(presp.Body)
+	presp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, presp.StatusCode, string(pbody))
+	tHash := xetHashIn(t, pbody, "model.bin")
+
+	c := f.xetClient(f.w2)
+	for _, file := range []struct {
+		repo, hash string
+		want       []byte
+	}{{"org/base", bHash, f.base}, {"org/tuned", tHash, f.tuned}} {
+		tok, err := c.GetToken(f.g.URL + "/api/models/" + file.repo + "/xet-read-token/main")
+		require.NoError(t, err)
+		got, err := c.Download(tok.CasURL, tok.AccessToken, file.hash)
+		require.NoError(t, err, file.repo)
+		require.True(t, bytes.Equal(file.want, got), file.repo)
+	}
+	tok, err := c.GetToken(f.g.URL + "/api/models/org/tuned/xet-read-token/main")
+	require.NoError(t, err)
+	_, err = c.Reconstruct(tok.CasURL, tok.AccessToken, bHash)
+	var se *xetclient.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusForbidden, se.Status, "a token for one repo never opens another repo's file")
+	assert.Zero(t, f.hub.Count("hub", http.MethodHead, "/org/"), "no resolve was needed")
 }
