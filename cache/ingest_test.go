@@ -132,3 +132,15 @@ func TestIngestHasTheFillLimits(t *testing.T) {
 	})
 	assert.ErrorIs(t, err, ErrFillTimeout)
 }
+
+// TestVerifyChecksOnlyTheSizeOfAXetRange: a Xet range's bytes cannot be
+// checked against its id (the Xet service checks them per file), so the
+// admin verify job must not take every range for a corrupt blob.
+func TestVerifyChecksOnlyTheSizeOfAXetRange(t *testing.T) {
+	s := newStoreWith(t, Options{})
+	d := xetRange(t, 0, 99)
+	require.NoError(t, s.Ingest(context.Background(), func(ctx context.Context, put PutFunc) error {
+		return put(d, 100, bytes.NewReader(randomBytes(5, 100)))
+	}))
+	assert.NoError(t, s.Verify(context.Background(), d))
+}
