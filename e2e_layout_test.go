@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -104,7 +105,7 @@ func TestDataDirFromF6bd027OpensAndMigrates(t *testing.T) {
 	require.NoError(t, err)
 	v, err := idx.Get(indexkeys.LayoutVersionKey)
 	require.NoError(t, err)
-	assert.Equal(t, "2", string(v))
+	assert.Equal(t, strconv.Itoa(indexkeys.LayoutVersion), string(v))
 	var stale []string
 	require.NoError(t, idx.Scan(indexkeys.HFAPI, func(k string, _ []byte) error {
 		if !strings.HasPrefix(k, indexkeys.HFAPIPrefix("model", "org/legacy-public")) {

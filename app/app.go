@@ -189,13 +189,15 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	// The pins set through the admin API on any gateway of a cluster
 	// (read from the bucket by the shared tier) apply here too.
 	var shared *s3tier.Tier
+	// Set once the Xet service exists (it needs the store this feeds).
+	var xetRanges atomic.Pointer[func(map[string]bool) map[cache.Digest]bool]
 	pinned := pinnedBlobs(cfg.Cache.Pinned, idx, func() []string {
 		pins := admin.RuntimePins(idx)
 		if shared != nil {
 			pins = append(pins, shared.KnownPins()...)
 		}
 		return pins
-	})
+	}, &xetRanges)
 	// One guard for every outbound dial. The gateway's own requests (and
 	// the redirects they follow) may reach the hosts the operator named
 	// even on private addresses; tunnels and relays, on a worker's behalf,
@@ -411,14 +413,21 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			Client:   &http.Client{Transport: &xetUpstream{hub: up, hubHost: hfHost, rest: backoff}, CheckRedirect: xetRedirect},
 			HubToken: func() string { return "" }, // attached by the injector, never held here
 			Dir:      filepath.Join(cfg.DataDir, "xet"),
-			KeyKnown: func(name string) bool { return currentKeys.Load().Known(name) },
-			HasFile:  mirror.HasXetFile,
-			Logger:   log,
+			Store:    store,
+			Index:    idx,
+			Metrics:  xetMetrics(m),
+			KeyAllows: func(name, typ, repo string) bool {
+				return currentKeys.Load().AllowsHubRepo(name, indexkeys.HFURLRepo(typ, repo))
+			},
+			HasFile: mirror.HasXetFile,
+			Logger:  log,
 		})
 		if err != nil {
 			return nil, err
 		}
 		mirror.Xet = svc
+		rangesOf := svc.RangesOf
+		xetRanges.Store(&rangesOf)
 		mirror.XetPolicy = hfhub.XetPolicy{Mode: string(cfg.HuggingFace.Xet), MinSize: int64(cfg.HuggingFace.XetMinSize)}
 		// Before the worker key check, like the probes: the reconstruction
 		// route authenticates with the gateway's Xet token (bound to a key

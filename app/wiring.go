@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,7 @@ import (
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/s3tier"
 	"github.com/modelgate/modelgate/upstream"
+	"github.com/modelgate/modelgate/xet"
 )
 
 // xetUpstream is the Xet service's way out: requests to the Hub (its
@@ -103,7 +105,7 @@ func upstreamCredentials(cfg config.Config) ([]authinject.Credential, error) {
 // pinnedBlobs turns cache.pinned into the function eviction asks for the
 // blobs to keep: Hub pins through the Hub's file records, CivitAI pins
 // through the download mappings.
-func pinnedBlobs(pins []config.Pin, idx *cache.Index, runtime func() []string) func() map[cache.Digest]bool {
+func pinnedBlobs(pins []config.Pin, idx *cache.Index, runtime func() []string, xetRanges *atomic.Pointer[func(map[string]bool) map[cache.Digest]bool]) func() map[cache.Digest]bool {
 	return func() map[cache.Digest]bool {
 		all := pins
 		if runtime != nil {
@@ -116,7 +118,13 @@ func pinnedBlobs(pins []config.Pin, idx *cache.Index, runtime func() []string) f
 			}
 		}
 		hf, civ := splitPins(all)
-		keep := hfmirror.PinnedDigests(idx, hf)
+		keep, xetFiles := hfmirror.PinnedContent(idx, hf)
+		// A pinned Xet file keeps its xorb ranges too.
+		if f := xetRanges.Load(); f != nil && len(xetFiles) > 0 {
+			for d := range (*f)(xetFiles) {
+				keep[d] = true
+			}
+		}
 		for d := range civitai.PinnedDigests(idx, civ) {
 			keep[d] = true
 		}
@@ -136,6 +144,21 @@ func splitPins(pins []config.Pin) ([]hfhub.Pin, []string) {
 		}
 	}
 	return hf, civ
+}
+
+// xetMetrics feeds the Xet service's counts to the gateway's metrics.
+func xetMetrics(m *metrics.Metrics) xet.Metrics {
+	result := func(hit bool) string {
+		if hit {
+			return "hit"
+		}
+		return "miss"
+	}
+	return xet.Metrics{
+		XorbBytes:      func(hit bool, n int64) { m.XetXorbBytes.WithLabelValues(result(hit)).Add(float64(n)) },
+		SharedBytes:    func(n int64) { m.XetSharedBytes.Add(float64(n)) },
+		Reconstruction: func(hit bool) { m.XetReconstructions.WithLabelValues(result(hit)).Inc() },
+	}
 }
 
 func fillFailureReason(err error) string {

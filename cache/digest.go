@@ -22,11 +22,19 @@ const (
 	SHA256 = digest.SHA256
 	// GitSHA1 is Git's blob id.
 	GitSHA1 = digest.GitSHA1
+	// XetRange is a byte range of a Xet xorb (see digest.XetRange).
+	XetRange = digest.XetRange
 )
 
 // NewDigest checks hexStr against the length algo produces and returns the
 // Digest with the hex lower-cased.
 func NewDigest(algo Algo, hexStr string) (Digest, error) { return digest.New(algo, hexStr) }
+
+// NewXetRangeDigest is the digest of bytes first..last of the Xet xorb
+// xorbHex (see digest.NewXetRange).
+func NewXetRangeDigest(xorbHex string, first, last int64) (Digest, error) {
+	return digest.NewXetRange(xorbHex, first, last)
+}
 
 // ParseDigest parses the "algo:hex" form produced by Digest.String.
 func ParseDigest(s string) (Digest, error) { return digest.Parse(s) }

@@ -134,7 +134,7 @@ func (s *Store) reconcile() error {
 		return fmt.Errorf("cache: reading blob records: %w", err)
 	}
 	var blobs, bytes int64
-	for _, algo := range []Algo{SHA256, GitSHA1} {
+	for _, algo := range []Algo{SHA256, GitSHA1, XetRange} {
 		algoDir := filepath.Join(s.blobDir, string(algo))
 		fans, err := os.ReadDir(algoDir)
 		if errors.Is(err, os.ErrNotExist) {

@@ -726,41 +726,18 @@ func (s *Store) download(f *fill, src Source) (err error) {
 // directory fsync, then the index record — in that order, so that a crash at
 // any point leaves either no blob or a complete one.
 func (s *Store) publish(f *fill, tmp *os.File) error {
-	if err := s.syncPublish(tmp); err != nil {
-		return fmt.Errorf("syncing temp file: %w", err)
-	}
-	if err := tmp.Chmod(0o400); err != nil { // read-only, and the gateway user's alone
-		return fmt.Errorf("making blob read-only: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing temp file: %w", err)
-	}
-	final := s.blobPath(f.digest)
-	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", dir, err)
-	}
-	f.mu.Lock()
-	err := os.Rename(tmp.Name(), final)
-	if err == nil {
-		f.path = final
-	}
-	f.mu.Unlock()
+	final, err := s.commit(tmp, f.digest, f.size, func(from, to string) error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		err := os.Rename(from, to)
+		if err == nil {
+			f.path = to
+		}
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("publishing blob: %w", err)
-	}
-	if err := syncDir(dir); err != nil {
-		os.Remove(final) // unrecorded, it would be served yet never counted
 		return err
 	}
-	if err := s.idx.Set(blobKey(f.digest), blobRecord(f.size), 0); err != nil {
-		os.Remove(final)
-		return err
-	}
-	s.blobs.Add(1)
-	s.bytes.Add(f.size)
-	s.usage.touch(f.digest)
-	s.requestEviction()
 	f.publish(final)
 	if f.onPublish != nil {
 		f.onPublish(f.digest)

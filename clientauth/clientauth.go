@@ -156,6 +156,20 @@ func (ks *Keys) Known(name string) bool {
 	return false
 }
 
+// AllowsHubRepo reports whether a key named name is in the set and may,
+// as configured now, fetch the Hugging Face repo (as written in URLs):
+// what a credential the gateway issued for that key's holder (a Xet token,
+// a xorb URL) is re-checked against at each use, so that a reload that
+// removes the key, or narrows its scopes or repos, takes effect at once.
+func (ks *Keys) AllowsHubRepo(name, urlRepo string) bool {
+	for i := range ks.keys {
+		if k := &ks.keys[i]; k.Name == name {
+			return k.Allows(ScopeHuggingFace) && k.AllowsRepo(urlRepo)
+		}
+	}
+	return false
+}
+
 // Generate returns a new random worker key and its sha256 (hex).
 func Generate() (key, sha string, err error) {
 	var b [24]byte

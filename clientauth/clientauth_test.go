@@ -50,6 +50,13 @@ func TestGeneratedKeysAreFoundByTheirHashOnly(t *testing.T) {
 	assert.False(t, ok)
 	assert.True(t, ks.Known("two"))
 	assert.False(t, ks.Known("three"), "by name: what a Xet token issued for a key is checked against")
+	assert.True(t, ks.AllowsHubRepo("one", "org/model"))
+	assert.False(t, ks.AllowsHubRepo("one", "other/model"), "the key's repos, as configured now")
+	assert.True(t, ks.AllowsHubRepo("two", "datasets/x/y"))
+	assert.False(t, ks.AllowsHubRepo("three", "org/model"), "an unknown key")
+	civ, err := Load([]Spec{{Name: "c", KeySHA256: sha, Scopes: []string{ScopeCivitAI}}}, nil)
+	require.NoError(t, err)
+	assert.False(t, civ.AllowsHubRepo("c", "org/model"), "a key without the huggingface scope")
 
 	_, err = Load([]Spec{{Name: "bad", KeyFile: "/missing"}}, func(string) ([]byte, error) { return nil, errors.New("nope") })
 	assert.Error(t, err)

@@ -24,6 +24,13 @@ const (
 	// content. Small files in Git-backed repositories are identified this way,
 	// so the cache can verify them without trusting the upstream.
 	GitSHA1 Algo = "git-sha1"
+	// XetRange names a byte range of a Xet xorb: the xorb's hash (64 hex
+	// digits, xet-core's form) then the range's first and last byte, each
+	// as 16 hex digits. Its bytes cannot be checked against it (a xorb's
+	// hash covers all its chunks, and signed xorb URLs only serve the
+	// signed ranges): they are verified at the file level by the Xet
+	// service, which drops them on a mismatch.
+	XetRange Algo = "xet-range"
 )
 
 // Digest is the content id of a blob. Blobs are stored, shared and verified
@@ -42,6 +49,8 @@ func New(algo Algo, hexStr string) (Digest, error) {
 		want = 64
 	case GitSHA1:
 		want = 40
+	case XetRange:
+		want = 96
 	default:
 		return Digest{}, fmt.Errorf("unknown digest algorithm %q", algo)
 	}
@@ -63,6 +72,33 @@ func Parse(s string) (Digest, error) {
 	}
 	return New(Algo(algo), h)
 }
+
+// NewXetRange is the digest of bytes first..last (inclusive) of the xorb
+// whose hash is xorbHex.
+func NewXetRange(xorbHex string, first, last int64) (Digest, error) {
+	if first < 0 || last < first {
+		return Digest{}, fmt.Errorf("bad xorb range %d-%d", first, last)
+	}
+	return New(XetRange, xorbHex+fmt.Sprintf("%016x%016x", first, last))
+}
+
+// XetRangeParts returns the xorb hash and the first and last byte of a
+// XetRange digest.
+func (d Digest) XetRangeParts() (xorbHex string, first, last int64, ok bool) {
+	if d.Algo != XetRange || len(d.Hex) != 96 {
+		return "", 0, 0, false
+	}
+	f, err1 := strconv.ParseInt(d.Hex[64:80], 16, 64)
+	l, err2 := strconv.ParseInt(d.Hex[80:], 16, 64)
+	if err1 != nil || err2 != nil || f < 0 || l < f {
+		return "", 0, 0, false
+	}
+	return d.Hex[:64], f, l, true
+}
+
+// Verifiable reports whether the digest is a hash of the content, so that
+// the bytes can be checked against it (not so for XetRange).
+func (d Digest) Verifiable() bool { return d.Algo != XetRange }
 
 // String returns "algo:hex".
 func (d Digest) String() string { return string(d.Algo) + ":" + d.Hex }

@@ -120,6 +120,32 @@ func FilterXetEntries(body []byte, keep func(size int64) bool) []byte {
 	return bytes.TrimRight(buf.Bytes(), "\n")
 }
 
+// XetEntry is a Xet-backed file named in a tree or paths-info answer.
+type XetEntry struct {
+	Hash string
+	Size int64
+}
+
+// XetEntries returns the files of a tree or paths-info answer that carry
+// a well-formed xetHash (nil for a body that is not such an answer).
+func XetEntries(body []byte) []XetEntry {
+	var entries []map[string]json.RawMessage
+	if err := json.Unmarshal(body, &entries); err != nil {
+		return nil
+	}
+	var out []XetEntry
+	for _, e := range entries {
+		var h string
+		if json.Unmarshal(e["xetHash"], &h) != nil || !sha256Re.MatchString(h) {
+			continue
+		}
+		if size := entrySize(e); size >= 0 {
+			out = append(out, XetEntry{Hash: h, Size: size})
+		}
+	}
+	return out
+}
+
 // entrySize is a tree entry's file size (lfs.size, else size; -1 if none).
 func entrySize(e map[string]json.RawMessage) int64 {
 	var lfs struct {

@@ -302,3 +302,16 @@ func TestFileMetaKeepsXetHash(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, m.XetHash)
 }
+
+func TestXetEntriesListsOnlyWellFormedXetFiles(t *testing.T) {
+	h := strings.Repeat("ab", 32)
+	body := []byte(`[
+		{"type":"file","path":"a.bin","size":134,"lfs":{"oid":"x","size":9000},"xetHash":"` + h + `"},
+		{"type":"file","path":"b.txt","size":12,"xetHash":"` + strings.Repeat("cd", 32) + `"},
+		{"type":"file","path":"c.bin","size":5,"xetHash":"not-a-hash"},
+		{"type":"file","path":"d.txt","size":5},
+		{"type":"directory","path":"e"}
+	]`)
+	assert.Equal(t, []XetEntry{{Hash: h, Size: 9000}, {Hash: strings.Repeat("cd", 32), Size: 12}}, XetEntries(body))
+	assert.Nil(t, XetEntries([]byte(`{"not":"a list"}`)))
+}

@@ -87,17 +87,20 @@ func (m *Mirror) serveCachedAPI(w http.ResponseWriter, r *http.Request, route hf
 		}
 		enc, _ := json.Marshal(a)
 		f := origin.Fetched{Value: enc, Keep: a.Status == http.StatusOK}
+		final := route
 		// Kept under the route the Hub really answered (a renamed repo's
 		// new name), never under an alias: the alias must always meet
 		// the policy for the new name upstream.
 		if a.finalPath != "" && a.finalPath != r.URL.EscapedPath() {
-			final := route
 			if u, err := url.Parse(a.finalPath); err == nil {
 				if fr, err := hfhub.ParseRoute(r.Method, u); err == nil {
 					final = fr
 				}
 			}
 			f.KeepAs = hfhub.APIKey(final.Repo, final.Revision, requestDigest(r.Method, a.finalPath, query, reqBody))
+		}
+		if a.Status == http.StatusOK {
+			m.recordXetFiles(ctx, final, a.Body)
 		}
 		return f, nil
 	}

@@ -18,7 +18,15 @@ type PinIndex interface {
 // nothing yet. The file records are read in one pass (under every
 // principal), whatever the number of pins.
 func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
+	d, _ := PinnedContent(idx, pins)
+	return d
+}
+
+// PinnedContent is PinnedDigests with, besides, the Xet file hashes of
+// the pinned files (whose xorb ranges the Xet service then pins).
+func PinnedContent(idx PinIndex, pins []hfhub.Pin) (map[cache.Digest]bool, map[string]bool) {
 	out := map[cache.Digest]bool{}
+	xet := map[string]bool{}
 	// repo ("type\x00id") -> pinned commits; "" pins every commit.
 	want := map[string]map[string]bool{}
 	for _, p := range pins {
@@ -40,7 +48,7 @@ func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
 		want[r][commit] = true
 	}
 	if len(want) == 0 {
-		return out
+		return out, xet
 	}
 	indexkeys.ScanEverywhere(idx, indexkeys.HFFile, func(key, _ string, val []byte) error {
 		typ, id, commit, _, ok := indexkeys.ParseHFFile(key)
@@ -53,8 +61,11 @@ func PinnedDigests(idx PinIndex, pins []hfhub.Pin) map[cache.Digest]bool {
 		}
 		if meta, err := hfhub.UnmarshalMeta(val); err == nil {
 			out[meta.Digest] = true
+			if meta.XetHash != "" {
+				xet[meta.XetHash] = true
+			}
 		}
 		return nil
 	})
-	return out
+	return out, xet
 }

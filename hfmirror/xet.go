@@ -134,6 +134,11 @@ func (m *Mirror) HasXetFile(_ context.Context, typ, repo, rev, xetHash string) b
 	rp := hfhub.Repo{Type: hfhub.RepoType(typ), ID: repo}
 	commit := rev
 	if !hfhub.IsCommit(commit) {
+		// Listed at that branch or tag (recordXetFiles).
+		if b, err := m.Index.Get(hfhub.XetFileKey(xetHash, rp, rev)); err == nil {
+			size, err := strconv.ParseInt(string(b), 10, 64)
+			return err == nil && m.XetPolicy.Serves(size)
+		}
 		b, err := m.Index.Get(hfhub.RevisionKey(rp, rev))
 		if err != nil {
 			if b, err = m.Index.Get(hfhub.LastRevisionKey(rp, rev)); err != nil {
@@ -148,6 +153,26 @@ func (m *Mirror) HasXetFile(_ context.Context, typ, repo, rev, xetHash string) b
 	}
 	size, err := strconv.ParseInt(string(b), 10, 64)
 	return err == nil && m.XetPolicy.Serves(size)
+}
+
+// recordXetFiles records the Xet files a tree or paths-info answer of
+// route lists as files of that repo at that revision, as a resolve answer
+// does, so that a client going straight from a listing's xetHash to the
+// token route (huggingface_hub >= 1.22, without a HEAD) is served. At a
+// branch or tag the record names the revision as asked (the listing says
+// no commit): the file was in that repo, which is all a token for the repo
+// may open. Under the principal that asked, like every file record.
+func (m *Mirror) recordXetFiles(ctx context.Context, route hfhub.Route, body []byte) {
+	if m.Xet == nil || (route.Kind != hfhub.Tree && route.Kind != hfhub.PathsInfo) || route.Revision == "" {
+		return
+	}
+	p := authinject.PrincipalFrom(ctx)
+	for _, e := range hfhub.XetEntries(body) {
+		if err := m.Index.Set(p.Key(hfhub.XetFileKey(e.Hash, route.Repo, route.Revision)), []byte(strconv.FormatInt(e.Size, 10)), 0); err != nil {
+			m.Logger.Warn("recording the Xet files of a listing", "err", err)
+			return
+		}
+	}
 }
 
 // filterXetEntries keeps xetHash in a tree or paths-info answer only for

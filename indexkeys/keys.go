@@ -27,6 +27,11 @@ const (
 	HFSeen    = "hf/seen\x00"     // digest, repo as in URLs -> seen (CDN-path access)
 	HFXet     = "hf/xet\x00"      // Xet hash, type, repo, commit -> size
 
+	// Xet (package xet).
+	XetRecon    = "xet/recon\x00"    // file hash -> reconstruction terms and ranges (no URLs)
+	XetVerified = "xet/verified\x00" // file hash -> verified against its chunks
+	XetOrigin   = "xet/origin\x00"   // xorb range digest hex -> file hash it was fetched for
+
 	// CivitAI.
 	CivitAIDownload = "civitai/download\x00" // version id, query -> file
 	CivitAIAPI      = "civitai/api\x00"      // escaped path "?" query -> answer
@@ -159,6 +164,18 @@ func HFXetKey(xetHash, repoType, repoID, commit string) string {
 	return HFXet + xetHash + "\x00" + repoType + "\x00" + repoID + "\x00" + commit
 }
 
+// XetReconKey is the key of a Xet file's reconstruction (immutable for a
+// file hash; the signed URLs are not kept).
+func XetReconKey(fileHash string) string { return XetRecon + fileHash }
+
+// XetVerifiedKey records that a Xet file's cached ranges were checked
+// against its hash.
+func XetVerifiedKey(fileHash string) string { return XetVerified + fileHash }
+
+// XetOriginKey records which Xet file a stored xorb range (by its digest's
+// hex) was fetched for, to count the bytes other files share.
+func XetOriginKey(rangeHex string) string { return XetOrigin + rangeHex }
+
 // CivitAIDownloadPrefix starts every CivitAIDownloadKey of a version.
 func CivitAIDownloadPrefix(versionID string) string { return CivitAIDownload + versionID + "\x00" }
 
@@ -190,7 +207,7 @@ const (
 
 // Classify says which entries maintenance may drop: copies of upstream
 // answers (API answers, branch lookups, CivitAI mappings, the catalogue,
-// and their last-known copies) are reclaimable; the last commit of each
+// Xet reconstructions, and their last-known copies) are reclaimable; the last commit of each
 // revision is counted; blob records, file metadata, seen records and
 // administration records are kept.
 func Classify(key []byte) Class {
@@ -201,6 +218,7 @@ func Classify(key []byte) Class {
 	case strings.HasPrefix(k, HFAPI), strings.HasPrefix(k, HFRev),
 		strings.HasPrefix(k, CivitAIAPI), strings.HasPrefix(k, CivitAIDownload),
 		strings.HasPrefix(k, VixFresh), strings.HasPrefix(k, VixLastKnown),
+		strings.HasPrefix(k, XetRecon), strings.HasPrefix(k, XetOrigin),
 		// Audit records too: a worker looping over downloads must not
 		// grow the index, which counts against max_size, without bound.
 		strings.HasPrefix(k, AdminAudit):

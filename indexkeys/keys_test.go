@@ -55,6 +55,8 @@ func TestClassify(t *testing.T) {
 		indexkeys.AdminPin + "x":                                              indexkeys.Kept,
 		indexkeys.AdminAudit + "00000000000000000001\x001":                    indexkeys.Reclaimable,
 		indexkeys.LayoutVersionKey:                                            indexkeys.Kept,
+		indexkeys.XetReconKey("ab"):                                           indexkeys.Reclaimable,
+		indexkeys.XetVerifiedKey("ab"):                                        indexkeys.Kept,
 	} {
 		assert.Equal(t, want, indexkeys.Classify([]byte(key)), "%q", key)
 	}

@@ -17,7 +17,11 @@ const LayoutVersionKey = Meta + "layout_version"
 // LayoutVersion is the layout this code writes. Version 1 is the layout
 // before the key existed (release f6bd027 and earlier): its API answers
 // were keyed by request digest alone, and it kept no HFSeen records.
-const LayoutVersion = 2
+// Version 3 adds blob records of Xet xorb ranges ("blob/xet-range:..."),
+// which count against cache.max_size, and the Xet namespaces (XetRecon,
+// XetVerified): a release of layout 2 would neither count nor evict those
+// blobs, so it must refuse the index rather than run over its budget.
+const LayoutVersion = 3
 
 // Store is the index as the migration needs it; cache.Index implements it.
 type Store interface {
@@ -46,13 +50,14 @@ func Upgrade(idx Store, log *slog.Logger) (from int, err error) {
 	case from > LayoutVersion:
 		return from, fmt.Errorf("the index has layout version %d, newer than this release's %d: run a newer release on this data_dir", from, LayoutVersion)
 	}
-	if from == 1 {
+	steps := []func(Store) (int, error){1: migrate1to2, 2: migrate2to3}
+	for v := max(from, 1); from > 0 && v < LayoutVersion; v++ {
 		start := time.Now()
-		n, err := migrate1to2(idx)
+		n, err := steps[v](idx)
 		if err != nil {
-			return from, fmt.Errorf("migrating the index from layout 1 to 2: %w", err)
+			return from, fmt.Errorf("migrating the index from layout %d to %d: %w", v, v+1, err)
 		}
-		log.Info("index layout migrated", "from", 1, "to", 2, "changes", n, "took", time.Since(start).Round(time.Millisecond))
+		log.Info("index layout migrated", "from", v, "to", v+1, "changes", n, "took", time.Since(start).Round(time.Millisecond))
 	}
 	if err := idx.Set(LayoutVersionKey, []byte(strconv.Itoa(LayoutVersion)), 0); err != nil {
 		return from, fmt.Errorf("writing the index layout version: %w", err)
@@ -138,6 +143,13 @@ func migrate1to2(idx Store) (int, error) {
 	}
 	return len(seen) + len(drop), nil
 }
+
+// migrate2to3 changes no entry: layout 3 only adds kinds of entries (Xet
+// range blob records, XetRecon, XetVerified) that a layout-2 index cannot
+// hold. The Xet ranges a layout-2 release kept as plain files under
+// data_dir/xet/xorbs are a cache, dropped by the Xet service at start
+// (fetched again when asked), not imported.
+func migrate2to3(Store) (int, error) { return 0, nil }
 
 // isV1APIRest reports whether what follows HFAPI is a layout-1 key: a
 // 64-hex request digest, alone or with the last-known suffix. Layout-2

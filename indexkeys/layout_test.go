@@ -116,3 +116,22 @@ func TestUpgradeStampsAFreshIndexAndRefusesANewerLayout(t *testing.T) {
 	_, err = indexkeys.Upgrade(idx, log)
 	require.ErrorContains(t, err, "newer than this release")
 }
+
+// A layout-2 index (Xet ranges kept outside the index) is brought to
+// layout 3 without changing an entry.
+func TestUpgradeFromLayout2KeepsEveryEntry(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	idx := openIndex(t, t.TempDir())
+	require.NoError(t, idx.Set(indexkeys.LayoutVersionKey, []byte("2"), 0))
+	require.NoError(t, idx.Set(indexkeys.HFRevKey("model", "org/gated", "main"), []byte(commit), 0))
+	require.NoError(t, idx.Set(indexkeys.HFXetKey("ab", "model", "org/gated", commit), []byte("3"), 0))
+	before := keys(t, idx)
+	from, err := indexkeys.Upgrade(idx, log)
+	require.NoError(t, err)
+	assert.Equal(t, 2, from)
+	after := keys(t, idx)
+	assert.Equal(t, "3", after[indexkeys.LayoutVersionKey])
+	delete(before, indexkeys.LayoutVersionKey)
+	delete(after, indexkeys.LayoutVersionKey)
+	assert.Equal(t, before, after)
+}

@@ -80,6 +80,15 @@ type Metrics struct {
 	// the bytes of those that published.
 	Fills     *prometheus.CounterVec
 	FillBytes prometheus.Counter
+	// XetXorbBytes counts bytes of Xet xorb ranges served, by result: hit
+	// (from the blob store without an upstream fetch) or miss (after one).
+	XetXorbBytes *prometheus.CounterVec
+	// XetSharedBytes counts hit bytes of xorb ranges first fetched for
+	// another file: what deduplication across files saved upstream.
+	XetSharedBytes prometheus.Counter
+	// XetReconstructions counts Xet reconstructions answered, by result:
+	// hit (the gateway's own copy) or miss (asked upstream).
+	XetReconstructions *prometheus.CounterVec
 }
 
 // Route labels.
@@ -193,6 +202,19 @@ func New(reg prometheus.Registerer) *Metrics {
 		Buckets: []float64{1, 5, 10, 25, 50, 100, 200, 400, 800, 1600},
 	})
 	reg.MustRegister(m.FillConnections, m.FillPieces, m.FillThroughput)
+	m.XetXorbBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "xet_xorb_bytes_total",
+		Help: "Bytes of Xet xorb ranges served, by result (hit: from the blob store; miss: after an upstream fetch).",
+	}, []string{"result"})
+	m.XetSharedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "xet_shared_bytes_total",
+		Help: "Bytes of Xet xorb ranges served from the store that were first fetched for another file (saved by deduplication).",
+	})
+	m.XetReconstructions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "xet_reconstructions_total",
+		Help: "Xet reconstructions answered, by result (hit: the gateway's own copy; miss: asked upstream).",
+	}, []string{"result"})
+	reg.MustRegister(m.XetXorbBytes, m.XetSharedBytes, m.XetReconstructions)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	m.initSeries()
@@ -230,6 +252,10 @@ func (m *Metrics) initSeries() {
 	}
 	for _, limit := range []string{"total", "per_client"} {
 		m.ConnectionsRefused.WithLabelValues(limit)
+	}
+	for _, result := range []string{"hit", "miss"} {
+		m.XetXorbBytes.WithLabelValues(result)
+		m.XetReconstructions.WithLabelValues(result)
 	}
 }
 

@@ -1,7 +1,6 @@
 package xet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,23 +21,64 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/indexkeys"
+	"github.com/modelgate/modelgate/xet/xetchunk"
 	"github.com/modelgate/modelgate/xet/xethash"
 )
+
+// RangeStore is where xorb ranges live: the gateway's blob store
+// (cache.Store), as blobs of the kind cache.XetRange, so that they are
+// counted against cache.max_size, evicted and pinned like any blob.
+type RangeStore interface {
+	Ingest(ctx context.Context, fetch func(ctx context.Context, put cache.PutFunc) error) error
+	Open(d cache.Digest) (*cache.Blob, error)
+	Has(d cache.Digest) bool
+	PublishedWithPrefix(algo cache.Algo, hexPrefix string, fn func(d cache.Digest, size int64) error) error
+	Remove(ctx context.Context, d cache.Digest) (bool, error)
+}
+
+// Index keeps the reconstructions (their terms and ranges, not their
+// URLs), the files verified, and which file each range was fetched for
+// (cache.Index).
+type Index interface {
+	Get(key string) ([]byte, error)
+	Set(key string, val []byte, ttl time.Duration) error
+	Delete(key string) error
+}
+
+// Metrics receives what the service counts; nil fields are skipped.
+type Metrics struct {
+	// XorbBytes: bytes of xorb ranges served, from the store without an
+	// upstream fetch (hit) or after one (miss).
+	XorbBytes func(hit bool, n int64)
+	// SharedBytes: hit bytes of a range first fetched for another file
+	// (a fine-tune served from its base model's xorbs).
+	SharedBytes func(n int64)
+	// Reconstruction: a reconstruction answered from the gateway's own
+	// copy (hit) or asked upstream (miss).
+	Reconstruction func(hit bool)
+}
 
 // Options configures a Service.
 type Options struct {
 	Hub      *url.URL      // the Hub endpoint (token route)
 	Client   *http.Client  // upstream client for the Hub and the CAS
 	HubToken func() string // the operator's Hub token
-	Dir      string        // where the secret and the xorb ranges live
-	// KeyKnown reports whether a worker key name is still configured; a
-	// token whose key was revoked is refused.
-	KeyKnown func(name string) bool
+	Dir      string        // where the token secret lives
+	Store    RangeStore    // the xorb ranges
+	Index    Index         // reconstructions, verified files, range origins
+	// KeyAllows reports whether the worker key named name is still
+	// configured and, as configured now, may read repo (type, id): checked
+	// at every use of a token or xorb URL issued for that key, so that a
+	// reload that removes the key or narrows its scope takes effect at once.
+	KeyAllows func(name, repoType, repo string) bool
 	// HasFile reports whether the gateway's own metadata shows fileHash as
 	// a file of repo at rev.
 	HasFile  func(ctx context.Context, typ, repo, rev, fileHash string) bool
 	TokenTTL time.Duration // default 10m
 	URLTTL   time.Duration // gateway xorb URLs, default 10m
+	Metrics  Metrics
 	Logger   *slog.Logger
 }
 
@@ -49,15 +89,26 @@ type Service struct {
 	up     *upstream
 
 	mu     sync.Mutex
-	recons map[string]*recon  // file hash -> reconstruction (terms immutable)
-	scope  map[string]Claims  // file hash -> a scope to refresh it with
+	recons map[string]*recon  // file hash -> reconstruction with its latest upstream URLs
 	group  singleflight.Group // one upstream fetch per xorb range set
+	checks singleflight.Group // one verification per file at a time
 }
+
+// maxMemRecons bounds the reconstructions (with their upstream URLs) held
+// in memory; the index keeps every one's terms.
+const maxMemRecons = 1024
+
+// dropTimeout bounds the wait for readers of a range that failed
+// verification before it is removed.
+const dropTimeout = time.Minute
 
 // CASPrefix is where the gateway's CAS lives, relative to its base URL.
 const CASPrefix = "/xet/cas"
 
-// New opens the service's secret and store under opts.Dir.
+// New opens the service's secret under opts.Dir. Ranges that an earlier
+// release kept as plain files there (xorbs/, verified/) are a cache the
+// blob store now holds instead: they are removed, and fetched again when
+// asked.
 func New(opts Options) (*Service, error) {
 	if opts.TokenTTL == 0 {
 		opts.TokenTTL = 10 * time.Minute
@@ -68,14 +119,26 @@ func New(opts Options) (*Service, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Join(opts.Dir, "xorbs"), 0o700); err != nil {
-		return nil, fmt.Errorf("xet store: %w", err)
+	if opts.Store == nil || opts.Index == nil {
+		return nil, errors.New("xet: Options.Store and Options.Index are required")
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("xet: %w", err)
+	}
+	for _, old := range []string{"xorbs", "verified"} {
+		p := filepath.Join(opts.Dir, old)
+		if _, err := os.Stat(p); err == nil {
+			opts.Logger.Info("removing Xet ranges an earlier release kept outside the blob store", "dir", p)
+			if err := os.RemoveAll(p); err != nil {
+				return nil, fmt.Errorf("xet: removing %s: %w", p, err)
+			}
+		}
 	}
 	s, err := LoadSigner(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{opts: opts, signer: s, recons: map[string]*recon{}, scope: map[string]Claims{},
+	return &Service{opts: opts, signer: s, recons: map[string]*recon{},
 		up: &upstream{hub: opts.Hub, client: opts.Client, token: opts.HubToken, tokens: map[string]upstreamToken{}}}, nil
 }
 
@@ -133,8 +196,8 @@ func validHash(h string) bool {
 func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, version, fileHash, xorbBase string) {
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	c, err := s.signer.Check(tok, time.Now())
-	if err == nil && s.keyRevoked(c.Principal) {
-		err = errors.New("the worker key of this Xet token was revoked")
+	if err == nil && s.keyDenied(c.Principal, c.RepoType, c.Repo) {
+		err = errors.New("the worker key of this Xet token was revoked or no longer reaches this repo")
 	}
 	if err != nil {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
@@ -144,7 +207,10 @@ func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, ve
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "this Xet token does not open that file"})
 		return
 	}
-	rec, err := s.reconstruction(r.Context(), c, fileHash, false)
+	rec, hit, err := s.reconstruction(r.Context(), c, fileHash)
+	if err == nil && s.opts.Metrics.Reconstruction != nil {
+		s.opts.Metrics.Reconstruction(hit)
+	}
 	if err != nil {
 		s.opts.Logger.Warn("xet reconstruction", "file", fileHash, "err", err)
 		status := http.StatusBadGateway
@@ -173,10 +239,10 @@ func (s *Service) serveReconstruction(w http.ResponseWriter, r *http.Request, ve
 			continue
 		}
 		for _, f := range fetches {
-			u := s.xorbURL(xorbBase, xorb, fileHash, c.Principal, f.Ranges, exp)
+			u := s.xorbURL(xorbBase, xorb, fileHash, c, f.Ranges, exp)
 			v2[xorb] = append(v2[xorb], wireV2Fetch{URL: u, Ranges: f.Ranges})
 			for _, rg := range f.Ranges {
-				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(xorbBase, xorb, fileHash, c.Principal, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
+				v1[xorb] = append(v1[xorb], wireV1Fetch{Range: rg.Chunks, URL: s.xorbURL(xorbBase, xorb, fileHash, c, []wireV2Range{rg}, exp), URLRange: rg.Bytes})
 			}
 		}
 	}
@@ -228,58 +294,132 @@ func rangesParam(rs []wireV2Range) string {
 	return strings.Join(parts, ",")
 }
 
-// xorbURL is a gateway xorb URL for rs of xorb, signed for the file and
-// the worker key name (principal) the reconstruction was asked with: a
-// revoked key's URLs stop working at once, not when they expire.
-func (s *Service) xorbURL(xorbBase, xorb, fileHash, principal string, rs []wireV2Range, exp string) string {
+// xorbURL is a gateway xorb URL for rs of xorb, signed for the file, the
+// repo, revision and the worker key name (principal) the reconstruction
+// was asked with: a revoked key's URLs, or those of a repo its key no
+// longer reaches, stop working at once, not when they expire; and the
+// gateway can ask the upstream for the file again (after a restart, or
+// once its upstream URLs expired) from the URL alone.
+func (s *Service) xorbURL(xorbBase, xorb, fileHash string, c Claims, rs []wireV2Range, exp string) string {
 	rp := rangesParam(rs)
-	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, principal, rp, exp))
-	return xorbBase + "/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(principal) +
+	sig := s.signer.SignURL(xorbURLMessage(xorb, fileHash, c, rp, exp))
+	return xorbBase + "/" + xorb + "?f=" + fileHash + "&p=" + url.QueryEscape(c.Principal) +
+		"&t=" + url.QueryEscape(c.RepoType) + "&repo=" + url.QueryEscape(c.Repo) + "&v=" + url.QueryEscape(c.Rev) +
 		"&r=" + url.QueryEscape(rp) + "&exp=" + exp + "&sig=" + sig
 }
 
-func xorbURLMessage(xorb, fileHash, principal, rp, exp string) string {
-	return xorb + "\n" + fileHash + "\n" + principal + "\n" + rp + "\n" + exp
+func xorbURLMessage(xorb, fileHash string, c Claims, rp, exp string) string {
+	return strings.Join([]string{xorb, fileHash, c.Principal, c.RepoType, c.Repo, c.Rev, rp, exp}, "\n")
 }
 
-// keyRevoked reports whether principal names a worker key that is no
-// longer configured.
-func (s *Service) keyRevoked(principal string) bool {
-	return principal != "" && (s.opts.KeyKnown == nil || !s.opts.KeyKnown(principal))
+// keyDenied reports whether principal names a worker key that is no
+// longer configured, or no longer reaches repo.
+func (s *Service) keyDenied(principal, typ, repo string) bool {
+	return principal != "" && (s.opts.KeyAllows == nil || !s.opts.KeyAllows(principal, typ, repo))
 }
 
-// reconstruction returns the file's reconstruction, from memory unless
-// fresh is set (new upstream URLs after a 403).
-func (s *Service) reconstruction(ctx context.Context, c Claims, fileHash string, fresh bool) (*recon, error) {
+// storedRecon is what the index keeps of a reconstruction: its terms and,
+// per xorb, the range sets of its fetch entries. Both are immutable for a
+// file hash; the signed URLs are not, and are never kept.
+type storedRecon struct {
+	Terms   []wireTerm                 `json:"terms"`
+	Fetches map[string][][]wireV2Range `json:"fetches"`
+}
+
+func (r *recon) stored() storedRecon {
+	sr := storedRecon{Terms: r.terms, Fetches: map[string][][]wireV2Range{}}
+	for x, fs := range r.fetches {
+		for _, f := range fs {
+			sr.Fetches[x] = append(sr.Fetches[x], f.Ranges)
+		}
+	}
+	return sr
+}
+
+func (sr storedRecon) recon() *recon {
+	r := &recon{terms: sr.Terms, fetches: map[string][]wireV2Fetch{}}
+	for x, sets := range sr.Fetches {
+		for _, rs := range sets {
+			r.fetches[x] = append(r.fetches[x], wireV2Fetch{Ranges: rs})
+		}
+	}
+	return r
+}
+
+// reconstruction returns the file's reconstruction: the gateway's own copy
+// (memory, then the index: hit) or the upstream's (miss).
+func (s *Service) reconstruction(ctx context.Context, c Claims, fileHash string) (*recon, bool, error) {
+	if rec := s.knownRecon(fileHash); rec != nil {
+		return rec, true, nil
+	}
+	rec, err := s.freshRecon(ctx, c, fileHash)
+	return rec, false, err
+}
+
+// knownRecon is the reconstruction from memory or the index, nil if
+// neither has it. From the index it has no upstream URLs.
+func (s *Service) knownRecon(fileHash string) *recon {
 	s.mu.Lock()
 	rec := s.recons[fileHash]
-	s.scope[fileHash] = c
 	s.mu.Unlock()
-	if rec != nil && !fresh {
-		return rec, nil
+	if rec != nil {
+		return rec
 	}
+	b, err := s.opts.Index.Get(indexkeys.XetReconKey(fileHash))
+	if err != nil {
+		return nil
+	}
+	var sr storedRecon
+	if err := json.Unmarshal(b, &sr); err != nil || len(sr.Terms) == 0 {
+		return nil
+	}
+	rec = sr.recon()
+	s.remember(fileHash, rec)
+	return rec
+}
+
+// freshRecon asks the upstream (new signed URLs) and keeps the answer.
+func (s *Service) freshRecon(ctx context.Context, c Claims, fileHash string) (*recon, error) {
 	rec, err := s.up.reconstruct(ctx, c.RepoType, c.Repo, c.Rev, fileHash)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	s.recons[fileHash] = rec
-	s.mu.Unlock()
+	s.remember(fileHash, rec)
+	if b, err := json.Marshal(rec.stored()); err == nil {
+		if err := s.opts.Index.Set(indexkeys.XetReconKey(fileHash), b, 0); err != nil {
+			s.opts.Logger.Warn("xet: keeping a reconstruction", "file", fileHash, "err", err)
+		}
+	}
 	return rec, nil
+}
+
+// remember keeps rec in memory, forgetting an arbitrary other one when
+// the bound is reached (the index still has its terms).
+func (s *Service) remember(fileHash string, rec *recon) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.recons[fileHash]; !ok && len(s.recons) >= maxMemRecons {
+		for k := range s.recons {
+			delete(s.recons, k)
+			break
+		}
+	}
+	s.recons[fileHash] = rec
 }
 
 func (s *Service) serveXorb(w http.ResponseWriter, r *http.Request, xorb string) {
 	q := r.URL.Query()
-	fileHash, principal, rp, exp, sig := q.Get("f"), q.Get("p"), q.Get("r"), q.Get("exp"), q.Get("sig")
+	fileHash, rp, exp, sig := q.Get("f"), q.Get("r"), q.Get("exp"), q.Get("sig")
+	c := Claims{Principal: q.Get("p"), RepoType: q.Get("t"), Repo: q.Get("repo"), Rev: q.Get("v")}
 	e, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorbURLMessage(xorb, fileHash, principal, rp, exp), sig) {
+	if err != nil || time.Now().Unix() > e || !s.signer.CheckURL(xorbURLMessage(xorb, fileHash, c, rp, exp), sig) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "invalid or expired xorb URL"})
 		return
 	}
-	if s.keyRevoked(principal) {
+	if s.keyDenied(c.Principal, c.RepoType, c.Repo) {
 		// 401, not 403: a 403 makes clients ask the reconstruction again,
 		// which is refused the same way.
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the worker key of this xorb URL was revoked"})
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the worker key of this xorb URL was revoked or no longer reaches its repo"})
 		return
 	}
 	if strings.ReplaceAll(r.Header.Get("Range"), " ", "") != "bytes="+rp {
@@ -291,16 +431,41 @@ func (s *Service) serveXorb(w http.ResponseWriter, r *http.Request, xorb string)
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	parts, err := s.ranges(r.Context(), xorb, fileHash, rp, ranges)
+	parts, hit, err := s.ranges(r, xorb, fileHash, c, rp, ranges)
 	if err != nil {
 		s.opts.Logger.Warn("xet xorb", "xorb", xorb, "err", err)
-		writeJSON(w, http.StatusBadGateway, map[string]string{"error": "the xorb could not be fetched upstream"})
+		writeJSON(w, http.StatusBadGateway, map[string]string{"error": "the xorb could not be fetched upstream, or failed verification"})
 		return
 	}
+	defer closeParts(parts)
+	s.count(fileHash, parts, hit)
 	writeRanges(w, ranges, parts)
 }
 
+// count reports the bytes served to the metrics: hit or miss, and for a
+// hit the bytes of ranges fetched for another file.
+func (s *Service) count(fileHash string, parts []part, hit bool) {
+	m := s.opts.Metrics
+	var n, shared int64
+	for _, p := range parts {
+		n += p.n
+		if hit && m.SharedBytes != nil {
+			if origin, err := s.opts.Index.Get(indexkeys.XetOriginKey(p.d.Hex)); err == nil && string(origin) != fileHash {
+				shared += p.n
+			}
+		}
+	}
+	if m.XorbBytes != nil {
+		m.XorbBytes(hit, n)
+	}
+	if shared > 0 {
+		m.SharedBytes(shared)
+	}
+}
+
 type byteRange struct{ start, end int64 } // inclusive
+
+func (r byteRange) size() int64 { return r.end - r.start + 1 }
 
 func parseRanges(rp string) ([]byteRange, error) {
 	var out []byteRange
@@ -316,247 +481,371 @@ func parseRanges(rp string) ([]byteRange, error) {
 	return out, nil
 }
 
-func (s *Service) rangePath(xorb string, r byteRange) string {
-	return filepath.Join(s.opts.Dir, "xorbs", xorb[:2], xorb, fmt.Sprintf("%d-%d", r.start, r.end))
+func rangeDigest(xorb string, r byteRange) (cache.Digest, error) {
+	return cache.NewXetRangeDigest(xorb, r.start, r.end)
 }
 
-// ranges returns each range's bytes, from the store or fetched upstream
-// (once per range set, however many clients ask at the same time).
-func (s *Service) ranges(ctx context.Context, xorb, fileHash, rp string, rs []byteRange) ([][]byte, error) {
+// part is one requested range, open in the store: n bytes of blob from
+// off (a narrower range served from a stored wider one).
+type part struct {
+	blob   *cache.Blob
+	d      cache.Digest
+	off, n int64
+}
+
+func (p part) reader() io.Reader { return io.NewSectionReader(p.blob.File(), p.off, p.n) }
+
+func closeParts(parts []part) {
+	for _, p := range parts {
+		p.blob.Close()
+	}
+}
+
+// ranges opens each range in the store, fetching the range set upstream
+// first if one is missing (once however many clients ask at the same
+// time). hit reports that no fetch was needed.
+func (s *Service) ranges(r *http.Request, xorb, fileHash string, c Claims, rp string, rs []byteRange) ([]part, bool, error) {
 	if parts, ok := s.stored(xorb, rs); ok {
-		return parts, nil
+		return parts, true, nil
 	}
-	v, err, _ := s.group.Do(xorb+"|"+rp, func() (any, error) {
-		if parts, ok := s.stored(xorb, rs); ok {
-			return parts, nil
-		}
-		parts, err := s.fetch(context.WithoutCancel(ctx), xorb, fileHash, rp, rs)
-		if err != nil {
-			return nil, err
-		}
-		for i, r := range rs {
-			if err := writeAtomic(s.rangePath(xorb, r), parts[i]); err != nil {
-				return nil, err
+	// Twice at most: a range published and evicted at once (a cache
+	// smaller than what is being read) is fetched once more.
+	for attempt := 0; ; attempt++ {
+		v, err, _ := s.group.Do(xorb+"|"+rp, func() (any, error) {
+			if s.present(xorb, rs) {
+				return false, nil
 			}
+			// Detached from this client, which other clients may be
+			// waiting with; the store's fill limits (slot, deadline,
+			// stall) bound it.
+			ctx := cache.WithClient(context.WithoutCancel(r.Context()), r.RemoteAddr)
+			if err := s.fetch(ctx, xorb, fileHash, c, rs); err != nil {
+				return false, err
+			}
+			// New bytes for this file: it is checked again once complete.
+			_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
+			return s.verify(fileHash), nil
+		})
+		if err != nil {
+			return nil, false, err
 		}
-		s.verify(fileHash)
-		return parts, nil
-	})
-	if err != nil {
-		return nil, err
+		if dropped := v.(bool); dropped {
+			return nil, false, errors.New("the file failed verification: its ranges were dropped")
+		}
+		if parts, ok := s.stored(xorb, rs); ok {
+			return parts, false, nil
+		}
+		if attempt == 1 {
+			return nil, false, errors.New("the ranges were evicted as soon as they were stored")
+		}
 	}
-	return v.([][]byte), nil
 }
 
-func (s *Service) stored(xorb string, rs []byteRange) ([][]byte, bool) {
-	var parts [][]byte
+// stored opens every range of rs, or none.
+func (s *Service) stored(xorb string, rs []byteRange) ([]part, bool) {
+	var parts []part
 	for _, r := range rs {
-		b, _, err := s.readRange(xorb, r)
-		if err != nil {
+		p, ok := s.locate(xorb, r)
+		if !ok {
+			closeParts(parts)
 			return nil, false
 		}
-		parts = append(parts, b)
+		parts = append(parts, p)
 	}
 	return parts, true
 }
 
-// readRange returns r of xorb from the store and the file it came from:
-// the range stored as such, or a slice of a stored range that covers it.
-// Xorb byte offsets are absolute and xorbs immutable, so another file's
-// wider range of a shared xorb (a base model's, for its fine-tune) serves
-// a narrower one without an upstream fetch.
-func (s *Service) readRange(xorb string, r byteRange) ([]byte, string, error) {
-	want := r.end - r.start + 1
-	p := s.rangePath(xorb, r)
-	if b, err := os.ReadFile(p); err == nil && int64(len(b)) == want {
-		return b, p, nil
-	}
-	dir := filepath.Dir(p)
-	ents, err := os.ReadDir(dir)
+// locate opens r of xorb from the store: the range stored as such, or a
+// stored range that covers it. Xorb byte offsets are absolute and xorbs
+// immutable, so another file's wider range of a shared xorb (a base
+// model's, for its fine-tune) serves a narrower one without a fetch.
+func (s *Service) locate(xorb string, r byteRange) (part, bool) {
+	d, err := rangeDigest(xorb, r)
 	if err != nil {
-		return nil, "", err
+		return part{}, false
 	}
-	for _, e := range ents {
-		a, b, ok := strings.Cut(e.Name(), "-")
-		st, err1 := strconv.ParseInt(a, 10, 64)
-		en, err2 := strconv.ParseInt(b, 10, 64)
-		if !ok || err1 != nil || err2 != nil || st > r.start || en < r.end {
-			continue
+	if b, err := s.opts.Store.Open(d); err == nil {
+		if b.Size == r.size() && b.File() != nil {
+			return part{blob: b, d: d, n: r.size()}, true
 		}
-		cp := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(cp)
-		if err != nil || int64(len(data)) != en-st+1 {
-			continue
-		}
-		return data[r.start-st : r.end-st+1], cp, nil
+		b.Close()
 	}
-	return nil, "", os.ErrNotExist
+	var found part
+	ok := false
+	_ = s.opts.Store.PublishedWithPrefix(cache.XetRange, xorb, func(cd cache.Digest, size int64) error {
+		_, first, last, valid := cd.XetRangeParts()
+		if !valid || first > r.start || last < r.end || size != last-first+1 {
+			return nil
+		}
+		b, err := s.opts.Store.Open(cd)
+		if err != nil {
+			return nil
+		}
+		if b.Size != size || b.File() == nil {
+			b.Close()
+			return nil
+		}
+		found, ok = part{blob: b, d: cd, off: r.start - first, n: r.size()}, true
+		return errFound
+	})
+	return found, ok
 }
 
-// fetch gets rs of xorb upstream with the signed URL of the file's
-// reconstruction entry for exactly that range set; on a 403 (expired
-// URL) it asks the upstream for a fresh reconstruction and tries once more.
-func (s *Service) fetch(ctx context.Context, xorb, fileHash, rp string, rs []byteRange) ([][]byte, error) {
-	s.mu.Lock()
-	c, known := s.scope[fileHash]
-	s.mu.Unlock()
-	if !known {
-		return nil, errors.New("no reconstruction known for this file")
-	}
-	for attempt := 0; ; attempt++ {
-		rec, err := s.reconstruction(ctx, c, fileHash, attempt > 0)
+var errFound = errors.New("found")
+
+// present reports whether every range of rs is in the store (by the
+// index alone: nothing is opened or touched).
+func (s *Service) present(xorb string, rs []byteRange) bool {
+	for _, r := range rs {
+		d, err := rangeDigest(xorb, r)
 		if err != nil {
-			return nil, err
+			return false
 		}
-		var target string
-		for _, f := range rec.fetches[xorb] {
-			if rangesParam(f.Ranges) == rp {
-				target = f.URL
+		if s.opts.Store.Has(d) {
+			continue
+		}
+		covered := false
+		_ = s.opts.Store.PublishedWithPrefix(cache.XetRange, xorb, func(cd cache.Digest, _ int64) error {
+			if _, first, last, ok := cd.XetRangeParts(); ok && first <= r.start && last >= r.end && s.opts.Store.Has(cd) {
+				covered = true
+				return errFound
+			}
+			return nil
+		})
+		if !covered {
+			return false
+		}
+	}
+	return true
+}
+
+// fetch gets rs of xorb upstream, streamed into the store, with the
+// signed URL of the file's reconstruction entry that holds them (the
+// entry's whole range set: a signed URL serves no other); on a 403
+// (expired URL), or without a URL (a reconstruction from the index), it
+// asks the upstream for a fresh reconstruction and tries once more.
+func (s *Service) fetch(ctx context.Context, xorb, fileHash string, c Claims, rs []byteRange) error {
+	for attempt := 0; ; attempt++ {
+		var rec *recon
+		if attempt == 0 {
+			rec = s.knownRecon(fileHash)
+		}
+		if rec == nil {
+			var err error
+			if rec, err = s.freshRecon(ctx, c, fileHash); err != nil {
+				return err
 			}
 		}
-		if target == "" {
-			return nil, errors.New("no upstream entry for these ranges")
+		entry, ok := fetchEntry(rec.fetches[xorb], rs)
+		if !ok {
+			return errors.New("no upstream entry holds these ranges")
 		}
-		parts, err := getRanges(ctx, s.opts.Client, target, rp, rs)
+		if entry.URL == "" && attempt == 0 {
+			continue
+		}
+		err := s.getRanges(ctx, xorb, fileHash, entry)
 		var se *statusError
 		if errors.As(err, &se) && se.status == http.StatusForbidden && attempt == 0 {
 			continue
 		}
-		return parts, err
+		return err
 	}
 }
 
-// getRanges GETs target with Range: bytes=rp, without Authorization, and
-// splits a multipart answer into its parts.
-func getRanges(ctx context.Context, client *http.Client, target, rp string, rs []byteRange) ([][]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
-	if err != nil {
-		return nil, err
+// fetchEntry is the entry whose ranges are exactly rs, or else one that
+// holds each range of rs.
+func fetchEntry(entries []wireV2Fetch, rs []byteRange) (wireV2Fetch, bool) {
+	want := make([]wireV2Range, len(rs))
+	for i, r := range rs {
+		want[i] = wireV2Range{Bytes: wireRange{r.start, r.end}}
 	}
-	req.Header.Set("Range", "bytes="+rp)
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("upstream xorb: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusPartialContent {
-		return nil, &statusError{status: resp.StatusCode, what: "upstream xorb"}
-	}
-	if len(rs) == 1 {
-		b, err := io.ReadAll(io.LimitReader(resp.Body, rs[0].end-rs[0].start+2))
-		if err != nil {
-			return nil, fmt.Errorf("upstream xorb: %w", err)
+	for _, f := range entries {
+		if rangesParam(f.Ranges) == rangesParam(want) {
+			return f, true
 		}
-		if int64(len(b)) != rs[0].end-rs[0].start+1 {
-			return nil, errors.New("upstream xorb: short range")
-		}
-		return [][]byte{b}, nil
 	}
-	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/byteranges" {
-		return nil, errors.New("upstream xorb: multi-range answer is not multipart/byteranges")
+	for _, f := range entries {
+		all := true
+		for _, r := range rs {
+			in := false
+			for _, fr := range f.Ranges {
+				in = in || fr.Bytes.Start <= r.start && fr.Bytes.End >= r.end
+			}
+			all = all && in
+		}
+		if all {
+			return f, true
+		}
 	}
-	mr := multipart.NewReader(resp.Body, params["boundary"])
-	out := make([][]byte, 0, len(rs))
-	for i := range rs {
-		p, err := mr.NextPart()
-		if err != nil {
-			return nil, fmt.Errorf("upstream xorb part %d: %w", i, err)
-		}
-		if !strings.HasPrefix(p.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-%d/", rs[i].start, rs[i].end)) {
-			return nil, fmt.Errorf("upstream xorb part %d is %q", i, p.Header.Get("Content-Range"))
-		}
-		b, err := io.ReadAll(io.LimitReader(p, rs[i].end-rs[i].start+2))
-		if err != nil || int64(len(b)) != rs[i].end-rs[i].start+1 {
-			return nil, fmt.Errorf("upstream xorb part %d: short", i)
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return wireV2Fetch{}, false
 }
 
-// writeRanges answers 206: one range plainly, several as
-// multipart/byteranges with the parts in order.
-func writeRanges(w http.ResponseWriter, rs []byteRange, parts [][]byte) {
+// getRanges GETs the entry's URL with its ranges, without Authorization,
+// and streams each range (the parts of a multipart answer) into the store
+// under the store's fill limits; each range records the file it was
+// fetched for.
+func (s *Service) getRanges(ctx context.Context, xorb, fileHash string, entry wireV2Fetch) error {
+	rp := rangesParam(entry.Ranges)
+	rs := make([]byteRange, len(entry.Ranges))
+	ds := make([]cache.Digest, len(entry.Ranges))
+	for i, r := range entry.Ranges {
+		rs[i] = byteRange{r.Bytes.Start, r.Bytes.End}
+		d, err := rangeDigest(xorb, rs[i])
+		if err != nil {
+			return err
+		}
+		ds[i] = d
+	}
+	err := s.opts.Store.Ingest(ctx, func(ctx context.Context, put cache.PutFunc) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, entry.URL, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Range", "bytes="+rp)
+		resp, err := s.opts.Client.Do(req)
+		if err != nil {
+			return fmt.Errorf("upstream xorb: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusPartialContent {
+			return &statusError{status: resp.StatusCode, what: "upstream xorb"}
+		}
+		if len(rs) == 1 {
+			if cr := resp.Header.Get("Content-Range"); cr != "" && !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-%d/", rs[0].start, rs[0].end)) {
+				return fmt.Errorf("upstream xorb range is %q", cr)
+			}
+			return put(ds[0], rs[0].size(), resp.Body)
+		}
+		mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+		if err != nil || mt != "multipart/byteranges" {
+			return errors.New("upstream xorb: multi-range answer is not multipart/byteranges")
+		}
+		mr := multipart.NewReader(resp.Body, params["boundary"])
+		for i := range rs {
+			p, err := mr.NextPart()
+			if err != nil {
+				return fmt.Errorf("upstream xorb part %d: %w", i, err)
+			}
+			if !strings.HasPrefix(p.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-%d/", rs[i].start, rs[i].end)) {
+				return fmt.Errorf("upstream xorb part %d is %q", i, p.Header.Get("Content-Range"))
+			}
+			if err := put(ds[i], rs[i].size(), p); err != nil {
+				return fmt.Errorf("upstream xorb part %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		_ = s.opts.Index.Set(indexkeys.XetOriginKey(d.Hex), []byte(fileHash), 0) // metrics only
+	}
+	return nil
+}
+
+// writeRanges answers 206 from the store: one range plainly, several as
+// multipart/byteranges with the parts in order, streamed.
+func writeRanges(w http.ResponseWriter, rs []byteRange, parts []part) {
 	if len(rs) == 1 {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/*", rs[0].start, rs[0].end))
-		w.Header().Set("Content-Length", strconv.Itoa(len(parts[0])))
+		w.Header().Set("Content-Length", strconv.FormatInt(parts[0].n, 10))
 		w.WriteHeader(http.StatusPartialContent)
-		_, _ = w.Write(parts[0])
+		_, _ = io.Copy(w, parts[0].reader())
 		return
 	}
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	for i, r := range rs {
-		pw, _ := mw.CreatePart(textproto.MIMEHeader{
+	header := func(r byteRange) textproto.MIMEHeader {
+		return textproto.MIMEHeader{
 			"Content-Type":  {"application/octet-stream"},
 			"Content-Range": {fmt.Sprintf("bytes %d-%d/*", r.start, r.end)},
-		})
-		_, _ = pw.Write(parts[i])
+		}
+	}
+	// The length first, from the same multipart framing without the bodies.
+	cw := &countWriter{}
+	mw := multipart.NewWriter(cw)
+	for i, r := range rs {
+		_, _ = mw.CreatePart(header(r))
+		cw.n += parts[i].n
 	}
 	_ = mw.Close()
-	w.Header().Set("Content-Type", "multipart/byteranges; boundary="+mw.Boundary())
-	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	boundary := mw.Boundary()
+	w.Header().Set("Content-Type", "multipart/byteranges; boundary="+boundary)
+	w.Header().Set("Content-Length", strconv.FormatInt(cw.n, 10))
 	w.WriteHeader(http.StatusPartialContent)
-	_, _ = w.Write(buf.Bytes())
+	mw = multipart.NewWriter(w)
+	_ = mw.SetBoundary(boundary)
+	for i, r := range rs {
+		pw, err := mw.CreatePart(header(r))
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(pw, parts[i].reader()); err != nil {
+			return
+		}
+	}
+	_ = mw.Close()
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
 }
 
 // verify checks a file once every range its reconstruction needs is
 // stored: the chunks' hashes must give the file hash (xet-core's
-// definition). A match records the file as verified; a mismatch drops the
-// file's ranges, so the next request fetches them again. Until then the
-// ranges are provisional: served to Xet clients as the upstream would have,
-// and never used for anything else.
-func (s *Service) verify(fileHash string) {
-	s.mu.Lock()
-	rec := s.recons[fileHash]
-	s.mu.Unlock()
+// definition), chunks of every compression scheme decoded one at a time.
+// A match records the file as verified; a mismatch drops the file's
+// ranges, so the next request fetches them again. Until then the ranges
+// are provisional: served to Xet clients as the upstream would have, and
+// never used for anything else.
+// It reports whether the ranges were dropped.
+func (s *Service) verify(fileHash string) bool {
+	v, _, _ := s.checks.Do(fileHash, func() (any, error) {
+		return s.check(fileHash), nil
+	})
+	return v.(bool)
+}
+
+func (s *Service) check(fileHash string) (dropped bool) {
+	rec := s.knownRecon(fileHash)
 	if rec == nil || s.Verified(fileHash) {
-		return
+		return false
 	}
-	// First only whether every range is there (a stat each): verify runs
-	// after every range fetch, and must not read a file's ranges again and
-	// again while they arrive.
+	// First only whether every range is there (the index alone): verify
+	// runs after every range fetch, and must not read a file's ranges
+	// again and again while they arrive.
 	for xorb, fetches := range rec.fetches {
 		for _, f := range fetches {
 			for _, rg := range f.Ranges {
-				if !s.hasRange(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End}) {
-					return // not all there yet
+				if !s.present(xorb, []byteRange{{rg.Bytes.Start, rg.Bytes.End}}) {
+					return false
 				}
 			}
 		}
 	}
-	// Then one range in memory at a time, keeping only its chunks' hashes:
-	// a file of many GB is verified in the memory of one range.
+	// Then one chunk in memory at a time, keeping only the chunks' hashes.
 	type span struct {
 		first int64
 		nodes []xethash.Node
 	}
 	spans := map[string][]span{}
-	var paths []string
+	var used []cache.Digest
 	for xorb, fetches := range rec.fetches {
 		for _, f := range fetches {
 			for _, rg := range f.Ranges {
-				b, p, err := s.readRange(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
-				if err != nil {
-					return
+				p, ok := s.locate(xorb, byteRange{rg.Bytes.Start, rg.Bytes.End})
+				if !ok {
+					return false // evicted meanwhile: fetched again when asked
 				}
-				paths = append(paths, p)
-				chunks, err := decodeChunks(b)
-				if errors.Is(err, errCompressed) {
-					// Not checkable here (no LZ4 decoder yet): the ranges
-					// stay provisional, served only as the upstream would
-					// have served them, and are not fetched again.
-					return
-				}
-				if err != nil || int64(len(chunks)) != rg.Chunks.End-rg.Chunks.Start {
-					s.drop(fileHash, paths)
-					return
-				}
-				nodes := make([]xethash.Node, len(chunks))
-				for i, c := range chunks {
-					nodes[i] = xethash.Node{Hash: xethash.Chunk(c), Size: uint64(len(c))}
+				used = append(used, p.d)
+				nodes, err := chunkNodes(p.reader())
+				p.blob.Close()
+				if err != nil || int64(len(nodes)) != rg.Chunks.End-rg.Chunks.Start {
+					s.drop(fileHash, used)
+					return true
 				}
 				spans[xorb] = append(spans[xorb], span{rg.Chunks.Start, nodes})
 			}
@@ -573,101 +862,105 @@ func (s *Service) verify(fileHash string) {
 				}
 			}
 			if !found {
-				return
+				return false
 			}
 		}
 	}
 	if xethash.File(nodes).String() != fileHash {
-		s.drop(fileHash, paths)
-		return
-	}
-	_ = writeAtomic(filepath.Join(s.opts.Dir, "verified", fileHash), nil)
-}
-
-// hasRange reports whether readRange would find r of xorb, by the sizes
-// of the stored files alone.
-func (s *Service) hasRange(xorb string, r byteRange) bool {
-	p := s.rangePath(xorb, r)
-	if fi, err := os.Stat(p); err == nil && fi.Size() == r.end-r.start+1 {
+		s.drop(fileHash, used)
 		return true
 	}
-	ents, err := os.ReadDir(filepath.Dir(p))
-	if err != nil {
-		return false
-	}
-	for _, e := range ents {
-		a, b, ok := strings.Cut(e.Name(), "-")
-		st, err1 := strconv.ParseInt(a, 10, 64)
-		en, err2 := strconv.ParseInt(b, 10, 64)
-		if !ok || err1 != nil || err2 != nil || st > r.start || en < r.end {
-			continue
-		}
-		if fi, err := e.Info(); err == nil && fi.Size() == en-st+1 {
-			return true
-		}
+	if err := s.opts.Index.Set(indexkeys.XetVerifiedKey(fileHash), []byte(strconv.FormatInt(time.Now().Unix(), 10)), 0); err != nil {
+		s.opts.Logger.Warn("xet: recording a verified file", "file", fileHash, "err", err)
 	}
 	return false
 }
 
-func (s *Service) drop(fileHash string, paths []string) {
+// chunkNodes hashes the chunks of xorb bytes, decoding one at a time.
+func chunkNodes(r io.Reader) ([]xethash.Node, error) {
+	cr := xetchunk.NewReader(r)
+	var nodes []xethash.Node
+	for {
+		c, err := cr.Next()
+		if err == io.EOF {
+			return nodes, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, xethash.Node{Hash: xethash.Chunk(c), Size: uint64(len(c))})
+	}
+}
+
+// drop removes a file's ranges that failed verification (once their
+// readers are done), so that the next request fetches them again.
+func (s *Service) drop(fileHash string, ds []cache.Digest) {
 	s.opts.Logger.Warn("xet file failed verification: dropping its xorb ranges", "file", fileHash)
-	for _, p := range paths {
-		_ = os.Remove(p)
+	ctx, cancel := context.WithTimeout(context.Background(), dropTimeout)
+	defer cancel()
+	for _, d := range ds {
+		if _, err := s.opts.Store.Remove(ctx, d); err != nil {
+			s.opts.Logger.Warn("xet: dropping a range that failed verification", "range", d.String(), "err", err)
+		}
+		_ = s.opts.Index.Delete(indexkeys.XetOriginKey(d.Hex))
 	}
+	_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
 }
 
-// Verified reports whether every range of the file was checked against
-// its Xet hash.
+// Verified reports whether the file's ranges were checked against its Xet
+// hash and are all still in the store: once one is evicted the file is
+// no longer verified, and the range fetched again is checked again.
 func (s *Service) Verified(fileHash string) bool {
-	_, err := os.Stat(filepath.Join(s.opts.Dir, "verified", fileHash))
-	return err == nil
+	if _, err := s.opts.Index.Get(indexkeys.XetVerifiedKey(fileHash)); err != nil {
+		return false
+	}
+	rec := s.knownRecon(fileHash)
+	if rec == nil {
+		return false
+	}
+	for xorb, fetches := range rec.fetches {
+		for _, f := range fetches {
+			for _, rg := range f.Ranges {
+				if !s.present(xorb, []byteRange{{rg.Bytes.Start, rg.Bytes.End}}) {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
-// decodeChunks splits xorb bytes into chunk payloads behind their 8-byte
-// headers. Only uncompressed chunks (scheme 0) can be hashed here; LZ4 and
-// byte-grouped LZ4 chunks make the file unverifiable (it stays provisional).
-// errCompressed: a chunk is LZ4 or byte-grouped LZ4, which this gateway
-// cannot decode yet, so its file cannot be verified here.
-var errCompressed = errors.New("compressed chunk")
-
-func decodeChunks(b []byte) ([][]byte, error) {
-	var out [][]byte
-	for len(b) > 0 {
-		if len(b) < 8 || b[0] != 0 {
-			return nil, errors.New("bad chunk header")
+// RangesOf returns the stored ranges that hold the files' bytes (each
+// range of their reconstructions as stored, or the wider range covering
+// it), from the index alone: what pinning those files keeps from
+// eviction. A file whose reconstruction the gateway does not have pins
+// nothing yet.
+func (s *Service) RangesOf(fileHashes map[string]bool) map[cache.Digest]bool {
+	out := map[cache.Digest]bool{}
+	for fh := range fileHashes {
+		rec := s.knownRecon(fh)
+		if rec == nil {
+			continue
 		}
-		clen := int(b[1]) | int(b[2])<<8 | int(b[3])<<16
-		ulen := int(b[5]) | int(b[6])<<8 | int(b[7])<<16
-		if b[4] != 0 {
-			return nil, errCompressed
+		for xorb, fetches := range rec.fetches {
+			for _, f := range fetches {
+				for _, rg := range f.Ranges {
+					r := byteRange{rg.Bytes.Start, rg.Bytes.End}
+					if d, err := rangeDigest(xorb, r); err == nil && s.opts.Store.Has(d) {
+						out[d] = true
+						continue
+					}
+					_ = s.opts.Store.PublishedWithPrefix(cache.XetRange, xorb, func(cd cache.Digest, _ int64) error {
+						if _, first, last, ok := cd.XetRangeParts(); ok && first <= r.start && last >= r.end {
+							out[cd] = true
+						}
+						return nil
+					})
+				}
+			}
 		}
-		if clen != ulen || len(b) < 8+clen {
-			return nil, errors.New("bad chunk")
-		}
-		out = append(out, b[8:8+clen])
-		b = b[8+clen:]
 	}
-	return out, nil
-}
-
-func writeAtomic(p string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

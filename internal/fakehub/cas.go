@@ -20,8 +20,9 @@ package fakehub
 // client cuts content-defined chunks of 8-128 KiB; any cut is valid for the
 // hashes), chunks are deduplicated across every file the fake holds, and
 // new chunks are packed into xorbs of at most XetXorbChunks chunks, so two
-// files sharing content share xorbs. Chunks are stored uncompressed (scheme
-// 0) behind xet-core's 8-byte chunk header. Chunk, xorb and file hashes are
+// files sharing content share xorbs. Chunks are stored behind xet-core's
+// 8-byte chunk header, uncompressed (scheme 0) unless SetXetCompression
+// chose LZ4 (1) or byte-grouped LZ4 (2) for the files added after it. Chunk, xorb and file hashes are
 // xet-core's (package xethash). Xorbs carry no footer: clients only ever
 // fetch chunk ranges.
 
@@ -37,6 +38,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelgate/modelgate/xet/xetchunk"
 	"github.com/modelgate/modelgate/xet/xethash"
 )
 
@@ -117,6 +119,7 @@ type casState struct {
 	files   map[string]*casFile
 	tokens  map[string]casToken
 	signGen int
+	scheme  xetchunk.Scheme // compression of the chunks packed from now on
 }
 
 func newCASState() casState {
@@ -146,9 +149,12 @@ func (h *Hub) casAddFile(repo string, f *fileState) {
 		var nodes []xethash.Node
 		for _, c := range group {
 			x.offsets = append(x.offsets, len(x.data))
-			hd := ChunkHeader(len(c.data), len(c.data), 0)
-			x.data = append(x.data, hd[:]...)
-			x.data = append(x.data, c.data...)
+			hd, stored, err := xetchunk.Encode(c.data, h.cas.scheme)
+			if err != nil {
+				panic("fakehub: " + err.Error()) // chunks are XetChunkSize: cannot fail
+			}
+			x.data = xetchunk.AppendHeader(x.data, hd)
+			x.data = append(x.data, stored...)
 			nodes = append(nodes, xethash.Node{Hash: c.hash, Size: uint64(len(c.data))})
 		}
 		x.offsets = append(x.offsets, len(x.data))
@@ -169,6 +175,16 @@ func (h *Hub) casAddFile(repo string, f *fileState) {
 		cf.terms = append(cf.terms, casTerm{xorb: loc.xorb, start: loc.index, end: loc.index + 1, unpacked: len(c.data)})
 	}
 	h.cas.files[f.xetHash] = cf
+}
+
+// SetXetCompression makes the chunks of the Xet files added from now on
+// stored under scheme (xetchunk.LZ4 or xetchunk.ByteGrouping4LZ4; None is
+// the default), as xet-core stores compressible chunks. Chunks already
+// packed keep theirs.
+func (h *Hub) SetXetCompression(scheme xetchunk.Scheme) {
+	h.mu.Lock()
+	h.cas.scheme = scheme
+	h.mu.Unlock()
 }
 
 // CASURL is the fake CAS's base URL (the casUrl of its Xet tokens):
@@ -215,6 +231,10 @@ func (h *Hub) ExpireXorbURLs() {
 	defer h.mu.Unlock()
 	h.cas.signGen++
 }
+
+// ThrottleXorb slows the bodies of xorb's answers to bytesPerSec (0: no
+// limit).
+func (h *Hub) ThrottleXorb(xorb string, bytesPerSec int) { h.xorbFaults.Throttle(xorb, bytesPerSec) }
 
 // CorruptXorb makes the CAS serve xorb with its tail corrupted.
 func (h *Hub) CorruptXorb(xorb string, on bool) { h.xorbFaults.Corrupt(xorb, on) }

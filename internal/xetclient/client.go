@@ -5,7 +5,7 @@
 // Authorization (several ranges in one multi-range request), chunks decoded
 // behind their 8-byte headers, terms reassembled — and re-queries the
 // reconstruction once when a xorb URL answers 403, as the real clients do.
-// Only uncompressed chunks (scheme 0) are decoded.
+// Chunks of every compression scheme are decoded (xet/xetchunk).
 package xetclient
 
 import (
@@ -19,6 +19,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/modelgate/modelgate/xet/xetchunk"
 )
 
 // Token is the xet-read-token answer.
@@ -299,27 +301,6 @@ func (c *Client) fetch(f Fetch) ([][]byte, error) {
 	return out, nil
 }
 
-// DecodeChunks splits xorb bytes into chunk payloads, checking each 8-byte
-// header; only scheme 0 (no compression) is supported.
-func DecodeChunks(b []byte) ([][]byte, error) {
-	var out [][]byte
-	for len(b) > 0 {
-		if len(b) < 8 {
-			return nil, errors.New("truncated chunk header")
-		}
-		if b[0] != 0 {
-			return nil, fmt.Errorf("chunk header version %d", b[0])
-		}
-		clen := int(b[1]) | int(b[2])<<8 | int(b[3])<<16
-		ulen := int(b[5]) | int(b[6])<<8 | int(b[7])<<16
-		if b[4] != 0 {
-			return nil, fmt.Errorf("compression scheme %d not supported", b[4])
-		}
-		if clen != ulen || len(b) < 8+clen {
-			return nil, errors.New("bad chunk lengths")
-		}
-		out = append(out, b[8:8+clen])
-		b = b[8+clen:]
-	}
-	return out, nil
-}
+// DecodeChunks splits xorb bytes into their chunks' uncompressed bytes,
+// checking each 8-byte header (schemes 0, 1 and 2, as hf_xet decodes them).
+func DecodeChunks(b []byte) ([][]byte, error) { return xetchunk.DecodeAll(b) }
