@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -73,4 +78,41 @@ func TestXetIsNotAdvertisedInProxyModeWhenTheCASHostsAreNotIntercepted(t *testin
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, f.base, body)
 	assert.False(t, strings.Contains(string(rec.bytes()), "mgx1."), "no gateway Xet token handed out")
+}
+
+// A port spelled with leading zeros ("08080") is the same port to the
+// dialler: with private targets allowed, a worker must not reach the
+// gateway's own listener through a tunnel or a relayed request that way,
+// where it would arrive from loopback: the admin API's network.
+func TestAZeroPaddedPortDoesNotReachTheGatewayItself(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	g := startGateway(t, tr.hub, func(c *config.Config) {
+		c.Proxy.AllowPrivateTargets = true
+		// The worker (127.0.0.2) stands for a LAN client: the admin API
+		// answers the gateway's own host only.
+		c.Admin.Allow = config.MustNetworks("127.0.0.1/32")
+	})
+	host, port, err := net.SplitHostPort(g.Addr)
+	require.NoError(t, err)
+	for _, p := range []string{port, "0" + port, "000" + port} {
+		assert.Equal(t, "403", connectFrom(t, g, "127.0.0.2", net.JoinHostPort(host, p)), "CONNECT to port %s", p)
+	}
+
+	get := func(target string) string {
+		t.Helper()
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+		conn, err := d.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+		require.NoError(t, err)
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target, host)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		return strconv.Itoa(resp.StatusCode)
+	}
+	assert.Equal(t, "403", get("/admin/v1/status"), "the admin API is not open to 127.0.0.2")
+	for _, p := range []string{port, "0" + port} {
+		assert.Equal(t, "403", get("http://"+net.JoinHostPort(host, p)+"/admin/v1/status"), "relayed to port %s", p)
+	}
 }
