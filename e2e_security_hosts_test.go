@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/modelgate/modelgate/clientauth"
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hostmatch"
 	"github.com/modelgate/modelgate/internal/fakehub"
@@ -115,4 +118,119 @@ func TestAZeroPaddedPortDoesNotReachTheGatewayItself(t *testing.T) {
 	for _, p := range []string{port, "0" + port} {
 		assert.Equal(t, "403", get("http://"+net.JoinHostPort(host, p)+"/admin/v1/status"), "relayed to port %s", p)
 	}
+}
+
+// Who reaches the intercepted Xet CAS and transfer hosts in proxy mode,
+// and what a gateway Xet token opens there: a worker without a key gets
+// no further than the edge; a key without the huggingface scope is
+// refused whatever token it carries; a key whose repo patterns exclude a
+// repo gets no token for it; and a token (mirror- or proxy-issued) opens
+// only its own repo's files in either mode, as a signed xorb URL opens
+// only what was signed.
+func TestXetHostsInProxyModeOnlyOpenWhatTheKeyAndTokenAllow(t *testing.T) {
+	civOnly, civOnlySHA, err := clientauth.Generate()
+	require.NoError(t, err)
+	tunedOnly, tunedOnlySHA, err := clientauth.Generate()
+	require.NoError(t, err)
+	f := newXetFixtureOn(t, "serve", fakehub.Options{Token: operatorToken, PublicNames: true}, func(c *config.Config) {
+		c.Clients.Keys = append(c.Clients.Keys,
+			config.ClientKey{Name: "civ-only", KeySHA256: civOnlySHA, Scopes: []string{"civitai"}},
+			config.ClientKey{Name: "tuned-only", KeySHA256: tunedOnlySHA, Repos: []string{"org/tuned"}})
+	})
+	f.g.addSecrets(civOnly, tunedOnly)
+	w1, w1Rec := f.proxyHTTP(t, f.w1)
+	discover := func(pc *http.Client, path string) (string, map[string]string) {
+		t.Helper()
+		resp, err := pc.Head("https://" + hubHost + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return resp.Header.Get("X-Xet-Hash"), xetLinks(resp.Header)
+	}
+	baseHash, baseLinks := discover(w1, "/org/base/resolve/main/model.bin")
+	tunedHash, tunedLinks := discover(w1, "/org/tuned/resolve/main/model.bin")
+	require.Len(t, baseHash, 64)
+	c := &xetclient.Client{HTTP: w1}
+	baseTok, err := c.GetToken(baseLinks["xet-auth"])
+	require.NoError(t, err)
+	rec, err := c.Reconstruct(baseTok.CasURL, baseTok.AccessToken, baseHash)
+	require.NoError(t, err, "the rightful use works")
+
+	status := func(err error) int {
+		t.Helper()
+		var se *xetclient.StatusError
+		if errors.As(err, &se) {
+			return se.Status
+		}
+		require.Error(t, err)
+		return 0 // refused before any HTTP answer (the CONNECT)
+	}
+
+	// No key: the CONNECT is refused (require_key: all), in either form.
+	anon, _ := f.proxyHTTP(t, "")
+	anon.Transport.(*fullRecorder).rt.(*recordingTransport).rt.(*http.Transport).Proxy = http.ProxyURL(mustURL(t, f.g.URL))
+	_, err = (&xetclient.Client{HTTP: anon}).Reconstruct(baseTok.CasURL, baseTok.AccessToken, baseHash)
+	assert.NotEqual(t, http.StatusOK, status(err), "no key, no CAS")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+fakehub.CASHost+"/v1/reconstructions/"+baseHash, nil)
+	req.Header.Set("Authorization", "Bearer "+baseTok.AccessToken)
+	resp, err := anon.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusProxyAuthRequired, resp.StatusCode, "no key, no plain-HTTP CAS either")
+
+	// A key without the huggingface scope, with a valid token in hand.
+	civ, _ := f.proxyHTTP(t, civOnly)
+	_, err = (&xetclient.Client{HTTP: civ}).Reconstruct(baseTok.CasURL, baseTok.AccessToken, baseHash)
+	assert.Equal(t, http.StatusForbidden, status(err), "a key without the huggingface scope")
+	for _, fetches := range rec.Xorbs {
+		resp, err := civ.Get(fetches[0].URL)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode, "nor a signed xorb URL")
+		break
+	}
+
+	// A key limited to org/tuned gets no token for org/base.
+	tuned, _ := f.proxyHTTP(t, tunedOnly)
+	_, err = (&xetclient.Client{HTTP: tuned}).GetToken(baseLinks["xet-auth"])
+	assert.Equal(t, http.StatusForbidden, status(err), "no token for a repo the key may not read")
+
+	// Tokens open their own repo only, whichever mode issued them and
+	// whichever mode they are presented in.
+	tunedTok, err := c.GetToken(tunedLinks["xet-auth"])
+	require.NoError(t, err)
+	_, err = c.Reconstruct(tunedTok.CasURL, tunedTok.AccessToken, baseHash)
+	assert.Equal(t, http.StatusForbidden, status(err), "a proxy-mode token for org/tuned on org/base's file")
+	mirrorTuned, err := f.xetClient(f.w1).GetToken(f.g.URL + "/api/models/org/tuned/xet-read-token/main")
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(mirrorTuned.CasURL, f.g.URL), mirrorTuned.CasURL)
+	_, err = c.Reconstruct(baseTok.CasURL, mirrorTuned.AccessToken, baseHash)
+	assert.Equal(t, http.StatusForbidden, status(err), "a mirror-mode token for org/tuned on org/base's file, in proxy mode")
+	_, err = f.xetClient(f.w1).Reconstruct(mirrorTuned.CasURL, baseTok.AccessToken, tunedHash)
+	assert.Equal(t, http.StatusForbidden, status(err), "a proxy-mode token for org/base on org/tuned's file, in mirror mode")
+
+	// A signed xorb URL with its principal or file changed is refused.
+	for _, fetches := range rec.Xorbs {
+		for _, change := range []struct{ param, value string }{{"p", "w2"}, {"f", tunedHash}} {
+			u := mustURL(t, fetches[0].URL)
+			q := u.Query()
+			q.Set(change.param, change.value)
+			u.RawQuery = q.Encode()
+			req, _ := http.NewRequest(http.MethodGet, u.String(), nil)
+			req.Header.Set("Range", "bytes="+q.Get("r"))
+			resp, err := w1.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusForbidden, resp.StatusCode, "xorb URL with %s changed", change.param)
+		}
+		break
+	}
+	assertNoLeak(t, "Xet worker traffic", w1Rec.bytes(), append(f.hub.XetTokens(), operatorToken)...)
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	require.NoError(t, err)
+	return u
 }
