@@ -234,3 +234,76 @@ func mustURL(t *testing.T, s string) *url.URL {
 	require.NoError(t, err)
 	return u
 }
+
+// Inside an interception the CONNECT target decides which handler
+// answers, not the Host header the worker writes: a token route sent to
+// the CAS host is no token route, a CAS route sent to the Hub host is no
+// CAS route, and the gateway's Xet token a worker put on it goes nowhere.
+// Links in answers never name a Host header either: in proxy mode they name
+// the Hub's own hosts; in mirror mode the host a worker wrote reaches that
+// worker only, never another's answer.
+func TestXetRoutingAndLinksIgnoreTheHostHeader(t *testing.T) {
+	f := newXetFixtureOn(t, "serve", fakehub.Options{Token: operatorToken, PublicNames: true})
+	w1, _ := f.proxyHTTP(t, f.w1)
+	resp, err := w1.Head("https://" + hubHost + "/org/base/resolve/main/model.bin")
+	require.NoError(t, err)
+	resp.Body.Close()
+	hash := resp.Header.Get("X-Xet-Hash")
+	require.Len(t, hash, 64)
+	tok, err := (&xetclient.Client{HTTP: w1}).GetToken(xetLinks(resp.Header)["xet-auth"])
+	require.NoError(t, err)
+
+	do := func(target, host string, hdr http.Header) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, target, nil)
+		req.Host = host // CONNECT goes to the URL's host; Host names another
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := w1.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body)
+	}
+	code, body := do("https://"+fakehub.CASHost+"/api/models/org/base/xet-read-token/main", hubHost, nil)
+	assert.Equal(t, http.StatusNotFound, code, body)
+	assert.NotContains(t, body, "mgx1.", "no token from the CAS host")
+	code, body = do("https://"+hubHost+"/v1/reconstructions/"+hash, fakehub.CASHost, http.Header{"Authorization": {"Bearer " + tok.AccessToken}})
+	assert.NotEqual(t, http.StatusOK, code, body)
+	assert.NotContains(t, body, "xorbs", "no reconstruction from the Hub host")
+	for _, r := range f.hub.Requests() {
+		assert.NotContains(t, r.Header.Get("Authorization"), "mgx1.", "a gateway Xet token went upstream (%s %s%s)", r.Server, r.Host, r.RequestURI)
+	}
+
+	// Mirror mode: a worker writing Host: evil.test gets links to
+	// evil.test, its own doing; the next worker's answer is its own.
+	mirror := func(key, host, path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodHead, f.g.URL+path, nil)
+		req.Host = host
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := f.client().Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp
+	}
+	gwHost := strings.TrimPrefix(f.g.URL, "http://")
+	for i := 0; i < 2; i++ { // the second round is answered from the index
+		resp := mirror(f.w1, "evil.test", "/org/base/resolve/main/model.bin")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.NotEmpty(t, xetLinks(resp.Header))
+		resp = mirror(f.w2, gwHost, "/org/base/resolve/main/model.bin")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		for rel, u := range xetLinks(resp.Header) {
+			assert.True(t, strings.HasPrefix(u, f.g.URL+"/"), "%s names the gateway the worker used: %s", rel, u)
+		}
+		resp, err := w1.Head("https://" + hubHost + "/org/base/resolve/main/model.bin")
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, "https://"+fakehub.CASHost+"/v1/reconstructions/"+hash, xetLinks(resp.Header)["xet-reconstruction-info"])
+	}
+	tok2, err := f.xetClient(f.w2).GetToken(f.g.URL + "/api/models/org/base/xet-read-token/main")
+	require.NoError(t, err)
+	assert.Equal(t, f.g.URL+"/xet/cas", tok2.CasURL)
+}
