@@ -307,3 +307,34 @@ func TestXetRoutingAndLinksIgnoreTheHostHeader(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, f.g.URL+"/xet/cas", tok2.CasURL)
 }
+
+// Under require_key: gated a worker without a key passes the edge in proxy
+// mode but is served anonymously: no Xet hints, no gateway Xet token, and
+// the intercepted CAS host answers it nothing without one.
+func TestXetInProxyModeUnderGatedGivesAKeylessWorkerNothing(t *testing.T) {
+	f := newXetFixtureOn(t, "serve", fakehub.Options{Token: operatorToken, PublicNames: true}, func(c *config.Config) {
+		c.Clients.RequireKey = "gated"
+	})
+	anon, rec := f.proxyHTTP(t, "")
+	anon.Transport.(*fullRecorder).rt.(*recordingTransport).rt.(*http.Transport).Proxy = http.ProxyURL(mustURL(t, f.g.URL))
+	w1, _ := f.proxyHTTP(t, f.w1)
+	resp, err := w1.Head("https://" + hubHost + "/org/base/resolve/main/model.bin")
+	require.NoError(t, err)
+	resp.Body.Close()
+	hash := resp.Header.Get("X-Xet-Hash")
+	require.Len(t, hash, 64, "a keyed worker is served Xet")
+
+	resp, err = anon.Head("https://" + hubHost + "/org/base/resolve/main/model.bin")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Empty(t, resp.Header.Get("X-Xet-Hash"))
+	assert.Empty(t, xetLinks(resp.Header))
+	_, err = (&xetclient.Client{HTTP: anon}).GetToken("https://" + hubHost + "/api/models/org/base/xet-read-token/main")
+	var se *xetclient.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusForbidden, se.Status, "no gateway token for a keyless worker")
+	_, err = (&xetclient.Client{HTTP: anon}).Reconstruct("https://"+fakehub.CASHost, "", hash)
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusUnauthorized, se.Status)
+	assert.NotContains(t, string(rec.bytes()), "mgx1.")
+}
