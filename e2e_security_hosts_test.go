@@ -338,3 +338,47 @@ func TestXetInProxyModeUnderGatedGivesAKeylessWorkerNothing(t *testing.T) {
 	assert.Equal(t, http.StatusUnauthorized, se.Status)
 	assert.NotContains(t, string(rec.bytes()), "mgx1.")
 }
+
+// upstream.resolve applies to a worker's tunnels too, and the CONNECT's
+// pre-check and the tunnel's dial see the same override target under every
+// spelling of the name and port: a private target is refused before the
+// CONNECT is answered unless private targets are allowed, and then the
+// override's target, never the name's DNS, is what the tunnel reaches.
+func TestTunnelsToAnOverriddenNameMeetTheGuardAtItsTarget(t *testing.T) {
+	tr := newTestHub(t, 1<<10)
+	origin, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer origin.Close()
+	accepted := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := origin.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	const name = "tunnel-target.test"
+	override := func(c *config.Config) {
+		c.Upstream.Resolve = config.Resolve{name + ":443": origin.Addr().String()}
+	}
+	spellings := []string{name + ":443", "TUNNEL-Target.test:443", name + ".:443", name + ":0443"}
+
+	strict := startGateway(t, tr.hub, override)
+	for _, target := range spellings {
+		assert.Equal(t, "403", connectFrom(t, strict, "127.0.0.1", target), "%s: the private target is refused up front", target)
+	}
+	assert.Empty(t, accepted, "nothing reached the target")
+
+	lax := startGateway(t, tr.hub, func(c *config.Config) { override(c); c.Proxy.AllowPrivateTargets = true })
+	for _, target := range spellings {
+		assert.Equal(t, "200", connectFrom(t, lax, "127.0.0.1", target), target)
+		select {
+		case <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the tunnel did not reach the override's target", target)
+		}
+	}
+}
