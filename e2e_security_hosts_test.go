@@ -81,6 +81,7 @@ func TestXetIsNotAdvertisedInProxyModeWhenTheCASHostsAreNotIntercepted(t *testin
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, f.base, body)
 	assert.False(t, strings.Contains(string(rec.bytes()), "mgx1."), "no gateway Xet token handed out")
+	assertNoSecretsLeaked(t, f.g, f.hub, true)
 }
 
 // A port spelled with leading zeros ("08080") is the same port to the
@@ -118,6 +119,7 @@ func TestAZeroPaddedPortDoesNotReachTheGatewayItself(t *testing.T) {
 	for _, p := range []string{port, "0" + port} {
 		assert.Equal(t, "403", get("http://"+net.JoinHostPort(host, p)+"/admin/v1/status"), "relayed to port %s", p)
 	}
+	assertNoSecretsLeaked(t, g, tr.hub, true)
 }
 
 // Who reaches the intercepted Xet CAS and transfer hosts in proxy mode,
@@ -226,6 +228,7 @@ func TestXetHostsInProxyModeOnlyOpenWhatTheKeyAndTokenAllow(t *testing.T) {
 		break
 	}
 	assertNoLeak(t, "Xet worker traffic", w1Rec.bytes(), append(f.hub.XetTokens(), operatorToken)...)
+	assertNoSecretsLeaked(t, f.g, f.hub, true)
 }
 
 func mustURL(t *testing.T, s string) *url.URL {
@@ -306,6 +309,7 @@ func TestXetRoutingAndLinksIgnoreTheHostHeader(t *testing.T) {
 	tok2, err := f.xetClient(f.w2).GetToken(f.g.URL + "/api/models/org/base/xet-read-token/main")
 	require.NoError(t, err)
 	assert.Equal(t, f.g.URL+"/xet/cas", tok2.CasURL)
+	assertNoSecretsLeaked(t, f.g, f.hub, true)
 }
 
 // Under require_key: gated a worker without a key passes the edge in proxy
@@ -337,6 +341,7 @@ func TestXetInProxyModeUnderGatedGivesAKeylessWorkerNothing(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusUnauthorized, se.Status)
 	assert.NotContains(t, string(rec.bytes()), "mgx1.")
+	assertNoSecretsLeaked(t, f.g, f.hub, true)
 }
 
 // upstream.resolve applies to a worker's tunnels too, and the CONNECT's
@@ -381,4 +386,6 @@ func TestTunnelsToAnOverriddenNameMeetTheGuardAtItsTarget(t *testing.T) {
 			t.Fatalf("%s: the tunnel did not reach the override's target", target)
 		}
 	}
+	assertNoSecretsLeaked(t, strict, tr.hub, true)
+	assertNoSecretsLeaked(t, lax, tr.hub, true)
 }
