@@ -90,7 +90,7 @@ func newXetFixture(t *testing.T, mode config.XetMode) *xetFixture {
 
 // newXetFixtureOn is newXetFixture with the fake Hub's options (say, its
 // CDN and CAS under their public names).
-func newXetFixtureOn(t *testing.T, mode config.XetMode, opts fakehub.Options) *xetFixture {
+func newXetFixtureOn(t *testing.T, mode config.XetMode, opts fakehub.Options, more ...func(*config.Config)) *xetFixture {
 	t.Helper()
 	f := &xetFixture{hub: fakehub.New(t, opts), rec: &fullRecorder{rt: &http.Transport{DisableCompression: true}}}
 	f.base = fakehub.RandomData(70, 19*fakehub.XetChunkSize+77)
@@ -120,6 +120,9 @@ func newXetFixtureOn(t *testing.T, mode config.XetMode, opts fakehub.Options) *x
 		c.HuggingFace.Xet = mode
 		c.Clients.RequireKey = "all"
 		c.Clients.Keys = []config.ClientKey{{Name: "w1", KeySHA256: w1SHA}, {Name: "w2", KeySHA256: w2SHA}}
+		for _, m := range more {
+			m(c)
+		}
 		cfg = *c
 	}
 	reload := func() (config.Config, error) {

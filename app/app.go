@@ -429,6 +429,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 		rangesOf := svc.RangesOf
 		xetRanges.Store(&rangesOf)
 		mirror.XetPolicy = hfhub.XetPolicy{Mode: string(cfg.HuggingFace.Xet), MinSize: int64(cfg.HuggingFace.XetMinSize)}
+		mirror.XetIntercepted = interceptsAll(cfg.MITM.Hosts, hfhub.XetHosts, "443")
 		// Before the worker key check, like the probes: the reconstruction
 		// route authenticates with the gateway's Xet token (bound to a key
 		// name, refused once that key is revoked) and the xorb route with

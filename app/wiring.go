@@ -24,6 +24,7 @@ import (
 	"github.com/modelgate/modelgate/config"
 	"github.com/modelgate/modelgate/hfhub"
 	"github.com/modelgate/modelgate/hfmirror"
+	"github.com/modelgate/modelgate/hostmatch"
 	"github.com/modelgate/modelgate/metrics"
 	"github.com/modelgate/modelgate/mitmca"
 	"github.com/modelgate/modelgate/s3tier"
@@ -60,6 +61,17 @@ func xetRedirect(req *http.Request, via []*http.Request) error {
 		return authinject.ErrDowngrade
 	}
 	return nil
+}
+
+// interceptsAll reports whether patterns (mitm.hosts) cover every one of
+// hosts on port.
+func interceptsAll(patterns hostmatch.Patterns, hosts []string, port string) bool {
+	for _, h := range hosts {
+		if !patterns.Match(h, port) {
+			return false
+		}
+	}
+	return true
 }
 
 // requestBase is the scheme://host a client reached the gateway at.

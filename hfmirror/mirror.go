@@ -77,6 +77,13 @@ type Options struct {
 	// every Xet hint (huggingface.xet: hide).
 	Xet       XetService
 	XetPolicy hfhub.XetPolicy
+	// XetIntercepted reports that proxy mode answers the Hub's Xet CAS
+	// and transfer hosts itself (mitm.hosts covers every hfhub.XetHosts
+	// name on port 443). Without it proxy mode serves no Xet: the links
+	// would name hosts the gateway tunnels blindly, and a worker following
+	// them would take the gateway's Xet token (and its key's name) to the
+	// real CAS.
+	XetIntercepted bool
 }
 
 // Mirror is the http.Handler for Hub routes.

@@ -36,8 +36,10 @@ func (m *Mirror) servesXet(ctx context.Context, size int64) bool {
 }
 
 // xetRequest reports whether this request may be served Xet at all. In
-// mirror mode, and in proxy mode inside an interception (where the links
-// name the Hub's own CAS host, which the gateway answers too); not for a
+// mirror mode, and in proxy mode inside an interception when the gateway
+// intercepts the Hub's Xet hosts too (the links name the Hub's own CAS
+// host, which only then reaches the gateway: otherwise the gateway's
+// token would travel through a blind tunnel to the real CAS); not for a
 // plain http:// proxy request. Only under the gateway's own identity: its
 // Xet service reads with the operator's credential, so a worker using its
 // own (or none) keeps downloading over plain HTTP, as the upstream lets
@@ -45,7 +47,7 @@ func (m *Mirror) servesXet(ctx context.Context, size int64) bool {
 func (m *Mirror) xetRequest(ctx context.Context) bool {
 	p := authinject.PrincipalFrom(ctx)
 	mode := reqinfo.From(ctx).Mode
-	return m.Xet != nil && m.XetPolicy.Any() && (mode == "mirror" || mode == "mitm") &&
+	return m.Xet != nil && m.XetPolicy.Any() && (mode == "mirror" || mode == "mitm" && m.XetIntercepted) &&
 		p.Mode == authinject.ModeGateway && p.Scope == ""
 }
 

@@ -141,7 +141,17 @@ func (g *Guard) Only(nets []netip.Prefix) *Guard {
 }
 
 func exemptKey(host, port string) string {
-	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
+	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), canonicalPort(port))
+}
+
+// canonicalPort spells a numeric port as the dialler reads it: "08080" is
+// port 8080 to net.Dial, so it must be to every check and lookup here too
+// (the gateway's own ports, the exemptions, upstream.resolve).
+func canonicalPort(port string) string {
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		return strconv.FormatUint(n, 10)
+	}
+	return port
 }
 
 // SetListenAddr records one of the gateway's own ports (the plain
@@ -158,7 +168,7 @@ func (g *Guard) SetListenAddr(a net.Addr) {
 
 // Check says whether ip:port may be dialled.
 func (g *Guard) Check(ip netip.Addr, port string) error {
-	ip = ip.Unmap()
+	ip, port = ip.Unmap(), canonicalPort(port)
 	s := g.state
 	if s.listenPorts.Load().(map[string]bool)[port] && (ip.IsLoopback() || ip.IsUnspecified() || s.local[ip]) {
 		return ErrSelfTarget
@@ -180,9 +190,10 @@ func (g *Guard) Check(ip netip.Addr, port string) error {
 // target applies upstream.resolve: the host and port dialled for
 // host:port.
 func (g *Guard) target(host, port string) (string, string) {
+	port = canonicalPort(port)
 	if to, ok := g.state.resolve[exemptKey(host, port)]; ok {
 		if h, p, err := net.SplitHostPort(to); err == nil {
-			return h, p
+			return h, canonicalPort(p)
 		}
 	}
 	return host, port

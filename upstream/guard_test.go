@@ -59,6 +59,9 @@ func TestGuardDialsOnlyAllowedAddresses(t *testing.T) {
 		{"a public address, outside cluster.peers", peers, "192.0.2.1:80", ErrOutsidePeers},
 		{"the gateway itself, inside cluster.peers", peers, self.Addr().String(), ErrSelfTarget},
 		{"no cluster.peers: nothing", noPeers, open, ErrOutsidePeers},
+		// The dialler reads "08080" as 8080: so must the guard.
+		{"the gateway itself, a zero-padded port", lax, "127.0.0.1:0" + portOf(self.Addr().String()), ErrSelfTarget},
+		{"the gateway itself, exempt, a zero-padded port", exempt, "127.0.0.1:00" + portOf(self.Addr().String()), ErrSelfTarget},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,6 +125,9 @@ func TestGuardResolveOverride(t *testing.T) {
 		{"exempting the name does not exempt its target", strict.Exempting("cdn-lfs.hf.test:443"), "cdn-lfs.hf.test:443", ErrPrivateTarget},
 		{"private targets allowed", lax, "cdn-lfs.hf.test:443", nil},
 		{"never the gateway itself", lax.Exempting(self.Addr().String()), "self.hf.test:443", ErrSelfTarget},
+		// A port spelled another way is the same port: the override holds.
+		{"a zero-padded port takes the override", strict.Exempting(target), "cdn-lfs.hf.test:0443", nil},
+		{"a zero-padded port to the gateway itself", lax, "self.hf.test:00443", ErrSelfTarget},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
