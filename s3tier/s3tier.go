@@ -214,7 +214,7 @@ func (t *Tier) Fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 			var l *lease
 			l, seenETag, seenAt, err = t.tryLease(ctx, d, seenETag, seenAt)
 			if err == nil && l != nil {
-				return l.fill(upstream), nil
+				return l.fill(ctx, upstream, size), nil
 			}
 		}
 		switch {
