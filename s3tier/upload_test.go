@@ -107,14 +107,13 @@ func (g *gatedTier) Fill(ctx context.Context, d cache.Digest, size int64, up cac
 	return tf, err
 }
 
-// gate is a channel closed once, at the latest when the test ends (before
-// the stores close, which wait for their fills).
-func gate(t *testing.T) (chan struct{}, func()) {
+// gate is a channel closed once by open. Tests defer open after making
+// their stores: it must run before the stores close (t.Cleanup), which
+// wait for the fills held at the gate.
+func gate() (chan struct{}, func()) {
 	c := make(chan struct{})
 	var once sync.Once
-	open := func() { once.Do(func() { close(c) }) }
-	t.Cleanup(open)
-	return c, open
+	return c, func() { once.Do(func() { close(c) }) }
 }
 
 // The holder uploads each part as soon as its fill has it: the parts and
@@ -127,7 +126,8 @@ func TestHolderUploadsPartsWhileFilling(t *testing.T) {
 	var ev events
 	tier := newTierPart(t, srv, 2*time.Second, &ev, testPart, "a")
 	s := newStore(t, tier)
-	g, open := gate(t)
+	g, open := gate()
+	defer open()
 	up := &origin{data: data, gate: g, gateAt: 2*testPart + 64<<10}
 	got := getAsync(s, d, size, up.source)
 
@@ -169,7 +169,8 @@ func TestTakeoverResumesTheRecordedUpload(t *testing.T) {
 	a := newStore(t, newTierPart(t, srv, ttl, &evA, testPart, "a"))
 	tierB := newTierPart(t, srv, ttl, &evB, testPart, "b")
 	b := newStore(t, tierB)
-	g, open := gate(t)
+	g, open := gate()
+	defer open()
 	upA := &origin{data: data, gate: g, gateAt: 2*testPart + 64<<10}
 	gotA := getAsync(a, d, size, upA.source)
 	require.Eventually(t, func() bool {
@@ -209,11 +210,13 @@ func TestStaleHolderCannotComplete(t *testing.T) {
 	d, size := digestOf(t, data), int64(len(data))
 	const ttl = 500 * time.Millisecond
 	var evA, evB events
-	doneA, openA := gate(t)
-	restB, openB := gate(t)
+	doneA, openA := gate()
+	restB, openB := gate()
 	a := newStore(t, &gatedTier{Tier: newTierPart(t, srv, ttl, &evA, testPart, "a"), doneGate: doneA})
 	tierB := newTierPart(t, srv, ttl, &evB, testPart, "b")
 	b := newStore(t, &gatedTier{Tier: tierB, restGate: restB})
+	defer openA()
+	defer openB()
 
 	upA := &origin{data: data}
 	require.True(t, bytes.Equal(data, get(t, a, d, size, upA.source, 0, size)), "the holder's own clients")
@@ -256,9 +259,10 @@ func TestCompletionDoesNotReplaceAPublishedBlob(t *testing.T) {
 	data := threePartBlob(14)
 	d, size := digestOf(t, data), int64(len(data))
 	var ev events
-	doneA, openA := gate(t)
+	doneA, openA := gate()
 	tier := newTierPart(t, srv, 2*time.Second, &ev, testPart, "a")
 	a := newStore(t, &gatedTier{Tier: tier, doneGate: doneA})
+	defer openA()
 	require.True(t, bytes.Equal(data, get(t, a, d, size, (&origin{data: data}).source, 0, size)))
 	require.Eventually(t, func() bool {
 		st := record(t, tier, d)
