@@ -111,6 +111,11 @@ type S3Config struct {
 	AccessKeyID     Secret `yaml:"access_key_id"`
 	SecretAccessKey Secret `yaml:"secret_access_key"`
 	SessionToken    Secret `yaml:"session_token"`
+	// PartSize is the part of a blob's multipart upload: the holder of a
+	// fill uploads each part as soon as it has it, and a gateway taking
+	// over a dead holder's fill resumes after its last whole part. At
+	// least 5MiB (S3's smallest part), at most 5GiB. Default 16MiB.
+	PartSize ByteSize `yaml:"part_size"`
 }
 
 // ClusterConfig configures how gateways sharing one bucket agree that one
@@ -522,7 +527,7 @@ func Default() Config {
 			Level:  "info",
 			Format: "text",
 		},
-		Storage: StorageConfig{Backend: "disk"},
+		Storage: StorageConfig{Backend: "disk", S3: S3Config{PartSize: 16 << 20}},
 		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}},
 	}
 }
@@ -807,6 +812,9 @@ func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
 		if !printable(v) {
 			fail("storage.s3."+key, "must not contain whitespace or control characters")
 		}
+	}
+	if s3.PartSize < 5<<20 || s3.PartSize > 5<<30 {
+		fail("storage.s3.part_size", "must be between 5MiB and 5GiB (S3's part sizes), got %d", int64(s3.PartSize))
 	}
 	if (s3.AccessKeyID == "") != (s3.SecretAccessKey == "") {
 		fail("storage.s3.access_key_id", "storage.s3.access_key_id and secret_access_key must be set together")
