@@ -66,7 +66,7 @@ func (l *lease) fill(ctx context.Context, upstream cache.Source, size int64) cac
 		return cache.TierFill{Source: src, Done: func(string, error) { l.release() }}
 	}
 	tf := cache.TierFill{Source: src, Watch: u.watch, Done: u.done}
-	if skip := u.st.done(); skip > 0 {
+	if skip := u.skip; skip > 0 {
 		tf.Skip, tf.Rest = skip, u.rest
 	}
 	return tf

@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"sync"
 	"time"
 
@@ -169,6 +170,7 @@ type upload struct {
 	stateETag string    // of our last write of the record
 	h         hash.Hash // over the parts in st.Parts
 	resumed   bool
+	skip      int64 // the bytes the recorded parts held when this holder began
 
 	ctx     context.Context // the uploader's requests
 	cancel  context.CancelFunc
@@ -218,6 +220,7 @@ func (t *Tier) startUpload(ctx context.Context, l *lease, d cache.Digest, size i
 			return nil, err
 		}
 	}
+	u.skip = u.st.done()
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	go u.run()
 	return u, nil
@@ -379,7 +382,10 @@ func (u *upload) part(p cache.Partial, n int, buf []byte, off int64) error {
 				return u.ctx.Err()
 			}
 		}
-		info, err = t.core.PutObjectPart(u.ctx, t.bucket, t.blobKey(u.d), u.st.UploadID, n, bytes.NewReader(buf), int64(len(buf)), minio.PutObjectPartOptions{})
+		// Counted as it is read: a part that takes long to upload is
+		// progress that keeps the lease.
+		body := &countingBody{ReadCloser: io.NopCloser(bytes.NewReader(buf)), n: &u.l.moved}
+		info, err = t.core.PutObjectPart(u.ctx, t.bucket, t.blobKey(u.d), u.st.UploadID, n, body, int64(len(buf)), minio.PutObjectPartOptions{})
 		if err == nil || u.ctx.Err() != nil {
 			break
 		}
@@ -387,7 +393,6 @@ func (u *upload) part(p cache.Partial, n int, buf []byte, off int64) error {
 	if err != nil {
 		return fmt.Errorf("s3tier: uploading part %d of %s: %w", n, u.d, err)
 	}
-	u.l.moved.Add(int64(len(buf)))
 	hs, err := u.h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		return err
@@ -416,7 +421,15 @@ func (u *upload) complete(ctx context.Context) error {
 	if u.completed {
 		return nil
 	}
-	<-u.ended
+	select {
+	case <-u.ended:
+	case <-ctx.Done():
+		// A bucket that stopped answering must not hold the fill (and
+		// its lease) forever.
+		u.cancel()
+		<-u.ended
+		return fmt.Errorf("s3tier: waiting for the last parts of %s: %w", u.d, context.Cause(ctx))
+	}
 	if u.err != nil {
 		return u.err
 	}
