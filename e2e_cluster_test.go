@@ -27,6 +27,7 @@ func startClusterGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, no
 			Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "mg/", PathStyle: true,
 			AccessKeyID: config.Secret(srv.AccessKey), SecretAccessKey: config.Secret(srv.SecretKey),
 			EvictInterval: c.Storage.S3.EvictInterval, // the default
+			PartSize:      5 << 20,                    // S3's smallest: multipart uploads of small test blobs
 		}
 		c.Cluster.LeaseTTL = config.Duration{Duration: 2 * time.Second}
 		c.Cluster.Node = node

@@ -308,6 +308,7 @@ func sharedTier(cfg config.Config, guard *upstream.Guard, log *slog.Logger, reg 
 		AccessKeyID:     s3.AccessKeyID.Reveal(),
 		SecretAccessKey: s3.SecretAccessKey.Reveal(),
 		SessionToken:    s3.SessionToken.Reveal(),
+		PartSize:        uint64(s3.PartSize),
 		Transport:       metrics.InstrumentS3(reg, transport),
 		LeaseTTL:        cfg.Cluster.LeaseTTL.Duration,
 		Node:            cfg.Cluster.Node,

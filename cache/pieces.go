@@ -169,20 +169,41 @@ func isPermanent(err error) bool {
 	return errors.As(err, &p) && p.Permanent()
 }
 
-// sequential fills the blob with one stream from the end of its prefix,
+// fillWindow fetches the bytes of [lo, hi) that are not on disk: in
+// parallel pieces when the window is large enough and the upstream serves
+// ranges, else (or after the upstream ignored a range) with one stream.
+func (fc *fillCopy) fillWindow(ctx context.Context, lo, hi int64) error {
+	s, f := fc.s, fc.f
+	if s.fillConns > 1 && hi-lo >= 2*s.pieceSize && f.have0(lo, hi) < hi {
+		err := fc.pieces(ctx, lo, hi)
+		if errors.Is(err, errNoRanges) {
+			s.log.Debug("upstream does not serve ranges; one stream", "fill", f.key)
+			err = nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(f.missing(lo, hi)) > 0 {
+		return fc.sequential(ctx, lo, hi)
+	}
+	return nil
+}
+
+// sequential fills [lo, hi) with one stream from the end of its prefix,
 // resuming after cuts. Progress is measured against the furthest byte any
 // attempt reached, not against this attempt's start: an upstream that
 // ignores Range restarts from zero, and re-reading bytes the fill already
 // had is no progress. Without this, a cut at the same place every time
 // would count as progress forever.
-func (fc *fillCopy) sequential(ctx context.Context) (err error) {
+func (fc *fillCopy) sequential(ctx context.Context, lo, hi int64) (err error) {
 	s, f := fc.s, fc.f
 	buf := make([]byte, fillBufSize)
-	off := f.prefix()
+	off := f.have0(lo, hi)
 	highWater := off
 	failures := 0 // consecutive attempts that got no further than highWater
 	attempts := 0
-	for f.prefix() < f.size {
+	for len(f.missing(lo, hi)) > 0 {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -201,9 +222,9 @@ func (fc *fillCopy) sequential(ctx context.Context) (err error) {
 			return fmt.Errorf("%w (%d attempts in total, at byte %d): %w", ErrRetriesExhausted, attempts, highWater, err)
 		}
 		attempts++
-		off = f.prefix()
+		off = f.have0(lo, hi)
 		var reached int64
-		_, reached, err = fc.attempt(ctx, off, f.size, buf, false)
+		_, reached, err = fc.attempt(ctx, off, hi, buf, false)
 		if err != nil && isPermanent(err) {
 			return fmt.Errorf("fetching upstream: %w", err)
 		}
@@ -215,7 +236,7 @@ func (fc *fillCopy) sequential(ctx context.Context) (err error) {
 			highWater = reached
 			failures = 0
 		}
-		if f.prefix() < f.size {
+		if len(f.missing(lo, hi)) > 0 {
 			failures++
 			if err == nil {
 				err = &SizeMismatchError{Want: f.size, Got: reached}
@@ -231,7 +252,7 @@ func (fc *fillCopy) sequential(ctx context.Context) (err error) {
 // goes first, then the lowest missing one. Each piece resumes on its own
 // after a cut. An upstream that answers a ranged request with the whole
 // blob ends this with errNoRanges (the caller goes on with one stream).
-func (fc *fillCopy) pieces(ctx context.Context) error {
+func (fc *fillCopy) pieces(ctx context.Context, lo, hi int64) error {
 	s, f := fc.s, fc.f
 	if err := fc.save(); err != nil { // before preallocating: see resumeTemp
 		return err
@@ -239,7 +260,7 @@ func (fc *fillCopy) pieces(ctx context.Context) error {
 	if err := preallocate(fc.tmp, f.size); err != nil {
 		return fmt.Errorf("%w: preallocating temp file: %w", ErrStorage, err)
 	}
-	sched := newPieceSched(f, s.pieceSize)
+	sched := newPieceSched(f, lo, hi, s.pieceSize)
 	gctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -391,9 +412,10 @@ func loadExtents(path string, size int64) (e extents, ok bool) {
 	return e, true
 }
 
-// pieceSched hands out the pieces of a parallel fill.
+// pieceSched hands out the pieces of [lo, hi) of a parallel fill.
 type pieceSched struct {
 	f         *fill
+	lo, hi    int64
 	pieceSize int64
 	n         int
 
@@ -407,9 +429,9 @@ const (
 	pieceDone
 )
 
-func newPieceSched(f *fill, pieceSize int64) *pieceSched {
-	n := int((f.size + pieceSize - 1) / pieceSize)
-	ps := &pieceSched{f: f, pieceSize: pieceSize, n: n, state: make([]uint8, n)}
+func newPieceSched(f *fill, lo, hi, pieceSize int64) *pieceSched {
+	n := int((hi - lo + pieceSize - 1) / pieceSize)
+	ps := &pieceSched{f: f, lo: lo, hi: hi, pieceSize: pieceSize, n: n, state: make([]uint8, n)}
 	for i := range n {
 		start, end := ps.bounds(i)
 		if f.have0(start, end) >= end {
@@ -420,8 +442,8 @@ func newPieceSched(f *fill, pieceSize int64) *pieceSched {
 }
 
 func (ps *pieceSched) bounds(i int) (int64, int64) {
-	start := int64(i) * ps.pieceSize
-	return start, min(start+ps.pieceSize, ps.f.size)
+	start := ps.lo + int64(i)*ps.pieceSize
+	return start, min(start+ps.pieceSize, ps.hi)
 }
 
 // next takes the piece to fetch now: the one holding the lowest position a
@@ -431,7 +453,10 @@ func (ps *pieceSched) next() (int, bool) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for _, pos := range wants {
-		if i := int(pos / ps.pieceSize); i < ps.n && ps.state[i] == pieceMissing {
+		if pos < ps.lo || pos >= ps.hi {
+			continue // waits for bytes another window fetches
+		}
+		if i := int((pos - ps.lo) / ps.pieceSize); ps.state[i] == pieceMissing {
 			ps.state[i] = pieceTaken
 			return i, true
 		}

@@ -545,7 +545,7 @@ func (s *Store) run(f *fill, src Source) {
 		var tf TierFill
 		if tf, err = s.tierFill(f, src); err == nil {
 			f.src = tf.Source // readers' pass-through after a disk failure
-			err = s.download(f, tf.Source)
+			err = s.download(f, tf)
 		}
 		if tf.Done != nil {
 			// Before the fill leaves the registry: a shared tier
@@ -609,7 +609,7 @@ func (s *Store) backoff(ctx context.Context, n int) error {
 	}
 }
 
-func (s *Store) download(f *fill, src Source) (err error) {
+func (s *Store) download(f *fill, tf TierFill) (err error) {
 	verify := !f.digest.IsZero()
 	var tmp *os.File
 	if verify {
@@ -667,20 +667,27 @@ func (s *Store) download(f *fill, src Source) (err error) {
 		}
 	}()
 
-	began := time.Now()
-	fc := &fillCopy{s: s, f: f, tmp: tmp, ph: ph, src: src}
-	if s.fillConns > 1 && f.size >= 2*s.pieceSize && f.prefix() < f.size {
-		err = fc.pieces(fillCtx)
-		if errors.Is(err, errNoRanges) {
-			s.log.Debug("upstream does not serve ranges; one stream", "fill", f.key)
-			err = nil
-		}
-		if err != nil {
-			return err
-		}
+	if tf.Watch != nil {
+		tf.Watch(Partial{f: f})
 	}
-	if f.prefix() < f.size {
-		if err = fc.sequential(fillCtx); err != nil {
+	began := time.Now()
+	fc := &fillCopy{s: s, f: f, tmp: tmp, ph: ph, src: tf.Source}
+	skip := min(max(tf.Skip, 0), f.size)
+	if tf.Rest == nil {
+		skip = 0
+	}
+	if err = fc.fillWindow(fillCtx, skip, f.size); err != nil {
+		return err
+	}
+	if skip > 0 {
+		// The tier held the start of the blob: it finishes its copy now
+		// that the rest is here, and serves that start.
+		rest, rerr := tf.Rest(fillCtx)
+		if rerr != nil {
+			return fmt.Errorf("finishing the shared tier's copy: %w", rerr)
+		}
+		fc.src = rest
+		if err = fc.fillWindow(fillCtx, 0, skip); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"os"
 )
 
 // Tier is a shared blob store behind the local disk (an object store that
@@ -40,6 +41,49 @@ type TierFill struct {
 	// Done, when set, is called once when the fill ended: with nil and
 	// the published blob's path, or with the fill's error.
 	Done func(path string, err error)
+
+	// Watch, when set, is called once the fill's temp file exists, with a
+	// view of the bytes landing in it: a tier uploads them while the fill
+	// goes on, instead of reading the whole blob again after it.
+	Watch func(Partial)
+
+	// Skip > 0 says the tier already holds the blob's first Skip bytes
+	// (another node fetched them before it died): the fill fetches
+	// [Skip, size) from Source first, then calls Rest, and fetches what
+	// it lacks of [0, Skip) from the source Rest returns. The tier
+	// finishes its copy in Rest (it holds the state of the hash over the
+	// first Skip bytes, so it needs nobody to read them again), and
+	// answers with that copy; so the upstream serves only the bytes
+	// nobody had. The fill verifies the whole blob before it publishes it,
+	// as always.
+	Skip int64
+	Rest func(ctx context.Context) (Source, error)
+}
+
+// Partial is a read-only view of a fill's temp file while it grows.
+type Partial struct{ f *fill }
+
+// Available returns the end of the contiguous bytes on disk from off on
+// (off when the byte at off is not there yet), and a channel that is
+// closed at the next change: bytes landed, or the fill ended.
+func (p Partial) Available(off int64) (int64, <-chan struct{}) {
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	return p.f.have.availableFrom(off), p.f.wake
+}
+
+// ReadAt reads bytes that Available reported. It opens the file for
+// every call, so it reads the published blob once the temp file was
+// renamed.
+func (p Partial) ReadAt(b []byte, off int64) (int, error) {
+	p.f.mu.Lock()
+	file, err := os.Open(p.f.path)
+	p.f.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("opening blob being filled: %w", err)
+	}
+	defer file.Close()
+	return file.ReadAt(b, off)
 }
 
 // tierFill asks the tier (if any) where the fill of f gets its bytes.

@@ -95,3 +95,97 @@ func TestTierUntrustedBadCopyIsNotPublished(t *testing.T) {
 	<-tier.path
 	require.False(t, s.Has(d))
 }
+
+// skipTier says it holds the blob's first skip bytes: the fill must fetch
+// the rest from the upstream first, let the tier finish (Rest, where the
+// rest must be on disk already), then fetch the start from the tier.
+type skipTier struct {
+	t       *testing.T
+	skip    int64
+	size    int64
+	bucket  *countingSource
+	partial chan Partial
+	rested  chan int64 // the contiguous bytes from skip when Rest ran
+	done    chan error
+}
+
+func (st *skipTier) Fill(_ context.Context, _ Digest, _ int64, up Source) (TierFill, error) {
+	return TierFill{
+		Source: up,
+		Skip:   st.skip,
+		Watch:  func(p Partial) { st.partial <- p },
+		Rest: func(context.Context) (Source, error) {
+			p := <-st.partial
+			got, _ := p.Available(st.skip)
+			st.rested <- got
+			return st.bucket.source, nil
+		},
+		Done: func(_ string, err error) { st.done <- err },
+	}, nil
+}
+
+func TestTierSkipFetchesOnlyTheRestUpstream(t *testing.T) {
+	data := randomBytes(43, 1<<20+77)
+	d := sha256Digest(t, data)
+	const skip = 300 << 10
+	for _, tc := range []struct {
+		name    string
+		conns   int
+		badHead bool
+	}{
+		{name: "one stream", conns: 1},
+		{name: "pieces", conns: 4},
+		{name: "bad start from the tier", conns: 4, badHead: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			head := data
+			if tc.badHead {
+				head = append([]byte(nil), data...)
+				head[skip-1] ^= 1
+			}
+			upstream := &countingSource{data: data}
+			tier := &skipTier{t: t, skip: skip, size: int64(len(data)), bucket: &countingSource{data: head},
+				partial: make(chan Partial, 1), rested: make(chan int64, 1), done: make(chan error, 1)}
+			dir := t.TempDir()
+			idx, err := OpenIndex(filepath.Join(dir, "index"), nil)
+			require.NoError(t, err)
+			s, err := Open(Options{Dir: dir, Index: idx, Retries: 3, RetryBackoff: time.Millisecond, FillConnections: tc.conns, PieceSize: 128 << 10, Tier: tier})
+			require.NoError(t, err)
+			t.Cleanup(func() {
+				s.Close()
+				idx.Close()
+			})
+
+			b, _, err := s.Get(context.Background(), d, int64(len(data)), upstream.source)
+			var got []byte
+			if err == nil {
+				got, err = readAll(t, b, 0, int64(len(data)))
+				b.Close()
+			}
+			select {
+			case got := <-tier.rested:
+				require.Equal(t, int64(len(data)), got, "Rest ran before the rest was on disk")
+			default:
+				t.Fatal("the fill never called Rest")
+			}
+			for _, off := range upstream.offsets {
+				require.GreaterOrEqual(t, off, int64(skip), "the upstream was asked for bytes the tier holds")
+			}
+			require.NotEmpty(t, tier.bucket.offsets)
+			for _, off := range tier.bucket.offsets {
+				require.Less(t, off, int64(skip), "the tier was asked for bytes the upstream served")
+			}
+			if tc.badHead {
+				require.Error(t, err)
+				var mismatch *DigestMismatchError
+				require.ErrorAs(t, <-tier.done, &mismatch)
+				require.False(t, s.Has(d))
+				return
+			}
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(data, got))
+			require.NoError(t, <-tier.done)
+			require.True(t, s.Has(d))
+		})
+	}
+}

@@ -119,6 +119,11 @@ type S3Config struct {
 	// EvictInterval is how often each gateway offers to run the bucket's
 	// eviction (one at a time runs it). Must be >= 1s. Default 1m.
 	EvictInterval Duration `yaml:"evict_interval"`
+	// PartSize is the part of a blob's multipart upload: the holder of a
+	// fill uploads each part as soon as it has it, and a gateway taking
+	// over a dead holder's fill resumes after its last whole part. At
+	// least 5MiB (S3's smallest part), at most 5GiB. Default 16MiB.
+	PartSize ByteSize `yaml:"part_size"`
 }
 
 // ClusterConfig configures how gateways sharing one bucket agree that one
@@ -555,7 +560,7 @@ func Default() Config {
 			Level:  "info",
 			Format: "text",
 		},
-		Storage: StorageConfig{Backend: "disk", S3: S3Config{EvictInterval: Duration{time.Minute}}},
+		Storage: StorageConfig{Backend: "disk", S3: S3Config{EvictInterval: Duration{time.Minute}, PartSize: 16 << 20}},
 		Cluster: ClusterConfig{LeaseTTL: Duration{30 * time.Second}, Peers: Networks{}},
 	}
 }
@@ -844,6 +849,9 @@ func (c *Config) validateStorage(fail func(key, format string, args ...any)) {
 		if !printable(v) {
 			fail("storage.s3."+key, "must not contain whitespace or control characters")
 		}
+	}
+	if s3.PartSize < 5<<20 || s3.PartSize > 5<<30 {
+		fail("storage.s3.part_size", "must be between 5MiB and 5GiB (S3's part sizes), got %d", int64(s3.PartSize))
 	}
 	if (s3.AccessKeyID == "") != (s3.SecretAccessKey == "") {
 		fail("storage.s3.access_key_id", "storage.s3.access_key_id and secret_access_key must be set together")

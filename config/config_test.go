@@ -103,7 +103,7 @@ func TestEveryKeyHasDocumentedEnvVar(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.Len(t, seen, 82)
+	assert.Len(t, seen, 83)
 	assert.Equal(t, "cache.max_size", seen["MODELGATE_CACHE_MAX_SIZE"])
 	assert.Equal(t, "huggingface.token_file", seen["MODELGATE_HUGGINGFACE_TOKEN_FILE"])
 }
@@ -627,8 +627,13 @@ func TestStorageS3Config(t *testing.T) {
 				assert.EqualValues(t, 500_000_000_000, c.Storage.S3.MaxSize)
 				assert.Equal(t, time.Minute, c.Storage.S3.EvictInterval.Duration, "default")
 			}},
-		{name: "env override", env: map[string]string{"MODELGATE_STORAGE_BACKEND": "s3", "MODELGATE_STORAGE_S3_ENDPOINT": "http://h:9000", "MODELGATE_STORAGE_S3_BUCKET": "models", "MODELGATE_STORAGE_S3_PATH_STYLE": "true", "MODELGATE_CLUSTER_LEASE_TTL": "5s"},
+		{name: "part too small", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, part_size: 4MiB}}", wantErr: "storage.s3.part_size"},
+		{name: "part too large", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models, part_size: 6GiB}}", wantErr: "storage.s3.part_size"},
+		{name: "default part size", yaml: "storage: {backend: s3, s3: {endpoint: 'http://h:9000', bucket: models}}",
+			check: func(t *testing.T, c Config) { assert.EqualValues(t, 16<<20, c.Storage.S3.PartSize) }},
+		{name: "env override", env: map[string]string{"MODELGATE_STORAGE_BACKEND": "s3", "MODELGATE_STORAGE_S3_ENDPOINT": "http://h:9000", "MODELGATE_STORAGE_S3_BUCKET": "models", "MODELGATE_STORAGE_S3_PATH_STYLE": "true", "MODELGATE_CLUSTER_LEASE_TTL": "5s", "MODELGATE_STORAGE_S3_PART_SIZE": "8MiB"},
 			check: func(t *testing.T, c Config) {
+				assert.EqualValues(t, 8<<20, c.Storage.S3.PartSize)
 				assert.True(t, c.Storage.S3.PathStyle)
 				assert.Equal(t, 5*time.Second, c.Cluster.LeaseTTL.Duration)
 			}},

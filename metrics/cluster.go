@@ -9,7 +9,7 @@ import (
 
 // ClusterEvents are what the shared S3 tier reports (s3tier.Options.OnEvent,
 // s3tier.PeerServerOptions.OnEvent).
-var ClusterEvents = []string{"bucket_hit", "lease_taken", "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_failed", "unreachable",
+var ClusterEvents = []string{"bucket_hit", "lease_taken", "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_part", "upload_resumed", "upload_refused", "upload_aborted", "upload_failed", "unreachable",
 	"peer_stream", "peer_fallback", "peer_served", "peer_refused", "evicted"}
 
 // ClusterByteSources are where a cluster node's fills got their bytes
@@ -23,7 +23,7 @@ var ClusterByteSources = []string{"bucket", "peer", "upstream", "peer_sent"}
 func RegisterCluster(reg prometheus.Registerer) func(event string) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "cluster_events_total",
-		Help: "Shared-bucket tier events: bucket_hit (a cold blob filled from the bucket), lease_taken, lease_takeover (a dead or stalled holder replaced), lease_wait (waited for another gateway's fill), lease_lost, upload, upload_failed, unreachable (a fill went on locally without the bucket), peer_stream (a fill streamed from the gateway holding the lease), peer_fallback (that gateway failed; waited on the lease instead), peer_served (a stream sent whole to another gateway), peer_refused (a node-to-node request refused: unsigned, bad or stale signature, or from outside cluster.peers), evicted (a blob evicted from the bucket by this gateway).",
+		Help: "Shared-bucket tier events: bucket_hit (a cold blob filled from the bucket), lease_taken, lease_takeover (a dead or stalled holder replaced), lease_wait (waited for another gateway's fill), lease_lost, upload (a blob published), upload_part, upload_resumed (another holder's upload continued), upload_refused (a holder that lost its lease did not complete), upload_aborted (a fill failed verification), upload_failed, unreachable (a fill went on locally without the bucket), peer_stream (a fill streamed from the gateway holding the lease), peer_fallback (that gateway failed; waited on the lease instead), peer_served (a stream sent whole to another gateway), peer_refused (a node-to-node request refused: unsigned, bad or stale signature, or from outside cluster.peers), evicted (a blob evicted from the bucket by this gateway).",
 	}, []string{"event"})
 	return counterFunc(reg, c, ClusterEvents)
 }

@@ -2,6 +2,7 @@ package s3tier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,12 @@ type lease struct {
 	// the lease is renewed only while it grows.
 	moved atomic.Int64
 
-	mu   sync.Mutex
-	etag string // of our last write
-	lost bool   // a renewal found another node's write
+	// renewMu makes renewals one at a time: two writes over the same
+	// etag would fail one another and look like a takeover.
+	renewMu sync.Mutex
+	mu      sync.Mutex
+	etag    string // of our last write
+	lost    bool   // a write found another node's
 
 	stop    chan struct{}
 	stopped chan struct{}
@@ -37,9 +41,11 @@ func (t *Tier) newLease(d cache.Digest, etag string) *lease {
 	return l
 }
 
-// fill fetches from the upstream (counting progress), then uploads the
-// verified blob and releases the lease.
-func (l *lease) fill(upstream cache.Source) cache.TierFill {
+// fill fetches from the upstream (counting progress). A blob larger than
+// one part is uploaded part by part while it fills (upload.go), resuming
+// the upload a previous holder recorded; a smaller one is uploaded whole
+// once verified.
+func (l *lease) fill(ctx context.Context, upstream cache.Source, size int64) cache.TierFill {
 	src := func(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
 		body, start, err := upstream(ctx, off, end)
 		if err != nil {
@@ -47,25 +53,101 @@ func (l *lease) fill(upstream cache.Source) cache.TierFill {
 		}
 		return &countingBody{ReadCloser: body, n: &l.moved}, start, nil
 	}
-	return cache.TierFill{Source: src, Done: l.done}
+	if size <= int64(l.t.partSize) {
+		return cache.TierFill{Source: src, Done: l.done}
+	}
+	u, err := l.t.startUpload(ctx, l, l.d, size)
+	if err != nil {
+		// The fill goes on; the blob just does not reach the bucket this
+		// time (the lease is released after it, and the next fill of it
+		// on any node tries again).
+		l.t.log.Warn("cannot upload to the shared bucket while filling", "blob", l.d.String(), "err", err)
+		l.t.onEvent("upload_failed")
+		return cache.TierFill{Source: src, Done: func(string, error) { l.release() }}
+	}
+	tf := cache.TierFill{Source: src, Watch: u.watch, Done: u.done}
+	if skip := u.skip; skip > 0 {
+		tf.Skip, tf.Rest = skip, u.rest
+	}
+	return tf
 }
 
+// done uploads a verified blob of one part, fenced like a multipart
+// completion, and releases the lease.
 func (l *lease) done(path string, err error) {
 	defer l.release()
 	if err != nil {
 		return
 	}
-	if uerr := l.t.upload(l.d, path, &l.moved); uerr != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*l.t.ttl)
+	defer cancel()
+	uerr := l.renew(ctx)
+	if uerr == nil {
+		uerr = l.t.upload(ctx, l.d, path, &l.moved)
+	}
+	switch {
+	case errors.Is(uerr, errLeaseLost):
+		l.t.log.Warn("not uploading: another gateway took the fill lease over", "blob", l.d.String())
+		l.t.onEvent("upload_refused")
+	case uerr != nil:
 		// The blob is served from this node's disk all the same; the
 		// other nodes find no blob when the lease is gone and fetch it
 		// themselves.
 		l.t.log.Warn("uploading a verified blob to the shared bucket failed", "blob", l.d.String(), "err", uerr)
 		l.t.onEvent("upload_failed")
-		return
+	default:
+		l.t.published(l.d)
 	}
-	l.t.onEvent("upload")
-	l.t.Touch(l.d)                           // used now: its upload's date may be its start's
-	l.t.removeKey(l.t.objKey("purged", l.d)) // fetched again since a purge
+}
+
+// published records that blob d reached the bucket under its content id.
+func (t *Tier) published(d cache.Digest) {
+	t.onEvent("upload")
+	t.Touch(d)                         // used now: its upload's date may be its start's
+	t.removeKey(t.objKey("purged", d)) // fetched again since a purge
+}
+
+func (l *lease) isLost() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lost
+}
+
+// markLost records that another node's write replaced ours.
+func (l *lease) markLost() {
+	l.mu.Lock()
+	was := l.lost
+	l.lost = true
+	l.mu.Unlock()
+	if !was {
+		l.t.log.Warn("lost the fill lease to another gateway; this fill goes on for this node's clients only", "blob", l.d.String())
+		l.t.onEvent("lease_lost")
+	}
+}
+
+// renew rewrites the lease over our last write. errLeaseLost: another
+// node's write is there (or the lease is gone).
+func (l *lease) renew(ctx context.Context) error {
+	l.renewMu.Lock()
+	defer l.renewMu.Unlock()
+	l.mu.Lock()
+	etag, lost := l.etag, l.lost
+	l.mu.Unlock()
+	if lost {
+		return errLeaseLost
+	}
+	newETag, err := l.t.putLease(ctx, l.d, etag)
+	switch {
+	case isPreconditionFailed(err) || isNotFound(err):
+		l.markLost()
+		return errLeaseLost
+	case err != nil:
+		return err
+	}
+	l.mu.Lock()
+	l.etag = newETag
+	l.mu.Unlock()
+	return nil
 }
 
 // renewLoop rewrites the lease every TTL/3 while the fill moves bytes. A
@@ -89,28 +171,16 @@ func (l *lease) renewLoop() {
 		if time.Since(lastProgress) >= l.t.ttl {
 			continue // stalled: let it lapse (but renew again if it recovers)
 		}
-		l.mu.Lock()
-		etag := l.etag
-		l.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), every)
-		newETag, err := l.t.putLease(ctx, l.d, etag)
+		err := l.renew(ctx)
 		cancel()
 		switch {
-		case isPreconditionFailed(err) || isNotFound(err):
-			l.mu.Lock()
-			l.lost = true
-			l.mu.Unlock()
-			l.t.log.Warn("lost the fill lease to another gateway; finishing this fill without it", "blob", l.d.String())
-			l.t.onEvent("lease_lost")
+		case errors.Is(err, errLeaseLost):
 			return
 		case err != nil:
 			// Try again at the next tick; two misses still leave a third
 			// of the TTL.
 			l.t.log.Warn("renewing a fill lease failed", "blob", l.d.String(), "err", err)
-		default:
-			l.mu.Lock()
-			l.etag = newETag
-			l.mu.Unlock()
 		}
 	}
 }
@@ -139,10 +209,9 @@ func (l *lease) release() {
 }
 
 // upload puts the verified blob at path into the bucket under its content
-// id, unless it is there already. An S3 upload (multipart included)
-// becomes visible only whole, so no reader ever sees a part of it.
-func (t *Tier) upload(d cache.Digest, path string, moved *atomic.Int64) error {
-	ctx := context.Background()
+// id, unless it is there already (If-None-Match: a copy another node
+// published first stays).
+func (t *Tier) upload(ctx context.Context, d cache.Digest, path string, moved *atomic.Int64) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", path, err)
@@ -152,14 +221,12 @@ func (t *Tier) upload(d cache.Digest, path string, moved *atomic.Int64) error {
 	if err != nil {
 		return err
 	}
-	if has, err := t.Has(ctx, d, fi.Size()); err == nil && has {
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true}
+	opts.SetMatchETagExcept("*")
+	_, err = t.c.PutObject(ctx, t.bucket, t.blobKey(d), &countingFile{File: f, n: moved}, fi.Size(), opts)
+	if isPreconditionFailed(err) {
 		return nil
 	}
-	_, err = t.c.PutObject(ctx, t.bucket, t.blobKey(d), &countingFile{File: f, n: moved}, fi.Size(), minio.PutObjectOptions{
-		ContentType: "application/octet-stream",
-		PartSize:    t.partSize,
-		NumThreads:  2,
-	})
 	if err != nil {
 		return fmt.Errorf("s3tier: put %s: %w", d, err)
 	}

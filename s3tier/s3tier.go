@@ -7,6 +7,8 @@
 //	blobs/<algo>/<hex>    a blob, by content id, uploaded only after the
 //	                      uploading node verified it (immutable)
 //	leases/<algo>/<hex>   the fill lease of a blob (a small JSON document)
+//	uploads/<algo>/<hex>  the record of a blob's multipart upload in
+//	                      progress (upload.go)
 //
 // The lease protocol uses conditional writes only, so it needs no clock
 // agreement between nodes and no other coordination service:
@@ -22,8 +24,8 @@
 // The holder renews every TTL/3 while its fill (download, then upload) moves
 // bytes; a holder that dies or stalls stops renewing and is replaced one TTL
 // after the last renewal its observers saw. A renewal that gets 412 means
-// the lease was taken over: the holder goes on (its fill is correct, only
-// duplicated) but no longer renews or releases.
+// the lease was taken over: the holder goes on for its own clients but no
+// longer renews, releases, uploads or completes (upload.go).
 package s3tier
 
 import (
@@ -71,7 +73,8 @@ type Options struct {
 	PartSize uint64
 	Logger   *slog.Logger
 	// OnEvent, when set, counts what happens: "bucket_hit", "lease_taken",
-	// "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_failed",
+	// "lease_takeover", "lease_wait", "lease_lost", "upload", "upload_part",
+	// "upload_resumed", "upload_refused", "upload_aborted", "upload_failed",
 	// "unreachable" (a fill went on locally without the bucket), "evicted",
 	// and for peer streaming "peer_stream", "peer_fallback".
 	OnEvent func(event string)
@@ -272,7 +275,7 @@ func (t *Tier) fill(ctx context.Context, d cache.Digest, size int64, upstream ca
 			var l *lease
 			l, seenETag, seenAt, err = t.tryLease(ctx, d, seenETag, seenAt)
 			if err == nil && l != nil {
-				return t.counted(l.fill(upstream), "upstream"), nil
+				return t.counted(l.fill(ctx, upstream, size), "upstream"), nil
 			}
 		}
 		switch {

@@ -47,6 +47,10 @@ type origin struct {
 	chunk int
 	calls atomic.Int32
 	sent  atomic.Int64
+	// gate, when set, holds every chunk that reaches past gateAt until it
+	// is closed.
+	gate   chan struct{}
+	gateAt int64
 }
 
 func (o *origin) source(ctx context.Context, off, end int64) (io.ReadCloser, int64, error) {
@@ -58,6 +62,14 @@ func (o *origin) source(ctx context.Context, off, end int64) (io.ReadCloser, int
 			if o.delay > 0 {
 				select {
 				case <-time.After(o.delay):
+				case <-ctx.Done():
+					pw.CloseWithError(ctx.Err())
+					return
+				}
+			}
+			if o.gate != nil && min(pos+chunk, end) > o.gateAt {
+				select {
+				case <-o.gate:
 				case <-ctx.Done():
 					pw.CloseWithError(ctx.Err())
 					return
@@ -95,10 +107,15 @@ func (e *events) get(ev string) int {
 }
 
 func newTier(t testing.TB, srv *versity.Server, ttl time.Duration, ev *events) *Tier {
+	return newTierPart(t, srv, ttl, ev, 0, t.Name())
+}
+
+func newTierPart(t testing.TB, srv *versity.Server, ttl time.Duration, ev *events, partSize uint64, node string) *Tier {
 	tier, err := New(Options{
 		Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "mg/", PathStyle: true,
 		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey,
-		LeaseTTL: ttl, Node: t.Name(), OnEvent: ev.add, Transport: http.DefaultTransport,
+		LeaseTTL: ttl, Node: node, OnEvent: ev.add, Transport: http.DefaultTransport,
+		PartSize: partSize,
 	})
 	require.NoError(t, err)
 	return tier
