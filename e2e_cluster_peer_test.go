@@ -36,7 +36,7 @@ func startPeerGateway(t *testing.T, hub *fakehub.Hub, srv *versity.Server, node 
 		c.Storage.S3 = config.S3Config{
 			Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "mg/", PathStyle: true,
 			AccessKeyID: config.Secret(srv.AccessKey), SecretAccessKey: config.Secret(srv.SecretKey),
-			EvictInterval: c.Storage.S3.EvictInterval, // the default
+			EvictInterval: c.Storage.S3.EvictInterval, PartSize: c.Storage.S3.PartSize, // the defaults
 		}
 		c.Cluster.LeaseTTL = config.Duration{Duration: ttl}
 		c.Cluster.Node = node

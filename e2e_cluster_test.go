@@ -138,7 +138,7 @@ func TestClusterBucketUnreachable(t *testing.T) {
 func fillKeys(t *testing.T, srv *versity.Server) []string {
 	var out []string
 	for _, k := range srv.Keys(t, "mg/") {
-		if strings.HasPrefix(k, "mg/blobs/") || strings.HasPrefix(k, "mg/leases/") {
+		if strings.HasPrefix(k, "mg/blobs/") || strings.HasPrefix(k, "mg/leases/") || strings.HasPrefix(k, "mg/uploads/") {
 			out = append(out, k)
 		}
 	}

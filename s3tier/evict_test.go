@@ -221,12 +221,13 @@ func TestOneEvictorAtATime(t *testing.T) {
 	assert.Empty(t, blobKeys(t, srv))
 }
 
-// fillKeys lists the bucket's blobs and fill leases: what the fill
-// protocol writes, without the access records and pin lists of eviction.
+// fillKeys lists the bucket's blobs, fill leases and upload records: what
+// the fill protocol writes, without the access records and pin lists of
+// eviction.
 func fillKeys(t testing.TB, srv *versity.Server) []string {
 	var out []string
 	for _, k := range srv.Keys(t, "mg/") {
-		if strings.HasPrefix(k, "mg/blobs/") || strings.HasPrefix(k, "mg/leases/") {
+		if strings.HasPrefix(k, "mg/blobs/") || strings.HasPrefix(k, "mg/leases/") || strings.HasPrefix(k, "mg/uploads/") {
 			out = append(out, k)
 		}
 	}
