@@ -577,13 +577,7 @@ func (l *evictLease) release() {
 	if lost {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), l.t.ttl)
-	defer cancel()
-	info, err := l.t.c.StatObject(ctx, l.t.bucket, l.t.evictLeaseKey(), minio.StatObjectOptions{})
-	if err != nil || trimETag(info.ETag) != etag {
-		return
-	}
-	_ = l.t.c.RemoveObject(ctx, l.t.bucket, l.t.evictLeaseKey(), minio.RemoveObjectOptions{})
+	_ = l.t.deleteIfOurs(l.t.evictLeaseKey(), etag) // it expires by itself
 }
 
 // StartMaintenance runs Evict every Options.EvictEvery (a minute by

@@ -195,17 +195,22 @@ func (l *lease) release() {
 	if lost {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), l.t.ttl)
-	defer cancel()
-	// S3 has no conditional DELETE everywhere: look first, so that a
-	// lease another node took over (after ours lapsed) is left alone.
-	info, err := l.t.c.StatObject(ctx, l.t.bucket, l.t.leaseKey(l.d), minio.StatObjectOptions{})
-	if err != nil || trimETag(info.ETag) != etag {
-		return
-	}
-	if err := l.t.c.RemoveObject(ctx, l.t.bucket, l.t.leaseKey(l.d), minio.RemoveObjectOptions{}); err != nil {
+	if err := l.t.deleteIfOurs(l.t.leaseKey(l.d), etag); err != nil {
 		l.t.log.Warn("releasing a fill lease failed; it expires by itself", "blob", l.d.String(), "err", err)
 	}
+}
+
+// deleteIfOurs deletes a lease at key if its etag is still that of our
+// last write. S3 has no conditional DELETE everywhere: look first, so that
+// a lease another node took over (after ours lapsed) is left alone.
+func (t *Tier) deleteIfOurs(key, etag string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.ttl)
+	defer cancel()
+	info, err := t.c.StatObject(ctx, t.bucket, key, minio.StatObjectOptions{})
+	if err != nil || trimETag(info.ETag) != etag {
+		return nil
+	}
+	return t.c.RemoveObject(ctx, t.bucket, key, minio.RemoveObjectOptions{})
 }
 
 // upload puts the verified blob at path into the bucket under its content
