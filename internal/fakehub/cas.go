@@ -61,12 +61,13 @@ type xetChunk struct {
 	data []byte
 }
 
-// xetLayout cuts data into chunks; its file hash is xet-core's.
-func xetLayout(data []byte) ([]xetChunk, xethash.Hash) {
+// xetLayout cuts data into chunks of chunkSize bytes; its file hash is
+// xet-core's.
+func xetLayout(data []byte, chunkSize int) ([]xetChunk, xethash.Hash) {
 	var chunks []xetChunk
 	var nodes []xethash.Node
-	for off := 0; off < len(data); off += XetChunkSize {
-		c := data[off:min(off+XetChunkSize, len(data))]
+	for off := 0; off < len(data); off += chunkSize {
+		c := data[off:min(off+chunkSize, len(data))]
 		h := xethash.Chunk(c)
 		chunks = append(chunks, xetChunk{hash: h, data: c})
 		nodes = append(nodes, xethash.Node{Hash: h, Size: uint64(len(c))})
@@ -134,7 +135,7 @@ func (h *Hub) casAddFile(repo string, f *fileState) {
 		cf.repos[repo] = true
 		return
 	}
-	chunks, _ := xetLayout(f.Data)
+	chunks, _ := xetLayout(f.Data, h.opts.XetChunkSize)
 	var fresh []xetChunk
 	seen := map[xethash.Hash]bool{}
 	for _, c := range chunks {
@@ -143,15 +144,15 @@ func (h *Hub) casAddFile(repo string, f *fileState) {
 			fresh = append(fresh, c)
 		}
 	}
-	for i := 0; i < len(fresh); i += XetXorbChunks {
-		group := fresh[i:min(i+XetXorbChunks, len(fresh))]
+	for i := 0; i < len(fresh); i += h.opts.XetXorbChunks {
+		group := fresh[i:min(i+h.opts.XetXorbChunks, len(fresh))]
 		x := &xorbState{}
 		var nodes []xethash.Node
 		for _, c := range group {
 			x.offsets = append(x.offsets, len(x.data))
 			hd, stored, err := xetchunk.Encode(c.data, h.cas.scheme)
 			if err != nil {
-				panic("fakehub: " + err.Error()) // chunks are XetChunkSize: cannot fail
+				panic("fakehub: " + err.Error()) // chunks of at most 16 MiB: cannot fail
 			}
 			x.data = xetchunk.AppendHeader(x.data, hd)
 			x.data = append(x.data, stored...)
@@ -223,6 +224,10 @@ func (h *Hub) XorbHashes(fileHash string) []string {
 
 // XorbFetches is how many GETs of xorb were answered 2xx.
 func (h *Hub) XorbFetches(xorb string) int { return h.xorbFetches.Get(xorb) }
+
+// XorbBodyBytes is how many body bytes the CAS sent for xorb, over all its
+// 2xx GETs (a multi-range answer's part headers included).
+func (h *Hub) XorbBodyBytes(xorb string) int64 { return h.xorbFetches.Bytes(xorb) }
 
 // ExpireXorbURLs invalidates every signed xorb URL issued so far, as if
 // they had all expired: the CAS answers 403 to them.
@@ -464,8 +469,9 @@ type rangeError struct{}
 
 func (*rangeError) Error() string { return "bad Range" }
 
-// XetHashOf is the Xet file hash the fake gives a file holding data.
+// XetHashOf is the Xet file hash the fake gives a file holding data (with
+// the default chunk size).
 func XetHashOf(data []byte) string {
-	_, h := xetLayout(data)
+	_, h := xetLayout(data, XetChunkSize)
 	return h.String()
 }

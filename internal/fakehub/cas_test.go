@@ -176,3 +176,37 @@ func TestCASFileRange(t *testing.T) {
 	assert.Equal(t, f.h.XorbHashes(f.baseHash)[1], rec.Terms[0].Hash)
 	assert.Equal(t, int64(200000-8*XetChunkSize), rec.OffsetIntoFirstRange)
 }
+
+// TestCASChunkAndXorbSizesAreOptions: a Hub with its own chunk and xorb
+// sizes cuts files with them (the hash names that cut), packs that many
+// chunks per xorb, and serves the file byte for byte; XorbBodyBytes counts
+// what the CAS sent.
+func TestCASChunkAndXorbSizesAreOptions(t *testing.T) {
+	const chunk, perXorb = 64 << 10, 4
+	h := New(t, Options{Token: opToken, XetChunkSize: chunk, XetXorbChunks: perXorb})
+	data := RandomData(77, 10*chunk+1) // 11 chunks: xorbs of 4, 4, 3
+	c := Commit("sizes")
+	h.AddRepo(Repo{ID: "org/big", Refs: map[string]string{"main": c},
+		Commits: map[string][]File{c: {{Path: "w.bin", Data: data, Xet: true}}}})
+	f := &fixture{h: h, c: h.srv.Client(t)}
+
+	var nodes []xethash.Node
+	for off := 0; off < len(data); off += chunk {
+		b := data[off:min(off+chunk, len(data))]
+		nodes = append(nodes, xethash.Node{Hash: xethash.Chunk(b), Size: uint64(len(b))})
+	}
+	want := xethash.File(nodes).String()
+	resp, _ := f.do(t, http.MethodHead, "/org/big/resolve/main/w.bin", nil, bearer(opToken)...)
+	require.Equal(t, want, resp.Header.Get("X-Xet-Hash"), "the hash names the Hub's own cut")
+	require.Len(t, h.XorbHashes(want), 3)
+
+	tok := (&casFixture{fixture: f}).token(t, "org/big")
+	got, err := (&xetclient.Client{HTTP: f.c}).Download(tok.CasURL, tok.AccessToken, want)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	var sent int64
+	for _, x := range h.XorbHashes(want) {
+		sent += h.XorbBodyBytes(x)
+	}
+	assert.Equal(t, int64(len(data)+11*ChunkHeaderSize), sent, "each chunk once, behind its header")
+}

@@ -159,8 +159,9 @@ func validFilePath(p string) bool {
 	return true
 }
 
-// newRepoState validates r and precomputes everything handlers need.
-func newRepoState(r Repo) (*repoState, error) {
+// newRepoState validates r and precomputes everything handlers need; Xet
+// files are cut into chunks of chunkSize bytes.
+func newRepoState(r Repo, chunkSize int) (*repoState, error) {
 	typ, err := normalizeType(r.Type)
 	if err != nil {
 		return nil, fmt.Errorf("repo %q: %w", r.ID, err)
@@ -194,7 +195,7 @@ func newRepoState(r Repo) (*repoState, error) {
 			if _, dup := byPath[f.Path]; dup {
 				return nil, fmt.Errorf("repo %q commit %s: duplicate file %q", r.ID, c, f.Path)
 			}
-			byPath[f.Path] = newFileState(f)
+			byPath[f.Path] = newFileState(f, chunkSize)
 		}
 		rs.files[c] = byPath
 		entries, err := buildEntries(c, byPath)
@@ -212,7 +213,7 @@ func lfsPointer(sha256hex string, size int64) string {
 	return "version https://git-lfs.github.com/spec/v1\noid sha256:" + sha256hex + "\nsize " + strconv.FormatInt(size, 10) + "\n"
 }
 
-func newFileState(f File) *fileState {
+func newFileState(f File, chunkSize int) *fileState {
 	if f.Xet {
 		f.LFS = true
 	}
@@ -228,7 +229,7 @@ func newFileState(f File) *fileState {
 	fs.gitOID = GitBlobSHA1([]byte(ptr))
 	fs.etag = fs.sha256
 	if f.Xet {
-		_, fh := xetLayout(f.Data)
+		_, fh := xetLayout(f.Data, chunkSize)
 		fs.xetHash = fh.String()
 	}
 	return fs

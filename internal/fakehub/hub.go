@@ -62,6 +62,13 @@ type Options struct {
 	// override (Resolve): the gateway's upstream.resolve, curl --resolve.
 	// The Hub itself stays at URL (the gateway's configured endpoint).
 	PublicNames bool
+	// XetChunkSize and XetXorbChunks override the fake CAS's chunk size
+	// and the most chunks it packs into one xorb (defaults: the constants
+	// of the same names, small so that tests cross xorb boundaries with
+	// small files). Benchmarks set sizes nearer the real ones (chunks of
+	// about 64 KiB, xorbs of up to 64 MiB). At most 16 MiB per chunk: its
+	// header holds 24-bit lengths.
+	XetChunkSize, XetXorbChunks int
 }
 
 // The real names the fake stands for with Options.PublicNames
@@ -106,6 +113,12 @@ func New(t testing.TB, opts Options) *Hub {
 	t.Helper()
 	if opts.PageSize <= 0 {
 		opts.PageSize = 1000
+	}
+	if opts.XetChunkSize <= 0 {
+		opts.XetChunkSize = XetChunkSize
+	}
+	if opts.XetXorbChunks <= 0 {
+		opts.XetXorbChunks = XetXorbChunks
 	}
 	h := &Hub{
 		opts:    opts,
@@ -172,7 +185,7 @@ func (h *Hub) CertPool() *x509.CertPool { return h.srv.CertPool() }
 // type, id, commit id or file path): that is a bug in the test, not a
 // condition to handle.
 func (h *Hub) AddRepo(r Repo) {
-	rs, err := newRepoState(r)
+	rs, err := newRepoState(r, h.opts.XetChunkSize)
 	if err != nil {
 		panic(fmt.Errorf("fakehub: AddRepo: %w", err))
 	}
