@@ -209,4 +209,10 @@ func TestCASChunkAndXorbSizesAreOptions(t *testing.T) {
 		sent += h.XorbBodyBytes(x)
 	}
 	assert.Equal(t, int64(len(data)+11*ChunkHeaderSize), sent, "each chunk once, behind its header")
+
+	pc := &xetclient.Client{HTTP: f.c, Parallel: 3}
+	got, err = pc.Download(tok.CasURL, tok.AccessToken, want)
+	require.NoError(t, err)
+	require.Equal(t, data, got, "xorbs fetched in parallel assemble the same bytes")
+	assert.Equal(t, 3, pc.Requests)
 }

@@ -10,6 +10,7 @@ package xetclient
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/modelgate/modelgate/xet/xetchunk"
 )
@@ -78,6 +82,11 @@ type Client struct {
 	// BeforeFetch, if set, runs before each xorb GET with the number of
 	// GETs done so far (tests use it to expire URLs mid-download).
 	BeforeFetch func(done int)
+	// Parallel is how many xorb GETs run at once (default 1), as hf_xet
+	// and @huggingface/hub fetch several at a time.
+	Parallel int
+
+	mu sync.Mutex // guards Requests and BeforeFetch's order
 }
 
 // GetToken fetches the token from the xet-auth URL.
@@ -184,25 +193,49 @@ type chunkSpan struct {
 }
 
 func (c *Client) assemble(rec *Reconstruction) ([]byte, error) {
-	spans := map[string][]chunkSpan{}
+	type job struct {
+		xorb string
+		f    Fetch
+	}
+	var jobs []job
 	for xorb, fetches := range rec.Xorbs {
 		for _, f := range fetches {
-			parts, err := c.fetch(f)
+			jobs = append(jobs, job{xorb, f})
+		}
+	}
+	var mu sync.Mutex
+	spans := map[string][]chunkSpan{}
+	// Once a GET fails, the ones not started yet are not sent, as a
+	// sequential client would stop at the first failure.
+	g, stopped := errgroup.WithContext(context.Background())
+	g.SetLimit(max(c.Parallel, 1))
+	for _, j := range jobs {
+		g.Go(func() error {
+			if stopped.Err() != nil {
+				return nil
+			}
+			parts, err := c.fetch(j.f)
 			if err != nil {
-				return nil, fmt.Errorf("xorb %s: %w", xorb, err)
+				return fmt.Errorf("xorb %s: %w", j.xorb, err)
 			}
 			for i, p := range parts {
 				chunks, err := DecodeChunks(p)
 				if err != nil {
-					return nil, fmt.Errorf("xorb %s: %w", xorb, err)
+					return fmt.Errorf("xorb %s: %w", j.xorb, err)
 				}
-				want := f.Ranges[i].Chunks.End - f.Ranges[i].Chunks.Start
+				want := j.f.Ranges[i].Chunks.End - j.f.Ranges[i].Chunks.Start
 				if int64(len(chunks)) != want {
-					return nil, fmt.Errorf("xorb %s: %d chunks in a range of %d", xorb, len(chunks), want)
+					return fmt.Errorf("xorb %s: %d chunks in a range of %d", j.xorb, len(chunks), want)
 				}
-				spans[xorb] = append(spans[xorb], chunkSpan{first: f.Ranges[i].Chunks.Start, chunks: chunks})
+				mu.Lock()
+				spans[j.xorb] = append(spans[j.xorb], chunkSpan{first: j.f.Ranges[i].Chunks.Start, chunks: chunks})
+				mu.Unlock()
 			}
-		}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	var out bytes.Buffer
 	for i, t := range rec.Terms {
@@ -245,10 +278,12 @@ func (c *Client) fetch(f Fetch) ([][]byte, error) {
 		return nil, err
 	}
 	req.Header.Set("Range", "bytes="+strings.Join(specs, ","))
+	c.mu.Lock()
 	if c.BeforeFetch != nil {
 		c.BeforeFetch(c.Requests)
 	}
 	c.Requests++
+	c.mu.Unlock()
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return nil, err
