@@ -752,7 +752,15 @@ func writeRanges(w http.ResponseWriter, rs []byteRange, parts []part) {
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/*", rs[0].start, rs[0].end))
 		w.Header().Set("Content-Length", strconv.FormatInt(parts[0].n, 10))
 		w.WriteHeader(http.StatusPartialContent)
-		_, _ = io.Copy(w, parts[0].reader())
+		// The part's blob was opened for this answer alone, so its offset
+		// is ours to move: a LimitedReader over the *os.File lets net/http
+		// send it with sendfile (ReadAt-based readers cannot).
+		p := parts[0]
+		if _, err := p.blob.File().Seek(p.off, io.SeekStart); err == nil {
+			_, _ = io.Copy(w, io.LimitReader(p.blob.File(), p.n))
+			return
+		}
+		_, _ = io.Copy(w, p.reader())
 		return
 	}
 	header := func(r byteRange) textproto.MIMEHeader {
