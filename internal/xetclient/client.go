@@ -237,23 +237,32 @@ func (c *Client) assemble(rec *Reconstruction) ([]byte, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
+	// The file's size is known from the terms: one allocation, as a real
+	// client writes into the file it created at that size.
+	total := -rec.OffsetIntoFirstRange
+	for _, t := range rec.Terms {
+		total += t.UnpackedLength
+	}
+	out := bytes.NewBuffer(make([]byte, 0, max(total, 0)))
+	skip := rec.OffsetIntoFirstRange // of the first term's bytes
 	for i, t := range rec.Terms {
-		var term []byte
+		var n int64
 		for ci := t.Range.Start; ci < t.Range.End; ci++ {
 			ch, ok := findChunk(spans[t.Hash], ci)
 			if !ok {
 				return nil, fmt.Errorf("term %d: chunk %d of xorb %s not fetched", i, ci, t.Hash)
 			}
-			term = append(term, ch...)
+			n += int64(len(ch))
+			if skip >= int64(len(ch)) {
+				skip -= int64(len(ch))
+				continue
+			}
+			out.Write(ch[skip:])
+			skip = 0
 		}
-		if int64(len(term)) != t.UnpackedLength {
-			return nil, fmt.Errorf("term %d: %d bytes, want %d", i, len(term), t.UnpackedLength)
+		if n != t.UnpackedLength {
+			return nil, fmt.Errorf("term %d: %d bytes, want %d", i, n, t.UnpackedLength)
 		}
-		if i == 0 {
-			term = term[rec.OffsetIntoFirstRange:]
-		}
-		out.Write(term)
 	}
 	return out.Bytes(), nil
 }
@@ -294,12 +303,13 @@ func (c *Client) fetch(f Fetch) ([][]byte, error) {
 		return nil, &StatusError{Status: resp.StatusCode, What: "xorb", Body: string(body)}
 	}
 	if len(f.Ranges) == 1 {
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return nil, err
+		want := f.Ranges[0].Bytes.End - f.Ranges[0].Bytes.Start + 1
+		b := make([]byte, want)
+		if _, err := io.ReadFull(resp.Body, b); err != nil {
+			return nil, fmt.Errorf("want %d bytes: %w", want, err)
 		}
-		if want := f.Ranges[0].Bytes.End - f.Ranges[0].Bytes.Start + 1; int64(len(b)) != want {
-			return nil, fmt.Errorf("got %d bytes, want %d", len(b), want)
+		if n, _ := resp.Body.Read(make([]byte, 1)); n > 0 {
+			return nil, fmt.Errorf("more than the %d bytes asked", want)
 		}
 		return [][]byte{b}, nil
 	}
