@@ -70,7 +70,10 @@ func TestCacheCollectorReadsStoreAtScrape(t *testing.T) {
 	require.NoError(t, err)
 	r.Close()
 	b.Close()
-	require.Eventually(t, func() bool { return store.Has(d) }, 5*time.Second, 5*time.Millisecond)
+	// The fill leaves the in-flight count just after it publishes the blob:
+	// wait for both, as a scrape a moment later sees them.
+	require.Eventually(t, func() bool { return store.Has(d) && gauges(t, reg)["modelgate_fills_in_flight"] == 0 },
+		5*time.Second, 5*time.Millisecond)
 
 	after := gauges(t, reg)
 	assert.Equal(t, float64(1), after["modelgate_cache_blobs"])
