@@ -84,6 +84,12 @@ type Options struct {
 	// them would take the gateway's Xet token (and its key's name) to the
 	// real CAS.
 	XetIntercepted bool
+	// XetFiles, when set, assembles plain-HTTP downloads of Xet-backed
+	// files from the xorb ranges the gateway holds and verified (any
+	// principal: the file's metadata was read under the request's own,
+	// and the fill checks the bytes against its sha256), instead of
+	// fetching them again whole.
+	XetFiles XetFiles
 }
 
 // Mirror is the http.Handler for Hub routes.

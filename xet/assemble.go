@@ -254,27 +254,33 @@ func noEOF(err error) error {
 }
 
 // Distrust is what a caller reports when bytes assembled from the file's
-// ranges (OpenFile) failed the file's own digest: the file is no longer
-// taken as verified and is checked against its Xet hash again from the
-// stored ranges. Damaged ranges (disk corruption after the check) fail it
-// and are dropped, so Xet clients and later assemblies get them fetched
-// and checked again. Ranges that pass again leave a disagreement between
-// the Xet hash and the digest nothing here explains: this process then
-// never assembles that file again (its downloads come from upstream).
-// It may wait for the readers of dropped ranges (up to a minute).
+// ranges (OpenFile) failed the file's own digest, or could not be read
+// (a chunk that does not decode): the file is no longer taken as verified
+// and is checked against its Xet hash again from the stored ranges.
+// Damaged ranges (disk corruption after the check) fail it and are
+// dropped, so Xet clients and later assemblies get them fetched and
+// checked again; ranges merely gone (evicted) leave it unverified until
+// they are back and checked. Ranges that all pass again leave a
+// disagreement between the Xet hash and the digest that nothing here
+// explains: this process then never assembles that file again (its
+// downloads come from upstream). It may wait for the readers of dropped
+// ranges (up to a minute).
 func (s *Service) Distrust(fileHash string) {
 	s.mu.Lock()
-	s.distrusted[fileHash] = true
+	s.distrusted[fileHash] = true // no assembly while the check runs
 	s.mu.Unlock()
 	_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
-	if dropped := s.verify(fileHash); dropped {
-		s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed its digest; its damaged ranges were dropped", "file", fileHash)
-		s.mu.Lock()
-		delete(s.distrusted, fileHash) // once fetched and verified again, assembled again
-		s.mu.Unlock()
+	dropped := s.verify(fileHash)
+	if !dropped && s.Verified(fileHash) {
+		s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed its digest although its ranges match its Xet hash; it is no longer assembled", "file", fileHash)
 		return
 	}
-	s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed its digest although its ranges match its Xet hash; it is no longer assembled", "file", fileHash)
+	if dropped {
+		s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed; its damaged ranges were dropped", "file", fileHash)
+	}
+	s.mu.Lock()
+	delete(s.distrusted, fileHash) // once fetched and verified again, assembled again
+	s.mu.Unlock()
 }
 
 // untrusted reports whether Distrust ruled the file out of assembly.

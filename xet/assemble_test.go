@@ -82,7 +82,8 @@ func TestXetVerifiedFileAssemblesFromAnyOffset(t *testing.T) {
 // TestXetProvisionalRangesAreNeverAssembled: ranges that failed the file's
 // verification, and a file one of whose ranges is gone, are not assembled;
 // a range removed while a reader runs ends it with an error, never with a
-// short file.
+// short file; Distrust after that does not keep the file out once its
+// ranges are back and verified.
 func TestXetProvisionalRangesAreNeverAssembled(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
@@ -118,6 +119,16 @@ func TestXetProvisionalRangesAreNeverAssembled(t *testing.T) {
 	assert.False(t, g.svc.Verified(g.bHash))
 	_, err = g.readFile(g.bHash, size, 0)
 	require.ErrorIs(t, err, ErrNotVerified, "a range missing")
+
+	// The caller distrusts the file after that broken read; the range was
+	// merely gone, so once it is back and checked the file assembles again.
+	g.svc.Distrust(g.bHash)
+	_, err = g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	require.True(t, g.svc.Verified(g.bHash))
+	got, err = g.readFile(g.bHash, size, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(g.base, got))
 }
 
 // corruptRange flips a byte of a stored range's chunk data on disk (the
