@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -253,6 +254,10 @@ func TestPlainHTTPOfAXetFileWhoseChunksDoNotDecodeFinishesFromTheCDN(t *testing.
 	require.True(t, bytes.Equal(model, body), "finished from the CDN")
 	assert.Positive(t, f.hub.CDNBodyFetches(f.sha("org/model")))
 	assert.True(t, strings.Contains(f.g.Logs.String(), "the rest comes from upstream"), "logged")
+	// The reader has its final byte once the blob verified; the check of
+	// the file's ranges runs as the fill ends, just after.
+	require.Eventually(t, func() bool { return strings.Contains(f.g.Logs.String(), "its damaged ranges were dropped") },
+		10*time.Second, 10*time.Millisecond)
 
 	fetches := 0
 	for _, x := range f.hub.XorbHashes(hash) {
