@@ -8,7 +8,9 @@
 // with the token; their answers are cached when they are about a commit
 // (forever) or a branch (for revision_ttl). Xet hints are removed, so stock
 // clients download plain HTTP from the gateway, except for the files the
-// Xet policy serves over Xet from the gateway itself (xet.go).
+// Xet policy serves over Xet from the gateway itself (xet.go). A plain
+// download of a Xet-backed file whose xorbs the gateway holds, verified,
+// is assembled from them instead of fetched again (xetassemble.go).
 package hfmirror
 
 import (
