@@ -426,6 +426,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *App, err error) {
 			return nil, err
 		}
 		mirror.Xet = svc
+		mirror.XetFiles = svc
 		rangesOf := svc.RangesOf
 		xetRanges.Store(&rangesOf)
 		mirror.XetPolicy = hfhub.XetPolicy{Mode: string(cfg.HuggingFace.Xet), MinSize: int64(cfg.HuggingFace.XetMinSize)}

@@ -42,6 +42,8 @@ type fill struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	client string
+	// onDone is the starter's WithFillDone hook, nil without one.
+	onDone func(error)
 
 	// Guarded by Store.mu: the callers between join and Blob.Close, and
 	// the timer that stops the fill when there are none.

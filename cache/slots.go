@@ -29,6 +29,26 @@ func clientFrom(ctx context.Context) string {
 	return c
 }
 
+type fillDoneKey struct{}
+
+// WithFillDone returns ctx with fn, which a Get (or GetUnverified) with
+// this ctx that starts a fill registers with it: fn is called once when
+// that fill ends, with nil once the blob is published or with the fill's
+// error (a *DigestMismatchError when the bytes did not verify), before
+// the fill leaves the registry, so a request that arrives after it failed
+// starts its fill after fn returned. A Get that joins a fill another one
+// started, or finds the blob on disk, registers nothing: fn is for a
+// caller whose Source has a stake in how the fill it chose ends (bytes
+// assembled from another copy, which only the blob's own digest judges).
+func WithFillDone(ctx context.Context, fn func(err error)) context.Context {
+	return context.WithValue(ctx, fillDoneKey{}, fn)
+}
+
+func fillDoneFrom(ctx context.Context) func(error) {
+	fn, _ := ctx.Value(fillDoneKey{}).(func(error))
+	return fn
+}
+
 // fillSlots caps how many fills run at once, in total and per client, so
 // that a burst of requests (or abandoned ones) cannot open an unbounded
 // number of upstream downloads. A fill beyond a cap waits for a slot: its

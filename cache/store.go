@@ -448,6 +448,7 @@ func (s *Store) join(ctx context.Context, d Digest, key string, size int64, src 
 		f.key = key
 		f.src = src
 		f.client = clientFrom(ctx)
+		f.onDone = fillDoneFrom(ctx)
 		f.ctx, f.cancel = context.WithCancelCause(s.ctx)
 		s.fills[key] = f
 		s.filling.Add(1)
@@ -565,6 +566,9 @@ func (s *Store) run(f *fill, src Source) {
 	}
 	// Ready may still be open if the source never answered.
 	f.markReady()
+	if f.onDone != nil {
+		f.onDone(err)
+	}
 	s.mu.Lock()
 	delete(s.fills, f.key)
 	s.mu.Unlock()

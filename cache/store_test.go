@@ -971,3 +971,54 @@ func assertFinalByteHeldBack(t *testing.T, r io.Reader, data []byte, gate chan s
 	close(gate)
 	assert.Equal(t, data[1999:2000], <-last)
 }
+
+// TestFillDoneHookHearsHowTheFillItStartedEnded: a Get whose ctx carries
+// WithFillDone learns the outcome of the fill it started (the digest
+// mismatch of bad bytes, nil once published), before a later request can
+// start the next fill; a Get that joins another's fill registers nothing.
+func TestFillDoneHookHearsHowTheFillItStartedEnded(t *testing.T) {
+	s, _ := newStore(t, t.TempDir())
+	data := randomBytes(6, 300<<10)
+	d := sha256Digest(t, data)
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 1
+
+	outcome := make(chan error, 1)
+	next := func() error {
+		select {
+		case err := <-outcome:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatal("the fill's hook was not called")
+			return nil
+		}
+	}
+	ctx := WithFillDone(t.Context(), func(err error) { outcome <- err })
+	b, _, err := s.Get(ctx, d, int64(len(data)), (&countingSource{data: bad}).source)
+	if err == nil {
+		_, err = readAll(t, b, 0, b.Size)
+		b.Close()
+	}
+	require.Error(t, err)
+	var dm *DigestMismatchError
+	require.ErrorAs(t, next(), &dm, "the hook hears the digest mismatch")
+
+	// Good bytes: nil. A second Get joins that fill while it is held back;
+	// its own hook is never called.
+	gated := &countingSource{data: data, gate: make(chan struct{}), gateAt: 1 << 10}
+	b, res, err := s.Get(ctx, d, int64(len(data)), gated.source)
+	require.NoError(t, err)
+	require.Equal(t, Miss, res)
+	joined := WithFillDone(t.Context(), func(error) { t.Error("the hook of a Get that joined was called") })
+	b2, res, err := s.Get(joined, d, int64(len(data)), (&countingSource{data: bad}).source)
+	require.NoError(t, err)
+	require.Equal(t, Coalesced, res)
+	close(gated.gate)
+	got, err := readAll(t, b2, 0, b2.Size)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+	b.Close()
+	b2.Close()
+	assert.NoError(t, next())
+	assert.True(t, s.Has(d))
+}

@@ -8,7 +8,9 @@
 // with the token; their answers are cached when they are about a commit
 // (forever) or a branch (for revision_ttl). Xet hints are removed, so stock
 // clients download plain HTTP from the gateway, except for the files the
-// Xet policy serves over Xet from the gateway itself (xet.go).
+// Xet policy serves over Xet from the gateway itself (xet.go). A plain
+// download of a Xet-backed file whose xorbs the gateway holds, verified,
+// is assembled from them instead of fetched again (xetassemble.go).
 package hfmirror
 
 import (
@@ -84,6 +86,12 @@ type Options struct {
 	// them would take the gateway's Xet token (and its key's name) to the
 	// real CAS.
 	XetIntercepted bool
+	// XetFiles, when set, assembles plain-HTTP downloads of Xet-backed
+	// files from the xorb ranges the gateway holds and verified (any
+	// principal: the file's metadata was read under the request's own,
+	// and the fill checks the bytes against its sha256), instead of
+	// fetching them again whole.
+	XetFiles XetFiles
 }
 
 // Mirror is the http.Handler for Hub routes.

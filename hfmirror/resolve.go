@@ -53,7 +53,13 @@ func (m *Mirror) serveResolve(w http.ResponseWriter, r *http.Request, route hfhu
 
 	get := func() (*cache.Blob, cache.Result, error) {
 		// The fill is counted against this client's cap.
-		return m.Blobs.Get(cache.WithClient(ctx, r.RemoteAddr), meta.Digest, meta.Size, m.blobSource(route, meta, r))
+		fctx, src := cache.WithClient(ctx, r.RemoteAddr), m.blobSource(route, meta, r)
+		if a := m.xetAssembly(route, meta, src); a != nil {
+			// A Xet-backed file whose xorbs the gateway holds is assembled
+			// from them rather than fetched again whole.
+			fctx, src = cache.WithFillDone(fctx, a.done), a.source
+		}
+		return m.Blobs.Get(fctx, meta.Digest, meta.Size, src)
 	}
 	blobhttp.Answer(w, r, meta.Size, meta.ETag(), get, m.Metrics, func(err error) { m.writeMetaError(w, err) })
 }

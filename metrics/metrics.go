@@ -89,6 +89,10 @@ type Metrics struct {
 	// XetReconstructions counts Xet reconstructions answered, by result:
 	// hit (the gateway's own copy) or miss (asked upstream).
 	XetReconstructions *prometheus.CounterVec
+	// XetAssembledBytes counts bytes of plain-HTTP downloads (blob fills)
+	// assembled from verified Xet xorb ranges in the store instead of
+	// fetched upstream.
+	XetAssembledBytes prometheus.Counter
 }
 
 // Route labels.
@@ -214,7 +218,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "xet_reconstructions_total",
 		Help: "Xet reconstructions answered, by result (hit: the gateway's own copy; miss: asked upstream).",
 	}, []string{"result"})
-	reg.MustRegister(m.XetXorbBytes, m.XetSharedBytes, m.XetReconstructions)
+	m.XetAssembledBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "xet_assembled_bytes_total",
+		Help: "Bytes of plain-HTTP downloads assembled from verified Xet xorb ranges in the store instead of fetched upstream.",
+	})
+	reg.MustRegister(m.XetXorbBytes, m.XetSharedBytes, m.XetReconstructions, m.XetAssembledBytes)
 	reg.MustRegister(m.Unverified, m.FillResumes, m.StaleAnswers, m.OfflineRefusals, m.RateLimited, m.Evictions, m.EvictedBytes)
 	reg.MustRegister(m.Requests, m.InFlight, m.RequestDuration, m.ServedBytes, m.UpstreamRequests, m.FillFailures)
 	m.initSeries()

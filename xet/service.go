@@ -92,6 +92,9 @@ type Service struct {
 	recons map[string]*recon  // file hash -> reconstruction with its latest upstream URLs
 	group  singleflight.Group // one upstream fetch per xorb range set
 	checks singleflight.Group // one verification per file at a time
+	// distrusted are files whose assembled bytes failed their digest
+	// (Distrust): never assembled while listed.
+	distrusted map[string]bool
 }
 
 // maxMemRecons bounds the reconstructions (with their upstream URLs) held
@@ -138,7 +141,7 @@ func New(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{opts: opts, signer: s, recons: map[string]*recon{},
+	return &Service{opts: opts, signer: s, recons: map[string]*recon{}, distrusted: map[string]bool{},
 		up: &upstream{hub: opts.Hub, client: opts.Client, token: opts.HubToken, tokens: map[string]upstreamToken{}}}, nil
 }
 

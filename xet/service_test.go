@@ -88,10 +88,13 @@ func (g *gw) snapshot() counts {
 func newGW(t *testing.T) *gw { return newGWWith(t, gwOptions{}) }
 
 // gwOptions: prepare runs on the fake Hub before the files are added
-// (compression, say); store are the blob store's options (limits).
+// (compression, say); store are the blob store's options (limits); base,
+// when set, is the base model's bytes (the fine-tune flips one byte of
+// its chunk 10).
 type gwOptions struct {
 	prepare func(*fakehub.Hub)
 	store   cache.Options
+	base    []byte
 }
 
 func newGWWith(t *testing.T, o gwOptions) *gw {
@@ -100,6 +103,9 @@ func newGWWith(t *testing.T, o gwOptions) *gw {
 		o.prepare(g.hub)
 	}
 	g.base = fakehub.RandomData(20, 19*fakehub.XetChunkSize+77)
+	if o.base != nil {
+		g.base = o.base
+	}
 	g.tuned = append([]byte(nil), g.base...)
 	g.tuned[10*fakehub.XetChunkSize] ^= 1
 	c := fakehub.Commit("x")

@@ -1,0 +1,192 @@
+package xet
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/internal/fakehub"
+	"github.com/modelgate/modelgate/xet/xetchunk"
+)
+
+// readFile reads the file assembled from off on.
+func (g *gw) readFile(hash string, size, off int64) ([]byte, error) {
+	r, err := g.svc.OpenFile(hash, size, off)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+// repeatingData is compressible text, 21 chunks and a bit, whose chunks
+// 12-14 repeat chunks 2-4: the CAS stores them once, and the file's terms
+// name chunks inside ranges of the reconstruction that start earlier (a
+// term starting at chunk 2 of a range of chunks 0-8, a term following
+// another in one merged range).
+func repeatingData() []byte {
+	const cs = fakehub.XetChunkSize
+	var b bytes.Buffer
+	for i := 0; b.Len() < 21*cs+300; i++ {
+		fmt.Fprintf(&b, "row %07d: weight %d.%06d, bias %d\n", i, i%7, (i*7919)%1000000, i%13)
+	}
+	data := b.Bytes()[:21*cs+300]
+	copy(data[12*cs:15*cs], bytes.Clone(data[2*cs:5*cs]))
+	return data
+}
+
+// TestXetVerifiedFileAssemblesFromAnyOffset: once a file's ranges are
+// stored and verified, its bytes are assembled from them from any offset
+// (chunk and term boundaries, inside a chunk, the last byte, the end),
+// whatever the chunks' compression; for a fine-tune whose terms name
+// ranges stored for its base (wider ranges, read from inside); and for
+// terms that start inside a range of the reconstruction.
+func TestXetVerifiedFileAssemblesFromAnyOffset(t *testing.T) {
+	for _, sc := range []xetchunk.Scheme{xetchunk.None, xetchunk.LZ4, xetchunk.ByteGrouping4LZ4} {
+		t.Run(fmt.Sprint("scheme", sc), func(t *testing.T) {
+			g := newGWWith(t, gwOptions{prepare: func(h *fakehub.Hub) { h.SetXetCompression(sc) }, base: repeatingData()})
+			for _, f := range []struct {
+				repo, hash string
+				data       []byte
+			}{{"org/base", g.bHash, g.base}, {"org/tuned", g.tHash, g.tuned}} {
+				size := int64(len(f.data))
+				_, err := g.readFile(f.hash, size, 0)
+				require.ErrorIs(t, err, ErrNotVerified, "nothing stored yet")
+				got, err := g.download(t, g.client("w1"), f.repo, f.hash)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(f.data, got))
+				require.True(t, g.svc.Verified(f.hash))
+
+				const cs = fakehub.XetChunkSize
+				xorb := int64(fakehub.XetXorbChunks * cs)
+				for _, off := range []int64{0, 1, cs - 1, cs, cs + 5, xorb - 1, xorb, xorb + cs + 3, 10*cs + 1,
+					12 * cs, 12*cs + 7, 14*cs - 1, 15 * cs, 15*cs + 9, size - 1, size} {
+					got, err := g.readFile(f.hash, size, off)
+					require.NoError(t, err, "offset %d", off)
+					require.True(t, bytes.Equal(f.data[off:], got), "%s from offset %d", f.repo, off)
+				}
+				_, err = g.svc.OpenFile(f.hash, size+1, 0)
+				assert.Error(t, err, "a size the reconstruction does not add up to")
+			}
+		})
+	}
+}
+
+// TestXetProvisionalRangesAreNeverAssembled: ranges that failed the file's
+// verification, and a file one of whose ranges is gone, are not assembled;
+// a range removed while a reader runs ends it with an error, never with a
+// short file; Distrust after that does not keep the file out once its
+// ranges are back and verified.
+func TestXetProvisionalRangesAreNeverAssembled(t *testing.T) {
+	g := newGW(t)
+	size := int64(len(g.base))
+	x := g.hub.XorbHashes(g.bHash)[1]
+	g.hub.CorruptXorb(x, true)
+	_, _ = g.download(t, g.client("w1"), "org/base", g.bHash)
+	_, err := g.readFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified, "ranges that failed verification")
+
+	g.hub.CorruptXorb(x, false)
+	_, err = g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	got, err := g.readFile(g.bHash, size, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(g.base, got))
+
+	// A reader open while a later range goes away stops with an error.
+	r, err := g.svc.OpenFile(g.bHash, size, 0)
+	require.NoError(t, err)
+	_, err = io.ReadFull(r, make([]byte, 1000))
+	require.NoError(t, err)
+	last := g.hub.XorbHashes(g.bHash)
+	ranges := g.rangesOf(t, last[len(last)-1:])
+	require.NotEmpty(t, ranges)
+	for _, d := range ranges {
+		_, err := g.store.Remove(context.Background(), d)
+		require.NoError(t, err)
+	}
+	rest, err := io.ReadAll(r)
+	r.Close()
+	require.Error(t, err, "a range gone mid-read")
+	assert.Less(t, int64(len(rest))+1000, size)
+	assert.False(t, g.svc.Verified(g.bHash))
+	_, err = g.readFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified, "a range missing")
+
+	// The caller distrusts the file after that broken read; the range was
+	// merely gone, so once it is back and checked the file assembles again.
+	g.svc.Distrust(g.bHash)
+	_, err = g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	require.True(t, g.svc.Verified(g.bHash))
+	got, err = g.readFile(g.bHash, size, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(g.base, got))
+}
+
+// corruptRange flips a byte of a stored range's chunk data on disk (the
+// first chunk's, past its header), behind the store's back.
+func (g *gw) corruptRange(t *testing.T, d cache.Digest) {
+	t.Helper()
+	b, err := g.store.Open(d)
+	require.NoError(t, err)
+	path := b.File().Name()
+	b.Close()
+	require.NoError(t, os.Chmod(path, 0o600))
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	var one [1]byte
+	_, err = f.ReadAt(one[:], xetchunk.HeaderSize+100)
+	require.NoError(t, err)
+	one[0] ^= 0xff
+	_, err = f.WriteAt(one[:], xetchunk.HeaderSize+100)
+	require.NoError(t, err)
+}
+
+// TestXetDistrustDropsRangesDamagedAfterVerification: a range damaged on
+// disk after the file verified assembles to wrong bytes (the caller's
+// digest check catches them); Distrust checks the file again, drops the
+// damaged ranges, and once a Xet client fetched them again the file
+// assembles right. A file that passes the check again is never assembled
+// after Distrust.
+func TestXetDistrustDropsRangesDamagedAfterVerification(t *testing.T) {
+	g := newGW(t)
+	size := int64(len(g.base))
+	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	ranges := g.rangesOf(t, g.hub.XorbHashes(g.bHash)[:1])
+	require.Len(t, ranges, 1)
+	g.corruptRange(t, ranges[0])
+	got, err := g.readFile(g.bHash, size, 0)
+	require.NoError(t, err, "the verified mark stands until someone distrusts it")
+	require.False(t, bytes.Equal(g.base, got), "uncompressed chunks: the damage goes through")
+
+	g.svc.Distrust(g.bHash)
+	assert.False(t, g.svc.Verified(g.bHash))
+	assert.False(t, g.store.Has(ranges[0]), "the damaged range was dropped")
+	_, err = g.readFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified)
+
+	fetches := g.hub.XorbFetches(g.hub.XorbHashes(g.bHash)[0])
+	got, err = g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(g.base, got))
+	assert.Greater(t, g.hub.XorbFetches(g.hub.XorbHashes(g.bHash)[0]), fetches, "fetched again")
+	got, err = g.readFile(g.bHash, size, 0)
+	require.NoError(t, err, "verified again: assembled again")
+	require.True(t, bytes.Equal(g.base, got))
+
+	// Nothing damaged: the check passes again, but the file stays out.
+	g.svc.Distrust(g.bHash)
+	assert.True(t, g.svc.Verified(g.bHash))
+	_, err = g.readFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified)
+}
