@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,10 @@ type lease struct {
 	mu      sync.Mutex
 	etag    string // of our last write
 	lost    bool   // a write found another node's
+	// unheard are the nonces of our writes since the last one we heard
+	// back from: the bucket may have applied them (a deadline cut the
+	// answer), so the lease may hold one under an etag we never saw.
+	unheard []string
 
 	stop    chan struct{}
 	stopped chan struct{}
@@ -136,19 +141,42 @@ func (l *lease) renew(ctx context.Context) error {
 	if lost {
 		return errLeaseLost
 	}
-	newETag, err := l.t.putLease(ctx, l.d, etag)
+	newETag, nonce, err := l.t.putLeaseNonce(ctx, l.d, etag)
+	if isPreconditionFailed(err) {
+		// Not necessarily another node: the write that moved the etag
+		// may be ours, applied though we never heard (or this very one,
+		// applied and then retried by the client). The nonce tells.
+		doc, cur, rerr := l.t.readLease(ctx, l.d)
+		switch {
+		case rerr != nil && !isNotFound(rerr):
+			err = rerr // cannot tell now: the next tick asks again
+		case rerr == nil && doc.Nonce == nonce:
+			newETag, err = cur, nil
+		case rerr == nil && slices.Contains(l.unheard, doc.Nonce):
+			newETag, nonce, err = l.t.putLeaseNonce(ctx, l.d, cur)
+		}
+	}
 	switch {
 	case isPreconditionFailed(err) || isNotFound(err):
 		l.markLost()
 		return errLeaseLost
 	case err != nil:
+		l.mu.Lock()
+		if len(l.unheard) < maxUnheard {
+			l.unheard = append(l.unheard, nonce)
+		}
+		l.mu.Unlock()
 		return err
 	}
 	l.mu.Lock()
-	l.etag = newETag
+	l.etag, l.unheard = newETag, nil
 	l.mu.Unlock()
 	return nil
 }
+
+// maxUnheard bounds the unanswered writes a lease remembers: at one
+// renewal per TTL/3, more than a few means the TTL has long passed anyway.
+const maxUnheard = 16
 
 // renewLoop rewrites the lease every TTL/3 while the fill moves bytes. A
 // fill that moved nothing for a whole TTL stops renewing, so that another

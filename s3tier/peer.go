@@ -16,7 +16,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/minio/minio-go/v7"
 
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/reqinfo"
@@ -276,13 +274,8 @@ func (t *Tier) peerBase(advertise, skip string) string {
 // leaseHolder reads the advertise URL of the current lease of d ("" when
 // there is none, or none this node may stream from).
 func (t *Tier) leaseHolder(ctx context.Context, d cache.Digest) string {
-	obj, _, _, err := t.core.GetObject(ctx, t.bucket, t.leaseKey(d), minio.GetObjectOptions{})
+	doc, _, err := t.readLease(ctx, d)
 	if err != nil {
-		return ""
-	}
-	defer obj.Close()
-	var doc leaseDoc
-	if err := json.NewDecoder(io.LimitReader(obj, 4<<10)).Decode(&doc); err != nil {
 		return ""
 	}
 	return doc.Advertise

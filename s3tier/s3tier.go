@@ -348,16 +348,45 @@ type leaseDoc struct {
 }
 
 func (t *Tier) leaseBody() []byte {
+	b, _ := t.leaseBodyNonce()
+	return b
+}
+
+// leaseBodyNonce is a lease's content and its nonce, which tells this
+// write from every other.
+func (t *Tier) leaseBodyNonce() ([]byte, string) {
 	var n [12]byte
 	_, _ = rand.Read(n[:])
-	b, _ := json.Marshal(leaseDoc{Node: t.node, Advertise: t.advertise, Nonce: hex.EncodeToString(n[:]), Written: time.Now().UTC(), TTL: t.ttl.String()})
-	return b
+	nonce := hex.EncodeToString(n[:])
+	b, _ := json.Marshal(leaseDoc{Node: t.node, Advertise: t.advertise, Nonce: nonce, Written: time.Now().UTC(), TTL: t.ttl.String()})
+	return b, nonce
+}
+
+// readLease reads d's lease as it is now: its content and etag.
+func (t *Tier) readLease(ctx context.Context, d cache.Digest) (leaseDoc, string, error) {
+	obj, info, _, err := t.core.GetObject(ctx, t.bucket, t.leaseKey(d), minio.GetObjectOptions{})
+	if err != nil {
+		return leaseDoc{}, "", err
+	}
+	defer obj.Close()
+	var doc leaseDoc
+	if err := json.NewDecoder(io.LimitReader(obj, 4<<10)).Decode(&doc); err != nil {
+		return leaseDoc{}, "", fmt.Errorf("s3tier: reading lease of %s: %w", d, err)
+	}
+	return doc, trimETag(info.ETag), nil
 }
 
 // putLease writes the lease: create-only when match is "", else only over
 // the version with etag match. It returns the new etag.
 func (t *Tier) putLease(ctx context.Context, d cache.Digest, match string) (string, error) {
-	body := t.leaseBody()
+	etag, _, err := t.putLeaseNonce(ctx, d, match)
+	return etag, err
+}
+
+// putLeaseNonce is putLease, also returning the nonce of what it wrote
+// (or tried to).
+func (t *Tier) putLeaseNonce(ctx context.Context, d cache.Digest, match string) (string, string, error) {
+	body, nonce := t.leaseBodyNonce()
 	opts := minio.PutObjectOptions{ContentType: "application/json", DisableMultipart: true}
 	if match == "" {
 		opts.SetMatchETagExcept("*")
@@ -366,9 +395,9 @@ func (t *Tier) putLease(ctx context.Context, d cache.Digest, match string) (stri
 	}
 	info, err := t.c.PutObject(ctx, t.bucket, t.leaseKey(d), bytes.NewReader(body), int64(len(body)), opts)
 	if err != nil {
-		return "", err
+		return "", nonce, err
 	}
-	return trimETag(info.ETag), nil
+	return trimETag(info.ETag), nonce, nil
 }
 
 // tryLease takes the lease of d if it is free or expired. It returns nil
