@@ -1,0 +1,110 @@
+package xet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/modelgate/modelgate/indexkeys"
+)
+
+// TestReviewOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile: the
+// base's verified mark survives the eviction of one of its ranges; the
+// same range of the shared xorb, fetched again (corrupt) for the
+// fine-tune, is provisional (the fine-tune is not complete, so it was never
+// checked). OpenFile must not assemble the base from it.
+func TestReviewOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile(t *testing.T) {
+	g := newGW(t)
+	size := int64(len(g.base))
+	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	require.True(t, g.svc.Verified(g.bHash))
+
+	// The first xorb is shared whole by both files.
+	x := g.hub.XorbHashes(g.bHash)[0]
+	require.Contains(t, g.hub.XorbHashes(g.tHash), x)
+	for _, d := range g.rangesOf(t, []string{x}) {
+		_, err := g.store.Remove(context.Background(), d) // evicted
+		require.NoError(t, err)
+	}
+	require.False(t, g.svc.Verified(g.bHash), "a range gone: not verified")
+
+	// A Xet client of the fine-tune fetches only that xorb's range; the
+	// upstream answers it corrupt.
+	g.hub.CorruptXorb(x, true)
+	c := g.client("w1")
+	tok, err := c.GetToken(g.srv.URL + "/api/models/org/tuned/xet-read-token/main")
+	require.NoError(t, err)
+	rec, err := c.Reconstruct(tok.CasURL, tok.AccessToken, g.tHash)
+	require.NoError(t, err)
+	require.NotEmpty(t, rec.Xorbs[x])
+	f := rec.Xorbs[x][0]
+	req, err := http.NewRequest(http.MethodGet, f.URL, nil)
+	require.NoError(t, err)
+	rg := "bytes="
+	for i, r := range f.Ranges {
+		if i > 0 {
+			rg += ","
+		}
+		rg += strconv.FormatInt(r.Bytes.Start, 10) + "-" + strconv.FormatInt(r.Bytes.End, 10)
+	}
+	req.Header.Set("Range", rg)
+	resp, err := g.srv.Client().Do(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	require.NotEmpty(t, g.rangesOf(t, []string{x}), "stored, provisional")
+	require.False(t, g.svc.Verified(g.tHash), "the fine-tune is not complete: never checked")
+
+	got, err := g.readFile(g.bHash, size, 0)
+	if err == nil {
+		t.Errorf("OpenFile assembled the base from a range nobody verified (bytes equal to the base: %v)", bytes.Equal(got, g.base))
+	}
+	require.ErrorIs(t, err, ErrNotVerified)
+}
+
+// TestReviewOpenFileNeverGivesMoreThanTheFileHoldsFromOff: the terms'
+// unpacked lengths are the upstream's word (the Xet hash covers the
+// chunks, not them). With a reconstruction whose first term claims 1000
+// bytes more than its chunks hold and whose last claims 1000 less (same
+// total, still verified), a reader from 10 bytes before the end gives
+// 1010 bytes, shifted by 1000, before it fails: a verified file does not
+// assemble to its content. (In the mirror the sha256 catches it: one
+// plain download is cut, then the file is distrusted until a restart.)
+func TestReviewOpenFileNeverGivesMoreThanTheFileHoldsFromOff(t *testing.T) {
+	g := newGW(t)
+	size := int64(len(g.base))
+	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	require.True(t, g.svc.Verified(g.bHash))
+
+	key := indexkeys.XetReconKey(g.bHash)
+	b, err := g.idx.Get(key)
+	require.NoError(t, err)
+	var sr storedRecon
+	require.NoError(t, json.Unmarshal(b, &sr))
+	require.GreaterOrEqual(t, len(sr.Terms), 2)
+	sr.Terms[0].UnpackedLength += 1000
+	sr.Terms[len(sr.Terms)-1].UnpackedLength -= 1000
+	b, err = json.Marshal(sr)
+	require.NoError(t, err)
+	require.NoError(t, g.idx.Set(key, b, 0))
+	g.restart(t) // the reconstruction as the upstream gave it
+	require.True(t, g.svc.Verified(g.bHash), "the lengths are not what the Xet hash covers")
+
+	off := size - 10
+	r, err := g.svc.OpenFile(g.bHash, size, off)
+	require.NoError(t, err)
+	defer r.Close()
+	got, rerr := io.ReadAll(r)
+	t.Logf("read %d bytes from offset %d of %d, then %v", len(got), off, size, rerr)
+	assert.LessOrEqual(t, int64(len(got)), size-off, "more bytes than the file holds from off")
+}
