@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/xet/xetchunk"
 )
@@ -151,6 +152,10 @@ func (fr *fileReader) openTerm(i int) error {
 	if !ok {
 		return fmt.Errorf("xet: the range %d-%d of xorb %s is no longer stored", rg.Bytes.Start, rg.Bytes.End, t.Hash)
 	}
+	if !fr.s.trusted(p.d) {
+		p.blob.Close()
+		return fmt.Errorf("xet: the range %s holding term %d is provisional: %w", p.d.Hex, i, ErrNotVerified)
+	}
 	fr.cur, fr.open = p, true
 	fr.chunks = &chunkCursor{r: io.NewSectionReader(p.blob.File(), p.off, p.n)}
 	fr.term, fr.got, fr.want = i, 0, t.UnpackedLength
@@ -288,4 +293,18 @@ func (s *Service) untrusted(fileHash string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.distrusted[fileHash]
+}
+
+// trusted reports whether the stored range d may be assembled: the file
+// it was fetched for is verified, so its bytes are the ones checked. A
+// file's verified mark outlives the eviction of one of its ranges, and
+// the same range fetched again for another file is provisional until
+// that file is verified in turn; the mark alone would not tell.
+func (s *Service) trusted(d cache.Digest) bool {
+	origin, err := s.opts.Index.Get(indexkeys.XetOriginKey(d.Hex))
+	if err != nil {
+		return false
+	}
+	fh := string(origin)
+	return !s.untrusted(fh) && s.markedVerified(fh) != nil
 }

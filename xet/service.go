@@ -2,6 +2,8 @@ package xet
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -522,6 +524,11 @@ func (s *Service) ranges(r *http.Request, xorb, fileHash string, c Claims, rp st
 			// waiting with; the store's fill limits (slot, deadline,
 			// stall) bound it.
 			ctx := cache.WithClient(context.WithoutCancel(r.Context()), r.RemoteAddr)
+			// Unmarked before the bytes land, not only after: a range is
+			// trusted for assembly while the file it was fetched for is
+			// verified (OpenFile), so new bytes for this file must not
+			// find its old mark.
+			_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
 			if err := s.fetch(ctx, xorb, fileHash, c, rs); err != nil {
 				return false, err
 			}
@@ -699,6 +706,15 @@ func (s *Service) getRanges(ctx context.Context, xorb, fileHash string, entry wi
 		}
 		ds[i] = d
 	}
+	// Which file each range is fetched for, recorded before the range is
+	// published: the metrics' shared bytes, and the trust OpenFile puts
+	// in a range (only while that file is verified), which must never
+	// see a new range under the file of its previous bytes.
+	for _, d := range ds {
+		if err := s.opts.Index.Set(indexkeys.XetOriginKey(d.Hex), []byte(fileHash), 0); err != nil {
+			return fmt.Errorf("recording the file of a xorb range: %w", err)
+		}
+	}
 	err := s.opts.Store.Ingest(ctx, func(ctx context.Context, put cache.PutFunc) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, entry.URL, nil)
 		if err != nil {
@@ -738,13 +754,7 @@ func (s *Service) getRanges(ctx context.Context, xorb, fileHash string, entry wi
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	for _, d := range ds {
-		_ = s.opts.Index.Set(indexkeys.XetOriginKey(d.Hex), []byte(fileHash), 0) // metrics only
-	}
-	return nil
+	return err
 }
 
 // writeRanges answers 206 from the store: one range plainly, several as
@@ -863,12 +873,14 @@ func (s *Service) check(fileHash string) (dropped bool) {
 		}
 	}
 	var nodes []xethash.Node
-	for _, t := range rec.terms {
+	for i, t := range rec.terms {
+		var n uint64
 		for ci := t.Range.Start; ci < t.Range.End; ci++ {
 			found := false
 			for _, sp := range spans[t.Hash] {
 				if ci >= sp.first && ci < sp.first+int64(len(sp.nodes)) {
 					nodes, found = append(nodes, sp.nodes[ci-sp.first]), true
+					n += sp.nodes[ci-sp.first].Size
 					break
 				}
 			}
@@ -876,15 +888,56 @@ func (s *Service) check(fileHash string) (dropped bool) {
 				return false
 			}
 		}
+		// The Xet hash covers the chunks, not the terms' lengths, which
+		// place every byte of an assembled file: they are checked here.
+		if t.UnpackedLength < 0 || n != uint64(t.UnpackedLength) {
+			s.opts.Logger.Warn("xet: the reconstruction's term length differs from its chunks; the file is not verified",
+				"file", fileHash, "term", i, "claimed", t.UnpackedLength, "chunks", n)
+			return false
+		}
 	}
 	if xethash.File(nodes).String() != fileHash {
 		s.drop(fileHash, used)
 		return true
 	}
-	if err := s.opts.Index.Set(indexkeys.XetVerifiedKey(fileHash), []byte(strconv.FormatInt(time.Now().Unix(), 10)), 0); err != nil {
+	if err := s.opts.Index.Set(indexkeys.XetVerifiedKey(fileHash), verifiedMark(rec), 0); err != nil {
 		s.opts.Logger.Warn("xet: recording a verified file", "file", fileHash, "err", err)
 	}
 	return false
+}
+
+// verifiedMark is the value of a file's verified mark: when, and a digest
+// of the terms that were checked. A reconstruction of the same file hash
+// with other terms (an upstream that answers differently later) is not
+// covered by the mark.
+func verifiedMark(rec *recon) []byte {
+	return []byte(strconv.FormatInt(time.Now().Unix(), 10) + " " + termsDigest(rec.terms))
+}
+
+func termsDigest(terms []wireTerm) string {
+	b, _ := json.Marshal(terms)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// markedVerified returns the file's reconstruction when the file carries a
+// verified mark for that very reconstruction (nil otherwise): its chunks
+// hashed to the file hash and its terms' lengths matched them. Whether
+// its ranges are still stored is the caller's question.
+func (s *Service) markedVerified(fileHash string) *recon {
+	v, err := s.opts.Index.Get(indexkeys.XetVerifiedKey(fileHash))
+	if err != nil {
+		return nil
+	}
+	rec := s.knownRecon(fileHash)
+	if rec == nil {
+		return nil
+	}
+	_, digest, ok := strings.Cut(string(v), " ")
+	if !ok || digest != termsDigest(rec.terms) {
+		return nil
+	}
+	return rec
 }
 
 // chunkNodes hashes the chunks of xorb bytes, decoding one at a time.
@@ -922,10 +975,7 @@ func (s *Service) drop(fileHash string, ds []cache.Digest) {
 // hash and are all still in the store: once one is evicted the file is
 // no longer verified, and the range fetched again is checked again.
 func (s *Service) Verified(fileHash string) bool {
-	if _, err := s.opts.Index.Get(indexkeys.XetVerifiedKey(fileHash)); err != nil {
-		return false
-	}
-	rec := s.knownRecon(fileHash)
+	rec := s.markedVerified(fileHash)
 	if rec == nil {
 		return false
 	}

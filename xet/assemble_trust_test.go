@@ -15,12 +15,12 @@ import (
 	"github.com/modelgate/modelgate/indexkeys"
 )
 
-// TestReviewOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile: the
+// TestOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile: the
 // base's verified mark survives the eviction of one of its ranges; the
 // same range of the shared xorb, fetched again (corrupt) for the
 // fine-tune, is provisional (the fine-tune is not complete, so it was never
 // checked). OpenFile must not assemble the base from it.
-func TestReviewOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile(t *testing.T) {
+func TestOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
 	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
@@ -71,21 +71,19 @@ func TestReviewOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile(t *testing
 	require.ErrorIs(t, err, ErrNotVerified)
 }
 
-// TestReviewOpenFileNeverGivesMoreThanTheFileHoldsFromOff: the terms'
+// TestOpenFileNeverAssemblesFromWrongTermLengths: the terms'
 // unpacked lengths are the upstream's word (the Xet hash covers the
-// chunks, not them). With a reconstruction whose first term claims 1000
-// bytes more than its chunks hold and whose last claims 1000 less (same
-// total, still verified), a reader from 10 bytes before the end gives
-// 1010 bytes, shifted by 1000, before it fails: a verified file does not
-// assemble to its content. (In the mirror the sha256 catches it: one
-// plain download is cut, then the file is distrusted until a restart.)
-func TestReviewOpenFileNeverGivesMoreThanTheFileHoldsFromOff(t *testing.T) {
+// chunks, not them), and they place every assembled byte. A
+// reconstruction whose first term claims 1000 bytes more than its chunks
+// hold and whose last 1000 less (the same total) is not the one the
+// verified mark covers, and verifying it again fails on the lengths: the
+// file is not assembled from it.
+func TestOpenFileNeverAssemblesFromWrongTermLengths(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
 	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
 	require.NoError(t, err)
 	require.True(t, g.svc.Verified(g.bHash))
-
 	key := indexkeys.XetReconKey(g.bHash)
 	b, err := g.idx.Get(key)
 	require.NoError(t, err)
@@ -98,13 +96,15 @@ func TestReviewOpenFileNeverGivesMoreThanTheFileHoldsFromOff(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, g.idx.Set(key, b, 0))
 	g.restart(t) // the reconstruction as the upstream gave it
-	require.True(t, g.svc.Verified(g.bHash), "the lengths are not what the Xet hash covers")
 
-	off := size - 10
-	r, err := g.svc.OpenFile(g.bHash, size, off)
-	require.NoError(t, err)
-	defer r.Close()
-	got, rerr := io.ReadAll(r)
-	t.Logf("read %d bytes from offset %d of %d, then %v", len(got), off, size, rerr)
-	assert.LessOrEqual(t, int64(len(got)), size-off, "more bytes than the file holds from off")
+	assert.False(t, g.svc.Verified(g.bHash), "the mark covers the terms that were checked, not these")
+	_, err = g.svc.OpenFile(g.bHash, size, size-10)
+	require.ErrorIs(t, err, ErrNotVerified)
+
+	// Checked afresh, the chunks still hash to the file, but the lengths
+	// do not match them: not verified, and nothing dropped.
+	require.False(t, g.svc.verify(g.bHash), "the ranges are sound: nothing to drop")
+	assert.False(t, g.svc.Verified(g.bHash), "wrong term lengths never verify")
+	_, err = g.svc.OpenFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified)
 }
