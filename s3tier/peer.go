@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/reqinfo"
 )
