@@ -73,6 +73,7 @@ type fileReader struct {
 	term      int
 	buf       []byte // the rest of the current chunk
 	err       error
+	trust     map[string]bool // origin file hash -> its ranges may be assembled
 }
 
 func (fr *fileReader) Read(p []byte) (int, error) {
@@ -152,7 +153,7 @@ func (fr *fileReader) openTerm(i int) error {
 	if !ok {
 		return fmt.Errorf("xet: the range %d-%d of xorb %s is no longer stored", rg.Bytes.Start, rg.Bytes.End, t.Hash)
 	}
-	if !fr.s.trusted(p.d) {
+	if !fr.trusted(p.d) {
 		p.blob.Close()
 		return fmt.Errorf("xet: the range %s holding term %d is provisional: %w", p.d.Hex, i, ErrNotVerified)
 	}
@@ -299,12 +300,23 @@ func (s *Service) untrusted(fileHash string) bool {
 // it was fetched for is verified, so its bytes are the ones checked. A
 // file's verified mark outlives the eviction of one of its ranges, and
 // the same range fetched again for another file is provisional until
-// that file is verified in turn; the mark alone would not tell.
-func (s *Service) trusted(d cache.Digest) bool {
-	origin, err := s.opts.Index.Get(indexkeys.XetOriginKey(d.Hex))
+// that file is verified in turn; the mark alone would not tell. The
+// answer per origin file is kept for the reader's life: a file's terms
+// mostly come from a few files, and the mark's check digests all of that
+// file's terms.
+func (fr *fileReader) trusted(d cache.Digest) bool {
+	origin, err := fr.s.opts.Index.Get(indexkeys.XetOriginKey(d.Hex))
 	if err != nil {
 		return false
 	}
 	fh := string(origin)
-	return !s.untrusted(fh) && s.markedVerified(fh) != nil
+	if ok, seen := fr.trust[fh]; seen {
+		return ok
+	}
+	ok := !fr.s.untrusted(fh) && fr.s.markedVerified(fh) != nil
+	if fr.trust == nil {
+		fr.trust = map[string]bool{}
+	}
+	fr.trust[fh] = ok
+	return ok
 }
