@@ -276,6 +276,9 @@ func (s *Service) Distrust(fileHash string) {
 	s.distrusted[fileHash] = true // no assembly while the check runs
 	s.mu.Unlock()
 	_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
+	// A check of this file already in flight may have seen the mark and
+	// passed without reading a range: this one must start afresh.
+	s.checks.Forget(fileHash)
 	dropped := s.verify(fileHash)
 	if !dropped && s.Verified(fileHash) {
 		s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed its digest although its ranges match its Xet hash; it is no longer assembled", "file", fileHash)

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/modelgate/modelgate/cache"
+	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/internal/fakehub"
 	"github.com/modelgate/modelgate/xet/xetchunk"
 )
@@ -189,4 +192,75 @@ func TestXetDistrustDropsRangesDamagedAfterVerification(t *testing.T) {
 	assert.True(t, g.svc.Verified(g.bHash))
 	_, err = g.readFile(g.bHash, size, 0)
 	require.ErrorIs(t, err, ErrNotVerified)
+}
+
+// heldMarkIndex holds the first read of one verified mark, once armed,
+// until released: a check of that file in flight, past its look at the
+// mark.
+type heldMarkIndex struct {
+	Index
+	key      string
+	armed    atomic.Bool
+	in, free chan struct{}
+	deleted  chan struct{}
+}
+
+func (h *heldMarkIndex) Get(key string) ([]byte, error) {
+	v, err := h.Index.Get(key)
+	if key == h.key && h.armed.CompareAndSwap(true, false) {
+		close(h.in)
+		<-h.free
+	}
+	return v, err
+}
+
+func (h *heldMarkIndex) Delete(key string) error {
+	err := h.Index.Delete(key)
+	if key == h.key {
+		select {
+		case <-h.deleted:
+		default:
+			close(h.deleted)
+		}
+	}
+	return err
+}
+
+// TestXetDistrustChecksAgainThoughACheckIsInFlight: Distrust deletes the
+// mark and checks the file; a check of the same file already in flight,
+// which saw the mark before the deletion and so passes without looking at
+// the ranges, must not stand for Distrust's own. The damaged range is
+// dropped.
+func TestXetDistrustChecksAgainThoughACheckIsInFlight(t *testing.T) {
+	g := newGW(t)
+	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
+	require.NoError(t, err)
+	ranges := g.rangesOf(t, g.hub.XorbHashes(g.bHash)[:1])
+	require.Len(t, ranges, 1)
+	g.corruptRange(t, ranges[0])
+
+	held := &heldMarkIndex{Index: g.opts.Index, key: indexkeys.XetVerifiedKey(g.bHash),
+		in: make(chan struct{}), free: make(chan struct{}), deleted: make(chan struct{})}
+	g.opts.Index = held
+	g.restart(t)
+	held.armed.Store(true)
+	inFlight := make(chan bool, 1)
+	go func() { inFlight <- g.svc.verify(g.bHash) }()
+	<-held.in // the first check holds the mark it read
+	distrusted := make(chan struct{})
+	go func() {
+		g.svc.Distrust(g.bHash)
+		close(distrusted)
+	}()
+	<-held.deleted
+	time.Sleep(100 * time.Millisecond) // Distrust on to its check
+	close(held.free)
+	assert.False(t, <-inFlight, "the check in flight saw the mark: it passes")
+	select {
+	case <-distrusted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Distrust did not return")
+	}
+	assert.False(t, g.store.Has(ranges[0]), "Distrust's own check dropped the damaged range")
+	assert.False(t, g.svc.Verified(g.bHash))
 }
