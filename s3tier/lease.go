@@ -136,25 +136,39 @@ func (l *lease) renew(ctx context.Context) error {
 	l.renewMu.Lock()
 	defer l.renewMu.Unlock()
 	l.mu.Lock()
-	etag, lost := l.etag, l.lost
+	etag, lost, mine := l.etag, l.lost, slices.Clone(l.unheard)
 	l.mu.Unlock()
 	if lost {
 		return errLeaseLost
 	}
-	newETag, nonce, err := l.t.putLeaseNonce(ctx, l.d, etag)
-	if isPreconditionFailed(err) {
-		// Not necessarily another node: the write that moved the etag
-		// may be ours, applied though we never heard (or this very one,
-		// applied and then retried by the client). The nonce tells.
-		doc, cur, rerr := l.t.readLease(ctx, l.d)
-		switch {
-		case rerr != nil && !isNotFound(rerr):
-			err = rerr // cannot tell now: the next tick asks again
-		case rerr == nil && doc.Nonce == nonce:
-			newETag, err = cur, nil
-		case rerr == nil && slices.Contains(l.unheard, doc.Nonce):
-			newETag, nonce, err = l.t.putLeaseNonce(ctx, l.d, cur)
+	var newETag, nonce string
+	var err error
+	// A 412 is not necessarily another node: the write that moved the
+	// etag may be ours, applied though we never heard (a deadline, or
+	// this very write applied and then retried by the client). The nonce
+	// tells; over one of our earlier writes we write again, which can go
+	// unheard the same way.
+	for range maxRewrites {
+		newETag, nonce, err = l.t.putLeaseNonce(ctx, l.d, etag)
+		if !isPreconditionFailed(err) {
+			break
 		}
+		mine = append(mine, nonce)
+		doc, cur, rerr := l.t.readLease(ctx, l.d)
+		if rerr != nil {
+			if !isNotFound(rerr) {
+				err = rerr // cannot tell now: the next tick asks again
+			}
+			break
+		}
+		if doc.Nonce == nonce {
+			newETag, err = cur, nil
+			break
+		}
+		if !slices.Contains(mine, doc.Nonce) {
+			break // another node's write
+		}
+		etag = cur
 	}
 	switch {
 	case isPreconditionFailed(err) || isNotFound(err):
@@ -177,6 +191,9 @@ func (l *lease) renew(ctx context.Context) error {
 // maxUnheard bounds the unanswered writes a lease remembers: at one
 // renewal per TTL/3, more than a few means the TTL has long passed anyway.
 const maxUnheard = 16
+
+// maxRewrites bounds the writes of one renewal over our own unheard ones.
+const maxRewrites = 3
 
 // renewLoop rewrites the lease every TTL/3 while the fill moves bytes. A
 // fill that moved nothing for a whole TTL stops renewing, so that another

@@ -76,7 +76,7 @@ func (u *unheardRewrite) RoundTrip(r *http.Request) (*http.Response, error) {
 // renew checks the nonce for the first write only; the re-write's 412 is
 // taken for another gateway, and a lone holder gives its lease up and
 // refuses to publish: the fault c94cfd1 fixed, one write later.
-func TestReview2UnheardRewriteKeepsTheLease(t *testing.T) {
+func TestUnheardRewriteKeepsTheLease(t *testing.T) {
 	srv := versity.Start(t)
 	data := randomBytes(22, 1<<20)
 	d, size := digestOf(t, data), int64(len(data))
