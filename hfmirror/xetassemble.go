@@ -18,8 +18,8 @@ type XetFiles interface {
 	// against its Xet hash (provisional ranges are never assembled).
 	OpenFile(xetHash string, size, off int64) (io.ReadCloser, error)
 	// Distrust reports that bytes OpenFile gave failed the file's
-	// digest, or could not be read.
-	Distrust(xetHash string)
+	// digest (mismatch), or could not be read.
+	Distrust(xetHash string, mismatch bool)
 }
 
 // xetAssembly is the source of one plain-HTTP fill of a Xet-backed file:
@@ -93,7 +93,7 @@ func (a *xetAssembly) done(err error) {
 		a.m.Logger.Warn("a download assembled from Xet xorb ranges failed its sha256; the next one comes from upstream",
 			"file", a.path, "xet_hash", a.meta.XetHash)
 	}
-	a.m.XetFiles.Distrust(a.meta.XetHash)
+	a.m.XetFiles.Distrust(a.meta.XetHash, mismatch)
 }
 
 // assembledBody counts the assembled bytes, and sends the rest of the

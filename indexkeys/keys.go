@@ -31,6 +31,7 @@ const (
 	XetRecon    = "xet/recon\x00"    // file hash -> reconstruction terms and ranges (no URLs)
 	XetVerified = "xet/verified\x00" // file hash -> verified against its chunks
 	XetOrigin   = "xet/origin\x00"   // xorb range digest hex -> file hash it was fetched for
+	XetChunks   = "xet/chunks\x00"   // xorb hash -> hashes and sizes of its verified chunks
 
 	// CivitAI.
 	CivitAIDownload = "civitai/download\x00" // version id, query -> file
@@ -176,6 +177,10 @@ func XetVerifiedKey(fileHash string) string { return XetVerified + fileHash }
 // hex) was fetched for, to count the bytes other files share.
 func XetOriginKey(rangeHex string) string { return XetOrigin + rangeHex }
 
+// XetChunksKey records the hashes and sizes of a xorb's chunks that a
+// verified file vouched for, by chunk index.
+func XetChunksKey(xorb string) string { return XetChunks + xorb }
+
 // CivitAIDownloadPrefix starts every CivitAIDownloadKey of a version.
 func CivitAIDownloadPrefix(versionID string) string { return CivitAIDownload + versionID + "\x00" }
 
@@ -218,7 +223,7 @@ func Classify(key []byte) Class {
 	case strings.HasPrefix(k, HFAPI), strings.HasPrefix(k, HFRev),
 		strings.HasPrefix(k, CivitAIAPI), strings.HasPrefix(k, CivitAIDownload),
 		strings.HasPrefix(k, VixFresh), strings.HasPrefix(k, VixLastKnown),
-		strings.HasPrefix(k, XetRecon), strings.HasPrefix(k, XetOrigin),
+		strings.HasPrefix(k, XetRecon), strings.HasPrefix(k, XetOrigin), strings.HasPrefix(k, XetChunks),
 		// Audit records too: a worker looping over downloads must not
 		// grow the index, which counts against max_size, without bound.
 		strings.HasPrefix(k, AdminAudit):

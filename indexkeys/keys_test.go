@@ -57,6 +57,7 @@ func TestClassify(t *testing.T) {
 		indexkeys.LayoutVersionKey:                                            indexkeys.Kept,
 		indexkeys.XetReconKey("ab"):                                           indexkeys.Reclaimable,
 		indexkeys.XetVerifiedKey("ab"):                                        indexkeys.Kept,
+		indexkeys.XetChunksKey("ab"):                                          indexkeys.Reclaimable,
 	} {
 		assert.Equal(t, want, indexkeys.Classify([]byte(key)), "%q", key)
 	}

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/modelgate/modelgate/cache"
 	"github.com/modelgate/modelgate/indexkeys"
 	"github.com/modelgate/modelgate/xet/xetchunk"
+	"github.com/modelgate/modelgate/xet/xethash"
 )
 
 // ErrNotVerified refuses to assemble a file whose ranges are not all
@@ -73,7 +73,7 @@ type fileReader struct {
 	term      int
 	buf       []byte // the rest of the current chunk
 	err       error
-	trust     map[string]bool // origin file hash -> its ranges may be assembled
+	verified  map[string]chunkRecord // xorb -> its verified chunks, loaded once per reader
 }
 
 func (fr *fileReader) Read(p []byte) (int, error) {
@@ -131,6 +131,10 @@ func (fr *fileReader) advance() error {
 	if err != nil {
 		return err
 	}
+	t := fr.rec.terms[fr.term]
+	if err := fr.check(t.Hash, t.Range.End-fr.left, c); err != nil {
+		return err
+	}
 	fr.left--
 	fr.got += int64(len(c))
 	if fr.skip > 0 {
@@ -153,10 +157,7 @@ func (fr *fileReader) openTerm(i int) error {
 	if !ok {
 		return fmt.Errorf("xet: the range %d-%d of xorb %s is no longer stored", rg.Bytes.Start, rg.Bytes.End, t.Hash)
 	}
-	if !fr.trusted(p.d) {
-		p.blob.Close()
-		return fmt.Errorf("xet: the range %s holding term %d is provisional: %w", p.d.Hex, i, ErrNotVerified)
-	}
+
 	fr.cur, fr.open = p, true
 	fr.chunks = &chunkCursor{r: io.NewSectionReader(p.blob.File(), p.off, p.n)}
 	fr.term, fr.got, fr.want = i, 0, t.UnpackedLength
@@ -260,18 +261,19 @@ func noEOF(err error) error {
 }
 
 // Distrust is what a caller reports when bytes assembled from the file's
-// ranges (OpenFile) failed the file's own digest, or could not be read
-// (a chunk that does not decode): the file is no longer taken as verified
-// and is checked against its Xet hash again from the stored ranges.
-// Damaged ranges (disk corruption after the check) fail it and are
-// dropped, so Xet clients and later assemblies get them fetched and
-// checked again; ranges merely gone (evicted) leave it unverified until
-// they are back and checked. Ranges that all pass again leave a
-// disagreement between the Xet hash and the digest that nothing here
-// explains: this process then never assembles that file again (its
-// downloads come from upstream). It may wait for the readers of dropped
-// ranges (up to a minute).
-func (s *Service) Distrust(fileHash string) {
+// ranges (OpenFile) failed the file's own digest (mismatch), or could not
+// be read (a range gone, a chunk that does not decode or differs from the
+// one verified, a chunk without a recorded hash): the file is no longer
+// taken as verified and is checked against its Xet hash again from the
+// stored ranges, which records its chunks' hashes again. Damaged ranges
+// fail it and are dropped, so Xet clients and later assemblies get them
+// fetched and checked again; ranges merely gone (evicted) leave it
+// unverified until they are back and checked. After a digest mismatch,
+// ranges that all pass again leave a disagreement between the Xet hash and
+// the digest that nothing here explains: this process then never
+// assembles that file again (its downloads come from upstream). It may
+// wait for the readers of dropped ranges (up to a minute).
+func (s *Service) Distrust(fileHash string, mismatch bool) {
 	s.mu.Lock()
 	s.distrusted[fileHash] = true // no assembly while the check runs
 	s.mu.Unlock()
@@ -280,7 +282,7 @@ func (s *Service) Distrust(fileHash string) {
 	// passed without reading a range: this one must start afresh.
 	s.checks.Forget(fileHash)
 	dropped := s.verify(fileHash)
-	if !dropped && s.Verified(fileHash) {
+	if mismatch && !dropped && s.Verified(fileHash) {
 		s.opts.Logger.Warn("xet: a file assembled from its xorb ranges failed its digest although its ranges match its Xet hash; it is no longer assembled", "file", fileHash)
 		return
 	}
@@ -299,27 +301,25 @@ func (s *Service) untrusted(fileHash string) bool {
 	return s.distrusted[fileHash]
 }
 
-// trusted reports whether the stored range d may be assembled: the file
-// it was fetched for is verified, so its bytes are the ones checked. A
-// file's verified mark outlives the eviction of one of its ranges, and
-// the same range fetched again for another file is provisional until
-// that file is verified in turn; the mark alone would not tell. The
-// answer per origin file is kept for the reader's life: a file's terms
-// mostly come from a few files, and the mark's check digests all of that
-// file's terms.
-func (fr *fileReader) trusted(d cache.Digest) bool {
-	origin, err := fr.s.opts.Index.Get(indexkeys.XetOriginKey(d.Hex))
-	if err != nil {
-		return false
+// check holds chunk ci of xorb, decoded, against the hash and size a
+// verified file recorded for it (chunks.go), before any of it is sent: a
+// range damaged or replaced since, or fetched for a file never checked,
+// stops the reader here. A chunk without a record is not assembled.
+func (fr *fileReader) check(xorb string, ci int64, c []byte) error {
+	rec, ok := fr.verified[xorb]
+	if !ok {
+		rec = fr.s.verifiedChunks(xorb)
+		if fr.verified == nil {
+			fr.verified = map[string]chunkRecord{}
+		}
+		fr.verified[xorb] = rec
 	}
-	fh := string(origin)
-	if ok, seen := fr.trust[fh]; seen {
-		return ok
+	want, ok := rec[ci]
+	if !ok {
+		return fmt.Errorf("xet: chunk %d of xorb %s has no verified hash: %w", ci, xorb, ErrNotVerified)
 	}
-	ok := !fr.s.untrusted(fh) && fr.s.markedVerified(fh) != nil
-	if fr.trust == nil {
-		fr.trust = map[string]bool{}
+	if uint64(len(c)) != want.Size || xethash.Chunk(c) != want.Hash {
+		return fmt.Errorf("xet: chunk %d of xorb %s differs from the chunk that was verified", ci, xorb)
 	}
-	fr.trust[fh] = ok
-	return ok
+	return nil
 }

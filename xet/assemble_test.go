@@ -125,7 +125,7 @@ func TestXetProvisionalRangesAreNeverAssembled(t *testing.T) {
 
 	// The caller distrusts the file after that broken read; the range was
 	// merely gone, so once it is back and checked the file assembles again.
-	g.svc.Distrust(g.bHash)
+	g.svc.Distrust(g.bHash, false)
 	_, err = g.download(t, g.client("w1"), "org/base", g.bHash)
 	require.NoError(t, err)
 	require.True(t, g.svc.Verified(g.bHash))
@@ -155,11 +155,13 @@ func (g *gw) corruptRange(t *testing.T, d cache.Digest) {
 }
 
 // TestXetDistrustDropsRangesDamagedAfterVerification: a range damaged on
-// disk after the file verified assembles to wrong bytes (the caller's
-// digest check catches them); Distrust checks the file again, drops the
-// damaged ranges, and once a Xet client fetched them again the file
-// assembles right. A file that passes the check again is never assembled
-// after Distrust.
+// disk after the file verified is caught at its first damaged chunk, whose
+// bytes the reader never gives (each chunk is held against the hash the
+// check recorded); Distrust after that broken read checks the file again,
+// drops the damaged range, and once a Xet client fetched it again the
+// file assembles right. After a digest mismatch (the Xet hash and the
+// sha256 disagree), a file that passes the check again is never
+// assembled.
 func TestXetDistrustDropsRangesDamagedAfterVerification(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
@@ -168,11 +170,15 @@ func TestXetDistrustDropsRangesDamagedAfterVerification(t *testing.T) {
 	ranges := g.rangesOf(t, g.hub.XorbHashes(g.bHash)[:1])
 	require.Len(t, ranges, 1)
 	g.corruptRange(t, ranges[0])
-	got, err := g.readFile(g.bHash, size, 0)
+	r, err := g.svc.OpenFile(g.bHash, size, 0)
 	require.NoError(t, err, "the verified mark stands until someone distrusts it")
-	require.False(t, bytes.Equal(g.base, got), "uncompressed chunks: the damage goes through")
+	got, err := io.ReadAll(r)
+	r.Close()
+	require.Error(t, err, "the damaged chunk is refused")
+	assert.Less(t, len(got), 101, "not a byte of the damaged chunk (its byte 100) is given")
+	assert.Equal(t, g.base[:len(got)], got)
 
-	g.svc.Distrust(g.bHash)
+	g.svc.Distrust(g.bHash, false)
 	assert.False(t, g.svc.Verified(g.bHash))
 	assert.False(t, g.store.Has(ranges[0]), "the damaged range was dropped")
 	_, err = g.readFile(g.bHash, size, 0)
@@ -187,8 +193,15 @@ func TestXetDistrustDropsRangesDamagedAfterVerification(t *testing.T) {
 	require.NoError(t, err, "verified again: assembled again")
 	require.True(t, bytes.Equal(g.base, got))
 
-	// Nothing damaged: the check passes again, but the file stays out.
-	g.svc.Distrust(g.bHash)
+	// A broken read whose ranges all pass again: assembled again.
+	g.svc.Distrust(g.bHash, false)
+	assert.True(t, g.svc.Verified(g.bHash))
+	got, err = g.readFile(g.bHash, size, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(g.base, got))
+
+	// A digest mismatch whose ranges all pass again: kept out.
+	g.svc.Distrust(g.bHash, true)
 	assert.True(t, g.svc.Verified(g.bHash))
 	_, err = g.readFile(g.bHash, size, 0)
 	require.ErrorIs(t, err, ErrNotVerified)
@@ -249,7 +262,7 @@ func TestXetDistrustChecksAgainThoughACheckIsInFlight(t *testing.T) {
 	<-held.in // the first check holds the mark it read
 	distrusted := make(chan struct{})
 	go func() {
-		g.svc.Distrust(g.bHash)
+		g.svc.Distrust(g.bHash, false)
 		close(distrusted)
 	}()
 	<-held.deleted

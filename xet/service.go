@@ -94,6 +94,8 @@ type Service struct {
 	recons map[string]*recon  // file hash -> reconstruction with its latest upstream URLs
 	group  singleflight.Group // one upstream fetch per xorb range set
 	checks singleflight.Group // one verification per file at a time
+
+	chunksMu sync.Mutex // one update of the verified chunk records at a time
 	// distrusted are files whose assembled bytes failed their digest
 	// (Distrust): never assembled while listed.
 	distrusted map[string]bool
@@ -524,11 +526,6 @@ func (s *Service) ranges(r *http.Request, xorb, fileHash string, c Claims, rp st
 			// waiting with; the store's fill limits (slot, deadline,
 			// stall) bound it.
 			ctx := cache.WithClient(context.WithoutCancel(r.Context()), r.RemoteAddr)
-			// Unmarked before the bytes land, not only after: a range is
-			// trusted for assembly while the file it was fetched for is
-			// verified (OpenFile), so new bytes for this file must not
-			// find its old mark.
-			_ = s.opts.Index.Delete(indexkeys.XetVerifiedKey(fileHash))
 			if err := s.fetch(ctx, xorb, fileHash, c, rs); err != nil {
 				return false, err
 			}
@@ -706,15 +703,6 @@ func (s *Service) getRanges(ctx context.Context, xorb, fileHash string, entry wi
 		}
 		ds[i] = d
 	}
-	// Which file each range is fetched for, recorded before the range is
-	// published: the metrics' shared bytes, and the trust OpenFile puts
-	// in a range (only while that file is verified), which must never
-	// see a new range under the file of its previous bytes.
-	for _, d := range ds {
-		if err := s.opts.Index.Set(indexkeys.XetOriginKey(d.Hex), []byte(fileHash), 0); err != nil {
-			return fmt.Errorf("recording the file of a xorb range: %w", err)
-		}
-	}
 	err := s.opts.Store.Ingest(ctx, func(ctx context.Context, put cache.PutFunc) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, entry.URL, nil)
 		if err != nil {
@@ -754,7 +742,13 @@ func (s *Service) getRanges(ctx context.Context, xorb, fileHash string, entry wi
 		}
 		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		_ = s.opts.Index.Set(indexkeys.XetOriginKey(d.Hex), []byte(fileHash), 0) // metrics only
+	}
+	return nil
 }
 
 // writeRanges answers 206 from the store: one range plainly, several as
@@ -899,6 +893,13 @@ func (s *Service) check(fileHash string) (dropped bool) {
 	if xethash.File(nodes).String() != fileHash {
 		s.drop(fileHash, used)
 		return true
+	}
+	for xorb, sps := range spans {
+		for _, sp := range sps {
+			if err := s.recordChunks(xorb, sp.first, sp.nodes); err != nil {
+				s.opts.Logger.Warn("xet: the file is verified but not all its chunks are recorded; those are not assembled", "file", fileHash, "err", err)
+			}
+		}
 	}
 	if err := s.opts.Index.Set(indexkeys.XetVerifiedKey(fileHash), verifiedMark(rec), 0); err != nil {
 		s.opts.Logger.Warn("xet: recording a verified file", "file", fileHash, "err", err)

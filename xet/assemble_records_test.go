@@ -43,13 +43,12 @@ func (g *gw) fetchXorbFor(t *testing.T, repo, fileHash, x string) {
 	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
 }
 
-// TestReview2ReaderTrustOutlivesTheOriginsMark: an assembling reader
-// keeps "origin file verified" for its whole life (651cf77). A range of
-// the same file evicted while the reader runs and fetched again (corrupt)
-// by a Xet client of that very file is provisional: the file's mark was
-// deleted before the fetch and it is not complete, so nothing checked the
-// new bytes. The reader must not send them.
-func TestReview2ReaderTrustOutlivesTheOriginsMark(t *testing.T) {
+// TestXetReaderNeverSendsARangeReplacedWhileItRuns: a range of the
+// file evicted while an assembling reader runs, and fetched again
+// (corrupt) by a Xet client of that very file, is provisional: the file
+// is not complete, so nothing checked the new bytes. The reader, which
+// looked at the file's mark when it opened, must not send them.
+func TestXetReaderNeverSendsARangeReplacedWhileItRuns(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
 	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
@@ -83,12 +82,12 @@ func TestReview2ReaderTrustOutlivesTheOriginsMark(t *testing.T) {
 		"the reader sent %d bytes, not all the base's: bytes nobody checked were assembled", len(got))
 }
 
-// TestReview2FileAssemblesFromRangesAnotherFileFetched: a range fetched
+// TestXetFileAssemblesFromRangesAnotherFileFetched: a range fetched
 // for the fine-tune (whose download stopped there) serves the base's Xet
 // download, and the base's check verified its bytes against the base's
 // hash. The base is verified, every range present: it must assemble. It
 // does not, because the range's origin is the unfinished fine-tune.
-func TestReview2FileAssemblesFromRangesAnotherFileFetched(t *testing.T) {
+func TestXetFileAssemblesFromRangesAnotherFileFetched(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
 	x := g.hub.XorbHashes(g.bHash)[0]
@@ -107,12 +106,13 @@ func TestReview2FileAssemblesFromRangesAnotherFileFetched(t *testing.T) {
 	assert.True(t, bytes.Equal(g.base, got))
 }
 
-// TestReview2OriginKeysReclaimedByMaintenance: the origin keys now carry
-// the trust of every range, but stay Reclaimable (indexkeys.Classify):
-// index maintenance under its budget drops them. The file downloaded
-// again (all hits: nothing fetched, so nothing records an origin again)
-// is verified with every range present, and never assembles any more.
-func TestReview2OriginKeysReclaimedByMaintenance(t *testing.T) {
+// TestXetAssemblesAgainAfterMaintenanceReclaimedItsRecords: index
+// maintenance under its budget drops the reclaimable Xet entries (the
+// reconstruction, the chunk records). The file downloaded again (all
+// hits: nothing fetched) is verified with every range present; its first
+// assembly stops for want of chunk records, and after the check that
+// broken read brings, it assembles again.
+func TestXetAssemblesAgainAfterMaintenanceReclaimedItsRecords(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.base))
 	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
@@ -131,19 +131,27 @@ func TestReview2OriginKeysReclaimedByMaintenance(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(g.base, got))
 	require.True(t, g.svc.Verified(g.bHash), "verified, every range present")
+	// The chunk records went with the reclaimed entries: the first read
+	// stops at its first chunk, without a byte; the caller distrusts the
+	// file after that broken read, which checks it again and records its
+	// chunks again, and it assembles as before.
+	got, err = g.readFile(g.bHash, size, 0)
+	require.ErrorIs(t, err, ErrNotVerified)
+	assert.Empty(t, got)
+	g.svc.Distrust(g.bHash, false)
 	got, err = g.readFile(g.bHash, size, 0)
 	require.NoError(t, err, "the same file assembled before the maintenance")
 	assert.True(t, bytes.Equal(g.base, got))
 }
 
-// TestReview2FineTuneAssemblesWithoutTheBasesReconstruction: the base
+// TestXetFineTuneAssemblesWithoutTheBasesReconstruction: the base
 // and the fine-tune both downloaded and verified. The base's
 // reconstruction (Reclaimable, the oldest) is trimmed by maintenance and
 // the gateway restarts. The fine-tune downloads again, is verified with
 // every range present, and must assemble: its check covered the shared
 // ranges. It does not, because trust asks for the base's mark, which
 // needs the base's reconstruction.
-func TestReview2FineTuneAssemblesWithoutTheBasesReconstruction(t *testing.T) {
+func TestXetFineTuneAssemblesWithoutTheBasesReconstruction(t *testing.T) {
 	g := newGW(t)
 	size := int64(len(g.tuned))
 	_, err := g.download(t, g.client("w1"), "org/base", g.bHash)
