@@ -3,9 +3,6 @@ package xet
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net/http"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -38,28 +35,7 @@ func TestOpenFileRefusesARangeRefetchedUnverifiedForAnotherFile(t *testing.T) {
 	// A Xet client of the fine-tune fetches only that xorb's range; the
 	// upstream answers it corrupt.
 	g.hub.CorruptXorb(x, true)
-	c := g.client("w1")
-	tok, err := c.GetToken(g.srv.URL + "/api/models/org/tuned/xet-read-token/main")
-	require.NoError(t, err)
-	rec, err := c.Reconstruct(tok.CasURL, tok.AccessToken, g.tHash)
-	require.NoError(t, err)
-	require.NotEmpty(t, rec.Xorbs[x])
-	f := rec.Xorbs[x][0]
-	req, err := http.NewRequest(http.MethodGet, f.URL, nil)
-	require.NoError(t, err)
-	rg := "bytes="
-	for i, r := range f.Ranges {
-		if i > 0 {
-			rg += ","
-		}
-		rg += strconv.FormatInt(r.Bytes.Start, 10) + "-" + strconv.FormatInt(r.Bytes.End, 10)
-	}
-	req.Header.Set("Range", rg)
-	resp, err := g.srv.Client().Do(req)
-	require.NoError(t, err)
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	g.fetchXorbFor(t, "org/tuned", g.tHash, x)
 	require.NotEmpty(t, g.rangesOf(t, []string{x}), "stored, provisional")
 	require.False(t, g.svc.Verified(g.tHash), "the fine-tune is not complete: never checked")
 
